@@ -1,0 +1,1 @@
+//! Answer extraction, normalisation and equivalence (filled in by the grading work).

@@ -1,0 +1,8 @@
+//! east: entropy-based adaptive weighting for self-training (EAST) on Candle.
+//!
+//! The pipeline of one round, each stage a module and a subcommand:
+//! `sample` (model → samples.jsonl) → `cluster` (grade and group answers → clusters.jsonl) →
+//! `weight` (entropy → per-question weights → train.jsonl) → `train` → `eval`.
+
+pub mod grade;
+pub mod model;

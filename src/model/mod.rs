@@ -1,0 +1,1 @@
+//! Llama model, loading and tokenizer (filled in by the model work).
