@@ -4,5 +4,11 @@
 //! `sample` (model → samples.jsonl) → `cluster` (grade and group answers → clusters.jsonl) →
 //! `weight` (entropy → per-question weights → train.jsonl) → `train` → `eval`.
 
+pub mod config;
+pub mod data;
 pub mod grade;
+pub mod io;
 pub mod model;
+pub mod progress;
+pub mod schema;
+pub mod weight;

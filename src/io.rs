@@ -1,0 +1,268 @@
+//! File plumbing shared by every stage: JSON Lines reading with errors that name the file, line
+//! and field, and output files that only appear under their final name once complete.
+
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// An input file that could not be used, located as precisely as we can.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}:{line}: {message}")]
+    Line { path: PathBuf, line: usize, message: String },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+impl InputError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        InputError::Io { path: path.to_path_buf(), source }
+    }
+
+    pub fn line(path: &Path, line: usize, message: impl Into<String>) -> Self {
+        InputError::Line { path: path.to_path_buf(), line, message: message.into() }
+    }
+
+    /// A problem with one field of one record.
+    pub fn field(path: &Path, line: usize, field: &str, message: impl std::fmt::Display) -> Self {
+        InputError::Line { path: path.to_path_buf(), line, message: format!("field `{field}`: {message}") }
+    }
+
+    pub fn file(path: &Path, message: impl Into<String>) -> Self {
+        InputError::File { path: path.to_path_buf(), message: message.into() }
+    }
+}
+
+/// One raw line of a JSON Lines file, with its 1-based line number.
+#[derive(Debug, Clone)]
+pub struct RawLine {
+    pub number: usize,
+    pub text: String,
+}
+
+/// Streams the non-empty lines of a JSON Lines file in batches, so large files are processed with
+/// bounded memory and each batch can be parsed in parallel.
+pub struct JsonlBatches {
+    path: PathBuf,
+    reader: BufReader<File>,
+    line: usize,
+    batch: usize,
+    seen_any: bool,
+}
+
+impl JsonlBatches {
+    pub fn open(path: &Path, batch: usize) -> Result<Self, InputError> {
+        let file = File::open(path).map_err(|e| InputError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader: BufReader::with_capacity(1 << 20, file),
+            line: 0,
+            batch: batch.max(1),
+            seen_any: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The next batch of lines, or `None` at the end. An empty file is an error: a stage never
+    /// silently produces nothing from nothing.
+    pub fn next_batch(&mut self) -> Result<Option<Vec<RawLine>>, InputError> {
+        let mut out = Vec::with_capacity(self.batch);
+        while out.len() < self.batch {
+            let mut text = String::new();
+            let read = self.reader.read_line(&mut text).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidData => {
+                    InputError::line(&self.path, self.line + 1, "line is not valid UTF-8")
+                }
+                _ => InputError::io(&self.path, e),
+            })?;
+            if read == 0 {
+                break;
+            }
+            self.line += 1;
+            let trimmed = text.trim_end_matches(['\n', '\r']);
+            if trimmed.trim().is_empty() {
+                continue;
+            }
+            if trimmed.len() != text.len() {
+                text.truncate(trimmed.len());
+            }
+            out.push(RawLine { number: self.line, text });
+        }
+        if out.is_empty() {
+            if !self.seen_any {
+                self.seen_any = true;
+                return Err(InputError::file(&self.path, "file is empty: expected one JSON object per line"));
+            }
+            return Ok(None);
+        }
+        self.seen_any = true;
+        Ok(Some(out))
+    }
+}
+
+/// Parses one JSON line into `T`, turning serde's message (which names missing or mistyped fields)
+/// into an error that also names the file and line.
+pub fn parse_line<T: DeserializeOwned>(path: &Path, line: &RawLine) -> Result<T, InputError> {
+    serde_json::from_str(&line.text).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("malformed JSON at column {}: {e}", e.column())
+            }
+            _ => format!("{e}"),
+        };
+        InputError::line(path, line.number, what)
+    })
+}
+
+/// Reads a whole (small) JSON Lines file into memory, e.g. a dataset.
+pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, InputError> {
+    let mut batches = JsonlBatches::open(path, 4096)?;
+    let mut out = Vec::new();
+    while let Some(batch) = batches.next_batch()? {
+        for line in &batch {
+            out.push((line.number, parse_line(path, line)?));
+        }
+    }
+    Ok(out)
+}
+
+/// A file written under a temporary name beside its destination and renamed into place by
+/// [`AtomicFile::commit`]. Dropped without commit (an error, a panic, a kill), the temporary file
+/// is removed or left under a name no stage mistakes for a complete output.
+pub struct AtomicFile {
+    final_path: PathBuf,
+    tmp_path: PathBuf,
+    writer: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                fs::create_dir_all(dir)?;
+            }
+        }
+        let tmp_path = tmp_name(path);
+        let file = File::create(&tmp_path)?;
+        Ok(Self { final_path: path.to_path_buf(), tmp_path, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Writes one value as a JSON line.
+    pub fn write_json_line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        let w = self.writer.as_mut().expect("writer present until commit");
+        serde_json::to_writer(&mut *w, value)?;
+        w.write_all(b"\n")
+    }
+
+    /// Flushes, syncs and renames the file to its final name.
+    pub fn commit(mut self) -> io::Result<()> {
+        let writer = self.writer.take().expect("writer present until commit");
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.tmp_path, &self.final_path)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.as_mut().expect("writer present until commit").write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.as_mut().expect("writer present until commit").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// The temporary name used while `path` is being written: hidden, beside it, tagged by process.
+pub fn tmp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
+}
+
+/// Writes a pretty JSON document atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    serde_json::to_writer_pretty(&mut f, value)?;
+    f.write_all(b"\n")?;
+    f.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_file_appears_only_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        {
+            let mut f = AtomicFile::create(&path).unwrap();
+            f.write_json_line(&serde_json::json!({"a": 1})).unwrap();
+            assert!(!path.exists());
+        }
+        assert!(!path.exists(), "dropped without commit: no final file");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temporary removed");
+        let mut f = AtomicFile::create(&path).unwrap();
+        f.write_json_line(&serde_json::json!({"a": 1})).unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
+    }
+
+    #[test]
+    fn batches_report_line_numbers_and_skip_blank_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.jsonl");
+        fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
+        let mut b = JsonlBatches::open(&path, 2).unwrap();
+        let first = b.next_batch().unwrap().unwrap();
+        assert_eq!(first.iter().map(|l| l.number).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(first[1].text, "{\"a\":2}");
+        let second = b.next_batch().unwrap().unwrap();
+        assert_eq!(second[0].number, 4);
+        assert!(b.next_batch().unwrap().is_none());
+    }
+
+    #[test]
+    fn empty_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.jsonl");
+        fs::write(&path, "\n  \n").unwrap();
+        let err = JsonlBatches::open(&path, 8).unwrap().next_batch().unwrap_err().to_string();
+        assert!(err.contains("empty.jsonl") && err.contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_name_line_and_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct R {
+            id: String,
+        }
+        let p = Path::new("f.jsonl");
+        let e = parse_line::<R>(p, &RawLine { number: 7, text: "{\"x\":1}".into() }).unwrap_err().to_string();
+        assert!(e.starts_with("f.jsonl:7:") && e.contains("`id`"), "{e}");
+        let e = parse_line::<R>(p, &RawLine { number: 8, text: "{\"id\":".into() }).unwrap_err().to_string();
+        assert!(e.starts_with("f.jsonl:8:") && e.contains("malformed JSON"), "{e}");
+    }
+}

@@ -1,0 +1,119 @@
+//! The records of the files passed between stages (see the README's "Files" section). Any
+//! sampler may produce `samples.jsonl` as long as it follows [`SampleRecord`].
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::io::InputError;
+
+/// Why a completion stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finish {
+    /// An EOS token or a stop string.
+    Stop,
+    /// The token budget ran out.
+    Length,
+}
+
+/// One line of `samples.jsonl`: a question and its n completions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub id: String,
+    pub question: String,
+    /// Ground-truth final answer.
+    pub answer: String,
+    pub completions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<Vec<Finish>>,
+    /// Generated token count per completion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<u32>>,
+}
+
+impl SampleRecord {
+    /// Checks what the types cannot: at least one completion, parallel arrays of equal length.
+    pub fn validate(&self, path: &Path, line: usize) -> Result<(), InputError> {
+        if self.id.is_empty() {
+            return Err(InputError::field(path, line, "id", "must not be empty"));
+        }
+        if self.completions.is_empty() {
+            return Err(InputError::field(path, line, "completions", format!("question `{}` has no completions", self.id)));
+        }
+        let n = self.completions.len();
+        if let Some(f) = &self.finish {
+            if f.len() != n {
+                return Err(InputError::field(path, line, "finish", format!("has {} entries for {n} completions", f.len())));
+            }
+        }
+        if let Some(t) = &self.tokens {
+            if t.len() != n {
+                return Err(InputError::field(path, line, "tokens", format!("has {} entries for {n} completions", t.len())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One group of completions that gave the same answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cluster {
+    /// Normalised answer of the cluster (its first member); `null` for completions with no answer.
+    pub answer: Option<String>,
+    pub count: usize,
+    pub correct: bool,
+}
+
+/// One line of `clusters.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: String,
+    /// Ground-truth final answer.
+    pub answer: String,
+    /// Normalised extracted answer per completion (`null`: none found).
+    pub preds: Vec<Option<String>>,
+    pub correct: Vec<bool>,
+    pub clusters: Vec<Cluster>,
+    /// Index into `clusters` per completion.
+    pub cluster_of: Vec<usize>,
+    /// Entropy of the cluster proportions, in bits (as the reference code).
+    pub entropy: f64,
+    /// Fraction of correct completions.
+    pub accuracy: f64,
+    /// Size of the largest incorrect cluster (the no-answer cluster included) over n.
+    pub dominant_wrong: f64,
+}
+
+impl ClusterRecord {
+    pub fn n(&self) -> usize {
+        self.preds.len()
+    }
+
+    /// Checks the internal consistency of a record read back from disk.
+    pub fn validate(&self, path: &Path, line: usize) -> Result<(), InputError> {
+        let n = self.preds.len();
+        if n == 0 {
+            return Err(InputError::field(path, line, "preds", format!("question `{}` has no completions", self.id)));
+        }
+        if self.correct.len() != n {
+            return Err(InputError::field(path, line, "correct", format!("has {} entries for {n} completions", self.correct.len())));
+        }
+        if self.cluster_of.len() != n {
+            return Err(InputError::field(path, line, "cluster_of", format!("has {} entries for {n} completions", self.cluster_of.len())));
+        }
+        if let Some(bad) = self.cluster_of.iter().find(|&&c| c >= self.clusters.len()) {
+            return Err(InputError::field(path, line, "cluster_of", format!("points at cluster {bad} of {}", self.clusters.len())));
+        }
+        let total: usize = self.clusters.iter().map(|c| c.count).sum();
+        if total != n {
+            return Err(InputError::field(path, line, "clusters", format!("counts add up to {total}, not {n}")));
+        }
+        for (field, v) in [("entropy", self.entropy), ("accuracy", self.accuracy), ("dominant_wrong", self.dominant_wrong)] {
+            if !v.is_finite() || v < 0.0 {
+                return Err(InputError::field(path, line, field, format!("must be a finite number ≥ 0, got {v}")));
+            }
+        }
+        Ok(())
+    }
+}
