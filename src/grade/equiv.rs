@@ -30,7 +30,11 @@ pub struct GradeOptions {
 
 impl Default for GradeOptions {
     fn default() -> Self {
-        GradeOptions { rel_tol: 1e-4, percent_rule: false, symbolic_points: 8 }
+        GradeOptions {
+            rel_tol: 1e-4,
+            percent_rule: false,
+            symbolic_points: 8,
+        }
     }
 }
 
@@ -60,12 +64,20 @@ enum Form {
     /// `lhs = rhs` with variables.
     Eq { lhs: Box<Expr>, rhs: Box<Expr> },
     /// Ordered, bracketed: tuples, points, intervals. Brackets must match to be equal.
-    Seq { open: char, close: char, items: Vec<Elem> },
+    Seq {
+        open: char,
+        close: char,
+        items: Vec<Elem>,
+    },
     /// `{a, b}` and `a \pm b`: unordered.
     Set(Vec<Elem>),
     /// Bare `a, b, c` (e.g. "all solutions"): unordered.
     List(Vec<Elem>),
-    Matrix { rows: usize, cols: usize, cells: Vec<Elem> },
+    Matrix {
+        rows: usize,
+        cols: usize,
+        cells: Vec<Elem>,
+    },
     /// `A \cup B`: unordered.
     Union(Vec<Elem>),
 }
@@ -78,7 +90,10 @@ struct Elem {
 
 impl Elem {
     fn parse(s: &str, depth: u32) -> Elem {
-        Elem { norm: s.to_string(), form: parse_form(s, depth) }
+        Elem {
+            norm: s.to_string(),
+            form: parse_form(s, depth),
+        }
     }
 }
 
@@ -86,13 +101,28 @@ impl Answer {
     /// Normalise and parse. Never panics; long or unparseable answers become plain strings.
     pub fn parse(raw: &str) -> Answer {
         let normalized = strip_string(raw);
-        let form = if normalized.len() > MAX_PARSE_LEN { Form::Text } else { parse_form(&normalized, 0) };
-        Answer { raw: raw.to_string(), normalized, form }
+        let form = if normalized.len() > MAX_PARSE_LEN {
+            Form::Text
+        } else {
+            parse_form(&normalized, 0)
+        };
+        Answer {
+            raw: raw.to_string(),
+            normalized,
+            form,
+        }
     }
 
     /// Mathematical equivalence (see the module docs of `grade` for the rules). Symmetric.
     pub fn equivalent(&self, other: &Answer, opts: &GradeOptions) -> bool {
-        elem_eq(&self.normalized, &self.form, &other.normalized, &other.form, opts, 0)
+        elem_eq(
+            &self.normalized,
+            &self.form,
+            &other.normalized,
+            &other.form,
+            opts,
+            0,
+        )
     }
 
     /// The numeric value, if the answer is a constant (`\frac{1}{2}` → 0.5).
@@ -140,7 +170,8 @@ fn split_top<'a>(s: &'a str, sep: &str) -> Option<Vec<&'a str>> {
         } else if depth == 0 && b[i..].starts_with(sb) {
             // `\pm` must not be the start of a longer command name
             let end = i + sb.len();
-            let glued = sb[sb.len() - 1].is_ascii_alphabetic() && b.get(end).is_some_and(u8::is_ascii_alphabetic);
+            let glued = sb[sb.len() - 1].is_ascii_alphabetic()
+                && b.get(end).is_some_and(u8::is_ascii_alphabetic);
             if !glued {
                 parts.push(&s[last..i]);
                 i = end;
@@ -215,8 +246,13 @@ fn thousands_number(s: &str) -> Option<Num> {
 /// `52_8`, `4210_{5}`.
 fn base_number(s: &str) -> Option<Form> {
     let (digits, base) = s.split_once('_')?;
-    let base = base.strip_prefix('{').and_then(|b| b.strip_suffix('}')).unwrap_or(base);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_alphanumeric()) || !digits.as_bytes()[0].is_ascii_digit()
+    let base = base
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(base);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_alphanumeric())
+        || !digits.as_bytes()[0].is_ascii_digit()
     {
         return None;
     }
@@ -229,7 +265,11 @@ fn base_number(s: &str) -> Option<Form> {
     }
     let up = digits.to_ascii_uppercase();
     let trimmed = up.trim_start_matches('0');
-    let digits = if trimmed.is_empty() { "0".to_string() } else { trimmed.to_string() };
+    let digits = if trimmed.is_empty() {
+        "0".to_string()
+    } else {
+        trimmed.to_string()
+    };
     Some(Form::Base { digits, base })
 }
 
@@ -280,13 +320,18 @@ fn parse_form(s: &str, depth: u32) -> Form {
     if s.contains("{,}") {
         return parse_form(&s.replace("{,}", ","), depth + 1);
     }
-    let Some(top_commas) = split_top(s, ",") else { return Form::Text };
+    let Some(top_commas) = split_top(s, ",") else {
+        return Form::Text;
+    };
     if let Some(parts) = split_top(s, "\\cup") {
         if parts.len() > 1 {
             return Form::Union(parts.iter().map(|p| Elem::parse(p, depth + 1)).collect());
         }
     }
-    if let Some(inner) = s.strip_prefix("\\begin{pmatrix}").and_then(|r| r.strip_suffix("\\end{pmatrix}")) {
+    if let Some(inner) = s
+        .strip_prefix("\\begin{pmatrix}")
+        .and_then(|r| r.strip_suffix("\\end{pmatrix}"))
+    {
         return parse_matrix(inner, depth);
     }
     if top_commas.len() > 1 {
@@ -299,7 +344,9 @@ fn parse_form(s: &str, depth: u32) -> Form {
         let b = s.as_bytes();
         let (open, close) = (b[0] as char, b[b.len() - 1] as char);
         let inner = &s[1..s.len() - 1];
-        let Some(items) = split_top(inner, ",") else { return Form::Text };
+        let Some(items) = split_top(inner, ",") else {
+            return Form::Text;
+        };
         if open == '{' {
             if close != '}' {
                 return Form::Text;
@@ -329,13 +376,19 @@ fn parse_form(s: &str, depth: u32) -> Form {
         return Form::Text;
     }
     if let Some((plus, minus)) = pm_split(s) {
-        return Form::Set(vec![Elem::parse(&plus, depth + 1), Elem::parse(&minus, depth + 1)]);
+        return Form::Set(vec![
+            Elem::parse(&plus, depth + 1),
+            Elem::parse(&minus, depth + 1),
+        ]);
     }
     if let Some(sides) = split_top(s, "=") {
         if sides.len() == 2 {
             if let (Some(l), Some(r)) = (latex::parse_expr(sides[0]), latex::parse_expr(sides[1])) {
                 if !l.vars().is_empty() || !r.vars().is_empty() {
-                    return Form::Eq { lhs: Box::new(l), rhs: Box::new(r) };
+                    return Form::Eq {
+                        lhs: Box::new(l),
+                        rhs: Box::new(r),
+                    };
                 }
             }
             return Form::Text;
@@ -363,12 +416,16 @@ fn parse_form(s: &str, depth: u32) -> Form {
 }
 
 fn parse_matrix(inner: &str, depth: u32) -> Form {
-    let Some(rows) = split_top(inner, "\\\\") else { return Form::Text };
+    let Some(rows) = split_top(inner, "\\\\") else {
+        return Form::Text;
+    };
     let rows: Vec<&str> = rows.into_iter().filter(|r| !r.trim().is_empty()).collect();
     let mut cells = Vec::new();
     let mut cols = 0;
     for (i, row) in rows.iter().enumerate() {
-        let Some(rc) = split_top(row, "&") else { return Form::Text };
+        let Some(rc) = split_top(row, "&") else {
+            return Form::Text;
+        };
         if i == 0 {
             cols = rc.len();
         } else if rc.len() != cols {
@@ -379,7 +436,11 @@ fn parse_matrix(inner: &str, depth: u32) -> Form {
     if rows.is_empty() || cols == 0 {
         return Form::Text;
     }
-    Form::Matrix { rows: rows.len(), cols, cells }
+    Form::Matrix {
+        rows: rows.len(),
+        cols,
+        cells,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,7 +569,10 @@ fn words_eq(a: &str, b: &str) -> bool {
 
 /// Multiple-choice letter: `A`, `(A)` (after normalisation `\text{(A)}` is `(A)`).
 fn choice_letter(s: &str) -> Option<u8> {
-    let inner = s.strip_prefix('(').and_then(|x| x.strip_suffix(')')).unwrap_or(s);
+    let inner = s
+        .strip_prefix('(')
+        .and_then(|x| x.strip_suffix(')'))
+        .unwrap_or(s);
     match inner.as_bytes() {
         [c @ b'A'..=b'E'] => Some(*c),
         _ => None,
@@ -526,7 +590,10 @@ fn elem_eq(an: &str, af: &Form, bn: &str, bf: &Form, opts: &GradeOptions, depth:
 }
 
 fn ordered_eq(a: &[Elem], b: &[Elem], opts: &GradeOptions, depth: u32) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| elem_eq(&x.norm, &x.form, &y.norm, &y.form, opts, depth + 1))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| elem_eq(&x.norm, &x.form, &y.norm, &y.form, opts, depth + 1))
 }
 
 /// Set equality: every element of each side has an equivalent on the other side.
@@ -534,10 +601,22 @@ fn unordered_eq(a: &[Elem], b: &[Elem], opts: &GradeOptions, depth: u32) -> bool
     if a.len() > MAX_UNORDERED || b.len() > MAX_UNORDERED {
         return ordered_eq(a, b, opts, depth);
     }
-    let covered = |xs: &[Elem], ys: &[Elem]| {
-        xs.iter().all(|x| ys.iter().any(|y| elem_eq(&x.norm, &x.form, &y.norm, &y.form, opts, depth + 1)))
+    // Each pair is compared at most once (memoised), so nested sets stay O(|a|·|b|) per level.
+    let mut memo: Vec<Option<bool>> = vec![None; a.len() * b.len()];
+    let mut same = |i: usize, j: usize| -> bool {
+        *memo[i * b.len() + j].get_or_insert_with(|| {
+            elem_eq(
+                &a[i].norm,
+                &a[i].form,
+                &b[j].norm,
+                &b[j].form,
+                opts,
+                depth + 1,
+            )
+        })
     };
-    covered(a, b) && covered(b, a)
+    (0..a.len()).all(|i| (0..b.len()).any(|j| same(i, j)))
+        && (0..b.len()).all(|j| (0..a.len()).any(|i| same(i, j)))
 }
 
 fn form_eq(a: &Form, b: &Form, opts: &GradeOptions, depth: u32) -> bool {
@@ -549,26 +628,71 @@ fn form_eq(a: &Form, b: &Form, opts: &GradeOptions, depth: u32) -> bool {
         (Num(x), Num(y)) => num_eq(*x, *y, opts),
         (Num(_) | Expr { .. }, Num(_) | Expr { .. }) => sampled_eq(a, b, opts),
         (Inf(x), Inf(y)) => x == y,
-        (Base { digits: d1, base: b1 }, Base { digits: d2, base: b2 }) => d1 == d2 && b1 == b2,
+        (
+            Base {
+                digits: d1,
+                base: b1,
+            },
+            Base {
+                digits: d2,
+                base: b2,
+            },
+        ) => d1 == d2 && b1 == b2,
         // `52_8` vs `52`: the subscript was left off
-        (Base { digits, .. }, Num(n)) | (Num(n), Base { digits, .. }) => {
-            n.as_integer().is_some_and(|i| i >= 0 && i.to_string() == *digits)
+        (Base { digits, .. }, Num(n)) | (Num(n), Base { digits, .. }) => n
+            .as_integer()
+            .is_some_and(|i| i >= 0 && i.to_string() == *digits),
+        (Eq { lhs: l1, rhs: r1 }, Eq { lhs: l2, rhs: r2 }) => {
+            equations_eq((l1, r1), (l2, r2), opts)
         }
-        (Eq { lhs: l1, rhs: r1 }, Eq { lhs: l2, rhs: r2 }) => equations_eq((l1, r1), (l2, r2), opts),
-        (Seq { open: o1, close: c1, items: i1 }, Seq { open: o2, close: c2, items: i2 }) => {
-            o1 == o2 && c1 == c2 && ordered_eq(i1, i2, opts, depth)
+        (
+            Seq {
+                open: o1,
+                close: c1,
+                items: i1,
+            },
+            Seq {
+                open: o2,
+                close: c2,
+                items: i2,
+            },
+        ) => o1 == o2 && c1 == c2 && ordered_eq(i1, i2, opts, depth),
+        (Set(x) | List(x), Set(y) | List(y)) | (Union(x), Union(y)) => {
+            unordered_eq(x, y, opts, depth)
         }
-        (Set(x) | List(x), Set(y) | List(y)) | (Union(x), Union(y)) => unordered_eq(x, y, opts, depth),
         // a bare list against a tuple: in order (the toolkit strips the brackets)
-        (List(x), Seq { items: y, .. }) | (Seq { items: y, .. }, List(x)) => ordered_eq(x, y, opts, depth),
-        (Matrix { rows: r1, cols: c1, cells: x }, Matrix { rows: r2, cols: c2, cells: y }) => {
-            r1 == r2 && c1 == c2 && ordered_eq(x, y, opts, depth)
+        (List(x), Seq { items: y, .. }) | (Seq { items: y, .. }, List(x)) => {
+            ordered_eq(x, y, opts, depth)
         }
+        (
+            Matrix {
+                rows: r1,
+                cols: c1,
+                cells: x,
+            },
+            Matrix {
+                rows: r2,
+                cols: c2,
+                cells: y,
+            },
+        ) => r1 == r2 && c1 == c2 && ordered_eq(x, y, opts, depth),
         // a column or row vector against a parenthesised tuple
-        (Matrix { rows, cols, cells }, Seq { open: '(', close: ')', items })
-        | (Seq { open: '(', close: ')', items }, Matrix { rows, cols, cells }) => {
-            (*rows == 1 || *cols == 1) && ordered_eq(cells, items, opts, depth)
-        }
+        (
+            Matrix { rows, cols, cells },
+            Seq {
+                open: '(',
+                close: ')',
+                items,
+            },
+        )
+        | (
+            Seq {
+                open: '(',
+                close: ')',
+                items,
+            },
+            Matrix { rows, cols, cells },
+        ) => (*rows == 1 || *cols == 1) && ordered_eq(cells, items, opts, depth),
         _ => false,
     }
 }
@@ -587,13 +711,34 @@ mod tests {
         assert!(matches!(form("1,234"), Form::Num(Num::R(1234, 1))));
         assert!(matches!(form("\\frac{1}{2}"), Form::Num(Num::R(1, 2))));
         assert!(matches!(form("x^2+1"), Form::Expr { .. }));
-        assert!(matches!(form("(1,2)"), Form::Seq { open: '(', close: ')', .. }));
-        assert!(matches!(form("[0,1)"), Form::Seq { open: '[', close: ')', .. }));
+        assert!(matches!(
+            form("(1,2)"),
+            Form::Seq {
+                open: '(',
+                close: ')',
+                ..
+            }
+        ));
+        assert!(matches!(
+            form("[0,1)"),
+            Form::Seq {
+                open: '[',
+                close: ')',
+                ..
+            }
+        ));
         assert!(matches!(form("\\{1,2\\}"), Form::Set(_)));
         assert!(matches!(form("1,-2"), Form::List(_)));
         assert!(matches!(form("1\\pm\\sqrt{2}"), Form::Set(_)));
         assert!(matches!(form("(0,9)\\cup(9,36)"), Form::Union(_)));
-        assert!(matches!(form("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"), Form::Matrix { rows: 2, cols: 2, .. }));
+        assert!(matches!(
+            form("\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}"),
+            Form::Matrix {
+                rows: 2,
+                cols: 2,
+                ..
+            }
+        ));
         assert!(matches!(form("52_8"), Form::Base { base: 8, .. }));
         assert!(matches!(form("5x-7y+11z+4=0"), Form::Eq { .. }));
         assert!(matches!(form("\\infty"), Form::Inf(true)));

@@ -16,7 +16,7 @@ const BOX_CMDS: [&str; 2] = ["\\boxed", "\\fbox"];
 ///
 /// Returns the raw (un-normalised) answer, or `None` if there is none.
 pub fn extract_answer(completion: &str) -> Option<String> {
-    if let Some(b) = last_box(completion) {
+    if let Some(b) = last_box(completion, false) {
         return Some(b.to_string());
     }
     if let Some(a) = answer_is(completion) {
@@ -33,13 +33,15 @@ pub fn gsm8k_reference(answer_field: &str) -> Option<String> {
     (!r.is_empty()).then(|| r.to_string())
 }
 
-/// MATH ground truth: the content of the solution's last `\boxed{}` (or `\fbox{}`).
+/// MATH ground truth: the content of the solution's last complete `\boxed{}` (or `\fbox{}`),
+/// trimmed. Unlike [`extract_answer`], an empty box is returned as `""` (two MATH train
+/// solutions end in `\boxed{}`); callers may skip such questions.
 pub fn math_reference(solution: &str) -> Option<String> {
-    last_box(solution).map(str::to_string)
+    last_box(solution, true).map(str::to_string)
 }
 
-/// Content of the last complete, non-empty box.
-pub(crate) fn last_box(text: &str) -> Option<&str> {
+/// Content of the last complete box (non-empty unless `allow_empty`).
+fn last_box(text: &str, allow_empty: bool) -> Option<&str> {
     // Next candidate start for each command, searched backwards lazily.
     let mut cand: [Option<usize>; 2] = [text.rfind(BOX_CMDS[0]), text.rfind(BOX_CMDS[1])];
     // A box must close before the start of the box after it: if the later box never closed,
@@ -56,7 +58,7 @@ pub(crate) fn last_box(text: &str) -> Option<&str> {
         cand[k] = text[..pos].rfind(BOX_CMDS[k]);
         if let Some(content) = box_content(text, pos + BOX_CMDS[k].len(), limit) {
             let c = content.trim();
-            if !c.is_empty() {
+            if allow_empty || !c.is_empty() {
                 return Some(c);
             }
         }
@@ -165,7 +167,8 @@ fn last_number(text: &str) -> Option<String> {
     let mut out = String::with_capacity(e - s + 1);
     let negative = s > 0
         && b[s - 1] == b'-'
-        && (s < 2 || !matches!(b[s - 2], b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b')' | b']' | b'}'));
+        && (s < 2
+            || !matches!(b[s - 2], b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b')' | b']' | b'}'));
     if negative {
         out.push('-');
     }
@@ -223,49 +226,100 @@ mod tests {
             extract_answer("\\boxed{\\frac{\\sqrt{3}}{2}} done").as_deref(),
             Some("\\frac{\\sqrt{3}}{2}")
         );
-        assert_eq!(extract_answer("\\boxed{\\{1,2\\}}").as_deref(), Some("\\{1,2\\}"));
+        assert_eq!(
+            extract_answer("\\boxed{\\{1,2\\}}").as_deref(),
+            Some("\\{1,2\\}")
+        );
     }
 
     #[test]
     fn last_box_wins() {
-        assert_eq!(extract_answer("\\boxed{1} then \\boxed{2}").as_deref(), Some("2"));
-        assert_eq!(extract_answer("\\boxed{1} then \\fbox{3}").as_deref(), Some("3"));
-        assert_eq!(extract_answer("\\fbox{3} then \\boxed{4}").as_deref(), Some("4"));
+        assert_eq!(
+            extract_answer("\\boxed{1} then \\boxed{2}").as_deref(),
+            Some("2")
+        );
+        assert_eq!(
+            extract_answer("\\boxed{1} then \\fbox{3}").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            extract_answer("\\fbox{3} then \\boxed{4}").as_deref(),
+            Some("4")
+        );
     }
 
     #[test]
     fn box_without_braces() {
-        assert_eq!(extract_answer("our answer is $\\boxed 2$.").as_deref(), Some("2"));
+        assert_eq!(
+            extract_answer("our answer is $\\boxed 2$.").as_deref(),
+            Some("2")
+        );
         assert_eq!(extract_answer("x = \\boxed 9\nend").as_deref(), Some("9"));
         assert_eq!(extract_answer("\\boxed {7}").as_deref(), Some("7"));
     }
 
     #[test]
     fn unclosed_or_empty_box_falls_back() {
-        assert_eq!(extract_answer("\\boxed{1} and then \\boxed{2").as_deref(), Some("1"));
-        assert_eq!(extract_answer("The answer is 5. \\boxed{2").as_deref(), Some("5"));
+        assert_eq!(
+            extract_answer("\\boxed{1} and then \\boxed{2").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            extract_answer("The answer is 5. \\boxed{2").as_deref(),
+            Some("5")
+        );
         assert_eq!(extract_answer("x is 17 so \\boxed{").as_deref(), Some("17"));
-        assert_eq!(extract_answer("within \\boxed{}. It is 12").as_deref(), Some("12"));
-        assert_eq!(extract_answer("\\fboxsep=3pt, 8 apples").as_deref(), Some("8"));
+        assert_eq!(
+            extract_answer("within \\boxed{}. It is 12").as_deref(),
+            Some("12")
+        );
+        assert_eq!(
+            extract_answer("\\fboxsep=3pt, 8 apples").as_deref(),
+            Some("8")
+        );
     }
 
     #[test]
     fn the_answer_is() {
-        assert_eq!(extract_answer("So the answer is 42.").as_deref(), Some("42"));
-        assert_eq!(extract_answer("The answer is: $\\frac{1}{2}$. Done").as_deref(), Some("$\\frac{1}{2}$"));
-        assert_eq!(extract_answer("The final answer is 3.5 hours.\nBye 7").as_deref(), Some("3.5 hours"));
-        assert_eq!(extract_answer("The answer is **18**").as_deref(), Some("18"));
-        assert_eq!(extract_answer("the answer is\n\n 64").as_deref(), Some("64"));
+        assert_eq!(
+            extract_answer("So the answer is 42.").as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            extract_answer("The answer is: $\\frac{1}{2}$. Done").as_deref(),
+            Some("$\\frac{1}{2}$")
+        );
+        assert_eq!(
+            extract_answer("The final answer is 3.5 hours.\nBye 7").as_deref(),
+            Some("3.5 hours")
+        );
+        assert_eq!(
+            extract_answer("The answer is **18**").as_deref(),
+            Some("18")
+        );
+        assert_eq!(
+            extract_answer("the answer is\n\n 64").as_deref(),
+            Some("64")
+        );
         // last occurrence
-        assert_eq!(extract_answer("The answer is 1. No, the answer is 2.").as_deref(), Some("2"));
+        assert_eq!(
+            extract_answer("The answer is 1. No, the answer is 2.").as_deref(),
+            Some("2")
+        );
         // "my answer is" is not a trigger; falls back to the last number
         assert_eq!(extract_answer("my answer is 3 or 4").as_deref(), Some("4"));
     }
 
     #[test]
     fn last_number_fallback() {
-        assert_eq!(extract_answer("She has 1,234 apples").as_deref(), Some("1234"));
-        assert_eq!(extract_answer("total: 12,345,678.5 units").as_deref(), Some("12345678.5"));
+        assert_eq!(
+            extract_answer("She has 1,234 apples").as_deref(),
+            Some("1234")
+        );
+        assert_eq!(
+            extract_answer("total: 12,345,678.5 units").as_deref(),
+            Some("12345678.5")
+        );
         assert_eq!(extract_answer("it is -3 degrees").as_deref(), Some("-3"));
         assert_eq!(extract_answer("x=-7").as_deref(), Some("-7"));
         assert_eq!(extract_answer("10-3").as_deref(), Some("3"));
@@ -286,7 +340,10 @@ mod tests {
 
     #[test]
     fn references() {
-        assert_eq!(gsm8k_reference("blah <<2*3=6>>\n#### 1,200").as_deref(), Some("1200"));
+        assert_eq!(
+            gsm8k_reference("blah <<2*3=6>>\n#### 1,200").as_deref(),
+            Some("1200")
+        );
         assert_eq!(gsm8k_reference("#### -5 ").as_deref(), Some("-5"));
         assert_eq!(gsm8k_reference("no marker 5"), None);
         assert_eq!(gsm8k_reference("####  "), None);
@@ -296,5 +353,13 @@ mod tests {
         );
         assert_eq!(math_reference("hence $\\boxed 9$.").as_deref(), Some("9"));
         assert_eq!(math_reference("no box"), None);
+        assert_eq!(
+            math_reference("there are $\\boxed{}$ primes").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            math_reference("\\boxed{1} then \\boxed{2").as_deref(),
+            Some("1")
+        );
     }
 }

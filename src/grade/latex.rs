@@ -10,8 +10,9 @@
 
 use std::f64::consts::PI;
 
-/// Maximum nesting of the recursive descent (groups, unary signs, exponents, function args).
-pub(crate) const MAX_DEPTH: u32 = 64;
+/// Bound on the recursion of the descent: each bracket level costs 2 (group + primary), each
+/// extra sign, exponent or unbraced argument 1, so about 64 levels of nesting are accepted.
+pub(crate) const MAX_DEPTH: u32 = 128;
 /// Integer exponents up to this magnitude are tried exactly on rationals.
 const MAX_EXACT_EXP: u128 = 512;
 
@@ -37,7 +38,11 @@ impl Num {
         if d == 0 {
             return None;
         }
-        let (n, d) = if d < 0 { (n.checked_neg()?, d.checked_neg()?) } else { (n, d) };
+        let (n, d) = if d < 0 {
+            (n.checked_neg()?, d.checked_neg()?)
+        } else {
+            (n, d)
+        };
         let g = gcd(n.unsigned_abs(), d.unsigned_abs());
         // g divides d > 0, so g <= i128::MAX and the casts are exact.
         Some(Num::R(n / g as i128, d / g as i128))
@@ -106,7 +111,8 @@ impl Num {
             // cross-reduce first to keep numbers small
             let g1 = gcd(a.unsigned_abs(), d.unsigned_abs()).max(1) as i128;
             let g2 = gcd(c.unsigned_abs(), b.unsigned_abs()).max(1) as i128;
-            let exact = (|| Num::rat((a / g1).checked_mul(c / g2)?, (b / g2).checked_mul(d / g1)?))();
+            let exact =
+                (|| Num::rat((a / g1).checked_mul(c / g2)?, (b / g2).checked_mul(d / g1)?))();
             if exact.is_some() {
                 return exact;
             }
@@ -172,7 +178,7 @@ impl Num {
         if k == 1 {
             return Some(self);
         }
-        if n < 0 && k % 2 == 0 {
+        if n < 0 && k.is_multiple_of(2) {
             return None;
         }
         let rn = iroot(n.unsigned_abs(), k)?;
@@ -192,7 +198,7 @@ impl Num {
                 }
                 let x = self.to_f64();
                 if x < 0.0 {
-                    if ki % 2 == 0 {
+                    if ki.is_multiple_of(2) {
                         return None;
                     }
                     return Num::float(-(-x).powf(1.0 / ki as f64));
@@ -287,12 +293,9 @@ fn iroot(x: u128, k: u32) -> Option<u128> {
         return None;
     }
     let est = est as u128;
-    for c in [est.saturating_sub(1), est, est + 1] {
-        if c.checked_pow(k) == Some(x) {
-            return Some(c);
-        }
-    }
-    None
+    [est.saturating_sub(1), est, est + 1]
+        .into_iter()
+        .find(|&c| c.checked_pow(k) == Some(x))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -349,10 +352,18 @@ impl Func {
                 if let Num::R(n, d) = v {
                     let q = n.div_euclid(d);
                     let exact = n.rem_euclid(d) == 0;
-                    return Some(Num::int(if self == Func::Ceil && !exact { q + 1 } else { q }));
+                    return Some(Num::int(if self == Func::Ceil && !exact {
+                        q + 1
+                    } else {
+                        q
+                    }));
                 }
                 let x = v.to_f64();
-                Num::float(if self == Func::Floor { x.floor() } else { x.ceil() })
+                Num::float(if self == Func::Floor {
+                    x.floor()
+                } else {
+                    x.ceil()
+                })
             }
             _ => {
                 let x = v.to_f64();
@@ -484,19 +495,98 @@ enum Tok {
 }
 
 const GREEK: &[&str] = &[
-    "alpha", "beta", "gamma", "delta", "epsilon", "varepsilon", "zeta", "eta", "theta", "vartheta",
-    "iota", "kappa", "lambda", "mu", "nu", "xi", "rho", "sigma", "tau", "upsilon", "phi", "varphi",
-    "chi", "psi", "omega", "Gamma", "Delta", "Theta", "Lambda", "Xi", "Sigma", "Phi", "Psi",
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "varepsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "vartheta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "rho",
+    "sigma",
+    "tau",
+    "upsilon",
+    "phi",
+    "varphi",
+    "chi",
+    "psi",
+    "omega",
+    "Gamma",
+    "Delta",
+    "Theta",
+    "Lambda",
+    "Xi",
+    "Sigma",
+    "Phi",
+    "Psi",
     "Omega",
 ];
 
 const COMMANDS: &[&str] = &[
-    "frac", "dfrac", "tfrac", "cfrac", "sqrt", "pi", "cdot", "times", "div", "ast", "infty",
-    "sin", "cos", "tan", "sec", "csc", "cot", "arcsin", "arccos", "arctan", "sinh", "cosh",
-    "tanh", "ln", "log", "exp", "binom", "dbinom", "tbinom", "lfloor", "rfloor", "lceil",
-    "rceil", "mathrm", "text", "textbf", "mathit", "mathbf", "operatorname", "pm", "mp", "cup",
-    "in", "le", "ge", "ne", "lt", "gt", "circ", "quad", "qquad", "displaystyle", "cdots",
-    "ldots", "dots",
+    "frac",
+    "dfrac",
+    "tfrac",
+    "cfrac",
+    "sqrt",
+    "pi",
+    "cdot",
+    "times",
+    "div",
+    "ast",
+    "infty",
+    "sin",
+    "cos",
+    "tan",
+    "sec",
+    "csc",
+    "cot",
+    "arcsin",
+    "arccos",
+    "arctan",
+    "sinh",
+    "cosh",
+    "tanh",
+    "ln",
+    "log",
+    "exp",
+    "binom",
+    "dbinom",
+    "tbinom",
+    "lfloor",
+    "rfloor",
+    "lceil",
+    "rceil",
+    "mathrm",
+    "text",
+    "textbf",
+    "mathit",
+    "mathbf",
+    "operatorname",
+    "pm",
+    "mp",
+    "cup",
+    "in",
+    "le",
+    "ge",
+    "ne",
+    "lt",
+    "gt",
+    "circ",
+    "quad",
+    "qquad",
+    "displaystyle",
+    "cdots",
+    "ldots",
+    "dots",
 ];
 
 /// Bare (backslash-less) function names recognised at the start of a letter run.
@@ -515,14 +605,17 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
-        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
             let mut seen_dot = false;
             while i < chars.len() {
                 let d = chars[i];
                 if d.is_ascii_digit() {
                     i += 1;
-                } else if d == '.' && !seen_dot && chars.get(i + 1).is_some_and(|x| x.is_ascii_digit())
+                } else if d == '.'
+                    && !seen_dot
+                    && chars.get(i + 1).is_some_and(|x| x.is_ascii_digit())
                 {
                     seen_dot = true;
                     i += 1;
@@ -546,7 +639,7 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
             }
             if j == start {
                 // backslash + one non-letter: spacing commands are dropped, others kept
-                let Some(&n) = chars.get(start) else { return None };
+                let &n = chars.get(start)?;
                 i = start + 1;
                 match n {
                     ',' | ';' | ':' | '!' | ' ' => {}
@@ -562,7 +655,10 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
                 }
             } else {
                 // spaces were removed by normalisation: `\pir` is `\pi r`
-                let prefix = (2..name.len()).rev().map(|k| &name[..k]).find(|p| is_known_cmd(p));
+                let prefix = (2..name.len())
+                    .rev()
+                    .map(|k| &name[..k])
+                    .find(|p| is_known_cmd(p));
                 match prefix {
                     Some(p) => {
                         toks.push(Tok::Cmd(p.to_string()));
@@ -627,7 +723,12 @@ pub(crate) fn parse_expr(s: &str) -> Option<Expr> {
     if toks.is_empty() {
         return None;
     }
-    let mut p = Parser { toks, pos: 0, depth: 0, abs_depth: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        abs_depth: 0,
+    };
     let e = p.expr()?;
     (p.pos == p.toks.len()).then_some(e)
 }
@@ -724,9 +825,22 @@ impl Parser {
                     || Func::from_name(n).is_some()
                     || matches!(
                         n.as_str(),
-                        "frac" | "dfrac" | "tfrac" | "cfrac" | "sqrt" | "pi" | "binom" | "dbinom"
-                            | "tbinom" | "lfloor" | "lceil" | "mathrm" | "text" | "textbf"
-                            | "mathit" | "mathbf"
+                        "frac"
+                            | "dfrac"
+                            | "tfrac"
+                            | "cfrac"
+                            | "sqrt"
+                            | "pi"
+                            | "binom"
+                            | "dbinom"
+                            | "tbinom"
+                            | "lfloor"
+                            | "lceil"
+                            | "mathrm"
+                            | "text"
+                            | "textbf"
+                            | "mathit"
+                            | "mathbf"
                     )
             }
             None => false,
@@ -734,16 +848,21 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Option<Expr> {
-        self.enter()?;
-        let r = if self.eat_sym('-') {
-            self.unary().map(|e| Expr::Neg(bx(e)))
+        let neg = if self.eat_sym('-') {
+            true
         } else if self.eat_sym('+') {
-            self.unary()
+            false
         } else {
-            self.power()
+            return self.power();
         };
+        self.enter()?;
+        let r = self.unary();
         self.leave();
-        r
+        if neg {
+            r.map(|e| Expr::Neg(bx(e)))
+        } else {
+            r
+        }
     }
 
     fn power(&mut self) -> Option<Expr> {
@@ -785,7 +904,9 @@ impl Parser {
     }
 
     fn number(&mut self) -> Option<Expr> {
-        let Some(Tok::Num(s)) = self.peek() else { return None };
+        let Some(Tok::Num(s)) = self.peek() else {
+            return None;
+        };
         let v = parse_decimal(s)?;
         self.pos += 1;
         Some(Expr::Lit(v))
@@ -977,7 +1098,11 @@ impl Parser {
             }
             "lfloor" | "lceil" => {
                 let e = self.expr()?;
-                let (close, f) = if name == "lfloor" { ("rfloor", Func::Floor) } else { ("rceil", Func::Ceil) };
+                let (close, f) = if name == "lfloor" {
+                    ("rfloor", Func::Floor)
+                } else {
+                    ("rceil", Func::Ceil)
+                };
                 self.eat_cmd(&[close]).then_some(())?;
                 Some(Expr::Func(f, bx(e)))
             }
@@ -995,7 +1120,11 @@ impl Parser {
             n => {
                 let f = Func::from_name(n)?;
                 // \log_b x
-                let base = if f == Func::Log10 && self.eat_sym('_') { Some(self.arg()?) } else { None };
+                let base = if f == Func::Log10 && self.eat_sym('_') {
+                    Some(self.arg()?)
+                } else {
+                    None
+                };
                 // \sin^2 x  ==  (\sin x)^2
                 let power = if self.eat_sym('^') {
                     let neg = self.eat_sym('-');
@@ -1062,7 +1191,9 @@ pub(crate) fn parse_decimal(s: &str) -> Option<Num> {
     if int_part.is_empty() && frac_part.is_empty() {
         return None;
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
+    if !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     let int_trim = int_part.trim_start_matches('0');
@@ -1071,11 +1202,19 @@ pub(crate) fn parse_decimal(s: &str) -> Option<Num> {
         let mut digits = String::with_capacity(int_trim.len() + frac_trim.len());
         digits.push_str(int_trim);
         digits.push_str(frac_trim);
-        let n: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
+        let n: i128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().ok()?
+        };
         let d = 10i128.checked_pow(frac_trim.len() as u32)?;
         return Num::rat(n, d);
     }
-    let joined = format!("{}.{}", if int_part.is_empty() { "0" } else { int_part }, if frac_part.is_empty() { "0" } else { frac_part });
+    let joined = format!(
+        "{}.{}",
+        if int_part.is_empty() { "0" } else { int_part },
+        if frac_part.is_empty() { "0" } else { frac_part }
+    );
     Num::float(joined.parse().ok()?)
 }
 
@@ -1084,7 +1223,11 @@ mod tests {
     use super::*;
 
     fn val(s: &str) -> f64 {
-        parse_expr(s).unwrap_or_else(|| panic!("no parse: {s}")).eval(&|_| None).unwrap().to_f64()
+        parse_expr(s)
+            .unwrap_or_else(|| panic!("no parse: {s}"))
+            .eval(&|_| None)
+            .unwrap()
+            .to_f64()
     }
 
     fn exact(s: &str) -> Num {
@@ -1146,23 +1289,91 @@ mod tests {
         assert_eq!(e.vars(), vec!["x".to_string()]);
         let v = e.eval(&|n| (n == "x").then_some(2.0)).unwrap().to_f64();
         assert_eq!(v, 9.0);
-        assert_eq!(parse_expr("a_1+a_{12}").unwrap().vars(), vec!["a_1".to_string(), "a_12".to_string()]);
-        assert_eq!(parse_expr("2\\pir^2").unwrap().vars(), vec!["r".to_string()]);
+        assert_eq!(
+            parse_expr("a_1+a_{12}").unwrap().vars(),
+            vec!["a_1".to_string(), "a_12".to_string()]
+        );
+        assert_eq!(
+            parse_expr("2\\pir^2").unwrap().vars(),
+            vec!["r".to_string()]
+        );
         assert!(parse_expr("Evelyn").is_none());
     }
 
     #[test]
     fn rejects_garbage_and_deep_input() {
-        for s in ["", "(", ")", "1+", "\\frac{1}", "{{{", "1,2", "\\foo", "2^", "|", "1=2"] {
+        for s in [
+            "",
+            "(",
+            ")",
+            "1+",
+            "\\frac{1}",
+            "{{{",
+            "1,2",
+            "\\foo",
+            "2^",
+            "|",
+            "1=2",
+        ] {
             assert!(parse_expr(s).is_none(), "{s}");
         }
         let deep = "(".repeat(10_000) + "1" + &")".repeat(10_000);
         assert!(parse_expr(&deep).is_none());
+        let nest = |n: usize| "(".repeat(n) + "1" + &")".repeat(n);
+        assert!(parse_expr(&nest(60)).is_some());
+        assert!(parse_expr(&nest(70)).is_none());
+        let fracs = |n: usize| "\\frac{".repeat(n) + "1" + &"}{2}".repeat(n);
+        assert!(parse_expr(&fracs(40)).is_some());
+        assert!(parse_expr(&fracs(200)).is_none());
+        let sins = "\\sin^\\sin^".repeat(200) + "x";
+        assert!(parse_expr(&sins).is_none());
+        let roots = "\\sqrt".repeat(500) + "2";
+        assert!(parse_expr(&roots).is_none());
         let neg = "-".repeat(10_000) + "1";
         assert!(parse_expr(&neg).is_none());
         let tower = "2^".repeat(40) + "2";
         // parses (depth 40) but the value overflows: no result, no hang
         assert!(parse_expr(&tower).unwrap().eval(&|_| None).is_none());
+    }
+
+    /// The deepest accepted inputs fit comfortably in a small thread stack.
+    #[test]
+    fn max_depth_fits_small_stack() {
+        let h = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let mut ok = 0;
+                for unit in [
+                    "(",
+                    "{",
+                    "\\frac{",
+                    "\\sqrt{",
+                    "-(",
+                    "2^{",
+                    "|",
+                    "\\sin(",
+                    "\\frac{1}{",
+                ] {
+                    for n in [20, 40, 63, 64, 65, 100, 1000] {
+                        let close = if unit == "|" {
+                            "|"
+                        } else if unit.ends_with('(') {
+                            ")"
+                        } else {
+                            "}"
+                        };
+                        let extra = if unit == "\\frac{" { "}{2" } else { "" };
+                        let s = unit.repeat(n) + "1" + &format!("{extra}{close}").repeat(n);
+                        if let Some(e) = parse_expr(&s) {
+                            let _ = e.eval(&|_| Some(1.0));
+                            ok += 1;
+                        }
+                    }
+                }
+                ok
+            })
+            .unwrap();
+        assert!(h.join().unwrap() > 0);
     }
 
     #[test]
@@ -1173,7 +1384,10 @@ mod tests {
         assert!((v.to_f64() / 1e60 - 1.0).abs() < 1e-9);
         assert_eq!(exact("2^{100}"), Num::R(1 << 100, 1));
         assert!(matches!(exact("2^{200}"), Num::F(_)));
-        assert!(parse_expr("10^{10^{10}}").unwrap().eval(&|_| None).is_none());
+        assert!(parse_expr("10^{10^{10}}")
+            .unwrap()
+            .eval(&|_| None)
+            .is_none());
         assert!(parse_expr("1000!").unwrap().eval(&|_| None).is_none());
     }
 }

@@ -44,7 +44,8 @@
 //! * unit words are removed only when they trail a number (`5 apples`, `3.5 square feet`); the
 //!   toolkit deletes ~190 words anywhere, including single letters `a`, `h`, `t`, `s`, `m`,
 //!   which mangles algebra (`(a+5)(b+2)` → `(+5)(b+2)`); `\text{u}^2` area units are removed;
-//! * the word `and` becomes a comma (toolkit: deleted, so `1 and 2` → `12`);
+//! * the words `and` / `or` become commas (toolkit deletes `and`, so `1 and 2` → `12`);
+//! * an answer that is a single whole `\boxed{…}` is unboxed;
 //! * `x=` / `x\in` prefixes are removed only when not glued to a coefficient (`2x=4` stays an
 //!   equation); `x \in [a,b]` with spaces and any letter is handled;
 //! * `\text{}` is unwrapped brace-matched (also `\textbf`, `\textit`, `\textrm`, `\mathrm`);

@@ -6,8 +6,14 @@
 
 /// Normalise a final answer the way the toolkit's `strip_string` does (see module docs).
 pub fn strip_string(input: &str) -> String {
+    // DIFF: an answer that is one whole `\boxed{...}` is unboxed
+    let input = unbox(input.trim());
     // whitespace, line breaks, trailing full stops
-    let s: String = input.trim().chars().filter(|&c| c != '\n' && c != '\r').collect();
+    let s: String = input
+        .trim()
+        .chars()
+        .filter(|&c| c != '\n' && c != '\r')
+        .collect();
     let s = s.trim_end_matches('.');
     // `\!` (toolkit); DIFF: also `\,` `\;` `\:` `\ ` `\quad` `\qquad` `\displaystyle`
     let s = drop_spacing(s);
@@ -15,7 +21,10 @@ pub fn strip_string(input: &str) -> String {
     let s = array_to_pmatrix(&s);
     let s = s.replace("bmatrix", "pmatrix");
     let s = s.replace("tfrac", "frac").replace("dfrac", "frac");
-    let s = s.replace("\\neq", "\\ne").replace("\\leq", "\\le").replace("\\geq", "\\ge");
+    let s = s
+        .replace("\\neq", "\\ne")
+        .replace("\\leq", "\\le")
+        .replace("\\geq", "\\ge");
     // DIFF: only the whole commands `\left` / `\right` (toolkit also eats `\leftarrow` prefixes),
     // plus the `\big`-family sizes
     let s = drop_sizing(&s);
@@ -23,7 +32,10 @@ pub fn strip_string(input: &str) -> String {
     // trailing `\text{...}` unit: `5\text{ cm}` -> `5`; DIFF: also `\text{ cm}^2`, `\mbox{ in}^2`
     let s = drop_trailing_text_unit(&s);
     // degrees
-    let s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace('°', "");
+    let s = s
+        .replace("^{\\circ}", "")
+        .replace("^\\circ", "")
+        .replace('°', "");
     // dollars, inline-math delimiters
     let s = s.replace("\\$", "").replace('$', "");
     let s = s.replace("\\(", "").replace("\\)", "");
@@ -43,13 +55,17 @@ pub fn strip_string(input: &str) -> String {
     let s = zero_before_point(&s);
     // infinity (DIFF: only whole words)
     let s = infinity_words(&s);
-    // DIFF: the word `and` becomes a comma (toolkit deletes it: `1 and 2` -> `12`)
+    // DIFF: the words `and` / `or` become commas (toolkit deletes `and`: `1 and 2` -> `12`)
     let s = and_words(&s);
     let s = s.replace("\\mathbf", "");
     // `\mbox{...}` removed (non-greedy, like the toolkit)
     let s = drop_mbox(&s);
     // complex unit j -> i
-    let s = if s.contains('j') && !s.contains('i') { s.replace('j', "i") } else { s };
+    let s = if s.contains('j') && !s.contains('i') {
+        s.replace('j', "i")
+    } else {
+        s
+    };
     // `5.00` -> `5`, `3.0x` -> `3x`
     let mut s = drop_zero_decimals(&s);
     if s.is_empty() {
@@ -69,6 +85,37 @@ pub fn strip_string(input: &str) -> String {
     let s = drop_in_prefix(&s);
     let s = fix_fracs(&s);
     fix_a_slash_b(&s)
+}
+
+/// `\boxed{x}` / `$\boxed{x}$` / `\fbox{x}` as the whole answer -> `x`.
+fn unbox(s: &str) -> &str {
+    let t = s
+        .strip_prefix('$')
+        .and_then(|x| x.strip_suffix('$'))
+        .unwrap_or(s)
+        .trim();
+    for cmd in ["\\boxed{", "\\fbox{"] {
+        if let Some(body) = t.strip_prefix(cmd).and_then(|x| x.strip_suffix('}')) {
+            // the opening brace must close at the very end
+            let mut depth = 1i64;
+            for c in body.bytes() {
+                match c {
+                    b'{' => depth += 1,
+                    b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return s;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if depth == 1 {
+                return body;
+            }
+        }
+    }
+    s
 }
 
 /// Drop `\!` and (DIFF) the other spacing commands. `\\` (row break) is kept intact.
@@ -94,7 +141,10 @@ fn drop_spacing(s: &str) -> String {
                 while j < b.len() && b[j].is_ascii_alphabetic() {
                     j += 1;
                 }
-                if matches!(&s[i + 1..j], "quad" | "qquad" | "displaystyle" | "textstyle") {
+                if matches!(
+                    &s[i + 1..j],
+                    "quad" | "qquad" | "displaystyle" | "textstyle"
+                ) {
                     out.push_str(&s[last..i]);
                     last = j;
                 }
@@ -148,8 +198,20 @@ fn drop_sizing(s: &str) -> String {
         }
         if matches!(
             &s[i + 1..j],
-            "left" | "right" | "big" | "Big" | "bigg" | "Bigg" | "bigl" | "bigr" | "Bigl" | "Bigr"
-                | "biggl" | "biggr" | "Biggl" | "Biggr"
+            "left"
+                | "right"
+                | "big"
+                | "Big"
+                | "bigg"
+                | "Bigg"
+                | "bigl"
+                | "bigr"
+                | "Bigl"
+                | "Bigr"
+                | "biggl"
+                | "biggr"
+                | "Biggl"
+                | "Biggr"
         ) {
             out.push_str(&s[last..i]);
             last = j;
@@ -175,13 +237,19 @@ fn drop_trailing_text_unit(s: &str) -> String {
         }
     }
     for pw in ["^2", "^3", "^{2}", "^{3}"] {
-        let Some(base) = s.strip_suffix(pw) else { continue };
-        let Some(inner) = base.strip_suffix('}') else { continue };
+        let Some(base) = s.strip_suffix(pw) else {
+            continue;
+        };
+        let Some(inner) = base.strip_suffix('}') else {
+            continue;
+        };
         for cmd in ["\\text{", "\\mbox{"] {
             if let Some(q) = inner.rfind(cmd) {
                 let content = &inner[q + cmd.len()..];
                 let unit_like = !content.trim().is_empty()
-                    && content.chars().all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '.');
+                    && content
+                        .chars()
+                        .all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '.');
                 let cand = inner[..q].trim();
                 if unit_like && !cand.is_empty() {
                     return cand.to_string();
@@ -245,7 +313,11 @@ fn unwrap_text(s: &str) -> String {
 /// hyphens are touched; returns `None` if it does not apply.
 fn word_number(s: &str) -> Option<String> {
     let t = s.trim();
-    if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '-') {
+    if t.is_empty()
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '-')
+    {
         return None;
     }
     let lower = t.to_ascii_lowercase();
@@ -387,10 +459,8 @@ fn drop_var_prefixes(s: &str) -> String {
             let rest = &s[i + 1..];
             let len = if rest.starts_with('=') {
                 1
-            } else if rest.starts_with("\\in") && !rest[3..].starts_with(|c: char| c.is_ascii_alphabetic())
-            {
-                3
-            } else if rest.starts_with("\\to") && !rest[3..].starts_with(|c: char| c.is_ascii_alphabetic())
+            } else if (rest.starts_with("\\in") || rest.starts_with("\\to"))
+                && !rest[3..].starts_with(|c: char| c.is_ascii_alphabetic())
             {
                 3
             } else {
@@ -436,7 +506,9 @@ fn word_positions(s: &str, word: &str) -> Vec<usize> {
         .map(|(p, _)| p)
         .filter(|&p| {
             let before = p == 0 || !(b[p - 1].is_ascii_alphabetic() || b[p - 1] == b'\\');
-            let after = b.get(p + word.len()).is_none_or(|c| !c.is_ascii_alphabetic());
+            let after = b
+                .get(p + word.len())
+                .is_none_or(|c| !c.is_ascii_alphabetic());
             before && after
         })
         .collect()
@@ -467,21 +539,26 @@ fn infinity_words(s: &str) -> String {
     }
 }
 
-/// `1 and 2` -> `1 , 2`; `1, 2, and 3` -> `1, 2,  3`.
+/// `1 and 2` -> `1 , 2`; `1, 2, and 3` -> `1, 2,  3`; `x=1 or x=2` -> `x=1 , x=2`.
 fn and_words(s: &str) -> String {
-    let pos = word_positions(s, "and");
+    let mut pos: Vec<(usize, usize)> = word_positions(s, "and")
+        .into_iter()
+        .map(|p| (p, 3))
+        .collect();
+    pos.extend(word_positions(s, "or").into_iter().map(|p| (p, 2)));
     if pos.is_empty() {
         return s.to_string();
     }
+    pos.sort_unstable();
     let mut out = String::with_capacity(s.len());
     let mut last = 0;
-    for p in pos {
+    for (p, len) in pos {
         out.push_str(&s[last..p]);
         let after_comma = out.trim_end().ends_with(',');
         if !after_comma {
             out.push(',');
         }
-        last = p + 3;
+        last = p + len;
     }
     out.push_str(&s[last..]);
     out
@@ -576,7 +653,10 @@ fn fix_sqrt(s: &str) -> String {
 /// `x\in`, `y\in`, `z\in` written without spaces).
 fn drop_in_prefix(s: &str) -> String {
     let b = s.as_bytes();
-    if b.len() > 4 && b[0].is_ascii_alphabetic() && s[1..].starts_with("\\in") && !b[4].is_ascii_alphabetic()
+    if b.len() > 4
+        && b[0].is_ascii_alphabetic()
+        && s[1..].starts_with("\\in")
+        && !b[4].is_ascii_alphabetic()
     {
         return s[4..].to_string();
     }
@@ -864,6 +944,22 @@ mod tests {
         assert_eq!(strip_string("x \\leq 3"), "x\\le3");
         assert_eq!(strip_string("x \\neq 3"), "x\\ne3");
         assert_eq!(strip_string("\\mathbf{v}"), "{v}");
+    }
+
+    #[test]
+    fn unboxes_whole_answer() {
+        assert_eq!(strip_string("\\boxed{5}"), "5");
+        assert_eq!(strip_string("$\\boxed{\\frac{1}{2}}$"), "\\frac{1}{2}");
+        assert_eq!(
+            strip_string("\\boxed{1}+\\boxed{2}"),
+            "\\boxed{1}+\\boxed{2}"
+        );
+    }
+
+    #[test]
+    fn or_becomes_comma() {
+        assert_eq!(strip_string("x=1 \\text{ or } x=2"), "1,2");
+        assert_eq!(strip_string("color"), "color");
     }
 
     #[test]
