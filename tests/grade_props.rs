@@ -307,6 +307,15 @@ fn throughput() {
         dt.as_secs_f64() * 1e6 / comps.len() as f64
     );
     let t = Instant::now();
+    let normalized: Vec<String> = answers.iter().map(|a| strip_string(a)).collect();
+    let dt = t.elapsed();
+    println!(
+        "strip_string: {} answers: {:.2} µs each ({:.0} chars avg)",
+        normalized.len(),
+        dt.as_secs_f64() * 1e6 / normalized.len() as f64,
+        answers.iter().map(String::len).sum::<usize>() as f64 / answers.len() as f64
+    );
+    let t = Instant::now();
     let parsed: Vec<Answer> = answers.iter().map(|a| Answer::parse(a)).collect();
     let dt = t.elapsed();
     println!(
@@ -332,6 +341,22 @@ fn throughput() {
     let r = extract_answer(&long);
     println!(
         "extract_answer on {} MB: {:?} ({r:?})",
+        long.len() / 1_000_000,
+        t.elapsed()
+    );
+    let long = "We add 3 and 4 to get 7, then multiply by 2. ".repeat(50_000);
+    let t = Instant::now();
+    let r = extract_answer(&long);
+    println!(
+        "extract_answer on {} MB, no box (last-number path): {:?} ({r:?})",
+        long.len() / 1_000_000,
+        t.elapsed()
+    );
+    let long = "\\boxed{".repeat(300_000);
+    let t = Instant::now();
+    let r = extract_answer(&long);
+    println!(
+        "extract_answer on {} MB of unclosed boxes: {:?} ({r:?})",
         long.len() / 1_000_000,
         t.elapsed()
     );

@@ -42,27 +42,35 @@ pub fn math_reference(solution: &str) -> Option<String> {
 
 /// Content of the last complete box (non-empty unless `allow_empty`).
 fn last_box(text: &str, allow_empty: bool) -> Option<&str> {
-    // Next candidate start for each command, searched backwards lazily.
-    let mut cand: [Option<usize>; 2] = [text.rfind(BOX_CMDS[0]), text.rfind(BOX_CMDS[1])];
     // A box must close before the start of the box after it: if the later box never closed,
     // an earlier one that reaches it is unclosed too; this keeps the total scan linear.
     let mut limit = text.len();
-    loop {
-        let k = match cand {
-            [Some(a), Some(b)] => usize::from(b > a),
-            [Some(_), None] => 0,
-            [None, Some(_)] => 1,
-            [None, None] => return None,
-        };
-        let pos = cand[k]?;
-        cand[k] = text[..pos].rfind(BOX_CMDS[k]);
-        if let Some(content) = box_content(text, pos + BOX_CMDS[k].len(), limit) {
+    while let Some((pos, len)) = prev_box_cmd(text, limit) {
+        if let Some(content) = box_content(text, pos + len, limit) {
             let c = content.trim();
             if allow_empty || !c.is_empty() {
                 return Some(c);
             }
         }
         limit = pos;
+    }
+    None
+}
+
+/// Start and length of the last `\boxed` / `\fbox` starting before `end`: one backward search
+/// for their common part `box`.
+fn prev_box_cmd(text: &str, end: usize) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut e = end;
+    loop {
+        let p = text[..e].rfind("box")?;
+        if p >= 1 && b[p - 1] == b'\\' && b[p..].starts_with(b"boxed") {
+            return Some((p - 1, BOX_CMDS[0].len()));
+        }
+        if p >= 2 && &b[p - 2..p] == b"\\f" {
+            return Some((p - 2, BOX_CMDS[1].len()));
+        }
+        e = p;
     }
 }
 

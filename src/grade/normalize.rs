@@ -5,69 +5,101 @@
 //! so (`DIFF:`) and `mod.rs` lists the differences.
 
 /// Normalise a final answer the way the toolkit's `strip_string` does (see module docs).
+///
+/// Each step runs only if its trigger text is present, so a short answer costs a few
+/// substring checks rather than ~40 allocations.
 pub fn strip_string(input: &str) -> String {
     // DIFF: an answer that is one whole `\boxed{...}` is unboxed
     let input = unbox(input.trim());
     // whitespace, line breaks, trailing full stops
-    let s: String = input
+    let mut s: String = input
         .trim()
         .chars()
         .filter(|&c| c != '\n' && c != '\r')
         .collect();
-    let s = s.trim_end_matches('.');
-    // `\!` (toolkit); DIFF: also `\,` `\;` `\:` `\ ` `\quad` `\qquad` `\displaystyle`
-    let s = drop_spacing(s);
+    while s.ends_with('.') {
+        s.pop();
+    }
+    if s.contains('\\') {
+        // `\!` (toolkit); DIFF: also `\,` `\;` `\:` `\ ` `\quad` `\qquad` `\displaystyle`
+        s = drop_spacing(&s);
+    }
     // matrices: array / bmatrix -> pmatrix
-    let s = array_to_pmatrix(&s);
-    let s = s.replace("bmatrix", "pmatrix");
-    let s = s.replace("tfrac", "frac").replace("dfrac", "frac");
-    let s = s
-        .replace("\\neq", "\\ne")
-        .replace("\\leq", "\\le")
-        .replace("\\geq", "\\ge");
-    // DIFF: only the whole commands `\left` / `\right` (toolkit also eats `\leftarrow` prefixes),
-    // plus the `\big`-family sizes
-    let s = drop_sizing(&s);
-    let s = s.replace("\\{", "{").replace("\\}", "}");
+    if s.contains("{array}") {
+        s = array_to_pmatrix(&s);
+    }
+    s = rep(s, "bmatrix", "pmatrix");
+    s = rep(s, "tfrac", "frac");
+    s = rep(s, "dfrac", "frac");
+    if s.contains('\\') {
+        s = rep(s, "\\neq", "\\ne");
+        s = rep(s, "\\leq", "\\le");
+        s = rep(s, "\\geq", "\\ge");
+        // DIFF: only the whole commands `\left` / `\right` (the toolkit also eats the prefix of
+        // `\leftarrow`), plus the `\big`-family sizes
+        s = drop_sizing(&s);
+        s = rep(s, "\\{", "{");
+        s = rep(s, "\\}", "}");
+    }
     // trailing `\text{...}` unit: `5\text{ cm}` -> `5`; DIFF: also `\text{ cm}^2`, `\mbox{ in}^2`
-    let s = drop_trailing_text_unit(&s);
+    if s.ends_with(['}', '2', '3']) {
+        s = drop_trailing_text_unit(&s);
+    }
     // degrees
-    let s = s
-        .replace("^{\\circ}", "")
-        .replace("^\\circ", "")
-        .replace('°', "");
+    s = rep(s, "^{\\circ}", "");
+    s = rep(s, "^\\circ", "");
+    s = rep(s, "°", "");
     // dollars, inline-math delimiters
-    let s = s.replace("\\$", "").replace('$', "");
-    let s = s.replace("\\(", "").replace("\\)", "");
+    s = rep(s, "\\$", "");
+    s = rep(s, "$", "");
+    s = rep(s, "\\(", "");
+    s = rep(s, "\\)", "");
     // `\text{...}` -> `...` (DIFF: brace-matched, and also \textbf, \textit, \textrm, \mathrm)
-    let s = unwrap_text(&s);
+    if s.contains("\\text") || s.contains("\\mathrm") {
+        s = unwrap_text(&s);
+    }
     // DIFF: number words after unwrapping (`\text{five}` -> `5`), see `word_number`
-    let s = word_number(&s).unwrap_or(s);
+    if let Some(w) = word_number(&s) {
+        s = w;
+    }
     // DIFF: unit words only when they trail a number (`5 apples`, `3.5 hours`), see below
-    let s = drop_trailing_unit_words(&s);
+    if s.contains(' ') {
+        s = drop_trailing_unit_words(&s);
+    }
     // `x=`, `y\in`, ... (DIFF: not after a letter, digit or backslash, so `2x=4` stays)
-    let s = drop_var_prefixes(&s);
-    let s = s.replace("\\emptyset", "{}");
-    let s = s.replace("(-\\infty,\\infty)", "\\mathbb{R}");
+    if s.contains(['=', '\\']) {
+        s = drop_var_prefixes(&s);
+    }
+    s = rep(s, "\\emptyset", "{}");
+    s = rep(s, "(-\\infty,\\infty)", "\\mathbb{R}");
     // percentages
-    let s = s.replace("\\%", "").replace('%', "");
+    s = rep(s, "\\%", "");
+    s = rep(s, "%", "");
     // ` .5` -> ` 0.5`, `{.5` -> `{0.5` (DIFF: only before a digit)
-    let s = zero_before_point(&s);
+    if s.contains('.') {
+        s = zero_before_point(&s);
+    }
     // infinity (DIFF: only whole words)
-    let s = infinity_words(&s);
+    if s.contains("inf") || s.contains('∞') {
+        s = infinity_words(&s);
+    }
     // DIFF: the words `and` / `or` become commas (toolkit deletes `and`: `1 and 2` -> `12`)
-    let s = and_words(&s);
-    let s = s.replace("\\mathbf", "");
+    if s.contains("and") || s.contains("or") {
+        s = and_words(&s);
+    }
+    s = rep(s, "\\mathbf", "");
     // `\mbox{...}` removed (non-greedy, like the toolkit)
-    let s = drop_mbox(&s);
+    if s.contains("\\mbox{") {
+        s = drop_mbox(&s);
+    }
     // complex unit j -> i
-    let s = if s.contains('j') && !s.contains('i') {
-        s.replace('j', "i")
-    } else {
-        s
-    };
+    if s.contains('j') && !s.contains('i') {
+        s = s.replace('j', "i");
+    }
     // `5.00` -> `5`, `3.0x` -> `3x`
-    let mut s = drop_zero_decimals(&s);
+    if s.contains('.') {
+        s = drop_zero_decimals(&s);
+    }
     if s.is_empty() {
         return s;
     }
@@ -75,16 +107,40 @@ pub fn strip_string(input: &str) -> String {
         s.insert(0, '0');
     }
     // `k = 5` -> ` 5` (one `=`, left side at most 2 characters)
-    let s = short_lhs(&s);
+    if s.contains('=') {
+        s = short_lhs(&s);
+    }
     // `\sqrt2` -> `\sqrt{2}`
-    let s = fix_sqrt(&s);
-    let s: String = s.chars().filter(|&c| c != ' ').collect();
-    // DIFF: repeat the space-sensitive rules on the space-free string
-    let s = fix_sqrt(&s);
-    let s = s.replace("(-\\infty,\\infty)", "\\mathbb{R}");
-    let s = drop_in_prefix(&s);
-    let s = fix_fracs(&s);
-    fix_a_slash_b(&s)
+    if s.contains("\\sqrt") {
+        s = fix_sqrt(&s);
+    }
+    if s.contains(' ') {
+        s.retain(|c| c != ' ');
+        // DIFF: repeat the space-sensitive rules on the space-free string
+        if s.contains("\\sqrt") {
+            s = fix_sqrt(&s);
+        }
+        s = rep(s, "(-\\infty,\\infty)", "\\mathbb{R}");
+    }
+    if s.contains("\\in") {
+        s = drop_in_prefix(&s);
+    }
+    if s.contains("\\frac") {
+        s = fix_fracs(&s);
+    }
+    if s.contains('/') {
+        s = fix_a_slash_b(&s);
+    }
+    s
+}
+
+/// `str::replace`, without the allocation when there is nothing to replace.
+fn rep(s: String, from: &str, to: &str) -> String {
+    if s.contains(from) {
+        s.replace(from, to)
+    } else {
+        s
+    }
 }
 
 /// `\boxed{x}` / `$\boxed{x}$` / `\fbox{x}` as the whole answer -> `x`.
