@@ -1,1 +1,77 @@
-//! Answer extraction, normalisation and equivalence (filled in by the grading work).
+//! Answer extraction, normalisation and equivalence for math reasoning.
+//!
+//! ```text
+//! completion ──extract_answer──▶ raw answer ──Answer::parse──▶ Answer { raw, normalized, form }
+//!                                                       Answer::equivalent(&other, &opts) ─▶ bool
+//! ```
+//!
+//! * [`extract_answer`]: last `\boxed{}` / `\fbox{}`, else "the answer is …", else the last number
+//!   (the Qwen2.5-Math toolkit's order).
+//! * [`strip_string`]: the toolkit's normalisation (`\left`, `$`, `\text{}` units, `^\circ`, `%`,
+//!   `dfrac`, `\frac12`, `\sqrt2`, `x=` prefixes, `5.00`, `.5`, spaces, ...).
+//! * [`Answer::parse`] normalises once and parses the result into a number, tuple/interval, set,
+//!   list, matrix, union, equation, expression with variables, base-`b` number or plain text;
+//!   [`Answer::equivalent`] then compares parsed forms without re-parsing (clustering compares
+//!   every pair of distinct answers).
+//!
+//! # Equivalence rules (in order)
+//! 1. equal normalised strings; plain words case-insensitively (`Evelyn` ~ `evelyn`);
+//!    choice letters `(A)` ~ `A`;
+//! 2. numbers: exact integers exactly, otherwise relative tolerance `rel_tol` (1e-4);
+//!    LaTeX arithmetic (`\frac`, `\sqrt`, `\sqrt[3]{}`, `^`, `\pi`, `\cdot`, `\times`, `\div`,
+//!    implicit products `2\sqrt{3}`, `!`, `\binom`, trig/log) is evaluated exactly on `i128`
+//!    rationals where possible, else in `f64`; mixed numbers `1\frac{4}{5}` = 9/5;
+//! 3. expressions with variables: evaluated at `symbolic_points` deterministic pseudo-random
+//!    points (each variable in [0.5, 3.5)), relative tolerance 1e-9;
+//! 4. equations `lhs = rhs` (with variables): `lhs - rhs` proportional;
+//! 5. tuples/points and intervals element-wise, brackets must match (`[0,1)` ≢ `[0,1]`);
+//!    sets `\{…\}`, bare lists `1, 2` and `a \pm b` as sets; `\cup` unions as sets of parts;
+//!    matrices element-wise with equal shapes (a vector also matches a tuple);
+//!    `\infty` / `-\infty`; `52_8` ≡ `52_{8}` (and ≡ `52`, the subscript left off).
+//!
+//! The relation is symmetric. The optional percent rule (`0.5` ~ `50`) is too: `a = 100·b`
+//! exactly when `b = a/100`, so it does not matter which side is the reference.
+//!
+//! # Differences from the Qwen2.5-Math toolkit (`parser.py` `strip_string`, `grader.py`)
+//! Kept: extraction order; `\boxed` brace matching; `strip_string`'s steps in its order
+//! (including `\frac12`, `\sqrt2`, `k =` prefixes of ≤ 2 characters, `a/b` → `\frac{a}{b}`,
+//! trailing `.0`, `j` → `i`, `\text{…}` at the end removed, `%`, `^\circ`, `$`); numeric
+//! relative tolerance 1e-4; element-wise tuples and matrices.
+//!
+//! Changed, deliberately:
+//! * percent rule (`pred == ref·100` or `ref/100`) is **off** by default ([`GradeOptions`]);
+//! * two integers compare exactly (the toolkit's 1e-4 would equate 123456 and 123457);
+//! * unit words are removed only when they trail a number (`5 apples`, `3.5 square feet`); the
+//!   toolkit deletes ~190 words anywhere, including single letters `a`, `h`, `t`, `s`, `m`,
+//!   which mangles algebra (`(a+5)(b+2)` → `(+5)(b+2)`); `\text{u}^2` area units are removed;
+//! * the words `and` / `or` become commas (toolkit deletes `and`, so `1 and 2` → `12`);
+//! * an answer that is a single whole `\boxed{…}` is unboxed;
+//! * `x=` / `x\in` prefixes are removed only when not glued to a coefficient (`2x=4` stays an
+//!   equation); `x \in [a,b]` with spaces and any letter is handled;
+//! * `\text{}` is unwrapped brace-matched (also `\textbf`, `\textit`, `\textrm`, `\mathrm`);
+//!   `\,` `\;` `\:` `\ ` `\quad` are dropped; only whole `\left`/`\right` commands are removed;
+//! * `\sqrt3x` → `\sqrt{3}x` (TeX's reading; the toolkit wraps the whole word run);
+//! * number words (`five`, `twenty-one`) are converted after `\text{}` is unwrapped;
+//! * sets, bare lists and `±` are order-insensitive; intervals require matching brackets
+//!   (the toolkit strips brackets and would equate `(1,2)` and `{1,2}`);
+//! * expressions are compared numerically at sample points instead of with sympy; there is no
+//!   simplification of expressions that fail to evaluate (they compare as strings);
+//! * an unclosed or empty `\boxed{` is skipped (earlier box, then the fallbacks), instead of
+//!   returning the rest of the text / an empty answer; "the answer is" takes one line/sentence;
+//! * choice letters are upper-case `A`–`E` only (`(a)` is the variable `a`).
+//!
+//! # Untrusted input
+//! No input panics. Extraction is a bounded backward scan (linear in the completion). Answers
+//! whose normalised form is longer than 1000 bytes are compared as strings only; the LaTeX parser
+//! bounds recursion depth (64) and structure nesting (16); exact arithmetic is overflow-checked
+//! `i128` with an `f64` fallback, powers are exact only for exponents ≤ 512, and non-finite
+//! floats make an evaluation fail. No regular expressions are used.
+
+mod equiv;
+mod extract;
+mod latex;
+mod normalize;
+
+pub use equiv::{is_equivalent, Answer, GradeOptions};
+pub use extract::{extract_answer, gsm8k_reference, math_reference};
+pub use normalize::strip_string;
