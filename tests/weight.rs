@@ -27,12 +27,12 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Three questions: q1 has 2 of 4 correct with two distinct wrong answers, q2 all correct,
+/// Four questions: q1 has 2 of 4 correct (written two ways) with two distinct wrong answers, q2 all correct,
 /// q3 all wrong, q4 one correct and three of the same wrong answer.
 fn sample_lines() -> Vec<Value> {
     vec![
-        json!({"id": "q1", "question": "1+1?", "answer": "2",
-               "completions": ["so \\boxed{2}", "\\boxed{2.0}", "\\boxed{3}", "\\boxed{4}"],
+        json!({"id": "q1", "question": "1/2?", "answer": "0.5",
+               "completions": ["so \\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}", "\\boxed{4}"],
                "finish": ["stop", "stop", "stop", "length"], "tokens": [5, 6, 7, 8]}),
         json!({"id": "q2", "question": "2+2?", "answer": "4",
                "completions": ["\\boxed{4}", "\\boxed{4}", "\\boxed{4}", "\\boxed{4}"]}),
@@ -66,7 +66,7 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     assert!(ok, "{err}");
     let clusters = read_lines(&f.clusters);
     assert_eq!(clusters.len(), 4);
-    // q1: {2, 2.0} | {3} | {4}: p = (1/2, 1/4, 1/4) → 1.5 bits
+    // q1: {0.5, \frac{1}{2}} | {3} | {4}: p = (1/2, 1/4, 1/4) → 1.5 bits
     assert!((clusters[0]["entropy"].as_f64().unwrap() - 1.5).abs() < 1e-12);
     assert_eq!(clusters[0]["accuracy"], json!(0.5));
     assert_eq!(clusters[0]["correct"], json!([true, true, false, false]));
@@ -86,9 +86,9 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     assert!((rows[1]["weight"].as_f64().unwrap() - h4 / mean).abs() < 1e-12);
     assert_eq!(rows[0]["prompt"][0]["role"], "system");
     assert_eq!(rows[0]["prompt"][0]["content"], "Please reason step by step, and put your final answer within \\boxed{}.");
-    assert_eq!(rows[0]["prompt"][1], json!({"role": "user", "content": "1+1?"}));
+    assert_eq!(rows[0]["prompt"][1], json!({"role": "user", "content": "1/2?"}));
     let chosen = rows[0]["completion"][0]["content"].as_str().unwrap();
-    assert!(chosen == "so \\boxed{2}" || chosen == "\\boxed{2.0}", "{chosen}");
+    assert!(chosen == "so \\boxed{0.5}" || chosen == "\\boxed{\\frac{1}{2}}", "{chosen}");
     assert_eq!(rows[1]["completion"][0]["content"], "\\boxed{8}");
 
     let summary: Value = serde_json::from_str(&std::fs::read_to_string(f.train.with_file_name("train.summary.json")).unwrap()).unwrap();
@@ -125,7 +125,7 @@ fn string_clustering_separates_equal_values() {
     let f = fixture();
     assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--by", "string"]).0);
     let clusters = read_lines(&f.clusters);
-    // "2" and "2.0" are distinct strings: p = (1/4, 1/4, 1/4, 1/4) → 2 bits.
+    // "0.5" and "\frac{1}{2}" are distinct strings: p = (1/4, 1/4, 1/4, 1/4) → 2 bits.
     assert!((clusters[0]["entropy"].as_f64().unwrap() - 2.0).abs() < 1e-12);
     assert_eq!(clusters[0]["accuracy"], json!(0.5));
 }
