@@ -1,0 +1,115 @@
+//! Typed errors of model loading.
+//!
+//! Loading returns [`ModelError`]; the tensor code (forward passes, KV cache) returns
+//! `candle_core::Result` so that it composes with candle code (a [`ModelError`] raised there,
+//! e.g. [`ModelError::CacheFull`], travels as its message; `KvCache::ensure_room` gives it typed).
+
+use std::path::PathBuf;
+
+/// What can go wrong when resolving, reading or checking a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file that the model spec needs does not exist.
+    #[error("file not found: {}{hint}", path.display())]
+    MissingFile { path: PathBuf, hint: String },
+
+    /// The checkpoint is not a Llama-architecture model.
+    #[error("{origin}: unsupported architecture `{found}` (east runs Llama-family models: `llama`)")]
+    WrongArchitecture { found: String, origin: String },
+
+    /// A tensor exists but has the wrong shape for the config.
+    #[error("{origin}: tensor `{name}` has shape {found:?}, the config expects {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+        origin: String,
+    },
+
+    /// A tensor that the config requires is absent (it is never randomly initialised).
+    #[error("{origin}: tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { name: String, origin: String },
+
+    /// The checkpoint holds a tensor this implementation does not know (e.g. attention biases).
+    #[error("{origin}: unexpected tensor `{name}` ({why})")]
+    UnexpectedTensor {
+        name: String,
+        why: String,
+        origin: String,
+    },
+
+    /// config.json / GGUF metadata is missing a value or holds an inconsistent one.
+    #[error("{origin}: invalid model config: {msg}")]
+    InvalidConfig { msg: String, origin: String },
+
+    /// The tokenizer could not be read or built.
+    #[error("{origin}: tokenizer: {msg}")]
+    Tokenizer { msg: String, origin: String },
+
+    /// The chat format could not be recognised from the tokenizer / chat template.
+    #[error("{origin}: cannot tell the chat format (no <|im_start|> or <|start_header_id|>/<|eot_id|> special tokens, nor a recognised chat template)")]
+    UnknownChatFormat { origin: String },
+
+    /// A GGUF file could not be read.
+    #[error("{}: GGUF: {msg}", path.display())]
+    Gguf { path: PathBuf, msg: String },
+
+    /// Downloading from the Hugging Face hub failed.
+    #[error("Hugging Face hub ({repo}): {msg}")]
+    Hub { repo: String, msg: String },
+
+    /// A forward step would write past the preallocated KV cache.
+    #[error("KV cache full: {needed} columns needed, capacity is {capacity}")]
+    CacheFull { needed: usize, capacity: usize },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: invalid JSON: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    /// Wrap into a candle error (for code paths that return `candle_core::Result`); the
+    /// message is kept, the type is not (candle stores wrapped errors as `Display`).
+    pub fn into_candle(self) -> candle_core::Error {
+        candle_core::Error::Msg(self.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+pub(crate) fn read_to_string(path: &std::path::Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            ModelError::MissingFile {
+                path: path.to_path_buf(),
+                hint: String::new(),
+            }
+        } else {
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })
+}
+
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|source| ModelError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,599 @@
+//! The Llama decoder (HF layout and tensor names) with two forward paths:
+//!
+//! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
+//!   built only from ops that have a backward pass (composed softmax, RMS norm and RoPE), for
+//!   training and scoring.
+//! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,
+//!   returning the last column's logits.
+//!
+//! Both use the same weights and agree to float rounding (tested).
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+
+use super::cache::KvCache;
+use super::config::LlamaConfig;
+
+/// A hook that replaces (or augments) the output of a [`LinearLayer`] — e.g. a LoRA adapter,
+/// or a matmul whose backward skips the frozen weight's gradient.
+pub trait LinearAdapter: std::fmt::Debug + Send + Sync {
+    /// The layer's output for `x` of shape `(…, in_dim)`, shape `(…, out_dim)`.
+    /// `layer.base_forward(x)` is the plain `x · Wᵀ`.
+    fn forward(&self, layer: &LinearLayer, x: &Tensor) -> Result<Tensor>;
+}
+
+/// A bias-free projection `y = x · Wᵀ`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear`
+/// layout), with an optional [`LinearAdapter`] that takes over its forward.
+#[derive(Debug, Clone)]
+pub struct LinearLayer {
+    weight: Tensor,
+    adapter: Option<Arc<dyn LinearAdapter>>,
+}
+
+impl LinearLayer {
+    pub fn new(weight: Tensor) -> Self {
+        Self {
+            weight,
+            adapter: None,
+        }
+    }
+
+    /// Load `weight` of shape `(out_dim, in_dim)` from `vb` (e.g. `vb.pp("q_proj")`).
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self::new(vb.get((out_dim, in_dim), "weight")?))
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Replace the weight (e.g. after merging a LoRA adapter); the shape must not change.
+    pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
+        if weight.dims() != self.weight.dims() {
+            candle_core::bail!(
+                "set_weight: shape {:?} differs from {:?}",
+                weight.dims(),
+                self.weight.dims()
+            )
+        }
+        self.weight = weight;
+        Ok(())
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn adapter(&self) -> Option<&Arc<dyn LinearAdapter>> {
+        self.adapter.as_ref()
+    }
+
+    pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearAdapter>>) {
+        self.adapter = adapter;
+    }
+
+    /// `x · Wᵀ` over the last dimension of `x`, any number of leading dimensions.
+    pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = *dims.last().unwrap_or(&0);
+        let lead: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
+        let n: usize = lead.iter().product();
+        let x2 = x.reshape((n, in_dim))?;
+        let y = x2.matmul(&self.weight.t()?)?;
+        let mut out = lead;
+        out.push(self.out_dim());
+        y.reshape(out)
+    }
+}
+
+impl Module for LinearLayer {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.adapter {
+            Some(a) => a.forward(self, x),
+            None => self.base_forward(x),
+        }
+    }
+}
+
+/// f32 for half-precision dtypes, else the dtype itself (f64 stays f64).
+fn accumulation_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// RMS norm built from differentiable ops (candle's fused `rms_norm` has no backward).
+/// Computed in f32 like transformers' `LlamaRMSNorm`, scaled by `weight` in the input dtype.
+pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let xf = x.to_dtype(accumulation_dtype(dtype))?;
+    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// HF `rotate_half` RoPE with composed (differentiable) ops.
+/// `x`: `(B, H, T, D)`; `cos`, `sin`: `(B, 1, T, D/2)`.
+pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
+    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: LinearLayer,
+    pub k_proj: LinearLayer,
+    pub v_proj: LinearLayer,
+    pub o_proj: LinearLayer,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: LinearLayer,
+    pub up_proj: LinearLayer,
+    pub down_proj: LinearLayer,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+}
+
+/// Per-forward data shared by all layers.
+struct Ctx<'a> {
+    /// `(B, T, D/2)` in the model dtype.
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    /// Additive mask broadcastable to `(B, H, T, L)` (0 / -inf), or None.
+    mask: Option<&'a Tensor>,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        Ok(Self {
+            q_proj: LinearLayer::load(vb.pp("q_proj"), h, q)?,
+            k_proj: LinearLayer::load(vb.pp("k_proj"), h, kv)?,
+            v_proj: LinearLayer::load(vb.pp("v_proj"), h, kv)?,
+            o_proj: LinearLayer::load(vb.pp("o_proj"), q, h)?,
+            n_heads: cfg.num_attention_heads,
+            n_kv_heads: cfg.num_key_value_heads,
+            head_dim: cfg.head_dim,
+        })
+    }
+
+    /// q, k, v as `(B, heads, T, D)`, contiguous.
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let q = q
+            .reshape((b, t, self.n_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = k
+            .reshape((b, t, self.n_kv_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = v
+            .reshape((b, t, self.n_kv_heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        Ok((q, k, v))
+    }
+
+    /// Attention of `q` `(B, H, T, D)` (already scaled) against `k`, `v` `(B, KV, L, D)`
+    /// (views are fine) without materialising repeated kv heads: q is viewed as
+    /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        fused_softmax: bool,
+    ) -> Result<Tensor> {
+        let (b, h, t, d) = q.dims4()?;
+        let l = k.dim(2)?;
+        let kv = self.n_kv_heads;
+        let g = h / kv;
+        let qg = q.reshape((b, kv, g * t, d))?;
+        let scores = qg.matmul(&k.t()?)?; // (B, KV, G·T, L)
+        let scores = scores.reshape((b, h, t, l))?;
+        let probs = if fused_softmax {
+            let s = match mask {
+                Some(m) => scores.broadcast_add(m)?,
+                None => scores,
+            };
+            candle_nn::ops::softmax_last_dim(&s)?
+        } else {
+            let dtype = scores.dtype();
+            let acc = accumulation_dtype(dtype);
+            let s = scores.to_dtype(acc)?;
+            let s = match mask {
+                Some(m) => s.broadcast_add(&m.to_dtype(acc)?)?,
+                None => s,
+            };
+            candle_nn::ops::softmax(&s, D::Minus1)?.to_dtype(dtype)?
+        };
+        let out = probs.reshape((b, kv, g * t, l))?.matmul(v)?; // (B, KV, G·T, D)
+        out.reshape((b, h, t, d))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * d))
+    }
+
+    fn forward_train(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x)?;
+        let cos = ctx.cos.unsqueeze(1)?;
+        let sin = ctx.sin.unsqueeze(1)?;
+        let q = rope_composed(&q, &cos, &sin)?;
+        let k = rope_composed(&k, &cos, &sin)?;
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let y = self.attend(&q, &k, &v, ctx.mask, false)?;
+        self.o_proj.forward(&y)
+    }
+
+    fn forward_cached(
+        &self,
+        x: &Tensor,
+        ctx: &Ctx,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.qkv(x)?;
+        let q = candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
+        let (kc, vc) = cache.append(layer, &k, &v)?;
+        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
+        let y = self.attend(&q, &kc, &vc, ctx.mask, true)?;
+        self.o_proj.forward(&y)
+    }
+}
+
+impl Block {
+    fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Self {
+            input_layernorm: vb.pp("input_layernorm").get(h, "weight")?,
+            self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
+            post_attention_layernorm: vb.pp("post_attention_layernorm").get(h, "weight")?,
+            mlp: Mlp {
+                gate_proj: LinearLayer::load(vb.pp("mlp.gate_proj"), h, cfg.intermediate_size)?,
+                up_proj: LinearLayer::load(vb.pp("mlp.up_proj"), h, cfg.intermediate_size)?,
+                down_proj: LinearLayer::load(vb.pp("mlp.down_proj"), cfg.intermediate_size, h)?,
+            },
+        })
+    }
+}
+
+/// A Llama-architecture causal LM (Llama 2/3/3.1/3.2, SmolLM2, …) with HF tensor names.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Block>,
+    pub norm: Tensor,
+    /// The output projection; its weight *is* `embed_tokens` when embeddings are tied.
+    pub lm_head: LinearLayer,
+    cfg: LlamaConfig,
+    /// `(D/2,)` f32 RoPE inverse frequencies.
+    inv_freq: Tensor,
+    device: Device,
+    dtype: DType,
+}
+
+impl Llama {
+    /// Build from a `VarBuilder` holding HF tensor names (`model.embed_tokens.weight`, …) at
+    /// its root. Works with safetensors/GGUF-backed builders and with a `VarMap` (training).
+    /// `lm_head.weight` is read only when embeddings are not tied.
+    pub fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
+        cfg.validate("Llama::load")
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let device = vb.device().clone();
+        let dtype = vb.dtype();
+        let m = vb.pp("model");
+        let embed_tokens = m
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Block::load(m.pp(format!("layers.{i}")), cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = m.pp("norm").get(cfg.hidden_size, "weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            LinearLayer::new(embed_tokens.clone())
+        } else {
+            LinearLayer::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size)?
+        };
+        let inv: Vec<f32> = cfg.rope_inv_freq().iter().map(|&f| f as f32).collect();
+        let inv_freq = Tensor::new(inv.as_slice(), &device)?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            cfg: cfg.clone(),
+            inv_freq,
+            device,
+            dtype,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// `(name, shape)` of every tensor a checkpoint of `cfg` must hold, HF names, in order
+    /// (`lm_head.weight` only when embeddings are not tied).
+    pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+        let h = cfg.hidden_size;
+        let q = cfg.num_attention_heads * cfg.head_dim;
+        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        let i = cfg.intermediate_size;
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+            v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+            v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        v.push(("model.norm.weight".to_string(), vec![h]));
+        if !cfg.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h]));
+        }
+        v
+    }
+
+    /// Every weight under its HF name (what a `model.safetensors` checkpoint holds;
+    /// `lm_head.weight` only when not tied). Adapters are not included.
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        for (l, b) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.clone()));
+            for (n, lin) in [
+                ("self_attn.q_proj", &b.self_attn.q_proj),
+                ("self_attn.k_proj", &b.self_attn.k_proj),
+                ("self_attn.v_proj", &b.self_attn.v_proj),
+                ("self_attn.o_proj", &b.self_attn.o_proj),
+            ] {
+                v.push((format!("{p}.{n}.weight"), lin.weight().clone()));
+            }
+            v.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                b.post_attention_layernorm.clone(),
+            ));
+            for (n, lin) in [
+                ("mlp.gate_proj", &b.mlp.gate_proj),
+                ("mlp.up_proj", &b.mlp.up_proj),
+                ("mlp.down_proj", &b.mlp.down_proj),
+            ] {
+                v.push((format!("{p}.{n}.weight"), lin.weight().clone()));
+            }
+        }
+        v.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if !self.cfg.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), self.lm_head.weight().clone()));
+        }
+        v
+    }
+
+    /// Mutable access to every projection of the decoder layers under its HF module name
+    /// (`model.layers.{i}.self_attn.q_proj`, …, `model.layers.{i}.mlp.down_proj`), e.g. to
+    /// attach LoRA adapters with PEFT's naming. `lm_head` is reachable as `self.lm_head`.
+    pub fn linear_layers_mut(&mut self) -> Vec<(String, &mut LinearLayer)> {
+        let mut v = Vec::new();
+        for (l, b) in self.layers.iter_mut().enumerate() {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.self_attn.q_proj"), &mut b.self_attn.q_proj));
+            v.push((format!("{p}.self_attn.k_proj"), &mut b.self_attn.k_proj));
+            v.push((format!("{p}.self_attn.v_proj"), &mut b.self_attn.v_proj));
+            v.push((format!("{p}.self_attn.o_proj"), &mut b.self_attn.o_proj));
+            v.push((format!("{p}.mlp.gate_proj"), &mut b.mlp.gate_proj));
+            v.push((format!("{p}.mlp.up_proj"), &mut b.mlp.up_proj));
+            v.push((format!("{p}.mlp.down_proj"), &mut b.mlp.down_proj));
+        }
+        v
+    }
+
+    /// Token embeddings, `(B, T)` u32 → `(B, T, hidden)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        self.embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.cfg.hidden_size))
+    }
+
+    /// cos/sin `(B, T, D/2)` in the model dtype for f32 positions `(B, T)`.
+    fn rope_tables(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let angles = positions
+            .unsqueeze(D::Minus1)?
+            .broadcast_mul(&self.inv_freq.reshape((1, 1, ()))?)?;
+        Ok((
+            angles.cos()?.to_dtype(self.dtype)?,
+            angles.sin()?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Final hidden states (after the final RMS norm), `(B, T, hidden)`, for every position,
+    /// without a cache and through differentiable ops only.
+    ///
+    /// `ids`: `(B, T)` u32. `attention_mask`: `(B, T)` (any dtype; 1 = real token, 0 =
+    /// padding, left or right). Position of a token = number of real tokens before it in its
+    /// row (so a left-padded row has the same positions as the unpadded prompt); keys at
+    /// padding positions are masked. Outputs at padding positions are finite but meaningless.
+    pub fn forward_hidden(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let real: Vec<Vec<bool>> = match attention_mask {
+            Some(m) => {
+                if m.dims() != [b, t] {
+                    candle_core::bail!(
+                        "attention_mask shape {:?} differs from ids shape {:?}",
+                        m.dims(),
+                        ids.dims()
+                    )
+                }
+                m.to_dtype(DType::F32)?
+                    .to_vec2::<f32>()?
+                    .into_iter()
+                    .map(|row| row.into_iter().map(|x| x != 0.0).collect())
+                    .collect()
+            }
+            None => vec![vec![true; t]; b],
+        };
+        let mut positions = Vec::with_capacity(b * t);
+        let mut mask = Vec::with_capacity(b * t * t);
+        let mut any_masked = false;
+        for row in &real {
+            // position = cumsum(mask) - 1, clamped at 0 (transformers' convention)
+            let mut seen = 0usize;
+            for &r in row {
+                seen += r as usize;
+                positions.push(seen.saturating_sub(1) as f32);
+            }
+            for i in 0..t {
+                for j in 0..t {
+                    let ok = j == i || (j < i && row[j]);
+                    any_masked |= j < i && !row[j];
+                    mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                }
+            }
+        }
+        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let mask = if t > 1 || any_masked {
+            Some(Tensor::from_vec(mask, (b, 1, t, t), &self.device)?)
+        } else {
+            None
+        };
+        let ctx = Ctx {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+        };
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed(ids)?;
+        for block in &self.layers {
+            let h = rms_norm_composed(&x, &block.input_layernorm, eps)?;
+            let h = block.self_attn.forward_train(&h, &ctx)?;
+            x = (x + h)?;
+            let h = rms_norm_composed(&x, &block.post_attention_layernorm, eps)?;
+            let h = block.mlp.forward(&h)?;
+            x = (x + h)?;
+        }
+        rms_norm_composed(&x, &self.norm, eps)
+    }
+
+    /// Logits for hidden states from [`Llama::forward_hidden`]: `(…, hidden)` → `(…, vocab)`,
+    /// in the model dtype. Apply it to chunks of positions to bound memory.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.forward(hidden)
+    }
+
+    /// One KV-cached step: append `ids` `(B, T)` as the next `T` columns of `cache` and return
+    /// the f32 logits of the last column, `(B, vocab)`.
+    ///
+    /// Prefill: `T` = (left-padded) prompt length on an empty cache whose `left_pad` tells each
+    /// row's padding; decode: `T = 1`. Row `b`'s RoPE position of column `c` is
+    /// `c - left_pad[b]`; keys in columns `< left_pad[b]` are masked.
+    pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if b != cache.batch() {
+            candle_core::bail!("forward_step: ids have {b} rows, the cache {}", cache.batch())
+        }
+        if t == 0 {
+            candle_core::bail!("forward_step: no new tokens")
+        }
+        cache
+            .ensure_room(t)
+            .map_err(|e| e.into_candle())?;
+        let start = cache.len();
+        let l = start + t;
+        let pads = cache.left_pad().to_vec();
+        let mut positions = Vec::with_capacity(b * t);
+        for &p in &pads {
+            for c in start..l {
+                positions.push(c.saturating_sub(p) as f32);
+            }
+        }
+        let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
+        let (cos, sin) = self.rope_tables(&positions)?;
+        let needs_mask = t > 1 || pads.iter().any(|&p| p > 0);
+        let mask = if needs_mask {
+            let mut m = Vec::with_capacity(b * t * l);
+            for &p in &pads {
+                for i in 0..t {
+                    let qcol = start + i;
+                    for j in 0..l {
+                        let ok = j == qcol || (j < qcol && j >= p);
+                        m.push(if ok { 0f32 } else { f32::NEG_INFINITY });
+                    }
+                }
+            }
+            Some(Tensor::from_vec(m, (b, 1, t, l), &self.device)?.to_dtype(self.dtype)?)
+        } else {
+            None
+        };
+        let ctx = Ctx {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+        };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = self.embed(ids)?;
+        for (li, block) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.input_layernorm, eps)?;
+            let h = block.self_attn.forward_cached(&h, &ctx, cache, li)?;
+            x = (x + h)?;
+            let h = candle_nn::ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
+            let h = block.mlp.forward(&h)?;
+            x = (x + h)?;
+        }
+        cache.advance(t);
+        let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+}

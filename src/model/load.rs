@@ -1,0 +1,470 @@
+//! `--model` resolution and loading.
+//!
+//! A spec is, in this order:
+//! 1. an existing `.gguf` file → [`load_gguf`];
+//! 2. an existing folder → [`load_folder`]: `config.json`, `model.safetensors` or a sharded
+//!    `model.safetensors.index.json`, `tokenizer.json`, optional `tokenizer_config.json`
+//!    (chat template) and `generation_config.json` (its `eos_token_id` adds EOS ids);
+//! 3. otherwise a Hugging Face repo id (`org/name`, optionally `org/name@revision`) → the same
+//!    files fetched with hf-hub into the hub cache (`HF_HOME`, `HF_TOKEN` / the cached token
+//!    and `HF_ENDPOINT` honoured; `HF_HUB_OFFLINE=1` uses the cache only).
+//!
+//! Every tensor the config requires is checked by name and shape before the model is built:
+//! a missing or misshapen tensor is an error, never a random initialisation.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde_json::Value;
+
+use super::chat::ChatFormat;
+use super::config::LlamaConfig;
+use super::error::{read_json, ModelError, Result};
+use super::gguf::{missing_model_hint, read_gguf};
+use super::llama::Llama;
+use super::tokenizer::{load_tokenizer_file, Tokenizer};
+
+/// Where a model came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    Gguf(PathBuf),
+    Folder(PathBuf),
+    Hub { repo: String, revision: Option<String> },
+}
+
+/// A loaded model with everything the sampler and the trainer need.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub config: LlamaConfig,
+    pub chat: ChatFormat,
+    /// Generation stops at any of these: config `eos_token_id` (+ GGUF eot/eom ids),
+    /// generation_config.json's `eos_token_id`, and the chat format's end-of-turn token.
+    pub eos_ids: Vec<u32>,
+    pub bos_id: Option<u32>,
+    /// Id to left-pad prompts with (pad_token_id, else the first EOS id, else 0). Padded
+    /// positions are masked, so its value never matters for the result.
+    pub pad_id: u32,
+    /// The chat template string, when the checkpoint has one.
+    pub chat_template: Option<String>,
+    /// The spec as given, and what it resolved to.
+    pub spec: String,
+    pub source: ModelSource,
+    /// The folder holding config/tokenizer files (folder and hub sources), e.g. to copy the
+    /// tokenizer files into a checkpoint.
+    pub dir: Option<PathBuf>,
+    /// tokenizer.json contents for GGUF sources (which have no tokenizer file), so that a
+    /// checkpoint written from a GGUF model is loadable as a folder.
+    pub tokenizer_json: Option<Value>,
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("spec", &self.spec)
+            .field("source", &self.source)
+            .field("chat", &self.chat)
+            .field("eos_ids", &self.eos_ids)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decide what kind of model a `--model` spec names (see the module docs).
+pub fn resolve_spec(spec: &str) -> Result<ModelSource> {
+    let path = Path::new(spec);
+    if path.is_file() {
+        if spec.to_ascii_lowercase().ends_with(".gguf") {
+            return Ok(ModelSource::Gguf(path.to_path_buf()));
+        }
+        return Err(ModelError::MissingFile {
+            path: path.to_path_buf(),
+            hint: " is a file but not a .gguf; --model takes a .gguf file, a model folder or a Hugging Face repo id".into(),
+        });
+    }
+    if path.is_dir() {
+        return Ok(ModelSource::Folder(path.to_path_buf()));
+    }
+    let looks_like_path = spec.ends_with(".gguf")
+        || spec.starts_with('/')
+        || spec.starts_with('.')
+        || spec.starts_with('~')
+        || spec.contains('\\')
+        || spec.matches('/').count() != 1;
+    let (repo, revision) = match spec.split_once('@') {
+        Some((r, rev)) => (r, Some(rev.to_string())),
+        None => (spec, None),
+    };
+    let valid_repo = !looks_like_path
+        && repo.split('/').all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        });
+    if valid_repo {
+        Ok(ModelSource::Hub {
+            repo: repo.to_string(),
+            revision,
+        })
+    } else {
+        Err(ModelError::MissingFile {
+            path: path.to_path_buf(),
+            hint: format!(
+                "{} (--model takes a .gguf file, a model folder or a Hugging Face repo id like org/name)",
+                missing_model_hint(path)
+            ),
+        })
+    }
+}
+
+/// Load a model from a `--model` spec onto `device` with weights in `dtype`
+/// (f32 on CPU — candle's CPU bf16 matmul is slow —, bf16 on CUDA).
+pub fn load(spec: &str, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let mut m = match resolve_spec(spec)? {
+        ModelSource::Gguf(p) => load_gguf(&p, device, dtype)?,
+        ModelSource::Folder(p) => load_folder(&p, device, dtype)?,
+        ModelSource::Hub { repo, revision } => load_hub(&repo, revision.as_deref(), device, dtype)?,
+    };
+    m.spec = spec.to_string();
+    Ok(m)
+}
+
+/// Check that `available` (name → shape) holds every tensor `cfg` requires with the right
+/// shape. Extra tensors are ignored (e.g. `rotary_emb.inv_freq`, a tied `lm_head.weight`).
+pub fn check_tensors(
+    cfg: &LlamaConfig,
+    available: &HashMap<String, Vec<usize>>,
+    origin: &str,
+) -> Result<()> {
+    for (name, shape) in Llama::expected_tensors(cfg) {
+        match available.get(&name) {
+            None => {
+                return Err(ModelError::MissingTensor {
+                    name,
+                    origin: origin.to_string(),
+                })
+            }
+            Some(found) if *found != shape => {
+                return Err(ModelError::ShapeMismatch {
+                    name,
+                    expected: shape,
+                    found: found.clone(),
+                    origin: origin.to_string(),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn add_unique(ids: &mut Vec<u32>, id: u32) {
+    if !ids.contains(&id) {
+        ids.push(id);
+    }
+}
+
+fn eos_from_json(v: &Value) -> Vec<u32> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Value::Array(a) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        _ => vec![],
+    }
+}
+
+fn finish(
+    model: Llama,
+    tokenizer: Tokenizer,
+    config: LlamaConfig,
+    chat_template: Option<String>,
+    extra_eos: Vec<u32>,
+    source: ModelSource,
+    dir: Option<PathBuf>,
+    tokenizer_json: Option<Value>,
+    origin: &str,
+) -> Result<LoadedModel> {
+    let chat = ChatFormat::detect(&tokenizer, chat_template.as_deref()).ok_or_else(|| {
+        ModelError::UnknownChatFormat {
+            origin: origin.to_string(),
+        }
+    })?;
+    let mut eos_ids = Vec::new();
+    for &id in config.eos_token_ids.iter().chain(extra_eos.iter()) {
+        add_unique(&mut eos_ids, id);
+    }
+    if let Some(id) = tokenizer.token_to_id(chat.end_of_turn()) {
+        add_unique(&mut eos_ids, id);
+    }
+    if eos_ids.is_empty() {
+        return Err(ModelError::InvalidConfig {
+            msg: "no end-of-sequence token id (eos_token_id) and no end-of-turn token".into(),
+            origin: origin.to_string(),
+        });
+    }
+    let pad_id = config.pad_token_id.unwrap_or(eos_ids[0]);
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        bos_id: config.bos_token_id,
+        config,
+        chat,
+        eos_ids,
+        pad_id,
+        chat_template,
+        spec: origin.to_string(),
+        source,
+        dir,
+        tokenizer_json,
+    })
+}
+
+/// Load a llama GGUF file (dequantized to `dtype`).
+pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let origin = path.display().to_string();
+    let g = read_gguf(path, device, dtype)?;
+    let shapes: HashMap<String, Vec<usize>> = g
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
+    check_tensors(&g.config, &shapes, &origin)?;
+    let vb = VarBuilder::from_tensors(g.tensors, dtype, device);
+    let model = Llama::load(vb, &g.config)?;
+    finish(
+        model,
+        g.tokenizer,
+        g.config,
+        g.chat_template,
+        vec![],
+        ModelSource::Gguf(path.to_path_buf()),
+        None,
+        Some(g.tokenizer_json),
+        &origin,
+    )
+}
+
+/// The safetensors files of a model folder (single file or sharded index).
+pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.is_file() {
+        let v = read_json(&index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ModelError::InvalidConfig {
+                msg: "model.safetensors.index.json has no weight_map".into(),
+                origin: index.display().to_string(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        for p in &paths {
+            if !p.is_file() {
+                return Err(ModelError::MissingFile {
+                    path: p.clone(),
+                    hint: " (listed in model.safetensors.index.json)".into(),
+                });
+            }
+        }
+        return Ok(paths);
+    }
+    Err(ModelError::MissingFile {
+        path: single,
+        hint: " (nor model.safetensors.index.json)".into(),
+    })
+}
+
+/// Load a Hugging Face-layout folder.
+pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let origin = dir.display().to_string();
+    let config_path = dir.join("config.json");
+    let config_text = super::error::read_to_string(&config_path)?;
+    let config = LlamaConfig::from_hf_json(&config_text, &config_path.display().to_string())?;
+
+    let tokenizer = load_tokenizer_file(&dir.join("tokenizer.json"))?;
+    let mut chat_template = None;
+    let tc_path = dir.join("tokenizer_config.json");
+    if tc_path.is_file() {
+        let tc = read_json(&tc_path)?;
+        chat_template = match tc.get("chat_template") {
+            Some(Value::String(s)) => Some(s.clone()),
+            // A list of named templates: take "default".
+            Some(Value::Array(a)) => a
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            _ => None,
+        };
+    }
+    let jinja = dir.join("chat_template.jinja");
+    if chat_template.is_none() && jinja.is_file() {
+        chat_template = Some(super::error::read_to_string(&jinja)?);
+    }
+    let mut extra_eos = Vec::new();
+    let gen_path = dir.join("generation_config.json");
+    if gen_path.is_file() {
+        let g = read_json(&gen_path)?;
+        if let Some(e) = g.get("eos_token_id") {
+            extra_eos = eos_from_json(e);
+        }
+    }
+
+    let files = safetensors_files(dir)?;
+    // SAFETY: the files are memory-mapped read-only; east never writes to a model folder
+    // while it is loaded.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
+        .map_err(|e| ModelError::Io {
+            path: files[0].clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let shapes: HashMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    check_tensors(&config, &shapes, &origin)?;
+    let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
+    let model = Llama::load(vb, &config)?;
+    finish(
+        model,
+        tokenizer,
+        config,
+        chat_template,
+        extra_eos,
+        ModelSource::Folder(dir.to_path_buf()),
+        Some(dir.to_path_buf()),
+        None,
+        &origin,
+    )
+}
+
+/// Download (or find in the hub cache) the files of `repo` and load them as a folder.
+pub fn load_hub(repo: &str, revision: Option<&str>, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    let dir = fetch_hub(repo, revision)?;
+    let mut m = load_folder(&dir, device, dtype)?;
+    m.source = ModelSource::Hub {
+        repo: repo.to_string(),
+        revision: revision.map(str::to_string),
+    };
+    Ok(m)
+}
+
+/// Fetch config, tokenizer and weights of a hub repo; returns the snapshot folder.
+pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
+    use hf_hub::{Cache, Repo, RepoType};
+    let hub_err = |msg: String| ModelError::Hub {
+        repo: repo.to_string(),
+        msg,
+    };
+    let hf_repo = match revision {
+        Some(rev) => Repo::with_revision(repo.to_string(), RepoType::Model, rev.to_string()),
+        None => Repo::new(repo.to_string(), RepoType::Model),
+    };
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    let cache = Cache::from_env();
+    let cache_repo = cache.repo(hf_repo.clone());
+
+    let api_repo = if offline {
+        None
+    } else {
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| cache.token());
+        let api = hf_hub::api::sync::ApiBuilder::from_env()
+            .with_token(token)
+            .with_progress(false)
+            .build()
+            .map_err(|e| hub_err(e.to_string()))?;
+        Some(api.repo(hf_repo))
+    };
+    let get = |file: &str, required: bool| -> Result<Option<PathBuf>> {
+        if let Some(p) = cache_repo.get(file) {
+            return Ok(Some(p));
+        }
+        let Some(api) = api_repo.as_ref() else {
+            return if required {
+                Err(hub_err(format!("{file} is not in the hub cache and HF_HUB_OFFLINE is set")))
+            } else {
+                Ok(None)
+            };
+        };
+        match api.get(file) {
+            Ok(p) => Ok(Some(p)),
+            Err(e) if !required => {
+                let _ = e;
+                Ok(None)
+            }
+            Err(e) => Err(hub_err(format!("cannot fetch {file}: {e}"))),
+        }
+    };
+    let config = get("config.json", true)?.expect("required");
+    get("tokenizer.json", true)?;
+    get("tokenizer_config.json", false)?;
+    get("generation_config.json", false)?;
+    if get("model.safetensors.index.json", false)?.is_some() {
+        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+        let index = read_json(&dir.join("model.safetensors.index.json"))?;
+        let mut shards: Vec<String> = index
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        shards.sort();
+        shards.dedup();
+        for s in shards {
+            get(&s, true)?;
+        }
+    } else {
+        get("model.safetensors", true)?;
+    }
+    Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Write `config.json` + `model.safetensors` (HF names) for `model`: a checkpoint that
+/// [`load_folder`] and transformers can read. Tokenizer files are not written here.
+pub fn save_checkpoint(model: &Llama, dir: &Path, torch_dtype: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let cfg = model.config().to_hf_json(torch_dtype);
+    let cfg_text = serde_json::to_string_pretty(&cfg).expect("config serialises");
+    write_atomic(&dir.join("config.json"), cfg_text.as_bytes())?;
+    let tensors: HashMap<String, Tensor> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
+    let tmp = dir.join("model.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|source| ModelError::Io {
+        path: dir.join("model.safetensors"),
+        source,
+    })?;
+    Ok(())
+}
+
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
