@@ -266,3 +266,108 @@ mod tests {
         assert!(e.starts_with("f.jsonl:8:") && e.contains("malformed JSON"), "{e}");
     }
 }
+
+/// An output that grows one JSON line per finished item and survives crashes: reopening it
+/// drops a torn last line (a write cut by a kill) and reports the ids already written, so a
+/// rerun continues without losing or duplicating work.
+pub struct AppendLog {
+    path: PathBuf,
+    file: File,
+}
+
+impl AppendLog {
+    /// Opens (or creates) `path`; returns the log and the `id` field of every complete line.
+    pub fn open(path: &Path) -> Result<(AppendLog, Vec<String>), InputError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                fs::create_dir_all(dir).map_err(|e| InputError::io(path, e))?;
+            }
+        }
+        let mut ids = Vec::new();
+        let mut keep = 0u64;
+        if path.exists() {
+            let bytes = fs::read(path).map_err(|e| InputError::io(path, e))?;
+            let mut start = 0usize;
+            let mut number = 0usize;
+            while start < bytes.len() {
+                let Some(end) = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p) else {
+                    break; // no newline: a torn last line, dropped below
+                };
+                number += 1;
+                let line = &bytes[start..end];
+                #[derive(serde::Deserialize)]
+                struct IdOnly {
+                    id: String,
+                }
+                match serde_json::from_slice::<IdOnly>(line) {
+                    Ok(r) => ids.push(r.id),
+                    // A complete but unreadable line in the middle is not ours to silently drop.
+                    Err(e) if end + 1 < bytes.len() => {
+                        return Err(InputError::line(path, number, format!("cannot resume from this file: {e}")))
+                    }
+                    Err(_) => break, // the last line was cut mid-write
+                }
+                start = end + 1;
+                keep = start as u64;
+            }
+        }
+        let file = fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).map_err(|e| InputError::io(path, e))?;
+        file.set_len(keep).map_err(|e| InputError::io(path, e))?;
+        let mut log = AppendLog { path: path.to_path_buf(), file };
+        use std::io::Seek;
+        log.file.seek(io::SeekFrom::End(0)).map_err(|e| InputError::io(path, e))?;
+        Ok((log, ids))
+    }
+
+    /// Appends one record as a whole line and flushes it to the OS.
+    pub fn append<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        let mut line = serde_json::to_vec(value)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.flush()
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod append_tests {
+    use super::*;
+
+    #[test]
+    fn torn_last_line_is_dropped_and_ids_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        fs::write(&path, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\",\"compl").unwrap();
+        let (mut log, ids) = AppendLog::open(&path).unwrap();
+        assert_eq!(ids, vec!["a", "b"]);
+        log.append(&serde_json::json!({"id": "c"})).unwrap();
+        drop(log);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n");
+    }
+
+    #[test]
+    fn corrupt_middle_line_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        fs::write(&path, "{\"id\":\"a\"}\nnot json\n{\"id\":\"b\"}\n").unwrap();
+        let err = AppendLog::open(&path).err().unwrap().to_string();
+        assert!(err.contains("s.jsonl:2:"), "{err}");
+    }
+
+    #[test]
+    fn complete_but_unreadable_last_line_is_treated_as_torn() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        fs::write(&path, "{\"id\":\"a\"}\n{\"id\":\n").unwrap();
+        let (_, ids) = AppendLog::open(&path).unwrap();
+        assert_eq!(ids, vec!["a"]);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n");
+    }
+}

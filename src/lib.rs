@@ -6,9 +6,12 @@
 
 pub mod config;
 pub mod data;
+pub mod eval;
 pub mod grade;
 pub mod io;
 pub mod model;
 pub mod progress;
+pub mod runtime;
+pub mod sample;
 pub mod schema;
 pub mod weight;

@@ -14,6 +14,7 @@ use east::weight::{self, ClusterBy, Loss, Mapping, Metric, PairStrategy};
 
 #[derive(Parser)]
 #[command(name = "east", version, about = "Entropy-based adaptive weighting for self-training (EAST) on Candle")]
+#[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,10 +22,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sample n completions per question from a model (appends; resumes after a crash).
+    Sample(SampleArgs),
+    /// Join the shard files of `east sample --shard i/N` into one samples file.
+    Merge(MergeArgs),
     /// Grade every completion and cluster each question's completions by final answer.
     Cluster(ClusterArgs),
     /// Turn cluster entropies into question weights and write the weighted training set.
     Weight(WeightArgs),
+    /// Greedy accuracy of a model on GSM8K, MATH, MATH-500 or a JSONL file.
+    Eval(EvalArgs),
 }
 
 /// Options every stage shares: a config file and overrides of its keys.
@@ -42,6 +49,106 @@ impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
         Ok(Config::load(self.config.as_deref(), &self.set)?)
     }
+}
+
+/// Which model to load; overrides `[model]`.
+#[derive(Args)]
+struct ModelArgs {
+    /// Hugging Face repo id, local folder (config.json + safetensors + tokenizer.json) or .gguf file.
+    #[arg(long, value_name = "MODEL")]
+    model: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long)]
+    device: Option<String>,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+impl ModelArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(v) = &self.model {
+            config.model.path = v.clone();
+        }
+        if let Some(v) = &self.device {
+            config.model.device = v.clone();
+        }
+        if let Some(v) = &self.dtype {
+            config.model.dtype = v.clone();
+        }
+    }
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// gsm8k, math, math500 or a JSONL file.
+    #[arg(long, value_name = "DATASET")]
+    dataset: Option<String>,
+    #[arg(long)]
+    split: Option<String>,
+    /// Completions per question.
+    #[arg(long)]
+    n: Option<usize>,
+    #[arg(long)]
+    temperature: Option<f64>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Only the first K questions.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Sample only shard i of N (0-based), e.g. `--shard 0/4`; join with `east merge`.
+    #[arg(long, value_name = "i/N")]
+    shard: Option<east::sample::Shard>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Most sequences decoded at once.
+    #[arg(long)]
+    batch_rows: Option<usize>,
+    /// Extra stop string (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// samples.jsonl to write (appended; an interrupted run resumes).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The joined samples file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Shard files written by `east sample --shard i/N`.
+    #[arg(required = true, value_name = "SHARD")]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// gsm8k, math, math500 or a JSONL file.
+    #[arg(long, value_name = "DATASET")]
+    dataset: Option<String>,
+    #[arg(long)]
+    split: Option<String>,
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Questions decoded together.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Folder for eval.json and predictions.jsonl.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -106,6 +213,9 @@ struct WeightArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Sample(args) => sample(args),
+        Command::Merge(args) => merge(args),
+        Command::Eval(args) => eval(args),
         Command::Cluster(args) => cluster(args),
         Command::Weight(args) => weight(args),
     };
@@ -116,6 +226,136 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn sample(args: SampleArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    args.model.apply(&mut config);
+    let d = &mut config.data;
+    if let Some(v) = &args.dataset {
+        d.dataset = v.clone();
+    }
+    if let Some(v) = &args.split {
+        d.split = v.clone();
+    }
+    if args.limit.is_some() {
+        d.limit = args.limit;
+    }
+    let s = &mut config.sample;
+    if let Some(v) = args.n {
+        s.n = v;
+    }
+    if let Some(v) = args.temperature {
+        s.temperature = v;
+    }
+    if let Some(v) = args.top_p {
+        s.top_p = v;
+    }
+    if let Some(v) = args.max_new_tokens {
+        s.max_new_tokens = v;
+    }
+    if let Some(v) = args.seed {
+        s.seed = v;
+    }
+    if let Some(v) = args.batch_rows {
+        s.batch_rows = v;
+    }
+    if !args.stop.is_empty() {
+        s.stop = args.stop.clone();
+    }
+    config.validate("command line")?;
+    let questions = load_questions(&config.data.dataset, &config.data.split, config.data.limit, &config)?;
+    let lm = east::runtime::load_model(&config.model)?;
+    let settings = east::sample::SampleSettings {
+        model: config.model.path.clone(),
+        dataset: config.data.dataset.clone(),
+        split: config.data.split.clone(),
+        limit: config.data.limit,
+        n: config.sample.n,
+        temperature: config.sample.temperature,
+        top_p: config.sample.top_p,
+        max_new_tokens: config.sample.max_new_tokens,
+        seed: config.sample.seed,
+        batch_rows: config.sample.batch_rows,
+        stop: config.sample.stop.clone(),
+    };
+    let r = east::sample::sample_questions(&lm, &questions, &settings, args.shard, &args.out)?;
+    println!(
+        "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
+        r.out.display(),
+        r.questions,
+        r.resumed,
+        r.generated_tokens,
+        r.seconds,
+        r.tokens_per_s
+    );
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let n = east::sample::merge_shards(&args.inputs, &args.out)?;
+    println!("{}: {n} questions from {} shards", args.out.display(), args.inputs.len());
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    args.model.apply(&mut config);
+    let e = &mut config.eval;
+    if let Some(v) = &args.dataset {
+        e.datasets = vec![v.clone()];
+    }
+    if let Some(v) = &args.split {
+        e.split = v.clone();
+    }
+    if args.limit.is_some() {
+        e.limit = args.limit;
+    }
+    if let Some(v) = args.max_new_tokens {
+        e.max_new_tokens = v;
+    }
+    if let Some(v) = args.batch_size {
+        e.batch_size = v;
+    }
+    config.validate("command line")?;
+    if config.eval.datasets.len() != 1 {
+        anyhow::bail!("east eval evaluates one dataset at a time: pass --dataset (config has {:?})", config.eval.datasets);
+    }
+    let dataset = config.eval.datasets[0].clone();
+    let questions = load_questions(&dataset, &config.eval.split, config.eval.limit, &config)?;
+    let lm = east::runtime::load_model(&config.model)?;
+    let settings = east::eval::EvalSettings {
+        model: config.model.path.clone(),
+        dataset,
+        split: config.eval.split.clone(),
+        limit: config.eval.limit,
+        max_new_tokens: config.eval.max_new_tokens,
+        batch_size: config.eval.batch_size,
+    };
+    let r = east::eval::evaluate(&lm, &questions, &settings, &args.out)?;
+    println!(
+        "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
+        r.dataset,
+        r.split,
+        100.0 * r.accuracy,
+        r.correct,
+        r.n,
+        r.no_answer,
+        r.truncated,
+        east::eval::report_path(&args.out).display()
+    );
+    Ok(())
+}
+
+fn load_questions(dataset: &str, split: &str, limit: Option<usize>, config: &Config) -> anyhow::Result<Vec<data::Question>> {
+    let mut questions = data::load(&DatasetSpec::parse(dataset), split, &config.data.fields)?;
+    if let Some(limit) = limit {
+        questions.truncate(limit);
+    }
+    if questions.is_empty() {
+        anyhow::bail!("dataset {dataset} ({split}) has no questions");
+    }
+    Ok(questions)
 }
 
 fn cluster(args: ClusterArgs) -> anyhow::Result<()> {

@@ -29,3 +29,43 @@ pub fn items_bar(total: u64, what: &str) -> ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
 }
+
+/// Metrics appended as JSON lines (one object per event, with a UNIX timestamp), for plotting
+/// or tailing a long run.
+pub struct MetricsLog {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl MetricsLog {
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { file, path: path.to_path_buf() })
+    }
+
+    pub fn log(&mut self, value: &serde_json::Value) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut object = match value {
+            serde_json::Value::Object(m) => m.clone(),
+            other => {
+                let mut m = serde_json::Map::new();
+                m.insert("value".into(), other.clone());
+                m
+            }
+        };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        object.insert("time".into(), serde_json::json!(now));
+        let mut line = serde_json::to_vec(&serde_json::Value::Object(object))?;
+        line.push(b'\n');
+        self.file.write_all(&line)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}

@@ -30,6 +30,10 @@ pub struct SampleRecord {
     /// Generated token count per completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<u32>>,
+    /// Position of the question in the sampled dataset (written by `east sample`, used to
+    /// merge shards back into dataset order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 impl SampleRecord {

@@ -1,8 +1,6 @@
 //! Datasets: the bundled GSM8K, MATH and MATH-500 copies, or any JSONL file with configurable
 //! field names, turned into [`Question`]s with a final reference answer.
 
-mod prompt;
-
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -11,7 +9,7 @@ use serde_json::Value;
 use crate::grade;
 use crate::io::{read_jsonl, InputError};
 
-pub use prompt::{chat_messages, Message, SYSTEM_PROMPT};
+pub use crate::model::chat::{east_messages, Message, EAST_SYSTEM_PROMPT};
 
 /// One question with its ground-truth final answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -214,6 +214,7 @@ mod tests {
             completions: completions.iter().map(|s| s.to_string()).collect(),
             finish: None,
             tokens: None,
+            index: None,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::mapping::{map_weights, Mapping, Metric};
-use crate::data::{chat_messages, Message};
+use crate::data::{east_messages, Message};
 use crate::io::{parse_line, read_jsonl, write_json_atomic, AtomicFile, InputError, JsonlBatches};
 use crate::progress;
 use crate::schema::{ClusterRecord, SampleRecord};
@@ -341,7 +341,7 @@ fn rows(kept: &Kept, question: &str, texts: &[String], loss: Loss) -> Vec<TrainR
     let assistant = |t: &String| Some(vec![Message::new("assistant", t)]);
     let base = TrainRow {
         id: kept.record.id.clone(),
-        prompt: chat_messages(question),
+        prompt: east_messages(question),
         completion: None,
         chosen: None,
         rejected: None,

@@ -1,0 +1,235 @@
+//! `east eval`: greedy accuracy on a benchmark split, graded with the same grader as training.
+//!
+//! Questions are decoded in batches of similar prompt length (less padding), predictions are
+//! appended as they finish (a killed evaluation resumes), and `eval.json` is written at the end
+//! with accuracy overall, by MATH level and by subject.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{east_messages, Question};
+use crate::grade::{extract_answer, Answer, GradeOptions};
+use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
+use crate::model::tokenizer::encode;
+use crate::model::LoadedModel;
+use crate::progress::{self, MetricsLog};
+use crate::sample::{generate_group, DecodeSettings, Request, Sampling};
+use crate::schema::Finish;
+
+/// What decides an evaluation (must match to resume into an existing folder).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    pub model: String,
+    pub dataset: String,
+    pub split: String,
+    pub limit: Option<usize>,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+/// One line of predictions.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub completion: String,
+    pub pred: Option<String>,
+    pub answer: String,
+    pub correct: bool,
+    pub finish: Finish,
+    pub tokens: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// Accuracy of a subset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Bucket {
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+}
+
+impl Bucket {
+    fn add(&mut self, correct: bool) {
+        self.n += 1;
+        self.correct += usize::from(correct);
+        self.accuracy = self.correct as f64 / self.n as f64;
+    }
+}
+
+/// eval.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub dataset: String,
+    pub split: String,
+    pub model: String,
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub by_level: BTreeMap<String, Bucket>,
+    pub by_type: BTreeMap<String, Bucket>,
+    /// Completions with no extractable answer, and those cut by the token limit.
+    pub no_answer: usize,
+    pub truncated: usize,
+    pub settings: EvalSettings,
+    pub seconds: f64,
+    pub generated_tokens: usize,
+}
+
+pub fn predictions_path(dir: &Path) -> PathBuf {
+    dir.join("predictions.jsonl")
+}
+
+pub fn report_path(dir: &Path) -> PathBuf {
+    dir.join("eval.json")
+}
+
+fn settings_path(dir: &Path) -> PathBuf {
+    dir.join("eval.settings.json")
+}
+
+/// Whether `dir` holds a finished evaluation with these settings.
+pub fn is_complete(dir: &Path, settings: &EvalSettings) -> bool {
+    let Ok(text) = std::fs::read_to_string(report_path(dir)) else { return false };
+    serde_json::from_str::<EvalReport>(&text).is_ok_and(|r| &r.settings == settings)
+}
+
+/// Grades one completion against a reference answer.
+pub fn grade(completion: &str, reference: &Answer, opts: &GradeOptions) -> (Option<String>, bool) {
+    match extract_answer(completion) {
+        Some(raw) => {
+            let answer = Answer::parse(&raw);
+            let correct = answer.equivalent(reference, opts);
+            (Some(answer.normalized), correct)
+        }
+        None => (None, false),
+    }
+}
+
+/// Evaluates `questions` greedily and writes predictions.jsonl and eval.json into `dir`.
+pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSettings, dir: &Path) -> anyhow::Result<EvalReport> {
+    std::fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
+    let preds_file = predictions_path(dir);
+    let settings_file = settings_path(dir);
+    if preds_file.exists() {
+        let old: Option<EvalSettings> = std::fs::read_to_string(&settings_file).ok().and_then(|t| serde_json::from_str(&t).ok());
+        if old.as_ref() != Some(settings) {
+            anyhow::bail!(
+                "{} holds predictions made with other settings (see {}); remove the folder or choose another --out",
+                dir.display(),
+                settings_file.display()
+            );
+        }
+    }
+    write_json_atomic(&settings_file, settings)?;
+    let (mut log, done_ids) = AppendLog::open(&preds_file)?;
+    let done: HashSet<String> = done_ids.into_iter().collect();
+    let mut metrics = MetricsLog::open(&dir.join("eval.log.jsonl"))?;
+
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&q.question))))
+        .collect::<Result<_, _>>()?;
+    // Batches of similar length waste little on padding; the order is fixed by the data, so a
+    // resumed run forms the same batches.
+    let mut order: Vec<usize> = (0..questions.len()).collect();
+    order.sort_by_key(|&i| (prompts[i].len(), i));
+    let opts = GradeOptions::default();
+    let decode = DecodeSettings {
+        sampling: Sampling::GREEDY,
+        max_new_tokens: settings.max_new_tokens,
+        seed: 0,
+        stop: Vec::new(),
+    };
+    let bar = progress::items_bar(questions.len() as u64, "eval");
+    bar.set_position(done.len() as u64);
+    let started = Instant::now();
+    let mut generated = 0usize;
+    let mut correct_so_far = 0usize;
+    let mut finished_now = 0usize;
+    for batch in order.chunks(settings.batch_size.max(1)) {
+        if batch.iter().all(|&i| done.contains(&questions[i].id)) {
+            continue;
+        }
+        let requests: Vec<Request> = batch
+            .iter()
+            .map(|&i| Request { prompt_ids: prompts[i].clone(), id: questions[i].id.clone(), first_sample: 0, samples: 1 })
+            .collect();
+        let t = Instant::now();
+        let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
+            generated += k;
+            bar.set_message(format!("{:.0} tok/s", generated as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+        })?;
+        for (&i, mut g) in batch.iter().zip(gens) {
+            let q = &questions[i];
+            if done.contains(&q.id) {
+                continue;
+            }
+            let g = g.remove(0);
+            let (pred, correct) = grade(&g.text, &Answer::parse(&q.answer), &opts);
+            correct_so_far += usize::from(correct);
+            finished_now += 1;
+            log.append(&Prediction {
+                id: q.id.clone(),
+                tokens: g.token_ids.len(),
+                completion: g.text,
+                pred,
+                answer: q.answer.clone(),
+                correct,
+                finish: g.finish,
+                level: q.level.clone(),
+                subject: q.subject.clone(),
+            })
+            .map_err(|e| InputError::io(&preds_file, e))?;
+            bar.inc(1);
+        }
+        log.sync().map_err(|e| InputError::io(&preds_file, e))?;
+        metrics.log(&serde_json::json!({"event": "batch", "questions": batch.len(), "generated_tokens": stats.generated,
+            "seconds": t.elapsed().as_secs_f64(), "tokens_per_s": stats.generated as f64 / t.elapsed().as_secs_f64().max(1e-9),
+            "accuracy_so_far": correct_so_far as f64 / finished_now.max(1) as f64}))?;
+    }
+    bar.finish_and_clear();
+    drop(log);
+
+    // The report is computed from the file, so resumed and uninterrupted runs agree.
+    let mut by_id: HashMap<String, Prediction> = HashMap::new();
+    for (_, p) in read_jsonl::<Prediction>(&preds_file)? {
+        by_id.insert(p.id.clone(), p);
+    }
+    let mut report = EvalReport {
+        dataset: settings.dataset.clone(),
+        split: settings.split.clone(),
+        model: settings.model.clone(),
+        n: 0,
+        correct: 0,
+        accuracy: 0.0,
+        by_level: BTreeMap::new(),
+        by_type: BTreeMap::new(),
+        no_answer: 0,
+        truncated: 0,
+        settings: settings.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        generated_tokens: generated,
+    };
+    for q in questions {
+        let p = by_id.get(&q.id).ok_or_else(|| anyhow::anyhow!("prediction for `{}` missing from {}", q.id, preds_file.display()))?;
+        report.n += 1;
+        report.correct += usize::from(p.correct);
+        report.no_answer += usize::from(p.pred.is_none());
+        report.truncated += usize::from(p.finish == Finish::Length);
+        if let Some(level) = &q.level {
+            report.by_level.entry(level.clone()).or_default().add(p.correct);
+        }
+        if let Some(subject) = &q.subject {
+            report.by_type.entry(subject.clone()).or_default().add(p.correct);
+        }
+    }
+    report.accuracy = report.correct as f64 / report.n.max(1) as f64;
+    write_json_atomic(&report_path(dir), &report)?;
+    Ok(report)
+}

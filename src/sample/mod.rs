@@ -1,0 +1,288 @@
+//! `east sample`: n completions per question from the current policy, appended question by
+//! question to samples.jsonl so that a killed run resumes where it stopped.
+//!
+//! Work is cut into *units* in the global question order: one question when n fills a batch,
+//! else `batch_rows / n` consecutive questions decoded together. Shards take whole units
+//! (unit u goes to shard u mod N), and a resumed run redoes only unfinished units, writing only
+//! the questions still missing; since a unit always decodes the same way, sharded, resumed and
+//! uninterrupted runs give identical samples.
+
+pub mod engine;
+pub mod logits;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use engine::{generate_group, DecodeSettings, Generation, Request, StepStats};
+pub use logits::{sample_one, sample_rows, Sampling};
+
+use crate::data::{east_messages, Question};
+use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
+use crate::model::tokenizer::encode;
+use crate::model::LoadedModel;
+use crate::progress::{self, MetricsLog};
+use crate::schema::SampleRecord;
+
+/// Everything that decides the samples (and so must match to resume into an existing file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleSettings {
+    pub model: String,
+    pub dataset: String,
+    pub split: String,
+    pub limit: Option<usize>,
+    pub n: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub max_new_tokens: usize,
+    pub seed: u64,
+    pub batch_rows: usize,
+    pub stop: Vec<String>,
+}
+
+/// `i/N`: this process samples shard i (0-based) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}`: expected i/N, e.g. 0/4"))?;
+        let index: usize = i.trim().parse().map_err(|_| format!("`{s}`: shard index `{i}` is not a number"))?;
+        let count: usize = n.trim().parse().map_err(|_| format!("`{s}`: shard count `{n}` is not a number"))?;
+        if count == 0 || index >= count {
+            return Err(format!("`{s}`: need 0 ≤ i < N"));
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+/// The sidecar `<out>.meta.json`: the settings a samples file was made with, and whether it is
+/// complete.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleMeta {
+    pub settings: SampleSettings,
+    pub shard: Option<Shard>,
+    pub questions: usize,
+    pub complete: bool,
+}
+
+pub fn meta_path(out: &Path) -> PathBuf {
+    sidecar(out, "meta.json")
+}
+
+pub fn log_path(out: &Path) -> PathBuf {
+    sidecar(out, "log.jsonl")
+}
+
+fn sidecar(out: &Path, ext: &str) -> PathBuf {
+    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!("{stem}.{ext}"))
+}
+
+/// Groups of question indices decoded together.
+pub fn units(questions: usize, n: usize, batch_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let per_unit = (batch_rows / n.max(1)).max(1);
+    (0..questions).step_by(per_unit).map(|s| s..(s + per_unit).min(questions)).collect()
+}
+
+/// What a sampling run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    pub out: PathBuf,
+    pub questions: usize,
+    pub resumed: usize,
+    pub generated_tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// Samples `questions` (already limited; the shard is applied here) into `out`.
+pub fn sample_questions(
+    lm: &LoadedModel,
+    questions: &[Question],
+    settings: &SampleSettings,
+    shard: Option<Shard>,
+    out: &Path,
+) -> anyhow::Result<SampleReport> {
+    let all_units = units(questions.len(), settings.n, settings.batch_rows);
+    let my_units: Vec<std::ops::Range<usize>> = all_units
+        .into_iter()
+        .enumerate()
+        .filter(|(u, _)| shard.is_none_or(|s| u % s.count == s.index))
+        .map(|(_, r)| r)
+        .collect();
+    let mine: usize = my_units.iter().map(|r| r.len()).sum();
+
+    let meta_file = meta_path(out);
+    let mut meta = SampleMeta { settings: settings.clone(), shard, questions: mine, complete: false };
+    if out.exists() {
+        match std::fs::read_to_string(&meta_file) {
+            Ok(text) => {
+                let old: SampleMeta = serde_json::from_str(&text)
+                    .map_err(|e| InputError::file(&meta_file, format!("unreadable: {e}")))?;
+                if old.settings != meta.settings || old.shard != meta.shard {
+                    anyhow::bail!(
+                        "{} was sampled with other settings ({}); refusing to mix samples: remove it or choose another --out",
+                        out.display(),
+                        meta_file.display()
+                    );
+                }
+            }
+            Err(_) => anyhow::bail!(
+                "{} exists without {}; refusing to append to a file of unknown origin",
+                out.display(),
+                meta_file.display()
+            ),
+        }
+    }
+    write_json_atomic(&meta_file, &meta)?;
+    let (mut log, done_ids) = AppendLog::open(out)?;
+    let done: HashSet<String> = done_ids.into_iter().collect();
+    let resumed = done.len();
+    let mut metrics = MetricsLog::open(&log_path(out))?;
+
+    let bar = progress::items_bar(mine as u64, "sample");
+    bar.set_position(resumed as u64);
+    let started = Instant::now();
+    let mut generated = 0usize;
+    let decode = DecodeSettings {
+        sampling: Sampling { temperature: settings.temperature, top_p: settings.top_p },
+        max_new_tokens: settings.max_new_tokens,
+        seed: settings.seed,
+        stop: settings.stop.clone(),
+    };
+    for unit in my_units {
+        let todo: Vec<usize> = unit.clone().filter(|&i| !done.contains(&questions[i].id)).collect();
+        if todo.is_empty() {
+            continue;
+        }
+        // The whole unit is decoded even when part of it was written before a crash: its
+        // samples depend on which rows share the batch.
+        let prompts: Vec<Vec<u32>> = unit
+            .clone()
+            .map(|i| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&questions[i].question))))
+            .collect::<Result<_, _>>()?;
+        let mut per_question: Vec<Vec<Generation>> = vec![Vec::new(); unit.len()];
+        // n larger than a batch: the question's samples are decoded in chunks of batch_rows.
+        let chunk = settings.batch_rows.min(settings.n).max(1);
+        let mut first = 0;
+        while first < settings.n {
+            let take = chunk.min(settings.n - first);
+            let requests: Vec<Request> = unit
+                .clone()
+                .zip(&prompts)
+                .map(|(i, p)| Request { prompt_ids: p.clone(), id: questions[i].id.clone(), first_sample: first, samples: take })
+                .collect();
+            let unit_start = Instant::now();
+            let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
+                generated += k;
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!("{:.0} tok/s", generated as f64 / secs));
+            })?;
+            metrics.log(&serde_json::json!({
+                "event": "unit", "first_question": unit.start, "questions": unit.len(), "first_sample": first,
+                "rows": take * unit.len(), "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated,
+                "steps": stats.steps, "seconds": unit_start.elapsed().as_secs_f64(),
+                "tokens_per_s": stats.generated as f64 / unit_start.elapsed().as_secs_f64().max(1e-9),
+            }))?;
+            for (slot, g) in per_question.iter_mut().zip(gens) {
+                slot.extend(g);
+            }
+            first += take;
+        }
+        for (k, i) in unit.clone().enumerate() {
+            let q = &questions[i];
+            if done.contains(&q.id) {
+                continue;
+            }
+            let gens = std::mem::take(&mut per_question[k]);
+            let record = SampleRecord {
+                id: q.id.clone(),
+                question: q.question.clone(),
+                answer: q.answer.clone(),
+                finish: Some(gens.iter().map(|g| g.finish).collect()),
+                tokens: Some(gens.iter().map(|g| g.token_ids.len() as u32).collect()),
+                completions: gens.into_iter().map(|g| g.text).collect(),
+                index: Some(i),
+            };
+            log.append(&record).map_err(|e| InputError::io(out, e))?;
+            bar.inc(1);
+        }
+        log.sync().map_err(|e| InputError::io(out, e))?;
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    meta.complete = true;
+    write_json_atomic(&meta_file, &meta)?;
+    metrics.log(&serde_json::json!({"event": "done", "questions": mine, "resumed": resumed,
+        "generated_tokens": generated, "seconds": seconds, "tokens_per_s": generated as f64 / seconds.max(1e-9)}))?;
+    Ok(SampleReport {
+        out: out.to_path_buf(),
+        questions: mine,
+        resumed,
+        generated_tokens: generated,
+        seconds,
+        tokens_per_s: generated as f64 / seconds.max(1e-9),
+    })
+}
+
+
+/// Whether `out` is a complete samples file made with `settings` (what `east run` checks to skip
+/// sampling).
+pub fn is_complete(out: &Path, settings: &SampleSettings) -> bool {
+    let Ok(text) = std::fs::read_to_string(meta_path(out)) else { return false };
+    let Ok(meta) = serde_json::from_str::<SampleMeta>(&text) else { return false };
+    meta.complete && meta.shard.is_none() && &meta.settings == settings && out.exists()
+}
+
+/// Joins shard files into one samples file in question order, checking that no question is
+/// missing or duplicated.
+pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
+    let mut all: Vec<(usize, SampleRecord)> = Vec::new();
+    let mut counts: Option<(SampleSettings, usize)> = None;
+    for input in inputs {
+        let meta: SampleMeta = serde_json::from_str(
+            &std::fs::read_to_string(meta_path(input)).map_err(|e| InputError::io(&meta_path(input), e))?,
+        )
+        .map_err(|e| InputError::file(&meta_path(input), format!("unreadable: {e}")))?;
+        if !meta.complete {
+            anyhow::bail!("{} is not complete (its sampling run has not finished)", input.display());
+        }
+        match &counts {
+            None => counts = Some((meta.settings.clone(), meta.shard.map_or(1, |s| s.count))),
+            Some((settings, _)) if *settings != meta.settings => {
+                anyhow::bail!("{} was sampled with other settings than {}", input.display(), inputs[0].display())
+            }
+            _ => {}
+        }
+        for (line, r) in read_jsonl::<SampleRecord>(input)? {
+            r.validate(input, line)?;
+            let index = r.index.ok_or_else(|| InputError::field(input, line, "index", "missing: only files written by east sample can be merged"))?;
+            all.push((index, r));
+        }
+    }
+    all.sort_by_key(|(i, _)| *i);
+    let mut seen = HashSet::new();
+    for (i, r) in &all {
+        if !seen.insert(*i) {
+            anyhow::bail!("question `{}` (index {i}) appears in more than one input", r.id);
+        }
+    }
+    if let Some(gap) = (0..all.len()).find(|&k| all[k].0 != k) {
+        anyhow::bail!("question index {gap} is missing from the inputs: is a shard left out?");
+    }
+    let (settings, _) = counts.ok_or_else(|| anyhow::anyhow!("no input files"))?;
+    let mut writer = crate::io::AtomicFile::create(out)?;
+    for (_, r) in &all {
+        writer.write_json_line(r)?;
+    }
+    write_json_atomic(&meta_path(out), &SampleMeta { settings, shard: None, questions: all.len(), complete: true })?;
+    writer.commit()?;
+    Ok(all.len())
+}
