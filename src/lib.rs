@@ -14,4 +14,5 @@ pub mod progress;
 pub mod runtime;
 pub mod sample;
 pub mod schema;
+pub mod train;
 pub mod weight;

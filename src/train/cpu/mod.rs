@@ -1,0 +1,714 @@
+//! The CPU training engine: a Llama forward pass that keeps exactly what its hand-written
+//! backward needs, over rows packed without padding, in f32 (training) or f64 (gradient checks).
+//!
+//! Why not candle's autograd here: its backward computes the gradient of *both* operands of
+//! every op (a weight-sized gradient for a frozen weight, an activation-sized one for every
+//! constant such as the attention mask, kept until the backward ends), first zero-fills every
+//! gradient before adding to it, and composes softmax/RMS norm/RoPE from many small
+//! single-threaded ops. Here each op has a fused backward, weight gradients accumulate in place
+//! (`gemm` with `dst += …`), frozen weights never get a gradient buffer, attention scores are
+//! recomputed in the backward instead of stored, and the vocabulary projection only runs at
+//! response positions, in chunks.
+//!
+//! Kept per layer (tokens × …): the layer input, q/k/v after RoPE, the attention output, the
+//! residual between attention and MLP, gate and up projections, and per-token norm scales and
+//! attention log-sum-exps; norm outputs and `silu(gate)·up` are recomputed.
+
+pub mod kernels;
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+pub use kernels::Float;
+use kernels::*;
+
+use super::engine::{peft_name, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
+use super::optim::AdamW;
+use crate::model::{Llama, LlamaConfig};
+
+/// Where the tensors of one decoder layer live in the parameter list.
+#[derive(Debug, Clone)]
+struct LayerIdx {
+    ln1: usize,
+    ln2: usize,
+    /// q, k, v, o, gate, up, down (see [`PROJECTIONS`]).
+    lin: [usize; 7],
+    /// LoRA (A, B) of each projection, when targeted.
+    lora: [Option<(usize, usize)>; 7],
+}
+
+/// Activations of one layer kept for the backward.
+struct LayerActs<T> {
+    x_in: Vec<T>,
+    rstd1: Vec<T>,
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    lse: Vec<T>,
+    att: Vec<T>,
+    x_mid: Vec<T>,
+    rstd2: Vec<T>,
+    gate: Vec<T>,
+    up: Vec<T>,
+    /// `dropout(x)·Aᵀ` of each LoRA projection.
+    lora_u: [Option<Vec<T>>; 7],
+}
+
+/// What a training forward leaves for the backward.
+struct Saved<T> {
+    batch: Packed,
+    pos: Vec<u32>,
+    cos: Vec<T>,
+    sin: Vec<T>,
+    layers: Vec<LayerActs<T>>,
+    /// Last layer's output and the final norm's scale at the target positions.
+    xt: Vec<T>,
+    rstd_t: Vec<T>,
+    /// Final hidden states at the target positions, `(targets, hidden)`.
+    ht: Vec<T>,
+    /// Their gradient, when the coefficients were given to the forward.
+    dht: Option<Vec<T>>,
+    dropout_seed: u64,
+}
+
+/// Time spent in the parts of a step (seconds), for profiling.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub forward: f64,
+    pub head: f64,
+    pub backward: f64,
+    pub optimizer: f64,
+}
+
+/// The CPU engine over element type `T` (f32 or f64).
+pub struct CpuEngine<T: Float> {
+    cfg: LlamaConfig,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    data: Vec<Vec<T>>,
+    /// Empty for frozen tensors.
+    grads: Vec<Vec<T>>,
+    exp_avg: Vec<Vec<T>>,
+    exp_avg_sq: Vec<Vec<T>>,
+    trainable: Vec<bool>,
+    /// Trainable indices in a fixed order (base tensors first, then LoRA A/B per projection).
+    order: Vec<usize>,
+    embed: usize,
+    lm_head: usize,
+    norm: usize,
+    layers: Vec<LayerIdx>,
+    lora: Option<LoraSpec>,
+    steps: u64,
+    saved: Option<Saved<T>>,
+    /// Rows of logits computed at once (bounds the `rows × vocab` buffer).
+    pub head_chunk: usize,
+    pub timings: Timings,
+}
+
+fn dims_of(cfg: &LlamaConfig, which: usize) -> (usize, usize) {
+    let h = cfg.hidden_size;
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let i = cfg.intermediate_size;
+    // (in, out)
+    match which {
+        0 => (h, q),
+        1 | 2 => (h, kv),
+        3 => (q, h),
+        4 | 5 => (h, i),
+        _ => (i, h),
+    }
+}
+
+fn mix_seed(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z ^ (z >> 33)
+}
+
+impl<T: Float> CpuEngine<T> {
+    /// Copies the weights of `model` (any dtype, any device) into the engine. Without `lora`
+    /// every weight trains; with it only the LoRA matrices do (initialised from `seed` as PEFT
+    /// does: `A` uniform in ±1/sqrt(in), `B` = 0).
+    pub fn new(model: &Llama, lora: Option<LoraSpec>, seed: u64) -> anyhow::Result<Self> {
+        let cfg = model.config().clone();
+        let mut names = Vec::new();
+        let mut shapes = Vec::new();
+        let mut data = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for (name, t) in model.named_tensors() {
+            let v: Vec<T> = t
+                .to_device(&Device::Cpu)?
+                .to_dtype(T::DTYPE)?
+                .flatten_all()?
+                .to_vec1()
+                .with_context(|| format!("reading {name}"))?;
+            index.insert(name.clone(), names.len());
+            names.push(name);
+            shapes.push(t.dims().to_vec());
+            data.push(v);
+        }
+        let get = |n: &str| -> anyhow::Result<usize> { index.get(n).copied().with_context(|| format!("model has no {n}")) };
+        let embed = get("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings { embed } else { get("lm_head.weight")? };
+        let norm = get("model.norm.weight")?;
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mut lin = [0usize; 7];
+            for (w, slot) in lin.iter_mut().enumerate() {
+                *slot = get(&format!("{}.weight", super::engine::projection_path(l, w)))?;
+            }
+            layers.push(LayerIdx {
+                ln1: get(&format!("{p}.input_layernorm.weight"))?,
+                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                lin,
+                lora: [None; 7],
+            });
+        }
+        let base_count = names.len();
+        let mut trainable = vec![lora.is_none(); base_count];
+        if let Some(spec) = &lora {
+            if spec.rank == 0 {
+                bail!("LoRA rank must be at least 1");
+            }
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            for (l, layer) in layers.iter_mut().enumerate() {
+                for (w, slot) in layer.lora.iter_mut().enumerate() {
+                    if !spec.targets.iter().any(|t| t == PROJECTIONS[w]) {
+                        continue;
+                    }
+                    let (in_dim, out_dim) = dims_of(&cfg, w);
+                    let bound = 1.0 / (in_dim as f64).sqrt();
+                    let a: Vec<T> = (0..spec.rank * in_dim).map(|_| T::from_f64c(rng.random_range(-bound..bound))).collect();
+                    let ai = names.len();
+                    names.push(peft_name(l, w, "A"));
+                    shapes.push(vec![spec.rank, in_dim]);
+                    data.push(a);
+                    trainable.push(true);
+                    names.push(peft_name(l, w, "B"));
+                    shapes.push(vec![out_dim, spec.rank]);
+                    data.push(vec![T::zero(); out_dim * spec.rank]);
+                    trainable.push(true);
+                    *slot = Some((ai, ai + 1));
+                }
+            }
+        }
+        let order: Vec<usize> = (0..names.len()).filter(|&i| trainable[i]).collect();
+        let grads = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
+        let exp_avg = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
+        let exp_avg_sq = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
+        let head_chunk = ((64usize << 20) / (cfg.vocab_size * std::mem::size_of::<T>()).max(1)).clamp(16, 1024);
+        Ok(CpuEngine {
+            cfg,
+            names,
+            shapes,
+            data,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            trainable,
+            order,
+            embed,
+            lm_head,
+            norm,
+            layers,
+            lora,
+            steps: 0,
+            saved: None,
+            head_chunk,
+            timings: Timings::default(),
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The gradient accumulated for a tensor (by HF or PEFT name), if it trains.
+    pub fn grad(&self, name: &str) -> Option<&[T]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        self.trainable[i].then(|| self.grads[i].as_slice())
+    }
+
+    /// A tensor's values by name.
+    pub fn param(&self, name: &str) -> Option<&[T]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(self.data[i].as_slice())
+    }
+
+    /// Mutable values (finite-difference tests).
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [T]> {
+        let i = self.names.iter().position(|n| n == name)?;
+        Some(self.data[i].as_mut_slice())
+    }
+
+    pub fn zero_grads(&mut self) {
+        for g in &mut self.grads {
+            g.iter_mut().for_each(|x| *x = T::zero());
+        }
+    }
+
+    /// Bytes of parameters, gradients and optimiser state held.
+    pub fn state_bytes(&self) -> usize {
+        let e = std::mem::size_of::<T>();
+        (self.data.iter().map(Vec::len).sum::<usize>()
+            + self.grads.iter().map(Vec::len).sum::<usize>()
+            + self.exp_avg.iter().map(Vec::len).sum::<usize>()
+            + self.exp_avg_sq.iter().map(Vec::len).sum::<usize>())
+            * e
+    }
+
+    fn rope_tables(&self, max_len: usize) -> (Vec<T>, Vec<T>) {
+        // As transformers (and Llama::forward_hidden): f32 inverse frequencies and angles.
+        let inv: Vec<f32> = self.cfg.rope_inv_freq().iter().map(|&f| f as f32).collect();
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(max_len * half);
+        let mut sin = Vec::with_capacity(max_len * half);
+        for p in 0..max_len {
+            for &f in &inv {
+                let a = p as f32 * f;
+                cos.push(T::from_f64c(a.cos() as f64));
+                sin.push(T::from_f64c(a.sin() as f64));
+            }
+        }
+        (cos, sin)
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            heads: self.cfg.num_attention_heads,
+            kv_heads: self.cfg.num_key_value_heads,
+            d: self.cfg.head_dim,
+            scale: 1.0 / (self.cfg.head_dim as f64).sqrt(),
+        }
+    }
+
+    /// `y = x·Wᵀ (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
+    fn lin_fwd(&self, layer: usize, which: usize, x: &[T], y: &mut [T], n: usize, seed: Option<u64>) -> Option<Vec<T>> {
+        let (in_dim, out_dim) = dims_of(&self.cfg, which);
+        let li = &self.layers[layer];
+        linear_fwd(x, &self.data[li.lin[which]], y, n, in_dim, out_dim, false);
+        let (ai, bi) = li.lora[which]?;
+        let spec = self.lora.as_ref().expect("lora indices imply a spec");
+        let r = spec.rank;
+        let mut u = vec![T::zero(); n * r];
+        if let (true, Some(seed)) = (spec.dropout > 0.0, seed) {
+            let mut xd = vec![T::zero(); n * in_dim];
+            dropout(&x[..n * in_dim], &mut xd, mix_seed(seed, (layer * 8 + which) as u64), spec.dropout);
+            linear_fwd(&xd, &self.data[ai], &mut u, n, in_dim, r, false);
+        } else {
+            linear_fwd(x, &self.data[ai], &mut u, n, in_dim, r, false);
+        }
+        unsafe {
+            gemm_raw(n, out_dim, r, y.as_mut_ptr(), out_dim, true, View::rows(&u, r), View::t(&self.data[bi], r), T::from_f64c(spec.scale()), true);
+        }
+        Some(u)
+    }
+
+    /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight and LoRA gradients
+    /// accumulated when they train.
+    #[allow(clippy::too_many_arguments)]
+    fn lin_bwd(&mut self, layer: usize, which: usize, x: &[T], dy: &[T], dx: &mut [T], accumulate: bool, u: Option<&[T]>, n: usize, seed: u64) {
+        let (in_dim, out_dim) = dims_of(&self.cfg, which);
+        let wi = self.layers[layer].lin[which];
+        if self.trainable[wi] {
+            linear_bwd_w(dy, x, &mut self.grads[wi], n, in_dim, out_dim, T::one());
+        }
+        linear_bwd_x(dy, &self.data[wi], dx, n, in_dim, out_dim, accumulate, T::one());
+        let Some((ai, bi)) = self.layers[layer].lora[which] else { return };
+        let spec = self.lora.clone().expect("lora indices imply a spec");
+        let (r, scale) = (spec.rank, T::from_f64c(spec.scale()));
+        let u = u.expect("LoRA forward kept its intermediate");
+        // dB += scale · dyᵀ·u
+        unsafe {
+            gemm_raw(out_dim, r, n, self.grads[bi].as_mut_ptr(), r, true, View::t(dy, out_dim), View::rows(u, r), scale, true);
+        }
+        // du = scale · dy·B
+        let mut du = vec![T::zero(); n * r];
+        unsafe {
+            gemm_raw(n, r, out_dim, du.as_mut_ptr(), r, false, View::rows(dy, out_dim), View::rows(&self.data[bi], r), scale, true);
+        }
+        let dseed = mix_seed(seed, (layer * 8 + which) as u64);
+        if spec.dropout > 0.0 {
+            let mut xd = vec![T::zero(); n * in_dim];
+            dropout(&x[..n * in_dim], &mut xd, dseed, spec.dropout);
+            linear_bwd_w(&du, &xd, &mut self.grads[ai], n, in_dim, r, T::one());
+            // dx += (du·A) ⊙ mask / (1 − p)
+            let mut t = vec![T::zero(); n * in_dim];
+            linear_bwd_x(&du, &self.data[ai], &mut t, n, in_dim, r, false, T::one());
+            dropout(&t.clone(), &mut t, dseed, spec.dropout);
+            add_assign(&mut dx[..n * in_dim], &t);
+        } else {
+            linear_bwd_w(&du, x, &mut self.grads[ai], n, in_dim, r, T::one());
+            linear_bwd_x(&du, &self.data[ai], dx, n, in_dim, r, true, T::one());
+        }
+    }
+
+    /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
+    /// (training) with this stream, off when None.
+    fn run(&mut self, batch: &Packed, keep: bool, coefs: Option<&[f64]>, seed: Option<u64>) -> anyhow::Result<Vec<RowStats>> {
+        if batch.tokens.is_empty() {
+            bail!("empty batch");
+        }
+        let t0 = Instant::now();
+        let cfg = self.cfg.clone();
+        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        let qw = cfg.num_attention_heads * cfg.head_dim;
+        let kw = cfg.num_key_value_heads * cfg.head_dim;
+        let n = batch.tokens.len();
+        let eps = cfg.rms_norm_eps;
+        let pos = batch.positions();
+        let (cos, sin) = self.rope_tables(batch.max_row_len());
+        let shape = self.attn_shape();
+        let vocab = cfg.vocab_size;
+        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is outside the vocabulary ({vocab})");
+        }
+
+        let mut x = vec![T::zero(); n * h];
+        {
+            let e = &self.data[self.embed];
+            x.par_chunks_mut(h).zip(batch.tokens.par_iter()).for_each(|(row, &t)| {
+                row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
+            });
+        }
+        let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
+        let mut hbuf = vec![T::zero(); n * h];
+        for l in 0..cfg.num_hidden_layers {
+            let li = self.layers[l].clone();
+            let mut rstd1 = vec![T::zero(); n];
+            rms_norm_fwd(&x, &self.data[li.ln1], eps, &mut hbuf, &mut rstd1, h);
+            let mut q = vec![T::zero(); n * qw];
+            let mut k = vec![T::zero(); n * kw];
+            let mut v = vec![T::zero(); n * kw];
+            let uq = self.lin_fwd(l, 0, &hbuf, &mut q, n, seed);
+            let uk = self.lin_fwd(l, 1, &hbuf, &mut k, n, seed);
+            let uv = self.lin_fwd(l, 2, &hbuf, &mut v, n, seed);
+            rope_inplace(&mut q, cfg.num_attention_heads, cfg.head_dim, &pos, &cos, &sin, false);
+            rope_inplace(&mut k, cfg.num_key_value_heads, cfg.head_dim, &pos, &cos, &sin, false);
+            let mut att = vec![T::zero(); n * qw];
+            let mut lse = vec![T::zero(); n * cfg.num_attention_heads];
+            attention_fwd(&q, &k, &v, &batch.rows, shape, &mut att, &mut lse);
+            let mut x_mid = vec![T::zero(); n * h];
+            let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
+            add_assign(&mut x_mid, &x);
+            let mut rstd2 = vec![T::zero(); n];
+            rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, &mut hbuf, &mut rstd2, h);
+            let mut gate = vec![T::zero(); n * ff];
+            let mut up = vec![T::zero(); n * ff];
+            let ug = self.lin_fwd(l, 4, &hbuf, &mut gate, n, seed);
+            let uu = self.lin_fwd(l, 5, &hbuf, &mut up, n, seed);
+            let mut s = vec![T::zero(); n * ff];
+            swiglu_fwd(&gate, &up, &mut s);
+            let mut x_out = vec![T::zero(); n * h];
+            let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
+            drop(s);
+            add_assign(&mut x_out, &x_mid);
+            let x_in = std::mem::replace(&mut x, x_out);
+            if keep {
+                layers.push(LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u: [uq, uk, uv, uo, ug, uu, ud] });
+            }
+        }
+        drop(hbuf);
+        // final norm, only where a target is predicted
+        let nt = batch.targets.len();
+        let mut ht = vec![T::zero(); nt * h];
+        let mut rstd_t = vec![T::zero(); nt];
+        let mut xt = vec![T::zero(); nt * h];
+        xt.par_chunks_mut(h).zip(batch.targets.par_iter()).for_each(|(row, t)| row.copy_from_slice(&x[t.pos * h..(t.pos + 1) * h]));
+        drop(x);
+        rms_norm_fwd(&xt, &self.data[self.norm], eps, &mut ht, &mut rstd_t, h);
+        self.timings.forward += t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let (stats, dht) = self.head(&ht, batch, coefs)?;
+        self.timings.head += t1.elapsed().as_secs_f64();
+        if keep {
+            self.saved = Some(Saved {
+                batch: batch.clone(),
+                pos,
+                cos,
+                sin,
+                layers,
+                xt,
+                rstd_t,
+                ht,
+                dht,
+                dropout_seed: seed.unwrap_or(0),
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Log-probabilities of the targets from the final hidden states `ht` (one row per target),
+    /// chunk by chunk; with `coefs`, also the gradient w.r.t. `ht` (returned) and the output
+    /// layer's gradient (accumulated).
+    fn head(&mut self, ht: &[T], batch: &Packed, coefs: Option<&[f64]>) -> anyhow::Result<(Vec<RowStats>, Option<Vec<T>>)> {
+        let h = self.cfg.hidden_size;
+        let vocab = self.cfg.vocab_size;
+        let nt = batch.targets.len();
+        let mut stats = vec![RowStats::default(); batch.num_rows()];
+        let mut dht = coefs.map(|_| vec![T::zero(); nt * h]);
+        let chunk = self.head_chunk.max(1);
+        let mut logits = vec![T::zero(); chunk.min(nt.max(1)) * vocab];
+        let head_trains = self.trainable[self.lm_head];
+        for c0 in (0..nt).step_by(chunk) {
+            let nc = (nt - c0).min(chunk);
+            let hc = &ht[c0 * h..(c0 + nc) * h];
+            let lg = &mut logits[..nc * vocab];
+            linear_fwd(hc, &self.data[self.lm_head], lg, nc, h, vocab, false);
+            let targets = &batch.targets[c0..c0 + nc];
+            // per target: (logp, wpo term)
+            let per: Vec<(f64, f64)> = lg
+                .par_chunks_mut(vocab)
+                .zip(targets.par_iter())
+                .map(|(row, t)| {
+                    let m = row.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for &z in row.iter() {
+                        let e = (z - m).to_f64c().exp();
+                        s1 += e;
+                        s2 += e * e;
+                    }
+                    let lse = m.to_f64c() + s1.ln();
+                    let logp = row[t.id as usize].to_f64c() - lse;
+                    // log Σ p² = log Σ exp(2(z − m)) + 2m − 2·lse
+                    let log_sq = s2.ln() + 2.0 * m.to_f64c() - 2.0 * lse;
+                    if let Some(c) = coefs {
+                        let c = c[t.row];
+                        let lse_t = T::from_f64c(lse);
+                        let ct = T::from_f64c(c);
+                        for z in row.iter_mut() {
+                            *z = -ct * (*z - lse_t).exp();
+                        }
+                        row[t.id as usize] += ct;
+                    }
+                    (logp, logp - log_sq)
+                })
+                .collect();
+            for (t, (lp, w)) in targets.iter().zip(per) {
+                let s = &mut stats[t.row];
+                s.logp += lp;
+                s.wpo += w;
+                s.tokens += 1;
+            }
+            if let Some(d) = dht.as_mut() {
+                linear_bwd_x(lg, &self.data[self.lm_head], &mut d[c0 * h..(c0 + nc) * h], nc, h, vocab, false, T::one());
+                if head_trains {
+                    linear_bwd_w(lg, hc, &mut self.grads[self.lm_head], nc, h, vocab, T::one());
+                }
+            }
+        }
+        Ok((stats, dht))
+    }
+
+    fn layer_bwd(&mut self, l: usize, a: LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
+        let cfg = self.cfg.clone();
+        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
+        let qw = cfg.num_attention_heads * cfg.head_dim;
+        let kw = cfg.num_key_value_heads * cfg.head_dim;
+        let n = s.batch.tokens.len();
+        let li = self.layers[l].clone();
+        let seed = s.dropout_seed;
+        // MLP
+        let mut sw = vec![T::zero(); n * ff];
+        swiglu_fwd(&a.gate, &a.up, &mut sw);
+        let mut ds = vec![T::zero(); n * ff];
+        self.lin_bwd(l, 6, &sw, dx, &mut ds, false, a.lora_u[6].as_deref(), n, seed);
+        let mut dup = vec![T::zero(); n * ff];
+        swiglu_bwd(&ds, &a.gate, &a.up, &mut sw, &mut dup); // sw now holds dgate
+        drop(ds);
+        let mut hb = vec![T::zero(); n * h];
+        rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
+        let mut dh = vec![T::zero(); n * h];
+        self.lin_bwd(l, 4, &hb, &sw, &mut dh, false, a.lora_u[4].as_deref(), n, seed);
+        self.lin_bwd(l, 5, &hb, &dup, &mut dh, true, a.lora_u[5].as_deref(), n, seed);
+        drop((sw, dup));
+        {
+            let ln2 = li.ln2;
+            let dw = if self.trainable[ln2] { Some(std::mem::take(&mut self.grads[ln2])) } else { None };
+            let mut dw = dw;
+            rms_norm_bwd(&dh, &a.x_mid, &self.data[ln2], &a.rstd2, dx, true, dw.as_deref_mut(), h);
+            if let Some(dw) = dw {
+                self.grads[ln2] = dw;
+            }
+        }
+        // attention
+        let mut datt = vec![T::zero(); n * qw];
+        self.lin_bwd(l, 3, &a.att, dx, &mut datt, false, a.lora_u[3].as_deref(), n, seed);
+        let mut dq = vec![T::zero(); n * qw];
+        let mut dk = vec![T::zero(); n * kw];
+        let mut dv = vec![T::zero(); n * kw];
+        attention_bwd(&a.q, &a.k, &a.v, &a.att, &a.lse, &datt, &s.batch.rows, self.attn_shape(), &mut dq, &mut dk, &mut dv);
+        drop(datt);
+        rope_inplace(&mut dq, cfg.num_attention_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
+        rope_inplace(&mut dk, cfg.num_key_value_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
+        rms_norm_apply(&a.x_in, &self.data[li.ln1], &a.rstd1, &mut hb, h);
+        self.lin_bwd(l, 0, &hb, &dq, &mut dh, false, a.lora_u[0].as_deref(), n, seed);
+        self.lin_bwd(l, 1, &hb, &dk, &mut dh, true, a.lora_u[1].as_deref(), n, seed);
+        self.lin_bwd(l, 2, &hb, &dv, &mut dh, true, a.lora_u[2].as_deref(), n, seed);
+        let ln1 = li.ln1;
+        let mut dw = if self.trainable[ln1] { Some(std::mem::take(&mut self.grads[ln1])) } else { None };
+        rms_norm_bwd(&dh, &a.x_in, &self.data[ln1], &a.rstd1, dx, true, dw.as_deref_mut(), h);
+        if let Some(dw) = dw {
+            self.grads[ln1] = dw;
+        }
+    }
+
+    fn backward_impl(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
+        let mut s = self.saved.take().context("backward without a training forward")?;
+        let h = self.cfg.hidden_size;
+        let n = s.batch.tokens.len();
+        let dht = match (s.dht.take(), coefs) {
+            (Some(d), None) => d,
+            (None, Some(c)) => {
+                let t = Instant::now();
+                let (_, d) = self.head(&s.ht, &s.batch, Some(c))?;
+                self.timings.head += t.elapsed().as_secs_f64();
+                d.expect("coefficients give a gradient")
+            }
+            (Some(_), Some(_)) => bail!("coefficients were already given to the forward"),
+            (None, None) => bail!("backward needs the per-row coefficients"),
+        };
+        let t0 = Instant::now();
+        // final norm backward at the target rows
+        let nt = s.batch.targets.len();
+        let mut dxt = vec![T::zero(); nt * h];
+        let norm = self.norm;
+        let mut dw = if self.trainable[norm] { Some(std::mem::take(&mut self.grads[norm])) } else { None };
+        rms_norm_bwd(&dht, &s.xt, &self.data[norm], &s.rstd_t, &mut dxt, false, dw.as_deref_mut(), h);
+        if let Some(dw) = dw {
+            self.grads[norm] = dw;
+        }
+        let mut dx = vec![T::zero(); n * h];
+        for (i, t) in s.batch.targets.iter().enumerate() {
+            dx[t.pos * h..(t.pos + 1) * h].copy_from_slice(&dxt[i * h..(i + 1) * h]);
+        }
+        drop((dxt, dht));
+        let layers = std::mem::take(&mut s.layers);
+        for (l, a) in layers.into_iter().enumerate().rev() {
+            self.layer_bwd(l, a, &mut dx, &s);
+        }
+        if self.trainable[self.embed] {
+            let g = &mut self.grads[self.embed];
+            for (t, &tok) in s.batch.tokens.iter().enumerate() {
+                let row = &mut g[tok as usize * h..(tok as usize + 1) * h];
+                for (a, &b) in row.iter_mut().zip(&dx[t * h..(t + 1) * h]) {
+                    *a += b;
+                }
+            }
+        }
+        self.timings.backward += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn tensor_of(&self, i: usize, v: &[T]) -> anyhow::Result<Tensor> {
+        Ok(Tensor::from_slice(v, self.shapes[i].as_slice(), &Device::Cpu)?)
+    }
+}
+
+impl<T: Float> Engine for CpuEngine<T> {
+    fn score(&mut self, batch: &Packed) -> anyhow::Result<Vec<RowStats>> {
+        self.run(batch, false, None, None)
+    }
+
+    fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>> {
+        if let Some(c) = coefs {
+            if c.len() != batch.num_rows() {
+                bail!("{} coefficients for {} rows", c.len(), batch.num_rows());
+            }
+        }
+        self.saved = None;
+        self.run(batch, true, coefs, Some(dropout_seed))
+    }
+
+    fn backward(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
+        self.backward_impl(coefs)
+    }
+
+    fn discard(&mut self) {
+        self.saved = None;
+    }
+
+    fn grad_sq_norm(&self) -> anyhow::Result<f64> {
+        Ok(self
+            .order
+            .iter()
+            .map(|&i| self.grads[i].par_iter().map(|&g| g.to_f64c() * g.to_f64c()).sum::<f64>())
+            .sum())
+    }
+
+    fn step(&mut self, opt: &AdamW, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        self.steps += 1;
+        let t = self.steps;
+        for &i in &self.order.clone() {
+            let (p, g, m, v) = (&mut self.data[i], &self.grads[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
+            opt.update(t, lr, grad_scale, p, g, m, v);
+        }
+        self.zero_grads();
+        self.timings.optimizer += t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn trainable(&self) -> Vec<ParamInfo> {
+        self.order.iter().map(|&i| ParamInfo { name: self.names[i].clone(), shape: self.shapes[i].clone() }).collect()
+    }
+
+    fn state(&self) -> anyhow::Result<EngineState> {
+        let mut s = EngineState { step: self.steps, params: vec![], exp_avg: vec![], exp_avg_sq: vec![] };
+        for &i in &self.order {
+            s.params.push((self.names[i].clone(), self.tensor_of(i, &self.data[i])?));
+            s.exp_avg.push((self.names[i].clone(), self.tensor_of(i, &self.exp_avg[i])?));
+            s.exp_avg_sq.push((self.names[i].clone(), self.tensor_of(i, &self.exp_avg_sq[i])?));
+        }
+        Ok(s)
+    }
+
+    fn load_state(&mut self, state: EngineState) -> anyhow::Result<()> {
+        let find = |list: &[(String, Tensor)], name: &str| -> anyhow::Result<Vec<T>> {
+            let t = list.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("resume state has no {name}"))?;
+            Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?)
+        };
+        for &i in &self.order.clone() {
+            let name = self.names[i].clone();
+            let (p, m, v) = (find(&state.params, &name)?, find(&state.exp_avg, &name)?, find(&state.exp_avg_sq, &name)?);
+            if p.len() != self.data[i].len() || m.len() != p.len() || v.len() != p.len() {
+                bail!("resume state: {name} has {} values, the model {}", p.len(), self.data[i].len());
+            }
+            self.data[i] = p;
+            self.exp_avg[i] = m;
+            self.exp_avg_sq[i] = v;
+        }
+        self.steps = state.step;
+        Ok(())
+    }
+
+    fn base_weights(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        for i in 0..self.names.len() {
+            if self.names[i].starts_with("base_model.") {
+                continue;
+            }
+            out.push((self.names[i].clone(), self.tensor_of(i, &self.data[i])?));
+        }
+        Ok(out)
+    }
+
+    fn lora_weights(&self) -> anyhow::Result<Option<Vec<(String, Tensor)>>> {
+        if self.lora.is_none() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for i in 0..self.names.len() {
+            if self.names[i].starts_with("base_model.") {
+                out.push((self.names[i].clone(), self.tensor_of(i, &self.data[i])?));
+            }
+        }
+        Ok(Some(out))
+    }
+}

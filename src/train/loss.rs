@@ -1,0 +1,335 @@
+//! The weighted losses of EAST (SFT, DPO, KTO) from per-row response statistics, with their
+//! gradient coefficients `c_r = ∂L/∂(Σ_t log π(y_t))` for every packed row.
+//!
+//! Every loss is weighted per example (SFT, KTO) or per pair (DPO) and averaged over the
+//! examples of the optimiser step (`batch_examples`; micro-batches add their parts), so the sum
+//! over the micro-batches of one step is `(1/B) Σ_i w_i ℓ_i`.
+//!
+//! Weights: `data` (train.jsonl's `weight`), `none` (1), `lwp` (LW(P): per-example perplexity
+//! divided by its mean over the micro-batch — the forward pass, as a loss written in TRL's
+//! `compute_loss` sees it), `lww` (LW(W), WPO: `exp(mean_t log[π(y_t)/Σ_v π(v)²])`). DPO's
+//! local weights multiply the chosen and rejected ones; LW weights are constants of the
+//! gradient (detached).
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::RowStats;
+use crate::weight::Loss;
+
+/// Where example weights come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weighting {
+    Data,
+    None,
+    Lwp,
+    Lww,
+}
+
+impl Weighting {
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        Ok(match s {
+            "data" => Weighting::Data,
+            "none" => Weighting::None,
+            "lwp" => Weighting::Lwp,
+            "lww" => Weighting::Lww,
+            other => anyhow::bail!("unknown weighting `{other}` (data, none, lwp or lww)"),
+        })
+    }
+}
+
+/// Loss hyperparameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossConfig {
+    pub loss: Loss,
+    pub beta: f64,
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+    pub weighting: Weighting,
+}
+
+/// What one micro-batch contributes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LossOut {
+    /// Contribution to the step's loss (already divided by the step's example count).
+    pub loss: f64,
+    /// Gradient coefficient of each packed row.
+    pub coefs: Vec<f64>,
+    /// Effective weight of each example.
+    pub weights: Vec<f64>,
+    /// Sums over the micro-batch's examples, for logging.
+    pub metrics: Metrics,
+}
+
+/// Sums for the log (divide by the counts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Metrics {
+    pub examples: usize,
+    pub weight_sum: f64,
+    /// DPO pairs, KTO desirable examples: `β (log π − log π_ref)`.
+    pub chosen_reward_sum: f64,
+    pub chosen_count: usize,
+    /// DPO pairs, KTO undesirable examples.
+    pub rejected_reward_sum: f64,
+    pub rejected_count: usize,
+    /// DPO: pairs whose chosen reward beats the rejected one.
+    pub correct_pairs: usize,
+    /// KTO: Σ of the micro-batches' KL estimates, and how many.
+    pub kl_sum: f64,
+    pub kl_count: usize,
+}
+
+impl Metrics {
+    pub fn add(&mut self, o: &Metrics) {
+        self.examples += o.examples;
+        self.weight_sum += o.weight_sum;
+        self.chosen_reward_sum += o.chosen_reward_sum;
+        self.chosen_count += o.chosen_count;
+        self.rejected_reward_sum += o.rejected_reward_sum;
+        self.rejected_count += o.rejected_count;
+        self.correct_pairs += o.correct_pairs;
+        self.kl_sum += o.kl_sum;
+        self.kl_count += o.kl_count;
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// `log(1 + exp(x))` without overflow.
+fn softplus(x: f64) -> f64 {
+    if x > 0.0 {
+        x + (-x).exp().ln_1p()
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
+fn ppl(s: &RowStats) -> f64 {
+    (-s.logp / s.tokens.max(1) as f64).exp()
+}
+
+fn wpo(s: &RowStats) -> f64 {
+    (s.wpo / s.tokens.max(1) as f64).exp()
+}
+
+/// Normalises by the mean (LW(P)); all-equal or degenerate lists become all 1.
+fn over_mean(v: Vec<f64>) -> Vec<f64> {
+    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+    if !(mean.is_finite() && mean > 0.0) {
+        return vec![1.0; v.len()];
+    }
+    v.into_iter().map(|x| x / mean).collect()
+}
+
+impl LossConfig {
+    /// The SFT coefficients when they do not depend on the policy (weighting `data`/`none`):
+    /// `c_i = −w_i / (n_i · B)`; `tokens[i]` = response tokens of example `i`.
+    pub fn known_coefs(&self, data_weights: &[f64], tokens: &[usize], batch_examples: usize) -> Option<Vec<f64>> {
+        if self.loss != Loss::Sft || !matches!(self.weighting, Weighting::Data | Weighting::None) {
+            return None;
+        }
+        Some(
+            data_weights
+                .iter()
+                .zip(tokens)
+                .map(|(&w, &n)| {
+                    let w = if self.weighting == Weighting::None { 1.0 } else { w };
+                    -w / (n.max(1) as f64 * batch_examples as f64)
+                })
+                .collect(),
+        )
+    }
+
+    /// Loss and coefficients of a micro-batch.
+    ///
+    /// * `stats`: the policy's row statistics, in packing order (DPO: chosen rows, then
+    ///   rejected rows).
+    /// * `refs`: the reference log-probabilities of the same rows (DPO, KTO).
+    /// * `data_weights`, `labels` (KTO): per example.
+    /// * `kl`: KTO's (policy, reference) log-probabilities of the mismatched rows.
+    pub fn compute(
+        &self,
+        stats: &[RowStats],
+        refs: Option<&[f64]>,
+        data_weights: &[f64],
+        labels: Option<&[bool]>,
+        kl: Option<(&[f64], &[f64])>,
+        batch_examples: usize,
+    ) -> anyhow::Result<LossOut> {
+        let m = data_weights.len();
+        let b = batch_examples.max(1) as f64;
+        let beta = self.beta;
+        let mut out = LossOut::default();
+        out.metrics.examples = m;
+        let rows_expected = if self.loss == Loss::Dpo { 2 * m } else { m };
+        if stats.len() != rows_expected {
+            anyhow::bail!("loss: {} rows for {m} examples", stats.len());
+        }
+        // local or data weights
+        let weights: Vec<f64> = match self.weighting {
+            Weighting::Data => data_weights.to_vec(),
+            Weighting::None => vec![1.0; m],
+            Weighting::Lwp => over_mean(match self.loss {
+                Loss::Dpo => (0..m).map(|i| ppl(&stats[i]) * ppl(&stats[m + i])).collect(),
+                _ => stats.iter().map(ppl).collect(),
+            }),
+            Weighting::Lww => match self.loss {
+                Loss::Dpo => (0..m).map(|i| wpo(&stats[i]) * wpo(&stats[m + i])).collect(),
+                _ => stats.iter().map(wpo).collect(),
+            },
+        };
+        out.metrics.weight_sum = weights.iter().sum();
+        match self.loss {
+            Loss::Sft => {
+                out.coefs = vec![0.0; m];
+                for i in 0..m {
+                    let n = stats[i].tokens.max(1) as f64;
+                    out.loss += weights[i] * (-stats[i].logp / n) / b;
+                    out.coefs[i] = -weights[i] / (n * b);
+                }
+            }
+            Loss::Dpo => {
+                let refs = refs.ok_or_else(|| anyhow::anyhow!("DPO needs reference log-probabilities"))?;
+                out.coefs = vec![0.0; 2 * m];
+                for i in 0..m {
+                    let rw = stats[i].logp - refs[i];
+                    let rl = stats[m + i].logp - refs[m + i];
+                    let x = beta * (rw - rl);
+                    out.loss += weights[i] * softplus(-x) / b;
+                    let g = weights[i] * beta * sigmoid(-x) / b;
+                    out.coefs[i] = -g;
+                    out.coefs[m + i] = g;
+                    out.metrics.chosen_reward_sum += beta * rw;
+                    out.metrics.rejected_reward_sum += beta * rl;
+                    out.metrics.correct_pairs += usize::from(rw > rl);
+                }
+                out.metrics.chosen_count = m;
+                out.metrics.rejected_count = m;
+            }
+            Loss::Kto => {
+                let refs = refs.ok_or_else(|| anyhow::anyhow!("KTO needs reference log-probabilities"))?;
+                let labels = labels.ok_or_else(|| anyhow::anyhow!("KTO needs labels"))?;
+                let (kp, kr) = kl.ok_or_else(|| anyhow::anyhow!("KTO needs the KL rows"))?;
+                let z = if kp.is_empty() {
+                    0.0
+                } else {
+                    (kp.iter().zip(kr).map(|(p, r)| p - r).sum::<f64>() / kp.len() as f64).max(0.0)
+                };
+                out.metrics.kl_sum = z;
+                out.metrics.kl_count = 1;
+                out.coefs = vec![0.0; m];
+                for i in 0..m {
+                    let r = stats[i].logp - refs[i];
+                    if labels[i] {
+                        let s = sigmoid(beta * (r - z));
+                        out.loss += weights[i] * self.desirable_weight * (1.0 - s) / b;
+                        out.coefs[i] = -weights[i] * self.desirable_weight * beta * s * (1.0 - s) / b;
+                        out.metrics.chosen_reward_sum += beta * r;
+                        out.metrics.chosen_count += 1;
+                    } else {
+                        let s = sigmoid(beta * (z - r));
+                        out.loss += weights[i] * self.undesirable_weight * (1.0 - s) / b;
+                        out.coefs[i] = weights[i] * self.undesirable_weight * beta * s * (1.0 - s) / b;
+                        out.metrics.rejected_reward_sum += beta * r;
+                        out.metrics.rejected_count += 1;
+                    }
+                }
+            }
+        }
+        out.weights = weights;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(logp: f64, tokens: usize) -> RowStats {
+        RowStats { logp, tokens, wpo: 0.0 }
+    }
+
+    fn cfg(loss: Loss, weighting: Weighting) -> LossConfig {
+        LossConfig { loss, beta: 0.1, desirable_weight: 1.0, undesirable_weight: 1.0, weighting }
+    }
+
+    /// Numerical derivative of the loss w.r.t. each row's logp against the coefficients.
+    fn check_coefs(c: &LossConfig, stats: &[RowStats], refs: Option<&[f64]>, w: &[f64], labels: Option<&[bool]>, kl: Option<(&[f64], &[f64])>) {
+        let out = c.compute(stats, refs, w, labels, kl, 4).unwrap();
+        for r in 0..stats.len() {
+            let f = |d: f64| {
+                let mut s = stats.to_vec();
+                s[r].logp += d;
+                c.compute(&s, refs, w, labels, kl, 4).unwrap().loss
+            };
+            let fd = (f(1e-6) - f(-1e-6)) / 2e-6;
+            assert!((fd - out.coefs[r]).abs() < 1e-8, "row {r}: coef {} vs fd {fd}", out.coefs[r]);
+        }
+    }
+
+    #[test]
+    fn dpo_at_initialisation_is_log2_times_mean_weight() {
+        let c = cfg(Loss::Dpo, Weighting::Data);
+        let stats = [row(-10.0, 5), row(-3.0, 2), row(-12.0, 6), row(-4.0, 3)];
+        let refs = [-10.0, -3.0, -12.0, -4.0];
+        let out = c.compute(&stats, Some(&refs), &[0.5, 2.5], None, None, 2).unwrap();
+        assert!((out.loss - std::f64::consts::LN_2 * 1.5).abs() < 1e-12, "{}", out.loss);
+        // ∂/∂chosen = −w β σ(0)/B
+        assert!((out.coefs[0] + 0.5 * 0.1 * 0.5 / 2.0).abs() < 1e-15);
+        assert!((out.coefs[3] - 2.5 * 0.1 * 0.5 / 2.0).abs() < 1e-15);
+        check_coefs(&c, &[row(-9.0, 5), row(-3.5, 2), row(-12.0, 6), row(-2.0, 3)], Some(&refs), &[0.5, 2.5], None, None);
+    }
+
+    #[test]
+    fn kto_at_initialisation_matches_the_hand_formula() {
+        // r = 0 and z = 0: ℓ = λ (1 − σ(0)) = λ/2 for every example.
+        let c = LossConfig { loss: Loss::Kto, beta: 0.05, desirable_weight: 1.0, undesirable_weight: 1.5, weighting: Weighting::Data };
+        let stats = [row(-5.0, 3), row(-7.0, 4), row(-1.0, 1)];
+        let refs = [-5.0, -7.0, -1.0];
+        let w = [1.0, 2.0, 0.5];
+        let labels = [true, false, true];
+        let out = c.compute(&stats, Some(&refs), &w, Some(&labels), Some((&[-3.0, -4.0], &[-3.0, -4.0])), 3).unwrap();
+        let want = (1.0 * 1.0 * 0.5 + 2.0 * 1.5 * 0.5 + 0.5 * 1.0 * 0.5) / 3.0;
+        assert!((out.loss - want).abs() < 1e-12, "{} vs {want}", out.loss);
+        // the KL estimate is clamped at 0 and treated as a constant
+        let kl_neg = c.compute(&stats, Some(&refs), &w, Some(&labels), Some((&[-5.0], &[-3.0])), 3).unwrap();
+        assert_eq!(kl_neg.loss, out.loss);
+        let kl_pos = c.compute(&stats, Some(&refs), &w, Some(&labels), Some((&[-1.0], &[-3.0])), 3).unwrap();
+        assert_eq!(kl_pos.metrics.kl_sum, 2.0);
+        check_coefs(&c, &[row(-4.0, 3), row(-7.5, 4), row(-1.0, 1)], Some(&refs), &w, Some(&labels), Some((&[-1.0], &[-3.0])));
+    }
+
+    #[test]
+    fn sft_is_weighted_mean_nll_per_example() {
+        let c = cfg(Loss::Sft, Weighting::Data);
+        let stats = [row(-6.0, 3), row(-2.0, 4)];
+        let out = c.compute(&stats, None, &[2.0, 0.0], None, None, 2).unwrap();
+        assert!((out.loss - (2.0 * 2.0 + 0.0 * 0.5) / 2.0).abs() < 1e-12);
+        assert_eq!(out.coefs[1], 0.0, "weight 0 gives no gradient");
+        assert_eq!(c.known_coefs(&[2.0, 0.0], &[3, 4], 2).unwrap(), out.coefs);
+        check_coefs(&c, &stats, None, &[2.0, 0.5], None, None);
+    }
+
+    #[test]
+    fn local_weights_follow_the_appendix() {
+        let stats = [RowStats { logp: -2.0, tokens: 2, wpo: 0.4 }, RowStats { logp: -6.0, tokens: 3, wpo: -0.3 }];
+        let lwp = cfg(Loss::Sft, Weighting::Lwp).compute(&stats, None, &[9.0, 9.0], None, None, 2).unwrap();
+        let (p0, p1) = (1f64.exp(), 2f64.exp());
+        assert!((lwp.weights[0] - p0 / ((p0 + p1) / 2.0)).abs() < 1e-12);
+        assert!((lwp.weights.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+        let lww = cfg(Loss::Sft, Weighting::Lww).compute(&stats, None, &[9.0, 9.0], None, None, 2).unwrap();
+        assert!((lww.weights[0] - 0.2f64.exp()).abs() < 1e-12 && (lww.weights[1] - (-0.1f64).exp()).abs() < 1e-12);
+        // DPO multiplies chosen and rejected local weights
+        let dstats = [stats[0], stats[1]];
+        let d = cfg(Loss::Dpo, Weighting::Lww).compute(&dstats, Some(&[-2.0, -6.0]), &[1.0], None, None, 1).unwrap();
+        assert!((d.weights[0] - 0.2f64.exp() * (-0.1f64).exp()).abs() < 1e-12);
+        assert!(cfg(Loss::Sft, Weighting::Lwp).known_coefs(&[1.0], &[1], 1).is_none());
+    }
+}
