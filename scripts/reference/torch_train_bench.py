@@ -21,7 +21,7 @@ a = p.parse_args()
 cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                   num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                   rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True,
-                  attn_implementation="eager")
+                  )
 torch.manual_seed(0)
 model = LlamaForCausalLM(cfg).float()
 if a.lora:
@@ -35,7 +35,10 @@ ids = torch.randint(0, cfg.vocab_size, (a.batch, a.len))
 labels = ids.clone()
 labels[:, : a.len // 4] = -100  # prompt tokens masked, like SFT on completions
 times = []
+cpu0 = 0.0
 for step in range(a.steps + 1):
+    if step == 1:
+        cpu0 = time.process_time()
     t0 = time.time()
     out = model(input_ids=ids, labels=labels)
     out.loss.backward()
@@ -47,5 +50,9 @@ for step in range(a.steps + 1):
         times.append(dt)
     print(f"step {step}: loss {out.loss.item():.4f} {a.batch * a.len / dt:.1f} tokens/s", flush=True)
 tps = a.batch * a.len * len(times) / sum(times)
+cpu = time.process_time() - cpu0
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-print(f"torch {torch.__version__} threads {torch.get_num_threads()}: {tps:.1f} tokens/s, peak RSS {rss:.2f} GB")
+load = " ".join(open("/proc/loadavg").read().split()[:3])
+print(f"torch {torch.__version__} threads {torch.get_num_threads()}: {tps:.1f} tokens/s, "
+      f"{a.batch * a.len * len(times) / cpu:.1f} tokens per CPU-second ({cpu / len(times):.1f} CPU-s/step), "
+      f"peak RSS {rss:.2f} GB, load {load}")

@@ -75,6 +75,65 @@ struct Saved<T> {
     dropout_seed: u64,
 }
 
+/// Recycled activation buffers. Every step allocates the same few hundred large buffers; taking
+/// them from here instead of the allocator avoids zero-filling and page-faulting gigabytes per
+/// step (fresh large allocations are new mmap'ed pages). Buffers are grouped by size class
+/// (lengths rounded up to 8 significant steps per power of two), so micro-batches of varying
+/// length reuse them with at most 1/8 slack.
+struct Pool<T> {
+    free: std::collections::HashMap<usize, Vec<Vec<T>>>,
+}
+
+fn size_class(n: usize) -> usize {
+    if n <= 16 {
+        return 16;
+    }
+    let e = usize::BITS - 1 - n.leading_zeros(); // 2^e <= n
+    let step = 1usize << (e - 3);
+    n.div_ceil(step) * step
+}
+
+impl<T: Float> Pool<T> {
+    fn new() -> Self {
+        Pool { free: Default::default() }
+    }
+
+    /// A buffer of `n` values with unspecified contents.
+    fn get(&mut self, n: usize) -> Vec<T> {
+        let c = size_class(n);
+        match self.free.get_mut(&c).and_then(Vec::pop) {
+            Some(mut v) => {
+                // SAFETY: T is a plain float; the capacity is c ≥ n and the caller overwrites
+                // every value it reads.
+                unsafe { v.set_len(n) };
+                v
+            }
+            None => {
+                let mut v = vec![T::zero(); c];
+                v.truncate(n);
+                v
+            }
+        }
+    }
+
+    fn zeroed(&mut self, n: usize) -> Vec<T> {
+        let mut v = self.get(n);
+        v.iter_mut().for_each(|x| *x = T::zero());
+        v
+    }
+
+    fn put(&mut self, v: Vec<T>) {
+        let c = v.capacity();
+        if c >= 16 && size_class(c) == c {
+            self.free.entry(c).or_default().push(v);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.free.clear();
+    }
+}
+
 /// Time spent in the parts of a step (seconds), for profiling.
 #[derive(Debug, Clone, Default)]
 pub struct Timings {
@@ -82,6 +141,9 @@ pub struct Timings {
     pub head: f64,
     pub backward: f64,
     pub optimizer: f64,
+    /// Parts of forward/backward spent in attention.
+    pub attention_forward: f64,
+    pub attention_backward: f64,
 }
 
 /// The CPU engine over element type `T` (f32 or f64).
@@ -104,6 +166,7 @@ pub struct CpuEngine<T: Float> {
     lora: Option<LoraSpec>,
     steps: u64,
     saved: Option<Saved<T>>,
+    pool: std::cell::RefCell<Pool<T>>,
     /// Rows of logits computed at once (bounds the `rows × vocab` buffer).
     pub head_chunk: usize,
     pub timings: Timings,
@@ -220,6 +283,7 @@ impl<T: Float> CpuEngine<T> {
             lora,
             steps: 0,
             saved: None,
+            pool: std::cell::RefCell::new(Pool::new()),
             head_chunk,
             timings: Timings::default(),
         })
@@ -288,6 +352,33 @@ impl<T: Float> CpuEngine<T> {
         }
     }
 
+    fn buf(&self, n: usize) -> Vec<T> {
+        self.pool.borrow_mut().get(n)
+    }
+
+    fn zbuf(&self, n: usize) -> Vec<T> {
+        self.pool.borrow_mut().zeroed(n)
+    }
+
+    fn recycle(&self, v: Vec<T>) {
+        self.pool.borrow_mut().put(v)
+    }
+
+    fn recycle_acts(&self, a: LayerActs<T>) {
+        let LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u } = a;
+        for b in [x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up] {
+            self.recycle(b);
+        }
+        for u in lora_u.into_iter().flatten() {
+            self.recycle(u);
+        }
+    }
+
+    /// Frees the recycled buffers (e.g. after training).
+    pub fn release_buffers(&mut self) {
+        self.pool.borrow_mut().clear();
+    }
+
     /// `y = x·Wᵀ (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
     fn lin_fwd(&self, layer: usize, which: usize, x: &[T], y: &mut [T], n: usize, seed: Option<u64>) -> Option<Vec<T>> {
         let (in_dim, out_dim) = dims_of(&self.cfg, which);
@@ -296,11 +387,12 @@ impl<T: Float> CpuEngine<T> {
         let (ai, bi) = li.lora[which]?;
         let spec = self.lora.as_ref().expect("lora indices imply a spec");
         let r = spec.rank;
-        let mut u = vec![T::zero(); n * r];
+        let mut u = self.buf(n * r);
         if let (true, Some(seed)) = (spec.dropout > 0.0, seed) {
-            let mut xd = vec![T::zero(); n * in_dim];
+            let mut xd = self.buf(n * in_dim);
             dropout(&x[..n * in_dim], &mut xd, mix_seed(seed, (layer * 8 + which) as u64), spec.dropout);
             linear_fwd(&xd, &self.data[ai], &mut u, n, in_dim, r, false);
+            self.recycle(xd);
         } else {
             linear_fwd(x, &self.data[ai], &mut u, n, in_dim, r, false);
         }
@@ -329,24 +421,27 @@ impl<T: Float> CpuEngine<T> {
             gemm_raw(out_dim, r, n, self.grads[bi].as_mut_ptr(), r, true, View::t(dy, out_dim), View::rows(u, r), scale, true);
         }
         // du = scale · dy·B
-        let mut du = vec![T::zero(); n * r];
+        let mut du = self.buf(n * r);
         unsafe {
             gemm_raw(n, r, out_dim, du.as_mut_ptr(), r, false, View::rows(dy, out_dim), View::rows(&self.data[bi], r), scale, true);
         }
         let dseed = mix_seed(seed, (layer * 8 + which) as u64);
         if spec.dropout > 0.0 {
-            let mut xd = vec![T::zero(); n * in_dim];
+            let mut xd = self.buf(n * in_dim);
             dropout(&x[..n * in_dim], &mut xd, dseed, spec.dropout);
             linear_bwd_w(&du, &xd, &mut self.grads[ai], n, in_dim, r, T::one());
             // dx += (du·A) ⊙ mask / (1 − p)
-            let mut t = vec![T::zero(); n * in_dim];
-            linear_bwd_x(&du, &self.data[ai], &mut t, n, in_dim, r, false, T::one());
-            dropout(&t.clone(), &mut t, dseed, spec.dropout);
+            linear_bwd_x(&du, &self.data[ai], &mut xd, n, in_dim, r, false, T::one());
+            let mut t = self.buf(n * in_dim);
+            dropout(&xd, &mut t, dseed, spec.dropout);
             add_assign(&mut dx[..n * in_dim], &t);
+            self.recycle(xd);
+            self.recycle(t);
         } else {
             linear_bwd_w(&du, x, &mut self.grads[ai], n, in_dim, r, T::one());
             linear_bwd_x(&du, &self.data[ai], dx, n, in_dim, r, true, T::one());
         }
+        self.recycle(du);
     }
 
     /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
@@ -370,7 +465,7 @@ impl<T: Float> CpuEngine<T> {
             bail!("token id {bad} is outside the vocabulary ({vocab})");
         }
 
-        let mut x = vec![T::zero(); n * h];
+        let mut x = self.buf(n * h);
         {
             let e = &self.data[self.embed];
             x.par_chunks_mut(h).zip(batch.tokens.par_iter()).for_each(|(row, &t)| {
@@ -378,50 +473,55 @@ impl<T: Float> CpuEngine<T> {
             });
         }
         let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
-        let mut hbuf = vec![T::zero(); n * h];
+        let mut hbuf = self.buf(n * h);
         for l in 0..cfg.num_hidden_layers {
             let li = self.layers[l].clone();
-            let mut rstd1 = vec![T::zero(); n];
+            let mut rstd1 = self.buf(n);
             rms_norm_fwd(&x, &self.data[li.ln1], eps, &mut hbuf, &mut rstd1, h);
-            let mut q = vec![T::zero(); n * qw];
-            let mut k = vec![T::zero(); n * kw];
-            let mut v = vec![T::zero(); n * kw];
+            let mut q = self.buf(n * qw);
+            let mut k = self.buf(n * kw);
+            let mut v = self.buf(n * kw);
             let uq = self.lin_fwd(l, 0, &hbuf, &mut q, n, seed);
             let uk = self.lin_fwd(l, 1, &hbuf, &mut k, n, seed);
             let uv = self.lin_fwd(l, 2, &hbuf, &mut v, n, seed);
             rope_inplace(&mut q, cfg.num_attention_heads, cfg.head_dim, &pos, &cos, &sin, false);
             rope_inplace(&mut k, cfg.num_key_value_heads, cfg.head_dim, &pos, &cos, &sin, false);
-            let mut att = vec![T::zero(); n * qw];
-            let mut lse = vec![T::zero(); n * cfg.num_attention_heads];
+            let mut att = self.buf(n * qw);
+            let mut lse = self.buf(n * cfg.num_attention_heads);
+            let ta = Instant::now();
             attention_fwd(&q, &k, &v, &batch.rows, shape, &mut att, &mut lse);
-            let mut x_mid = vec![T::zero(); n * h];
+            self.timings.attention_forward += ta.elapsed().as_secs_f64();
+            let mut x_mid = self.buf(n * h);
             let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
             add_assign(&mut x_mid, &x);
-            let mut rstd2 = vec![T::zero(); n];
+            let mut rstd2 = self.buf(n);
             rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, &mut hbuf, &mut rstd2, h);
-            let mut gate = vec![T::zero(); n * ff];
-            let mut up = vec![T::zero(); n * ff];
+            let mut gate = self.buf(n * ff);
+            let mut up = self.buf(n * ff);
             let ug = self.lin_fwd(l, 4, &hbuf, &mut gate, n, seed);
             let uu = self.lin_fwd(l, 5, &hbuf, &mut up, n, seed);
-            let mut s = vec![T::zero(); n * ff];
+            let mut s = self.buf(n * ff);
             swiglu_fwd(&gate, &up, &mut s);
-            let mut x_out = vec![T::zero(); n * h];
+            let mut x_out = self.buf(n * h);
             let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
-            drop(s);
+            self.recycle(s);
             add_assign(&mut x_out, &x_mid);
             let x_in = std::mem::replace(&mut x, x_out);
+            let acts = LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u: [uq, uk, uv, uo, ug, uu, ud] };
             if keep {
-                layers.push(LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u: [uq, uk, uv, uo, ug, uu, ud] });
+                layers.push(acts);
+            } else {
+                self.recycle_acts(acts);
             }
         }
-        drop(hbuf);
+        self.recycle(hbuf);
         // final norm, only where a target is predicted
         let nt = batch.targets.len();
-        let mut ht = vec![T::zero(); nt * h];
-        let mut rstd_t = vec![T::zero(); nt];
-        let mut xt = vec![T::zero(); nt * h];
+        let mut ht = self.buf(nt * h);
+        let mut rstd_t = self.buf(nt);
+        let mut xt = self.buf(nt * h);
         xt.par_chunks_mut(h).zip(batch.targets.par_iter()).for_each(|(row, t)| row.copy_from_slice(&x[t.pos * h..(t.pos + 1) * h]));
-        drop(x);
+        self.recycle(x);
         rms_norm_fwd(&xt, &self.data[self.norm], eps, &mut ht, &mut rstd_t, h);
         self.timings.forward += t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
@@ -440,6 +540,10 @@ impl<T: Float> CpuEngine<T> {
                 dht,
                 dropout_seed: seed.unwrap_or(0),
             });
+        } else {
+            for b in [xt, rstd_t, ht] {
+                self.recycle(b);
+            }
         }
         Ok(stats)
     }
@@ -452,9 +556,9 @@ impl<T: Float> CpuEngine<T> {
         let vocab = self.cfg.vocab_size;
         let nt = batch.targets.len();
         let mut stats = vec![RowStats::default(); batch.num_rows()];
-        let mut dht = coefs.map(|_| vec![T::zero(); nt * h]);
+        let mut dht = coefs.map(|_| self.buf(nt * h));
         let chunk = self.head_chunk.max(1);
-        let mut logits = vec![T::zero(); chunk.min(nt.max(1)) * vocab];
+        let mut logits = self.buf(chunk.min(nt.max(1)) * vocab);
         let head_trains = self.trainable[self.lm_head];
         for c0 in (0..nt).step_by(chunk) {
             let nc = (nt - c0).min(chunk);
@@ -462,30 +566,32 @@ impl<T: Float> CpuEngine<T> {
             let lg = &mut logits[..nc * vocab];
             linear_fwd(hc, &self.data[self.lm_head], lg, nc, h, vocab, false);
             let targets = &batch.targets[c0..c0 + nc];
-            // per target: (logp, wpo term)
+            // per target: (logp, wpo term); one exp per logit
             let per: Vec<(f64, f64)> = lg
                 .par_chunks_mut(vocab)
                 .zip(targets.par_iter())
                 .map(|(row, t)| {
                     let m = row.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+                    let zy = row[t.id as usize].to_f64c();
                     let (mut s1, mut s2) = (0f64, 0f64);
-                    for &z in row.iter() {
-                        let e = (z - m).to_f64c().exp();
+                    for z in row.iter_mut() {
+                        let e = (*z - m).exp();
+                        *z = e;
+                        let e = e.to_f64c();
                         s1 += e;
                         s2 += e * e;
                     }
                     let lse = m.to_f64c() + s1.ln();
-                    let logp = row[t.id as usize].to_f64c() - lse;
+                    let logp = zy - lse;
                     // log Σ p² = log Σ exp(2(z − m)) + 2m − 2·lse
                     let log_sq = s2.ln() + 2.0 * m.to_f64c() - 2.0 * lse;
                     if let Some(c) = coefs {
-                        let c = c[t.row];
-                        let lse_t = T::from_f64c(lse);
-                        let ct = T::from_f64c(c);
+                        // dlogits = c · (onehot − p), p = e / s1
+                        let f = T::from_f64c(-c[t.row] / s1);
                         for z in row.iter_mut() {
-                            *z = -ct * (*z - lse_t).exp();
+                            *z *= f;
                         }
-                        row[t.id as usize] += ct;
+                        row[t.id as usize] += T::from_f64c(c[t.row]);
                     }
                     (logp, logp - log_sq)
                 })
@@ -503,6 +609,7 @@ impl<T: Float> CpuEngine<T> {
                 }
             }
         }
+        self.recycle(logits);
         Ok((stats, dht))
     }
 
@@ -515,48 +622,55 @@ impl<T: Float> CpuEngine<T> {
         let li = self.layers[l].clone();
         let seed = s.dropout_seed;
         // MLP
-        let mut sw = vec![T::zero(); n * ff];
+        let mut sw = self.buf(n * ff);
         swiglu_fwd(&a.gate, &a.up, &mut sw);
-        let mut ds = vec![T::zero(); n * ff];
+        let mut ds = self.buf(n * ff);
         self.lin_bwd(l, 6, &sw, dx, &mut ds, false, a.lora_u[6].as_deref(), n, seed);
-        let mut dup = vec![T::zero(); n * ff];
+        let mut dup = self.buf(n * ff);
         swiglu_bwd(&ds, &a.gate, &a.up, &mut sw, &mut dup); // sw now holds dgate
-        drop(ds);
-        let mut hb = vec![T::zero(); n * h];
+        self.recycle(ds);
+        let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
-        let mut dh = vec![T::zero(); n * h];
+        let mut dh = self.buf(n * h);
         self.lin_bwd(l, 4, &hb, &sw, &mut dh, false, a.lora_u[4].as_deref(), n, seed);
         self.lin_bwd(l, 5, &hb, &dup, &mut dh, true, a.lora_u[5].as_deref(), n, seed);
-        drop((sw, dup));
+        self.recycle(sw);
+        self.recycle(dup);
         {
             let ln2 = li.ln2;
-            let dw = if self.trainable[ln2] { Some(std::mem::take(&mut self.grads[ln2])) } else { None };
-            let mut dw = dw;
+            let mut dw = if self.trainable[ln2] { Some(std::mem::take(&mut self.grads[ln2])) } else { None };
             rms_norm_bwd(&dh, &a.x_mid, &self.data[ln2], &a.rstd2, dx, true, dw.as_deref_mut(), h);
             if let Some(dw) = dw {
                 self.grads[ln2] = dw;
             }
         }
         // attention
-        let mut datt = vec![T::zero(); n * qw];
+        let mut datt = self.buf(n * qw);
         self.lin_bwd(l, 3, &a.att, dx, &mut datt, false, a.lora_u[3].as_deref(), n, seed);
-        let mut dq = vec![T::zero(); n * qw];
-        let mut dk = vec![T::zero(); n * kw];
-        let mut dv = vec![T::zero(); n * kw];
+        let mut dq = self.buf(n * qw);
+        let mut dk = self.buf(n * kw);
+        let mut dv = self.buf(n * kw);
+        let ta = Instant::now();
         attention_bwd(&a.q, &a.k, &a.v, &a.att, &a.lse, &datt, &s.batch.rows, self.attn_shape(), &mut dq, &mut dk, &mut dv);
-        drop(datt);
+        self.timings.attention_backward += ta.elapsed().as_secs_f64();
+        self.recycle(datt);
         rope_inplace(&mut dq, cfg.num_attention_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
         rope_inplace(&mut dk, cfg.num_key_value_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
         rms_norm_apply(&a.x_in, &self.data[li.ln1], &a.rstd1, &mut hb, h);
         self.lin_bwd(l, 0, &hb, &dq, &mut dh, false, a.lora_u[0].as_deref(), n, seed);
         self.lin_bwd(l, 1, &hb, &dk, &mut dh, true, a.lora_u[1].as_deref(), n, seed);
         self.lin_bwd(l, 2, &hb, &dv, &mut dh, true, a.lora_u[2].as_deref(), n, seed);
+        for b in [dq, dk, dv, hb] {
+            self.recycle(b);
+        }
         let ln1 = li.ln1;
         let mut dw = if self.trainable[ln1] { Some(std::mem::take(&mut self.grads[ln1])) } else { None };
         rms_norm_bwd(&dh, &a.x_in, &self.data[ln1], &a.rstd1, dx, true, dw.as_deref_mut(), h);
         if let Some(dw) = dw {
             self.grads[ln1] = dw;
         }
+        self.recycle(dh);
+        self.recycle_acts(a);
     }
 
     fn backward_impl(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
@@ -577,18 +691,19 @@ impl<T: Float> CpuEngine<T> {
         let t0 = Instant::now();
         // final norm backward at the target rows
         let nt = s.batch.targets.len();
-        let mut dxt = vec![T::zero(); nt * h];
+        let mut dxt = self.buf(nt * h);
         let norm = self.norm;
         let mut dw = if self.trainable[norm] { Some(std::mem::take(&mut self.grads[norm])) } else { None };
         rms_norm_bwd(&dht, &s.xt, &self.data[norm], &s.rstd_t, &mut dxt, false, dw.as_deref_mut(), h);
         if let Some(dw) = dw {
             self.grads[norm] = dw;
         }
-        let mut dx = vec![T::zero(); n * h];
+        let mut dx = self.zbuf(n * h);
         for (i, t) in s.batch.targets.iter().enumerate() {
             dx[t.pos * h..(t.pos + 1) * h].copy_from_slice(&dxt[i * h..(i + 1) * h]);
         }
-        drop((dxt, dht));
+        self.recycle(dxt);
+        self.recycle(dht);
         let layers = std::mem::take(&mut s.layers);
         for (l, a) in layers.into_iter().enumerate().rev() {
             self.layer_bwd(l, a, &mut dx, &s);
@@ -601,6 +716,11 @@ impl<T: Float> CpuEngine<T> {
                     *a += b;
                 }
             }
+        }
+        self.recycle(dx);
+        let Saved { xt, rstd_t, ht, .. } = s;
+        for b in [xt, rstd_t, ht] {
+            self.recycle(b);
         }
         self.timings.backward += t0.elapsed().as_secs_f64();
         Ok(())
@@ -631,7 +751,11 @@ impl<T: Float> Engine for CpuEngine<T> {
     }
 
     fn discard(&mut self) {
-        self.saved = None;
+        if let Some(s) = self.saved.take() {
+            for a in s.layers {
+                self.recycle_acts(a);
+            }
+        }
     }
 
     fn grad_sq_norm(&self) -> anyhow::Result<f64> {
