@@ -278,3 +278,107 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
     let s2 = e.score(&b).unwrap();
     assert_eq!(s1, s2);
 }
+
+fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
+    let scale = a.iter().fold(0f64, |m, &x| m.max(x.abs())).max(1e-12);
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn autograd_engine_matches_the_cpu_engine() {
+    use east::train::autograd::AutogradEngine;
+    for tied in [false, true] {
+        let (_d, m) = tiny(17, tied);
+        let b = batch();
+        let mut c = CpuEngine::<f64>::new(&m.model, None, 0).unwrap();
+        let mut a = AutogradEngine::new(&m.model, None, 0).unwrap();
+        let sc = c.forward(&b, None, 0).unwrap();
+        c.backward(Some(&COEFS)).unwrap();
+        let sa = a.forward(&b, Some(&COEFS), 0).unwrap();
+        a.backward(None).unwrap();
+        for (x, y) in sc.iter().zip(&sa) {
+            assert!((x.logp - y.logp).abs() < 1e-10 && (x.wpo - y.wpo).abs() < 1e-9 && x.tokens == y.tokens, "{x:?} vs {y:?}");
+        }
+        assert_eq!(c.trainable(), a.trainable());
+        for p in c.trainable() {
+            let g: Vec<f64> = a.grad(&p.name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
+            assert!(d < 1e-9, "tied={tied} {}: relative difference {d}", p.name);
+        }
+        // one AdamW step each: same parameters after
+        let opt = east::train::optim::AdamW { weight_decay: 0.01, ..Default::default() };
+        c.step(&opt, 1e-3, 0.5).unwrap();
+        a.step(&opt, 1e-3, 0.5).unwrap();
+        let (pc, pa) = (c.state().unwrap().params, a.state().unwrap().params);
+        for ((n, x), (_, y)) in pc.iter().zip(&pa) {
+            let x: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert!(max_rel_diff(&x, &y) < 1e-9, "{n} after a step");
+        }
+    }
+}
+
+#[test]
+fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
+    use east::train::autograd::AutogradEngine;
+    let (_d, m) = tiny(19, false);
+    let spec = LoraSpec { rank: 3, alpha: 6.0, dropout: 0.25, targets: east::train::engine::PROJECTIONS.map(String::from).to_vec() };
+    let mut c = CpuEngine::<f64>::new(&m.model, Some(spec.clone()), 5).unwrap();
+    let mut a = AutogradEngine::new(&m.model, Some(spec), 5).unwrap();
+    // same initialisation; give B values on both through a state round trip
+    for n in c.trainable().into_iter().map(|p| p.name).filter(|n| n.contains("lora_B")) {
+        for (i, x) in c.param_mut(&n).unwrap().iter_mut().enumerate() {
+            *x = ((i as f64) * 0.11).cos() * 0.1;
+        }
+    }
+    let st = c.state().unwrap();
+    let sa = a.state().unwrap();
+    for ((n, x), (_, y)) in st.params.iter().zip(&sa.params) {
+        if n.contains("lora_A") {
+            let x: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(x, y, "{n}: same seeded initialisation");
+        }
+    }
+    a.load_state(st).unwrap();
+    let b = batch();
+    c.forward(&b, None, 77).unwrap();
+    c.backward(Some(&COEFS)).unwrap();
+    a.forward(&b, None, 77).unwrap();
+    a.backward(Some(&COEFS)).unwrap();
+    for p in c.trainable() {
+        let g: Vec<f64> = a.grad(&p.name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
+        assert!(d < 1e-9, "{}: relative difference {d}", p.name);
+    }
+    assert!(a.grad("model.layers.0.self_attn.q_proj.weight").is_none());
+}
+
+#[test]
+fn autograd_engine_in_bf16_keeps_f32_masters_and_close_gradients() {
+    use east::train::autograd::AutogradEngine;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model_with(dir.path(), 23, &TinySpec::default()).unwrap();
+    let m32 = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    let m16 = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::BF16).unwrap();
+    let b = batch();
+    let mut c = CpuEngine::<f32>::new(&m32.model, None, 0).unwrap();
+    let mut a = AutogradEngine::new(&m16.model, None, 0).unwrap();
+    let s32 = c.forward(&b, Some(&COEFS), 0).unwrap();
+    c.backward(None).unwrap();
+    let s16 = a.forward(&b, Some(&COEFS), 0).unwrap();
+    a.backward(None).unwrap();
+    for (x, y) in s32.iter().zip(&s16) {
+        assert!((x.logp - y.logp).abs() < 0.05 * x.logp.abs() + 0.5, "{x:?} vs {y:?}");
+    }
+    let st = a.state().unwrap();
+    assert!(st.params.iter().all(|(_, t)| t.dtype() == DType::F32), "masters are f32");
+    for name in ["model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"] {
+        let g: Vec<f32> = a.grad(name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want = c.grad(name).unwrap();
+        let dot: f64 = g.iter().zip(want).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+        let n1: f64 = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let n2: f64 = want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        assert!(dot / (n1 * n2) > 0.99, "{name}: cosine {}", dot / (n1 * n2));
+    }
+}

@@ -1,5 +1,6 @@
 //! `east train`: the entropy-weighted SFT/DPO/KTO training stage.
 
+pub mod autograd;
 pub mod cpu;
 pub mod data;
 pub mod engine;

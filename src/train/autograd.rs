@@ -1,0 +1,518 @@
+//! The device-generic training engine: candle's autograd through [`Llama::forward_hidden`]
+//! (composed softmax/RMS norm/RoPE, all with backward passes), for CUDA and for dtypes the CPU
+//! engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64 for an f64
+//! model); the forward runs in the model dtype on a copy cast from the masters each
+//! micro-batch, and the casts carry the gradients back to the f32 masters.
+//!
+//! The vocabulary projection is not part of the graph: the final hidden states at the target
+//! positions are detached, the logits are computed in f32 chunk by chunk with the gradient
+//! `c·(onehot − softmax)` formed by hand, and the graph is then back-propagated from
+//! `Σ hidden · ∂L/∂hidden`.
+//!
+//! LoRA: the frozen base projections go through [`FrozenMatmul`], a custom op whose backward
+//! returns only the input's gradient. A plain `x.matmul(&w.detach().t())` does not avoid the
+//! weight-sized gradient: candle's matmul backward computes the gradient of both operands and
+//! keeps the untracked one in the gradient store until the backward ends (see
+//! `tests/train_memory.rs`). The frozen norm weights are made variables (never updated) for the
+//! same reason: their broadcast product would otherwise leave an activation-sized gradient.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Device, Layout, MetalStorage, Shape, Tensor, Var, D};
+use candle_nn::VarBuilder;
+use rand::{Rng, SeedableRng};
+
+use super::engine::{peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
+use super::optim::AdamW;
+use crate::model::{LinearAdapter, LinearLayer, Llama, LlamaConfig};
+
+/// `x · Wᵀ` whose backward gives `x` its gradient and `W` none (for frozen weights).
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenMatmul;
+
+fn matmul_storage<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> candle_core::Result<(S, Shape)> {
+    let (n, k) = l1.shape().dims2()?;
+    let (out, k2) = l2.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("frozen matmul: x has {k} columns, the weight {k2}")
+    }
+    let wt = l2.transpose(0, 1)?;
+    let y = s1.matmul(s2, (1, n, out, k), l1, &wt)?;
+    Ok((y, Shape::from((n, out))))
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        matmul_storage(s1, l1, s2, l2)
+    }
+
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        matmul_storage(s1, l1, s2, l2)
+    }
+
+    fn metal_fwd(&self, s1: &MetalStorage, l1: &Layout, s2: &MetalStorage, l2: &Layout) -> candle_core::Result<(MetalStorage, Shape)> {
+        matmul_storage(s1, l1, s2, l2)
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
+    }
+}
+
+/// `x · Wᵀ` over the last dimension of `x` for a frozen `W` (no gradient for `W`, ever).
+pub fn frozen_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let in_dim = *dims.last().unwrap_or(&0);
+    let n: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((n, in_dim))?.contiguous()?.apply_op2(&w.detach(), FrozenMatmul)?;
+    let mut out = dims[..dims.len() - 1].to_vec();
+    out.push(w.dim(0)?);
+    y.reshape(out)
+}
+
+/// A deterministic dropout mask (the CPU engine's hash), as a tensor of 0 and 1/(1−p), for
+/// `x` of shape `(…, features)`. Row `i` of `x` draws the stream of packed token
+/// `token_map[i]` (so both engines drop the same values); padding rows are zero.
+fn dropout_mask(shape: &[usize], token_map: &[u32], seed: u64, p: f64, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    let f = *shape.last().unwrap_or(&1);
+    let rows: usize = shape[..shape.len() - 1].iter().product();
+    if rows != token_map.len() {
+        candle_core::bail!("dropout mask: {rows} rows, {} mapped tokens", token_map.len())
+    }
+    let scale = 1.0 / (1.0 - p);
+    let mut v = vec![0f64; rows * f];
+    for (r, &k) in token_map.iter().enumerate() {
+        if k == u32::MAX {
+            continue;
+        }
+        for j in 0..f {
+            if super::cpu::kernels::dropout_keep(seed, (k as usize * f + j) as u64, p) {
+                v[r * f + j] = scale;
+            }
+        }
+    }
+    let t = if dtype == DType::F64 {
+        Tensor::from_vec(v, shape, &Device::Cpu)?
+    } else {
+        Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape, &Device::Cpu)?.to_dtype(dtype)?
+    };
+    t.to_device(device)
+}
+
+/// LoRA on a projection for the autograd engine: `W x + scale · B A dropout(x)`.
+#[derive(Debug)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Dropout stream (None: no dropout, e.g. scoring).
+    pub seed: Option<u64>,
+    /// Packed token index of each (batch row, position) of the input (u32::MAX: padding).
+    pub token_map: Arc<Vec<u32>>,
+    /// Use a plain matmul on the (untracked) base weight instead of [`FrozenMatmul`] — only to
+    /// measure what that costs.
+    pub plain: bool,
+}
+
+impl LinearAdapter for LoraAdapter {
+    fn forward(&self, layer: &LinearLayer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let base = if self.plain { layer.base_forward(x)? } else { frozen_linear(x, layer.weight())? };
+        let xd = match self.seed {
+            Some(seed) if self.dropout > 0.0 => (x * dropout_mask(x.dims(), &self.token_map, seed, self.dropout, x.dtype(), x.device())?)?,
+            _ => x.clone(),
+        };
+        let u = xd.broadcast_matmul(&self.a.t()?)?;
+        let l = (u.broadcast_matmul(&self.b.t()?)? * self.scale)?;
+        base + l
+    }
+}
+
+struct Pending {
+    /// Final hidden states at the target positions, in the graph.
+    ht: Tensor,
+    batch: Packed,
+    /// ∂L/∂ht when the coefficients came with the forward.
+    dht: Option<Tensor>,
+}
+
+/// The autograd engine.
+pub struct AutogradEngine {
+    cfg: LlamaConfig,
+    device: Device,
+    dtype: DType,
+    master_dtype: DType,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    vars: Vec<Var>,
+    grads: Vec<Option<Tensor>>,
+    exp_avg: Vec<Tensor>,
+    exp_avg_sq: Vec<Tensor>,
+    /// LoRA: base tensors in the compute dtype (norm weights as variables that never update).
+    frozen: HashMap<String, Tensor>,
+    lora: Option<LoraSpec>,
+    /// (layer, projection, A index, B index)
+    lora_idx: Vec<(usize, usize, usize, usize)>,
+    head_name: String,
+    pub plain_frozen_matmul: bool,
+    steps: u64,
+    pending: Option<Pending>,
+    pub head_chunk: usize,
+}
+
+fn mix_seed(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z ^ (z >> 33)
+}
+
+impl AutogradEngine {
+    /// Takes the weights of `model` (on its device, in its dtype = the compute dtype).
+    pub fn new(model: &Llama, lora: Option<LoraSpec>, seed: u64) -> anyhow::Result<Self> {
+        let cfg = model.config().clone();
+        let device = model.device().clone();
+        let dtype = model.dtype();
+        let master_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let mut names = Vec::new();
+        let mut shapes = Vec::new();
+        let mut vars = Vec::new();
+        let mut frozen = HashMap::new();
+        let mut lora_idx = Vec::new();
+        match &lora {
+            None => {
+                for (name, t) in model.named_tensors() {
+                    shapes.push(t.dims().to_vec());
+                    vars.push(Var::from_tensor(&t.to_dtype(master_dtype)?)?);
+                    names.push(name);
+                }
+            }
+            Some(spec) => {
+                for (name, t) in model.named_tensors() {
+                    let t = if name.ends_with("norm.weight") { Var::from_tensor(&t)?.as_tensor().clone() } else { t };
+                    frozen.insert(name, t);
+                }
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                for l in 0..cfg.num_hidden_layers {
+                    for (w, proj) in PROJECTIONS.iter().enumerate() {
+                        if !spec.targets.iter().any(|t| t == proj) {
+                            continue;
+                        }
+                        let wt = &frozen[&format!("{}.weight", projection_path(l, w))];
+                        let (out_dim, in_dim) = wt.dims2()?;
+                        let bound = 1.0 / (in_dim as f64).sqrt();
+                        let a: Vec<f64> = (0..spec.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
+                        let a = Tensor::from_vec(a, (spec.rank, in_dim), &Device::Cpu)?.to_dtype(master_dtype)?.to_device(&device)?;
+                        let ai = vars.len();
+                        names.push(peft_name(l, w, "A"));
+                        shapes.push(vec![spec.rank, in_dim]);
+                        vars.push(Var::from_tensor(&a)?);
+                        names.push(peft_name(l, w, "B"));
+                        shapes.push(vec![out_dim, spec.rank]);
+                        vars.push(Var::zeros((out_dim, spec.rank), master_dtype, &device)?);
+                        lora_idx.push((l, w, ai, ai + 1));
+                    }
+                }
+            }
+        }
+        let exp_avg = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let exp_avg_sq = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let grads = vec![None; vars.len()];
+        let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }.to_string();
+        let head_chunk = ((64usize << 20) / (cfg.vocab_size * 4).max(1)).clamp(16, 1024);
+        Ok(AutogradEngine {
+            cfg,
+            device,
+            dtype,
+            master_dtype,
+            names,
+            shapes,
+            vars,
+            grads,
+            exp_avg,
+            exp_avg_sq,
+            frozen,
+            lora,
+            lora_idx,
+            head_name,
+            plain_frozen_matmul: false,
+            steps: 0,
+            pending: None,
+            head_chunk,
+        })
+    }
+
+    /// The gradient accumulated for a trainable tensor (HF or PEFT name), on the CPU.
+    pub fn grad(&self, name: &str) -> Option<Tensor> {
+        let i = self.names.iter().position(|n| n == name)?;
+        self.grads[i].as_ref().map(|g| g.to_device(&Device::Cpu).expect("copy to CPU"))
+    }
+
+    /// The compute model: masters cast to the compute dtype (graph-tracked), or the frozen base
+    /// with LoRA adapters.
+    fn build(&self, dropout_seed: Option<u64>, batch: &Packed) -> anyhow::Result<Llama> {
+        let mut map = HashMap::new();
+        if self.lora.is_none() {
+            for (name, var) in self.names.iter().zip(&self.vars) {
+                map.insert(name.clone(), var.as_tensor().to_dtype(self.dtype)?);
+            }
+        } else {
+            map = self.frozen.clone();
+        }
+        let mut model = Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?;
+        if let Some(spec) = &self.lora {
+            let t = batch.max_row_len();
+            let mut map = vec![u32::MAX; batch.num_rows() * t];
+            for r in 0..batch.num_rows() {
+                for j in 0..batch.row_len(r) {
+                    map[r * t + j] = (batch.rows[r] + j) as u32;
+                }
+            }
+            let token_map = Arc::new(map);
+            let mut adapters = HashMap::new();
+            for &(l, w, ai, bi) in &self.lora_idx {
+                adapters.insert(
+                    projection_path(l, w),
+                    Arc::new(LoraAdapter {
+                        a: self.vars[ai].as_tensor().to_dtype(self.dtype)?,
+                        b: self.vars[bi].as_tensor().to_dtype(self.dtype)?,
+                        scale: spec.scale(),
+                        dropout: spec.dropout,
+                        seed: dropout_seed.map(|s| mix_seed(s, (l * 8 + w) as u64)),
+                        token_map: token_map.clone(),
+                        plain: self.plain_frozen_matmul,
+                    }) as Arc<dyn LinearAdapter>,
+                );
+            }
+            for (name, layer) in model.linear_layers_mut() {
+                if let Some(a) = adapters.remove(&name) {
+                    layer.set_adapter(Some(a));
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// The output layer's weight in f32 (detached).
+    fn head_weight(&self) -> anyhow::Result<Tensor> {
+        let t = match self.names.iter().position(|n| n == &self.head_name) {
+            Some(i) => self.vars[i].as_tensor().detach(),
+            None => self.frozen.get(&self.head_name).context("no output layer weight")?.detach(),
+        };
+        Ok(t.to_dtype(self.master_dtype)?)
+    }
+
+    /// Hidden states at the target positions `(targets, hidden)`, in the graph.
+    fn hidden_at_targets(&self, model: &Llama, batch: &Packed) -> anyhow::Result<Tensor> {
+        let rows = batch.num_rows();
+        let t = batch.max_row_len();
+        let mut ids = vec![0u32; rows * t];
+        let mut mask = vec![0u32; rows * t];
+        for r in 0..rows {
+            for (j, &tok) in batch.tokens[batch.rows[r]..batch.rows[r + 1]].iter().enumerate() {
+                ids[r * t + j] = tok;
+                mask[r * t + j] = 1;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (rows, t), &self.device)?;
+        let mask = Tensor::from_vec(mask, (rows, t), &self.device)?;
+        let hidden = model.forward_hidden(&ids, Some(&mask))?;
+        let sel: Vec<u32> = batch.targets.iter().map(|tg| (tg.row * t + tg.pos - batch.rows[tg.row]) as u32).collect();
+        let sel = Tensor::from_vec(sel, batch.targets.len(), &self.device)?;
+        Ok(hidden.reshape((rows * t, self.cfg.hidden_size))?.index_select(&sel, 0)?)
+    }
+
+    /// Statistics and (with coefficients) `∂L/∂ht` and the output layer's gradient.
+    fn head(&self, ht: &Tensor, batch: &Packed, coefs: Option<&[f64]>) -> anyhow::Result<(Vec<RowStats>, Option<Tensor>, Option<Tensor>)> {
+        let w = self.head_weight()?;
+        let ht = ht.detach().to_dtype(self.master_dtype)?;
+        let nt = batch.targets.len();
+        let mut stats = vec![RowStats::default(); batch.num_rows()];
+        let mut dht_parts = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        let head_trains = self.names.iter().any(|n| n == &self.head_name);
+        for c0 in (0..nt).step_by(self.head_chunk.max(1)) {
+            let nc = (nt - c0).min(self.head_chunk.max(1));
+            let targets = &batch.targets[c0..c0 + nc];
+            let hc = ht.narrow(0, c0, nc)?;
+            let logits = hc.matmul(&w.t()?)?;
+            let m = logits.max_keepdim(D::Minus1)?;
+            let e = logits.broadcast_sub(&m)?.exp()?;
+            let s1 = e.sum_keepdim(D::Minus1)?;
+            let lse = (&m + s1.log()?)?;
+            let ids = Tensor::from_vec(targets.iter().map(|t| t.id).collect::<Vec<u32>>(), (nc, 1), &self.device)?;
+            let logp = (logits.gather(&ids, 1)? - &lse)?;
+            let log_sq = ((e.sqr()?.sum_keepdim(D::Minus1)?.log()? + (&m * 2.0)?)? - (&lse * 2.0)?)?;
+            let lp: Vec<f64> = logp.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            let lsq: Vec<f64> = log_sq.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+            for ((t, a), b) in targets.iter().zip(&lp).zip(&lsq) {
+                let s = &mut stats[t.row];
+                s.logp += a;
+                s.wpo += a - b;
+                s.tokens += 1;
+            }
+            if let Some(c) = coefs {
+                let cv: Vec<f64> = targets.iter().map(|t| c[t.row]).collect();
+                let cv = Tensor::from_vec(cv, (nc, 1), &Device::Cpu)?.to_dtype(self.master_dtype)?.to_device(&self.device)?;
+                let p = e.broadcast_div(&s1)?;
+                let dlogits = p.broadcast_mul(&cv.neg()?)?.scatter_add(&ids, &cv, 1)?;
+                dht_parts.push(dlogits.matmul(&w)?);
+                if head_trains {
+                    let g = dlogits.t()?.matmul(&hc)?;
+                    dw = Some(match dw {
+                        Some(d) => (d + g)?,
+                        None => g,
+                    });
+                }
+            }
+        }
+        let dht = if coefs.is_some() { Some(Tensor::cat(&dht_parts, 0)?) } else { None };
+        Ok((stats, dht, dw))
+    }
+
+    fn add_grad(&mut self, i: usize, g: &Tensor) -> anyhow::Result<()> {
+        let g = g.to_dtype(self.master_dtype)?;
+        self.grads[i] = Some(match self.grads[i].take() {
+            Some(a) => (a + g)?,
+            None => g,
+        });
+        Ok(())
+    }
+}
+
+impl Engine for AutogradEngine {
+    fn score(&mut self, batch: &Packed) -> anyhow::Result<Vec<RowStats>> {
+        let model = self.build(None, batch)?;
+        let ht = self.hidden_at_targets(&model, batch)?.detach();
+        Ok(self.head(&ht, batch, None)?.0)
+    }
+
+    fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>> {
+        self.pending = None;
+        let model = self.build(Some(dropout_seed), batch)?;
+        let ht = self.hidden_at_targets(&model, batch)?;
+        let (stats, dht, dw) = self.head(&ht, batch, coefs)?;
+        if let Some(dw) = dw {
+            let i = self.names.iter().position(|n| n == &self.head_name).expect("head trains");
+            self.add_grad(i, &dw)?;
+        }
+        self.pending = Some(Pending { ht, batch: batch.clone(), dht });
+        Ok(stats)
+    }
+
+    fn backward(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
+        let p = self.pending.take().context("backward without a training forward")?;
+        let dht = match (p.dht, coefs) {
+            (Some(d), None) => d,
+            (None, Some(c)) => {
+                let (_, d, dw) = self.head(&p.ht, &p.batch, Some(c))?;
+                if let Some(dw) = dw {
+                    let i = self.names.iter().position(|n| n == &self.head_name).expect("head trains");
+                    self.add_grad(i, &dw)?;
+                }
+                d.expect("coefficients give a gradient")
+            }
+            (Some(_), Some(_)) => bail!("coefficients were already given to the forward"),
+            (None, None) => bail!("backward needs the per-row coefficients"),
+        };
+        let surrogate = (p.ht.to_dtype(self.master_dtype)? * dht.detach())?.sum_all()?;
+        let grads = surrogate.backward()?;
+        for i in 0..self.vars.len() {
+            if let Some(g) = grads.get(self.vars[i].as_tensor()) {
+                let g = g.clone();
+                self.add_grad(i, &g)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn discard(&mut self) {
+        self.pending = None;
+    }
+
+    fn grad_sq_norm(&self) -> anyhow::Result<f64> {
+        let mut s = 0.0;
+        for g in self.grads.iter().flatten() {
+            s += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        }
+        Ok(s)
+    }
+
+    fn step(&mut self, opt: &AdamW, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let bc1 = 1.0 - opt.beta1.powi(t);
+        let bc2 = 1.0 - opt.beta2.powi(t);
+        for i in 0..self.vars.len() {
+            let Some(g) = self.grads[i].take() else { continue };
+            let g = (g * grad_scale)?;
+            let p = (self.vars[i].as_tensor() * (1.0 - lr * opt.weight_decay))?;
+            let m = ((&self.exp_avg[i] * opt.beta1)? + (&g * (1.0 - opt.beta1))?)?;
+            let v = ((&self.exp_avg_sq[i] * opt.beta2)? + (g.sqr()? * (1.0 - opt.beta2))?)?;
+            let denom = ((v.sqrt()? / bc2.sqrt())? + opt.eps)?;
+            let p = (p - ((&m / denom)? * (lr / bc1))?)?;
+            self.vars[i].set(&p)?;
+            self.exp_avg[i] = m;
+            self.exp_avg_sq[i] = v;
+        }
+        Ok(())
+    }
+
+    fn trainable(&self) -> Vec<ParamInfo> {
+        self.names.iter().zip(&self.shapes).map(|(n, s)| ParamInfo { name: n.clone(), shape: s.clone() }).collect()
+    }
+
+    fn state(&self) -> anyhow::Result<EngineState> {
+        let cpu = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&Device::Cpu)?) };
+        let mut s = EngineState { step: self.steps, params: vec![], exp_avg: vec![], exp_avg_sq: vec![] };
+        for i in 0..self.vars.len() {
+            s.params.push((self.names[i].clone(), cpu(self.vars[i].as_tensor())?));
+            s.exp_avg.push((self.names[i].clone(), cpu(&self.exp_avg[i])?));
+            s.exp_avg_sq.push((self.names[i].clone(), cpu(&self.exp_avg_sq[i])?));
+        }
+        Ok(s)
+    }
+
+    fn load_state(&mut self, state: EngineState) -> anyhow::Result<()> {
+        let find = |list: &[(String, Tensor)], name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
+            let t = list.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("resume state has no {name}"))?;
+            if t.dims() != shape {
+                bail!("resume state: {name} has shape {:?}, the model {:?}", t.dims(), shape);
+            }
+            Ok(t.to_dtype(self.master_dtype)?.to_device(&self.device)?)
+        };
+        for i in 0..self.vars.len() {
+            let (name, shape) = (self.names[i].clone(), self.shapes[i].clone());
+            self.vars[i].set(&find(&state.params, &name, &shape)?)?;
+            self.exp_avg[i] = find(&state.exp_avg, &name, &shape)?;
+            self.exp_avg_sq[i] = find(&state.exp_avg_sq, &name, &shape)?;
+        }
+        self.steps = state.step;
+        Ok(())
+    }
+
+    fn base_weights(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
+        if self.lora.is_none() {
+            return self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect();
+        }
+        let mut out = Vec::new();
+        for (name, _) in Llama::expected_tensors(&self.cfg) {
+            let t = self.frozen.get(&name).with_context(|| format!("no {name}"))?;
+            out.push((name, t.detach().to_device(&Device::Cpu)?));
+        }
+        Ok(out)
+    }
+
+    fn lora_weights(&self) -> anyhow::Result<Option<Vec<(String, Tensor)>>> {
+        if self.lora.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<anyhow::Result<_>>()?))
+    }
+}
