@@ -174,9 +174,13 @@ pub struct TrainConfig {
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub lora_targets: Vec<String>,
-    /// With LoRA, also write a merged full checkpoint.
+    /// With LoRA, also write a merged full checkpoint (`out/merged/`).
     pub merge: bool,
     pub seed: u64,
+    /// `auto` (the CPU engine for f32/f64 on the CPU, else candle autograd), `cpu` or `autograd`.
+    pub engine: String,
+    /// Write a resume checkpoint every this many optimiser steps (0: never).
+    pub save_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -206,6 +210,8 @@ impl Default for TrainConfig {
                 .to_vec(),
             merge: false,
             seed: 42,
+            engine: "auto".into(),
+            save_steps: 50,
         }
     }
 }
@@ -398,6 +404,12 @@ impl Config {
         if let Some(bad_target) = t.lora_targets.iter().find(|m| !TARGETS.contains(&m.as_str())) {
             return bad("train.lora_targets", format!("unknown module `{bad_target}` (known: {})", TARGETS.join(", ")));
         }
+        if !matches!(t.engine.as_str(), "auto" | "cpu" | "autograd") {
+            return bad("train.engine", format!("must be auto, cpu or autograd, got `{}`", t.engine));
+        }
+        if t.merge && !t.lora {
+            return bad("train.merge", "only applies with train.lora = true (full fine-tuning writes a full checkpoint anyway)".into());
+        }
         if self.eval.datasets.is_empty() {
             return bad("eval.datasets", "must name at least one dataset".into());
         }
@@ -526,6 +538,18 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = Config::from_toml_str("", "c.toml", &["sample.n".into()]).unwrap_err().to_string();
         assert!(e.contains("section.key=value"), "{e}");
+    }
+
+    #[test]
+    fn train_keys_are_validated() {
+        let e = Config::from_toml_str("[train]\nengine = \"gpu\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("train.engine"), "{e}");
+        let e = Config::from_toml_str("[train]\nmerge = true\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("train.merge"), "{e}");
+        let c = Config::from_toml_str("[train]\nlora = true\nmerge = true\nsave_steps = 0\n", "c.toml", &[]).unwrap();
+        assert_eq!((c.train.save_steps, c.train.engine.as_str()), (0, "auto"));
+        let e = Config::from_toml_str("[train]\nweighting = \"ppl\"\n", "c.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("train.weighting"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ enum Command {
     Sample(SampleArgs),
     /// Join the shard files of `east sample --shard i/N` into one samples file.
     Merge(MergeArgs),
+    /// Train on train.jsonl with the weighted SFT, DPO or KTO loss (full fine-tuning or LoRA).
+    Train(TrainArgs),
     /// Grade every completion and cluster each question's completions by final answer.
     Cluster(ClusterArgs),
     /// Turn cluster entropies into question weights and write the weighted training set.
@@ -63,6 +65,10 @@ struct ModelArgs {
     /// auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
     #[arg(long)]
     dtype: Option<String>,
+    /// PEFT LoRA adapter folder merged into the model (a --model folder holding only an adapter
+    /// loads its base from adapter_config.json).
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<String>,
 }
 
 impl ModelArgs {
@@ -75,6 +81,9 @@ impl ModelArgs {
         }
         if let Some(v) = &self.dtype {
             config.model.dtype = v.clone();
+        }
+        if let Some(v) = &self.adapter {
+            config.model.adapter = Some(v.clone());
         }
     }
 }
@@ -114,6 +123,83 @@ struct SampleArgs {
     /// samples.jsonl to write (appended; an interrupted run resumes).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// train.jsonl written by `east weight` (TRL conversational rows + weight) or TRL standard rows.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Output folder: the checkpoint (HF folder, or PEFT adapter with --lora), train_log.jsonl,
+    /// and resume checkpoints while training (rerun the same command to resume).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[arg(long, value_enum)]
+    loss: Option<Loss>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Examples per optimiser step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Examples per forward pass (gradients accumulate up to --batch-size).
+    #[arg(long)]
+    micro_batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    /// DPO/KTO temperature (default: DPO 0.01, KTO 0.05).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// KTO weight of desirable examples.
+    #[arg(long)]
+    desirable_weight: Option<f64>,
+    /// KTO weight of undesirable examples.
+    #[arg(long)]
+    undesirable_weight: Option<f64>,
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// linear, cosine or constant (after warmup).
+    #[arg(long)]
+    schedule: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Stop after this many optimiser steps (overrides --epochs, as in Hugging Face).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Truncate prompt + completion to this many tokens.
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Example weights: data (train.jsonl), none, lwp (perplexity, LW(P)) or lww (WPO, LW(W)).
+    #[arg(long)]
+    weighting: Option<String>,
+    /// Train LoRA adapters instead of every weight.
+    #[arg(long)]
+    lora: bool,
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Comma-separated projections (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    /// With --lora, also write the merged model to OUT/merged.
+    #[arg(long)]
+    merge: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// auto, cpu or autograd.
+    #[arg(long)]
+    engine: Option<String>,
+    /// Resume checkpoint every N steps (0: never).
+    #[arg(long)]
+    save_steps: Option<usize>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -215,6 +301,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Sample(args) => sample(args),
         Command::Merge(args) => merge(args),
+        Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Cluster(args) => cluster(args),
         Command::Weight(args) => weight(args),
@@ -288,6 +375,54 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
         r.generated_tokens,
         r.seconds,
         r.tokens_per_s
+    );
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    args.model.apply(&mut config);
+    let t = &mut config.train;
+    if let Some(v) = args.loss {
+        t.loss = v;
+    }
+    macro_rules! set {
+        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { t.$field = v; } )* };
+    }
+    set!(epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight, warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout, lora_targets, seed, engine, save_steps);
+    if args.beta.is_some() {
+        t.beta = args.beta;
+    }
+    if args.max_steps.is_some() {
+        t.max_steps = args.max_steps;
+    }
+    t.lora |= args.lora;
+    t.merge |= args.merge;
+    config.validate("command line")?;
+    let job = east::train::TrainJob {
+        model: config.model.clone(),
+        data: args.data.clone(),
+        out: args.out.clone(),
+        train: config.train.clone(),
+        beta: config.beta(),
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let r = east::train::train(&job).with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
+    if r.already_done {
+        println!("{}: already trained with these settings ({} steps); nothing to do", r.out.display(), r.steps);
+        return Ok(());
+    }
+    println!(
+        "{}: {} steps on {} examples{} ({} engine), final loss {}, {:.0} tokens/s, {:.1}s{}",
+        r.out.display(),
+        r.steps,
+        r.examples,
+        if r.resumed_from > 0 { format!(", resumed at step {}", r.resumed_from) } else { String::new() },
+        r.engine,
+        r.final_loss.map_or("-".to_string(), |l| format!("{l:.4}")),
+        r.tokens_per_s,
+        r.seconds,
+        if r.truncated > 0 { format!("; {} examples truncated to train.max_length", r.truncated) } else { String::new() },
     );
     Ok(())
 }

@@ -35,10 +35,38 @@ pub fn dtype(spec: &str, device: &Device) -> anyhow::Result<DType> {
     })
 }
 
-/// Loads `[model]`: weights, tokenizer and chat format.
+/// Loads `[model]`: weights, tokenizer and chat format, with LoRA adapters merged in.
+///
+/// `path` may itself be a PEFT adapter folder (adapter_config.json, no config.json): its base
+/// model is `base_model_name_or_path` from adapter_config.json. `[model] adapter` (`--adapter`)
+/// names an adapter folder applied on top (after the one `path` names, if any).
 pub fn load_model(cfg: &ModelConfig) -> anyhow::Result<LoadedModel> {
     let device = device(&cfg.device)?;
     let dtype = dtype(&cfg.dtype, &device)?;
-    let lm = model::load(&cfg.path, &device, dtype)?;
+    let mut adapters = Vec::new();
+    let mut base = cfg.path.clone();
+    let path = std::path::Path::new(&cfg.path);
+    if path.is_dir() && model::lora::is_adapter_dir(path) {
+        let a = model::lora::read_adapter(path)?;
+        base = a.base_model.clone().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: adapter_config.json names no base_model_name_or_path; pass the base model with --model and the adapter with --adapter",
+                path.display()
+            )
+        })?;
+        adapters.push(a);
+    }
+    if let Some(dir) = &cfg.adapter {
+        let dir = std::path::Path::new(dir);
+        if !dir.is_dir() {
+            anyhow::bail!("adapter {}: not a folder (expected a PEFT adapter folder with adapter_config.json)", dir.display());
+        }
+        adapters.push(model::lora::read_adapter(dir)?);
+    }
+    let mut lm = model::load(&base, &device, dtype)?;
+    for a in &adapters {
+        model::lora::merge_adapter(&mut lm.model, a)?;
+    }
+    lm.spec = cfg.path.clone();
     Ok(lm)
 }

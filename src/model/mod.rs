@@ -26,6 +26,7 @@ pub mod error;
 pub mod gguf;
 pub mod llama;
 pub mod load;
+pub mod lora;
 pub mod testing;
 pub mod tokenizer;
 

@@ -762,7 +762,12 @@ impl<T: Float> Engine for CpuEngine<T> {
         Ok(self
             .order
             .iter()
-            .map(|&i| self.grads[i].par_iter().map(|&g| g.to_f64c() * g.to_f64c()).sum::<f64>())
+            .map(|&i| {
+                // fixed chunks summed in order: the same value on every run (resume reproduces
+                // clipping exactly)
+                let parts: Vec<f64> = self.grads[i].par_chunks(1 << 15).map(|c| c.iter().map(|&g| g.to_f64c() * g.to_f64c()).sum::<f64>()).collect();
+                parts.iter().sum::<f64>()
+            })
             .sum())
     }
 
