@@ -434,3 +434,72 @@ fn input_errors_name_file_line_and_field() {
     let e = &td.examples[0];
     assert!(e.truncated && e.prompt.len() + e.completions[0].len() == 64 && e.prompt.len() == 32);
 }
+
+/// Writes what scripts/reference/peft_reference.py checks with transformers + PEFT
+/// (`cargo test --test train dump_peft -- --ignored`; EAST_PEFT_DIR, default /tmp/east-peft):
+/// the tiny base model, a LoRA adapter trained by `east train` (r=4, α=8, all projections), a
+/// full fine-tuned checkpoint, and east's logits for both on fixed token ids.
+#[test]
+#[ignore]
+fn dump_peft_reference_inputs() {
+    let root = PathBuf::from(std::env::var("EAST_PEFT_DIR").unwrap_or("/tmp/east-peft".into()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let base = root.join("base");
+    write_tiny_model(&base, 11).unwrap();
+    let data = root.join("sft.jsonl");
+    write_rows(&data, &sft_rows());
+    let adapter = root.join("adapter");
+    east::train::train(&job(
+        &base,
+        &data,
+        &adapter,
+        &["train.lora=true", "train.lora_rank=4", "train.lora_alpha=8.0", "train.batch_size=4", "train.micro_batch_size=2", "train.max_steps=5", "train.lr=1e-2", "train.warmup_ratio=0.0"],
+    ))
+    .unwrap();
+    let full = root.join("full");
+    east::train::train(&job(&base, &data, &full, &["train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "train.warmup_ratio=0.0"])).unwrap();
+    let ids: Vec<u32> = vec![1, 40, 41, 42, 2, 7, 100, 200];
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let logits = |m: &east::model::LoadedModel| -> Vec<Vec<f32>> {
+        m.model.logits(&m.model.forward_hidden(&t, None).unwrap()).unwrap().squeeze(0).unwrap().to_vec2().unwrap()
+    };
+    let with_adapter = east::runtime::load_model(&ModelConfig { path: adapter.display().to_string(), ..ModelConfig::default() }).unwrap();
+    let full_m = east::model::load(full.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    let doc = json!({"ids": ids, "east_adapter_logits": logits(&with_adapter), "east_full_logits": logits(&full_m)});
+    std::fs::write(root.join("east_logits.json"), doc.to_string()).unwrap();
+    println!("{}", root.display());
+}
+
+/// PEFT loads the adapter east wrote and gives the same logits (fixture made once by
+/// scripts/reference/peft_reference.py with transformers + PEFT, from the files of
+/// `dump_peft_reference_inputs`; the adapter is kept in tests/fixtures/peft_tiny/).
+#[test]
+fn peft_gives_the_same_logits_for_an_east_adapter() {
+    let fx_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fx: Value = serde_json::from_str(&std::fs::read_to_string(fx_dir.join("peft_reference.json")).unwrap()).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base");
+    write_tiny_model(&base, 11).unwrap();
+    let m = east::runtime::load_model(&ModelConfig {
+        path: base.display().to_string(),
+        adapter: Some(fx_dir.join("peft_tiny").display().to_string()),
+        ..ModelConfig::default()
+    })
+    .unwrap();
+    let ids: Vec<u32> = serde_json::from_value(fx["ids"].clone()).unwrap();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let got: Vec<Vec<f32>> = m.model.logits(&m.model.forward_hidden(&t, None).unwrap()).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+    let want: Vec<Vec<f32>> = serde_json::from_value(fx["peft_logits"].clone()).unwrap();
+    let mut max = 0f32;
+    for (a, b) in got.iter().zip(&want) {
+        for (x, y) in a.iter().zip(b) {
+            max = max.max((x - y).abs());
+        }
+    }
+    assert!(max < 1e-4, "east base + adapter vs PEFT: max |Δlogit| {max}");
+    // and the adapter really changes the model (the check is not vacuous)
+    let base_only: Vec<Vec<f32>> = serde_json::from_value(fx["base_logits"].clone()).unwrap();
+    let moved = base_only.iter().zip(&want).flat_map(|(a, b)| a.iter().zip(b)).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(moved > 1e-2, "{moved}");
+}
