@@ -14,12 +14,16 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use east::train::autograd::AutogradEngine;
 use east::train::cpu::CpuEngine;
 use east::train::optim::AdamW;
 use east::train::{Engine, LoraSpec, Packed};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn peak_rss_gb() -> f64 {
@@ -41,7 +45,12 @@ fn cpu_seconds() -> f64 {
 }
 
 fn load_avg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,14 +64,17 @@ fn main() -> anyhow::Result<()> {
     let rows = env("EAST_BENCH_BATCH", 4);
     let len = env("EAST_BENCH_LEN", 256);
     let steps = env("EAST_BENCH_STEPS", 4);
-    let path = std::env::var("EAST_BENCH_MODEL").unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
+    let path = std::env::var("EAST_BENCH_MODEL")
+        .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     let lm = east::model::load(&path, &Device::Cpu, DType::F32)?;
     let vocab = lm.config.vocab_size as u64;
     // pseudo-random tokens (speed does not depend on them)
     let mut batch = Packed::new();
     let mut x = 12345u64;
     let mut next = || {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((x >> 33) % vocab) as u32
     };
     let prompt_len = len / 4;
@@ -76,17 +88,48 @@ fn main() -> anyhow::Result<()> {
         rank: 16,
         alpha: 16.0,
         dropout: 0.0,
-        targets: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"].map(String::from).to_vec(),
+        targets: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec(),
     };
-    let mut engine = match mode.as_str() {
-        "full" => CpuEngine::<f32>::new(&lm.model, None, 0)?,
-        "lora" => CpuEngine::<f32>::new(&lm.model, Some(lora), 0)?,
-        other => anyhow::bail!("EAST_BENCH_MODE {other}: full or lora"),
+    let mut cpu_engine = None;
+    let mut autograd_engine = None;
+    match mode.as_str() {
+        "full" => cpu_engine = Some(CpuEngine::<f32>::new(&lm.model, None, 0)?),
+        "lora" => cpu_engine = Some(CpuEngine::<f32>::new(&lm.model, Some(lora), 0)?),
+        "autograd" => autograd_engine = Some(AutogradEngine::new(&lm.model, None, 0)?),
+        "autograd-lora" | "autograd-lora-plain" => {
+            let mut e = AutogradEngine::new(&lm.model, Some(lora), 0)?;
+            e.plain_frozen_matmul = mode.ends_with("plain");
+            autograd_engine = Some(e);
+        }
+        other => anyhow::bail!(
+            "EAST_BENCH_MODE {other}: full, lora, autograd, autograd-lora or autograd-lora-plain"
+        ),
     };
     drop(lm);
-    let coefs: Vec<f64> = (0..rows).map(|r| -1.0 / (batch.targets.iter().filter(|t| t.row == r).count() as f64 * rows as f64)).collect();
+    let engine: &mut dyn Engine = match (&mut cpu_engine, &mut autograd_engine) {
+        (Some(e), _) => e,
+        (_, Some(e)) => e,
+        _ => unreachable!(),
+    };
+    let coefs: Vec<f64> = (0..rows)
+        .map(|r| -1.0 / (batch.targets.iter().filter(|t| t.row == r).count() as f64 * rows as f64))
+        .collect();
     let opt = AdamW::default();
-    println!("train bench: {mode}, {rows} × {len} tokens, {} trainable tensors, load {}", engine.trainable().len(), load_avg());
+    println!(
+        "train bench: {mode}, {rows} × {len} tokens, {} trainable tensors, load {}",
+        engine.trainable().len(),
+        load_avg()
+    );
     let mut times = Vec::new();
     let mut cpu0 = 0.0;
     for step in 0..=steps {
@@ -100,16 +143,18 @@ fn main() -> anyhow::Result<()> {
         engine.step(&opt, 1e-5, east::train::optim::clip_scale(norm, 1.0))?;
         let dt = t0.elapsed().as_secs_f64();
         let loss: f64 = stats.iter().zip(&coefs).map(|(s, c)| c * s.logp).sum();
-        println!("step {step}: loss {loss:.4} grad_norm {norm:.3} {:.1} tokens/s ({dt:.2}s)", tokens as f64 / dt);
+        println!(
+            "step {step}: loss {loss:.4} grad_norm {norm:.3} {:.1} tokens/s ({dt:.2}s)",
+            tokens as f64 / dt
+        );
         if step > 0 {
             times.push(dt);
-        } else {
-            engine.timings = Default::default();
         }
     }
-    let t = &engine.timings;
-    let n = times.len() as f64;
-    println!(
+    if let Some(e) = &cpu_engine {
+        let t = &e.timings;
+        let n = (times.len() + 1) as f64;
+        println!(
         "per step: forward {:.2}s (attention {:.2}s), vocab head {:.2}s, backward {:.2}s (attention {:.2}s), optimizer {:.2}s",
         t.forward / n,
         t.attention_forward / n,
@@ -118,6 +163,7 @@ fn main() -> anyhow::Result<()> {
         t.attention_backward / n,
         t.optimizer / n
     );
+    }
     let tps = tokens as f64 * times.len() as f64 / times.iter().sum::<f64>();
     let cpu = cpu_seconds() - cpu0;
     println!(
