@@ -220,6 +220,69 @@ fn repeat_and_select_rows_keep_the_right_rows() {
     assert_eq!(cache.batch(), 0);
 }
 
+/// An f16 cache (half the memory; read by the CPU decode kernel) stays close to the f32 path,
+/// including left-padded rows.
+#[test]
+fn f16_cache_matches_f32() {
+    let (_d, m) = tiny(13);
+    let a = prompt_ids(&m, "the");
+    let b = prompt_ids(&m, "how is the system 12");
+    let t = a.len().max(b.len());
+    let mut batch = vec![m.pad_id; t - a.len()];
+    batch.extend(&a);
+    batch.extend(std::iter::repeat_n(m.pad_id, t - b.len()));
+    batch.extend(&b);
+    let x = Tensor::from_vec(batch, (2, t), &Device::Cpu).unwrap();
+    let pads = vec![t - a.len(), t - b.len()];
+    let mut c32 = KvCache::new(&m.config, 2, t + 3, pads.clone(), DType::F32, &Device::Cpu).unwrap();
+    let mut c16 = KvCache::new(&m.config, 2, t + 3, pads, DType::F16, &Device::Cpu).unwrap();
+    let mut l32 = m.model.forward_step(&x, &mut c32).unwrap();
+    let mut l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    for step in 0..3u32 {
+        let d = max_abs_diff(&l32, &l16);
+        assert!(d < 2e-2, "step {step}: {d}");
+        let x = Tensor::new(&[[40 + step], [50 + step]], &Device::Cpu).unwrap();
+        l32 = m.model.forward_step(&x, &mut c32).unwrap();
+        l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    }
+}
+
+/// The CPU decode kernel equals plain softmax(q·Kᵀ)·V on strided cache views, with padding
+/// and grouped heads.
+#[test]
+fn decode_kernel_matches_reference_attention() {
+    let dev = Device::Cpu;
+    let (b, kv, g, cap, l, d) = (3usize, 2usize, 3usize, 40usize, 29usize, 64usize);
+    let h = kv * g;
+    let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+    let kfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let vfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let k = kfull.narrow(2, 0, l).unwrap();
+    let v = vfull.narrow(2, 0, l).unwrap();
+    let pads = [0usize, 5, 28];
+    let got = east::model::attention::decode_attention(&q, &k, &v, &pads).unwrap();
+    for r in 0..b {
+        for head in 0..h {
+            let qh = q.i((r, head)).unwrap(); // (1, d)
+            let kh = k.i((r, head / g)).unwrap().narrow(0, pads[r], l - pads[r]).unwrap();
+            let vh = v.i((r, head / g)).unwrap().narrow(0, pads[r], l - pads[r]).unwrap();
+            let p = candle_nn::ops::softmax(&qh.matmul(&kh.t().unwrap()).unwrap(), D::Minus1).unwrap();
+            let want = p.matmul(&vh).unwrap();
+            let d = max_abs_diff(&got.i((r, head)).unwrap(), &want);
+            assert!(d < 1e-5, "row {r} head {head}: {d}");
+        }
+    }
+    // the f16 cache gives the same up to f16 rounding of K and V
+    let got16 = east::model::attention::decode_attention(
+        &q,
+        &kfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &vfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &pads,
+    )
+    .unwrap();
+    assert!(max_abs_diff(&got, &got16) < 1e-2);
+}
+
 #[test]
 fn cache_capacity_is_enforced() {
     let (_d, m) = tiny(2);

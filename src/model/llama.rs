@@ -26,17 +26,42 @@ pub trait LinearAdapter: std::fmt::Debug + Send + Sync {
 
 /// A bias-free projection `y = x · Wᵀ`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear`
 /// layout), with an optional [`LinearAdapter`] that takes over its forward.
+///
+/// On the CPU a weight that is not a training variable is stored transposed, `(in_dim,
+/// out_dim)` contiguous, which gemm multiplies ~1.5× faster; [`LinearLayer::weight`] is then a
+/// transposed view of it (no second copy). Variables (`VarMap` weights) are used as they are,
+/// so optimiser updates are seen.
 #[derive(Debug, Clone)]
 pub struct LinearLayer {
+    /// `(out_dim, in_dim)`; a view of `weight_t` when that is set.
     weight: Tensor,
+    /// `(in_dim, out_dim)` contiguous.
+    weight_t: Option<Tensor>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl LinearLayer {
     pub fn new(weight: Tensor) -> Self {
-        Self {
-            weight,
+        let mut l = Self {
+            weight: weight.clone(),
+            weight_t: None,
             adapter: None,
+        };
+        l.store(weight);
+        l
+    }
+
+    fn store(&mut self, weight: Tensor) {
+        let transpose = weight.device().is_cpu() && !weight.is_variable() && weight.rank() == 2;
+        match transpose.then(|| weight.t().and_then(|t| t.contiguous())) {
+            Some(Ok(wt)) => {
+                self.weight = wt.t().expect("rank 2");
+                self.weight_t = Some(wt);
+            }
+            _ => {
+                self.weight = weight;
+                self.weight_t = None;
+            }
         }
     }
 
@@ -45,6 +70,7 @@ impl LinearLayer {
         Ok(Self::new(vb.get((out_dim, in_dim), "weight")?))
     }
 
+    /// The weight, `(out_dim, in_dim)` (possibly a non-contiguous view).
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -58,7 +84,7 @@ impl LinearLayer {
                 self.weight.dims()
             )
         }
-        self.weight = weight;
+        self.store(weight);
         Ok(())
     }
 
@@ -85,7 +111,10 @@ impl LinearLayer {
         let lead: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.weight_t {
+            Some(wt) => x2.matmul(wt)?,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         let mut out = lead;
         out.push(self.out_dim());
         y.reshape(out)
@@ -172,6 +201,8 @@ struct Ctx<'a> {
     sin: &'a Tensor,
     /// Additive mask broadcastable to `(B, H, T, L)` (0 / -inf), or None.
     mask: Option<&'a Tensor>,
+    /// Per-row left padding of the cache (decode kernel), when cached.
+    left_pad: Option<&'a [usize]>,
 }
 
 impl Attention {
@@ -274,7 +305,25 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
         let (kc, vc) = cache.append(layer, &k, &v)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let y = self.attend(&q, &kc, &vc, ctx.mask, true)?;
+        let (b, _, t, _) = q.dims4()?;
+        let y = match ctx.left_pad {
+            Some(pads)
+                if t == 1
+                    && q.device().is_cpu()
+                    && q.dtype() == DType::F32
+                    && matches!(kc.dtype(), DType::F32 | DType::F16) =>
+            {
+                super::attention::decode_attention(&q, &kc, &vc, pads)?
+                    .reshape((b, 1, self.n_heads * self.head_dim))?
+            }
+            _ if kc.dtype() != q.dtype() => {
+                // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
+                let kc = kc.to_dtype(q.dtype())?;
+                let vc = vc.to_dtype(q.dtype())?;
+                self.attend(&q, &kc, &vc, ctx.mask, true)?
+            }
+            _ => self.attend(&q, &kc, &vc, ctx.mask, true)?,
+        };
         self.o_proj.forward(&y)
     }
 }
@@ -512,6 +561,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: None,
         };
         let eps = self.cfg.rms_norm_eps;
         let mut x = self.embed(ids)?;
@@ -580,6 +630,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: Some(&pads),
         };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = self.embed(ids)?;

@@ -19,6 +19,8 @@
 //! column; `forward_hidden` returns final-norm hidden states `(B, T, hidden)` and `logits`
 //! maps them to the vocabulary.
 
+#[doc(hidden)]
+pub mod attention;
 pub mod cache;
 pub mod chat;
 pub mod config;
