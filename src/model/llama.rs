@@ -75,6 +75,12 @@ impl LinearLayer {
         &self.weight
     }
 
+    /// The `(in_dim, out_dim)` contiguous copy the CPU multiplies by, when the weight is
+    /// stored that way (frozen weights on the CPU); `weight()` is then its transpose.
+    pub fn weight_t(&self) -> Option<&Tensor> {
+        self.weight_t.as_ref()
+    }
+
     /// Replace the weight (e.g. after merging a LoRA adapter); the shape must not change.
     pub fn set_weight(&mut self, weight: Tensor) -> Result<()> {
         if weight.dims() != self.weight.dims() {
@@ -111,13 +117,66 @@ impl LinearLayer {
         let lead: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let y = match &self.weight_t {
-            Some(wt) => x2.matmul(wt)?,
-            None => x2.matmul(&self.weight.t()?)?,
+        let rhs = match &self.weight_t {
+            Some(wt) => wt.clone(),
+            None => self.weight.t()?,
+        };
+        let y = if self.weight.is_variable() {
+            x2.matmul(&rhs)?
+        } else {
+            // A frozen weight: a matmul whose backward yields only the input's gradient.
+            x2.apply_op1(FrozenMatmul { rhs })?
         };
         let mut out = lead;
         out.push(self.out_dim());
         y.reshape(out)
+    }
+}
+
+/// `x · rhs` for a constant `rhs` `(k, n)`: the backward pass gives `x`'s gradient only.
+/// candle's matmul backward always computes both operands' gradients, which for a frozen
+/// weight (LoRA, reference models) is a weight-sized matmul and buffer per layer for nothing.
+struct FrozenMatmul {
+    rhs: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "east-frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cpu(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cuda(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.rhs.t()?)?))
     }
 }
 
@@ -466,6 +525,23 @@ impl Llama {
             v.push(("lm_head.weight".to_string(), self.lm_head.weight().clone()));
         }
         v
+    }
+
+    /// A copy of the model whose weights are training variables, and the `VarMap` holding them
+    /// under their HF names (for full fine-tuning; tied embeddings stay one variable).
+    /// `dtype` is the variables' dtype (e.g. f32 master weights).
+    pub fn trainable_copy(&self, dtype: DType) -> Result<(candle_nn::VarMap, Llama)> {
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("VarMap lock");
+            for (name, t) in self.named_tensors() {
+                let var = candle_core::Var::from_tensor(&t.to_dtype(dtype)?.contiguous()?)?;
+                data.insert(name, var);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &self.device);
+        let model = Llama::load(vb, &self.cfg)?;
+        Ok((varmap, model))
     }
 
     /// Mutable access to every projection of the decoder layers under its HF module name
