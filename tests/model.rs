@@ -101,6 +101,15 @@ fn cached_step_matches_forward_hidden() {
         }
         assert_eq!(cache.len(), ids.len());
     }
+    // chunked prefill: several multi-token steps on a non-empty cache
+    let mut cache = KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+    let mut p = 0;
+    for chunk in [5usize, 7, 1, ids.len() - 13] {
+        let l = m.model.forward_step(&ids_tensor(&ids[p..p + chunk]), &mut cache).unwrap();
+        p += chunk;
+        let d = max_abs_diff(&l.squeeze(0).unwrap(), &full.i(p - 1).unwrap());
+        assert!(d < TOL, "chunk ending at {p}: {d}");
+    }
 }
 
 /// Two prompts of different lengths, left-padded into one batch, give each row the logits of
