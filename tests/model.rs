@@ -101,6 +101,15 @@ fn cached_step_matches_forward_hidden() {
         }
         assert_eq!(cache.len(), ids.len());
     }
+    // chunked prefill: several multi-token steps on a non-empty cache
+    let mut cache = KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+    let mut p = 0;
+    for chunk in [5usize, 7, 1, ids.len() - 13] {
+        let l = m.model.forward_step(&ids_tensor(&ids[p..p + chunk]), &mut cache).unwrap();
+        p += chunk;
+        let d = max_abs_diff(&l.squeeze(0).unwrap(), &full.i(p - 1).unwrap());
+        assert!(d < TOL, "chunk ending at {p}: {d}");
+    }
 }
 
 /// Two prompts of different lengths, left-padded into one batch, give each row the logits of
@@ -218,6 +227,69 @@ fn repeat_and_select_rows_keep_the_right_rows() {
     assert!(cache.select_rows(&[2]).is_err());
     cache.select_rows(&[]).unwrap();
     assert_eq!(cache.batch(), 0);
+}
+
+/// An f16 cache (half the memory; read by the CPU decode kernel) stays close to the f32 path,
+/// including left-padded rows.
+#[test]
+fn f16_cache_matches_f32() {
+    let (_d, m) = tiny(13);
+    let a = prompt_ids(&m, "the");
+    let b = prompt_ids(&m, "how is the system 12");
+    let t = a.len().max(b.len());
+    let mut batch = vec![m.pad_id; t - a.len()];
+    batch.extend(&a);
+    batch.extend(std::iter::repeat_n(m.pad_id, t - b.len()));
+    batch.extend(&b);
+    let x = Tensor::from_vec(batch, (2, t), &Device::Cpu).unwrap();
+    let pads = vec![t - a.len(), t - b.len()];
+    let mut c32 = KvCache::new(&m.config, 2, t + 3, pads.clone(), DType::F32, &Device::Cpu).unwrap();
+    let mut c16 = KvCache::new(&m.config, 2, t + 3, pads, DType::F16, &Device::Cpu).unwrap();
+    let mut l32 = m.model.forward_step(&x, &mut c32).unwrap();
+    let mut l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    for step in 0..3u32 {
+        let d = max_abs_diff(&l32, &l16);
+        assert!(d < 2e-2, "step {step}: {d}");
+        let x = Tensor::new(&[[40 + step], [50 + step]], &Device::Cpu).unwrap();
+        l32 = m.model.forward_step(&x, &mut c32).unwrap();
+        l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    }
+}
+
+/// The CPU decode kernel equals plain softmax(q·Kᵀ)·V on strided cache views, with padding
+/// and grouped heads.
+#[test]
+fn decode_kernel_matches_reference_attention() {
+    let dev = Device::Cpu;
+    let (b, kv, g, cap, l, d) = (3usize, 2usize, 3usize, 40usize, 29usize, 64usize);
+    let h = kv * g;
+    let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+    let kfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let vfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let k = kfull.narrow(2, 0, l).unwrap();
+    let v = vfull.narrow(2, 0, l).unwrap();
+    let pads = [0usize, 5, 28];
+    let got = east::model::attention::decode_attention(&q, &k, &v, &pads).unwrap();
+    for r in 0..b {
+        for head in 0..h {
+            let qh = q.i((r, head)).unwrap(); // (1, d)
+            let kh = k.i((r, head / g)).unwrap().narrow(0, pads[r], l - pads[r]).unwrap();
+            let vh = v.i((r, head / g)).unwrap().narrow(0, pads[r], l - pads[r]).unwrap();
+            let p = candle_nn::ops::softmax(&qh.matmul(&kh.t().unwrap()).unwrap(), D::Minus1).unwrap();
+            let want = p.matmul(&vh).unwrap();
+            let d = max_abs_diff(&got.i((r, head)).unwrap(), &want);
+            assert!(d < 1e-5, "row {r} head {head}: {d}");
+        }
+    }
+    // the f16 cache gives the same up to f16 rounding of K and V
+    let got16 = east::model::attention::decode_attention(
+        &q,
+        &kfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &vfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &pads,
+    )
+    .unwrap();
+    assert!(max_abs_diff(&got, &got16) < 1e-2);
 }
 
 #[test]
@@ -490,6 +562,111 @@ fn forward_hidden_is_differentiable() {
         let an = g[flat_idx];
         assert!((fd - an).abs() <= 1e-6 * (1.0 + an.abs()), "{name}[{flat_idx}]: analytic {an}, finite difference {fd}");
     }
+}
+
+/// A LoRA-style adapter attached through the public API, as the training code will do.
+#[derive(Debug)]
+struct TestLora {
+    a: candle_core::Var, // (r, in)
+    b: candle_core::Var, // (out, r)
+    scale: f64,
+}
+
+impl east::model::LinearAdapter for TestLora {
+    fn forward(&self, layer: &east::model::LinearLayer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let base = layer.base_forward(x)?;
+        let delta = x
+            .broadcast_matmul(&self.a.as_tensor().t()?)?
+            .broadcast_matmul(&self.b.as_tensor().t()?)?;
+        base + (delta * self.scale)?
+    }
+}
+
+/// Frozen (loaded) weights get no gradient — not even a computed-and-dropped one — while
+/// adapter variables get the right one.
+#[test]
+fn adapters_train_on_a_frozen_model() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), 31).unwrap();
+    let mut m = load(dir.path().to_str().unwrap(), &dev, DType::F32).unwrap();
+    let ids = Tensor::new(&[[1u32, 40, 41, 42, 2]], &dev).unwrap();
+    let before = full_logits(&m.model, &[1, 40, 41, 42, 2]);
+    let mut vars = Vec::new();
+    for (name, layer) in m.model.linear_layers_mut() {
+        if name.ends_with("q_proj") || name.ends_with("v_proj") {
+            let a = candle_core::Var::randn(0f32, 0.1, (4, layer.in_dim()), &dev).unwrap();
+            let b = candle_core::Var::randn(0f32, 0.1, (layer.out_dim(), 4), &dev).unwrap();
+            vars.push((name.clone(), a.clone(), b.clone()));
+            layer.set_adapter(Some(std::sync::Arc::new(TestLora { a, b, scale: 2.0 })));
+        }
+    }
+    assert_eq!(vars.len(), 4);
+    let loss_of = |m: &east::model::Llama| {
+        let h = m.forward_hidden(&ids, None).unwrap();
+        let lp = candle_nn::ops::log_softmax(&m.logits(&h).unwrap(), D::Minus1).unwrap();
+        lp.i((0, .., 7)).unwrap().sum_all().unwrap()
+    };
+    let loss = loss_of(&m.model);
+    let after = full_logits(&m.model, &[1, 40, 41, 42, 2]);
+    assert!(max_abs_diff(&before, &after) > 1e-4, "the adapters change the output");
+    let grads = loss.backward().unwrap();
+    for (name, w) in m.model.named_tensors() {
+        assert!(grads.get(&w).is_none(), "frozen {name} got a gradient");
+    }
+    for (name, layer) in m.model.linear_layers_mut() {
+        let wt = layer.weight_t().expect("CPU layout");
+        assert!(grads.get(wt).is_none(), "frozen {name} got a gradient");
+    }
+    // control: a plain matmul against the same frozen tensor does compute one
+    let wt = m.model.layers[0].mlp.up_proj.weight_t().unwrap().clone();
+    let x = candle_core::Var::ones((2, wt.dim(0).unwrap()), DType::F32, &dev).unwrap();
+    let g = x.as_tensor().matmul(&wt).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&wt).is_some());
+    // the inference path uses the adapters too
+    let mut cache = KvCache::new(&m.config, 1, 5, vec![0], DType::F32, &dev).unwrap();
+    let l = m.model.forward_step(&ids, &mut cache).unwrap();
+    assert!(max_abs_diff(&l.squeeze(0).unwrap(), &after.i(4).unwrap()) < TOL);
+    // finite differences on adapter entries (f32: loose tolerance)
+    for (name, a, b) in vars.iter().take(2) {
+        for (var, idx) in [(a, 3usize), (b, 5usize)] {
+            let g: Vec<f32> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let eps = 1e-2f32;
+            let eval = |delta: f32| {
+                let mut v = orig.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap()).unwrap();
+                loss_of(&m.model).to_scalar::<f32>().unwrap()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(orig, var.shape(), &dev).unwrap()).unwrap();
+            assert!((fd - g[idx]).abs() < 2e-2 * (1.0 + g[idx].abs()), "{name}[{idx}]: {} vs {fd}", g[idx]);
+        }
+    }
+}
+
+/// trainable_copy: same function, every weight a variable with a gradient; updates through
+/// the VarMap are seen by the model.
+#[test]
+fn trainable_copy_is_a_varmap_model() {
+    let (_d, m) = tiny(41);
+    let ids = [1u32, 60, 61, 62];
+    let (varmap, tm) = m.model.trainable_copy(DType::F32).unwrap();
+    // (gemm sums in another order for (out,in) variables than for the (in,out) frozen copy)
+    assert!(max_abs_diff(&full_logits(&m.model, &ids), &full_logits(&tm, &ids)) < 1e-4);
+    let loss = full_logits(&tm, &ids).sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.all_vars();
+    assert_eq!(vars.len(), east::model::Llama::expected_tensors(&m.config).len());
+    for v in &vars {
+        assert!(grads.get(v.as_tensor()).is_some());
+    }
+    let data = varmap.data().lock().unwrap();
+    let e = &data["model.norm.weight"];
+    e.set(&e.as_tensor().zeros_like().unwrap()).unwrap();
+    let h = tm.forward_hidden(&ids_tensor(&ids), None).unwrap();
+    assert_eq!(h.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
 }
 
 /// Independent reference: transformers' LlamaForCausalLM on the same tiny folders.

@@ -26,17 +26,42 @@ pub trait LinearAdapter: std::fmt::Debug + Send + Sync {
 
 /// A bias-free projection `y = x · Wᵀ`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear`
 /// layout), with an optional [`LinearAdapter`] that takes over its forward.
+///
+/// On the CPU a weight that is not a training variable is stored transposed, `(in_dim,
+/// out_dim)` contiguous, which gemm multiplies ~1.5× faster; [`LinearLayer::weight`] is then a
+/// transposed view of it (no second copy). Variables (`VarMap` weights) are used as they are,
+/// so optimiser updates are seen.
 #[derive(Debug, Clone)]
 pub struct LinearLayer {
+    /// `(out_dim, in_dim)`; a view of `weight_t` when that is set.
     weight: Tensor,
+    /// `(in_dim, out_dim)` contiguous.
+    weight_t: Option<Tensor>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl LinearLayer {
     pub fn new(weight: Tensor) -> Self {
-        Self {
-            weight,
+        let mut l = Self {
+            weight: weight.clone(),
+            weight_t: None,
             adapter: None,
+        };
+        l.store(weight);
+        l
+    }
+
+    fn store(&mut self, weight: Tensor) {
+        let transpose = weight.device().is_cpu() && !weight.is_variable() && weight.rank() == 2;
+        match transpose.then(|| weight.t().and_then(|t| t.contiguous())) {
+            Some(Ok(wt)) => {
+                self.weight = wt.t().expect("rank 2");
+                self.weight_t = Some(wt);
+            }
+            _ => {
+                self.weight = weight;
+                self.weight_t = None;
+            }
         }
     }
 
@@ -45,8 +70,15 @@ impl LinearLayer {
         Ok(Self::new(vb.get((out_dim, in_dim), "weight")?))
     }
 
+    /// The weight, `(out_dim, in_dim)` (possibly a non-contiguous view).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The `(in_dim, out_dim)` contiguous copy the CPU multiplies by, when the weight is
+    /// stored that way (frozen weights on the CPU); `weight()` is then its transpose.
+    pub fn weight_t(&self) -> Option<&Tensor> {
+        self.weight_t.as_ref()
     }
 
     /// Replace the weight (e.g. after merging a LoRA adapter); the shape must not change.
@@ -58,7 +90,7 @@ impl LinearLayer {
                 self.weight.dims()
             )
         }
-        self.weight = weight;
+        self.store(weight);
         Ok(())
     }
 
@@ -85,10 +117,66 @@ impl LinearLayer {
         let lead: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
+        let rhs = match &self.weight_t {
+            Some(wt) => wt.clone(),
+            None => self.weight.t()?,
+        };
+        let y = if self.weight.is_variable() {
+            x2.matmul(&rhs)?
+        } else {
+            // A frozen weight: a matmul whose backward yields only the input's gradient.
+            x2.apply_op1(FrozenMatmul { rhs })?
+        };
         let mut out = lead;
         out.push(self.out_dim());
         y.reshape(out)
+    }
+}
+
+/// `x · rhs` for a constant `rhs` `(k, n)`: the backward pass gives `x`'s gradient only.
+/// candle's matmul backward always computes both operands' gradients, which for a frozen
+/// weight (LoRA, reference models) is a weight-sized matmul and buffer per layer for nothing.
+struct FrozenMatmul {
+    rhs: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "east-frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cpu(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cuda(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.rhs.t()?)?))
     }
 }
 
@@ -172,6 +260,8 @@ struct Ctx<'a> {
     sin: &'a Tensor,
     /// Additive mask broadcastable to `(B, H, T, L)` (0 / -inf), or None.
     mask: Option<&'a Tensor>,
+    /// Per-row left padding of the cache (decode kernel), when cached.
+    left_pad: Option<&'a [usize]>,
 }
 
 impl Attention {
@@ -274,7 +364,25 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
         let (kc, vc) = cache.append(layer, &k, &v)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let y = self.attend(&q, &kc, &vc, ctx.mask, true)?;
+        let (b, _, t, _) = q.dims4()?;
+        let y = match ctx.left_pad {
+            Some(pads)
+                if t == 1
+                    && q.device().is_cpu()
+                    && q.dtype() == DType::F32
+                    && matches!(kc.dtype(), DType::F32 | DType::F16) =>
+            {
+                super::attention::decode_attention(&q, &kc, &vc, pads)?
+                    .reshape((b, 1, self.n_heads * self.head_dim))?
+            }
+            _ if kc.dtype() != q.dtype() => {
+                // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
+                let kc = kc.to_dtype(q.dtype())?;
+                let vc = vc.to_dtype(q.dtype())?;
+                self.attend(&q, &kc, &vc, ctx.mask, true)?
+            }
+            _ => self.attend(&q, &kc, &vc, ctx.mask, true)?,
+        };
         self.o_proj.forward(&y)
     }
 }
@@ -419,6 +527,23 @@ impl Llama {
         v
     }
 
+    /// A copy of the model whose weights are training variables, and the `VarMap` holding them
+    /// under their HF names (for full fine-tuning; tied embeddings stay one variable).
+    /// `dtype` is the variables' dtype (e.g. f32 master weights).
+    pub fn trainable_copy(&self, dtype: DType) -> Result<(candle_nn::VarMap, Llama)> {
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("VarMap lock");
+            for (name, t) in self.named_tensors() {
+                let var = candle_core::Var::from_tensor(&t.to_dtype(dtype)?.contiguous()?)?;
+                data.insert(name, var);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &self.device);
+        let model = Llama::load(vb, &self.cfg)?;
+        Ok((varmap, model))
+    }
+
     /// Mutable access to every projection of the decoder layers under its HF module name
     /// (`model.layers.{i}.self_attn.q_proj`, …, `model.layers.{i}.mlp.down_proj`), e.g. to
     /// attach LoRA adapters with PEFT's naming. `lm_head` is reachable as `self.lm_head`.
@@ -512,6 +637,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: None,
         };
         let eps = self.cfg.rms_norm_eps;
         let mut x = self.embed(ids)?;
@@ -580,6 +706,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: Some(&pads),
         };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = self.embed(ids)?;

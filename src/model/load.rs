@@ -392,8 +392,21 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             .map_err(|e| hub_err(e.to_string()))?;
         Some(api.repo(hf_repo))
     };
+    // A commit hash has no ref file in the cache; its snapshot folder is named after it.
+    let snapshot = revision
+        .filter(|r| r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(|r| {
+            cache
+                .path()
+                .join(format!("models--{}", repo.replace('/', "--")))
+                .join("snapshots")
+                .join(r)
+        });
     let get = |file: &str, required: bool| -> Result<Option<PathBuf>> {
         if let Some(p) = cache_repo.get(file) {
+            return Ok(Some(p));
+        }
+        if let Some(p) = snapshot.as_ref().map(|d| d.join(file)).filter(|p| p.is_file()) {
             return Ok(Some(p));
         }
         let Some(api) = api_repo.as_ref() else {
