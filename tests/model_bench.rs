@@ -10,6 +10,17 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use east::model::{gguf::bundled_smollm2_path, load, KvCache};
 
+/// CPU seconds (user + system) used by this process so far (Linux; 0 elsewhere). On a shared
+/// machine wall time inflates with other load; CPU time per step stays comparable.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
 fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     f(); // warm-up
     let t = Instant::now();
@@ -48,12 +59,14 @@ fn decode_step_batch128() {
     let x = Tensor::from_vec(ids, (batch, 1), &dev).unwrap();
     m.model.forward_step(&x, &mut cache).unwrap(); // warm-up
     let t = Instant::now();
+    let c0 = cpu_seconds();
     for _ in 0..steps {
         m.model.forward_step(&x, &mut cache).unwrap();
     }
     let ms = t.elapsed().as_secs_f64() * 1000.0 / steps as f64;
+    let cpu_ms = (cpu_seconds() - c0) * 1000.0 / steps as f64;
     println!(
-        "decode: batch {batch}, ~{} cached columns ({kv_dtype:?} cache): {ms:.1} ms/step = {:.0} tokens/s ({} threads)",
+        "decode: batch {batch}, ~{} cached columns ({kv_dtype:?} cache): {ms:.1} ms/step = {:.0} tokens/s ({} threads; {cpu_ms:.0} CPU-ms/step)",
         cache.len(),
         batch as f64 * 1000.0 / ms,
         candle_core::utils::get_num_threads()

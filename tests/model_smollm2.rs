@@ -76,6 +76,36 @@ fn smollm2_tokenizer_matches_reference() {
     assert_eq!(tokenizer::decode(&m.tokenizer, &ids, true).unwrap(), "assistant\n42");
 }
 
+/// The `llama-bpe` (Llama 3) pre-tokenizer east builds for GGUFs, on the SmolLM2 vocabulary,
+/// against the same configuration in Python `tokenizers` (onig regex engine).
+#[test]
+fn llama_bpe_pretokenizer_matches_reference() {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(bundled_smollm2_path()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let strings = |k: &str| -> Vec<String> {
+        match &content.metadata[k] {
+            gguf_file::Value::Array(a) => a.iter().map(|v| v.to_string().unwrap().clone()).collect(),
+            _ => panic!("{k}"),
+        }
+    };
+    let tokens = strings("tokenizer.ggml.tokens");
+    let types: Vec<i64> = (0..tokens.len()).map(|i| if i < 17 { 3 } else { 1 }).collect();
+    let json = east::model::tokenizer::byte_level_bpe_json(
+        &tokens,
+        &strings("tokenizer.ggml.merges"),
+        &types,
+        "llama-bpe",
+        "test",
+    )
+    .unwrap();
+    let tok: east::model::Tokenizer = json.to_string().parse().unwrap();
+    for case in fixture()["tokenizer_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(tokenizer::encode(&tok, text).unwrap(), ids_of(&case["llama_bpe_ids"]), "{text:?}");
+    }
+}
+
 #[test]
 fn smollm2_logits_match_transformers() {
     let m = model();
