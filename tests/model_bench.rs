@@ -145,8 +145,12 @@ fn matmul_layouts() {
         let c = time(reps, || {
             x.matmul(&wt).unwrap();
         });
+        let layer = east::model::LinearLayer::new(w.clone());
+        let e = time(reps, || {
+            candle_core::Module::forward(&layer, &x).unwrap();
+        });
         let gf = 2.0 * (b * k * n) as f64 / 1e6;
-        println!("({b}x{k})·({k}x{n}): W.t() {a:.2} ms ({:.0} GFLOPS), Wt contiguous {c:.2} ms ({:.0} GFLOPS)", gf / a, gf / c);
+        println!("({b}x{k})·({k}x{n}): W.t() {a:.2} ms ({:.0} GFLOPS), Wt contiguous {c:.2} ms ({:.0} GFLOPS), LinearLayer {e:.2} ms", gf / a, gf / c);
     }
 }
 
