@@ -13,7 +13,9 @@ use east::model::{gguf::bundled_smollm2_path, load, KvCache};
 /// CPU seconds (user + system) used by this process so far (Linux; 0 elsewhere). On a shared
 /// machine wall time inflates with other load; CPU time per step stays comparable.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     let after = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks: f64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0.0)
@@ -35,12 +37,22 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
 fn decode_step_batch128() {
     let dev = Device::Cpu;
     let path = bundled_smollm2_path();
-    assert!(path.is_file(), "{} is missing: run scripts/fetch-model.sh", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
     let m = load(path.to_str().unwrap(), &dev, DType::F32).unwrap();
     let cfg = &m.config;
-    let batch: usize = std::env::var("EAST_BENCH_BATCH").ok().and_then(|s| s.parse().ok()).unwrap_or(128);
+    let batch: usize = std::env::var("EAST_BENCH_BATCH")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(128);
     let ctx = 200;
-    let steps: usize = std::env::var("EAST_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let steps: usize = std::env::var("EAST_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     let prompt: Vec<u32> = (0..ctx as u32).map(|i| 100 + (i * 37) % 4000).collect();
 
     let kv_dtype = match std::env::var("EAST_BENCH_KV").as_deref() {
@@ -50,9 +62,18 @@ fn decode_step_batch128() {
     let mut cache = KvCache::new(cfg, 1, ctx + steps + 2, vec![0], kv_dtype, &dev).unwrap();
     let t = Instant::now();
     m.model
-        .forward_step(&Tensor::new(prompt.as_slice(), &dev).unwrap().unsqueeze(0).unwrap(), &mut cache)
+        .forward_step(
+            &Tensor::new(prompt.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            &mut cache,
+        )
         .unwrap();
-    println!("prefill 1×{ctx}: {:.1} ms", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "prefill 1×{ctx}: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
     cache.repeat_rows(&[batch]).unwrap();
 
     let ids: Vec<u32> = (0..batch as u32).map(|i| 200 + i).collect();
@@ -84,7 +105,12 @@ fn decode_step_batch128() {
     let xi = Tensor::randn(0f32, 1.0, (batch, 1, cfg.intermediate_size), &dev).unwrap();
     let reps = 20;
     let proj = time(reps, || {
-        for lin in [&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.o_proj] {
+        for lin in [
+            &l.self_attn.q_proj,
+            &l.self_attn.k_proj,
+            &l.self_attn.v_proj,
+            &l.self_attn.o_proj,
+        ] {
             candle_core::Module::forward(lin, &xs).unwrap();
         }
     });
@@ -94,7 +120,13 @@ fn decode_step_batch128() {
         candle_core::Module::forward(&l.mlp.down_proj, &xi).unwrap();
     });
     let g = cfg.num_kv_groups();
-    let q = Tensor::randn(0f32, 1.0, (batch, cfg.num_key_value_heads, g, cfg.head_dim), &dev).unwrap();
+    let q = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, cfg.num_key_value_heads, g, cfg.head_dim),
+        &dev,
+    )
+    .unwrap();
     let (kc, vc) = cache.layer(0).unwrap();
     let attn = time(reps, || {
         let s = q.matmul(&kc.t().unwrap()).unwrap();
@@ -102,7 +134,9 @@ fn decode_step_batch128() {
         p.matmul(&vc).unwrap();
     });
     let pads = vec![0usize; batch];
-    let q4 = q.reshape((batch, cfg.num_attention_heads, 1, cfg.head_dim)).unwrap();
+    let q4 = q
+        .reshape((batch, cfg.num_attention_heads, 1, cfg.head_dim))
+        .unwrap();
     let kernel = time(reps, || {
         east::model::attention::decode_attention(&q4, &kc, &vc, &pads).unwrap();
     });
@@ -134,7 +168,14 @@ fn decode_step_batch128() {
 fn matmul_layouts() {
     let dev = Device::Cpu;
     let b = 128;
-    for (k, n) in [(576usize, 1536usize), (576, 3072), (1536, 576), (576, 576), (576, 960), (576, 49152)] {
+    for (k, n) in [
+        (576usize, 1536usize),
+        (576, 3072),
+        (1536, 576),
+        (576, 576),
+        (576, 960),
+        (576, 49152),
+    ] {
         let x = Tensor::randn(0f32, 1.0, (b, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
         let wt = w.t().unwrap().contiguous().unwrap();
@@ -145,8 +186,12 @@ fn matmul_layouts() {
         let c = time(reps, || {
             x.matmul(&wt).unwrap();
         });
+        let layer = east::model::LinearLayer::new(w.clone());
+        let e = time(reps, || {
+            candle_core::Module::forward(&layer, &x).unwrap();
+        });
         let gf = 2.0 * (b * k * n) as f64 / 1e6;
-        println!("({b}x{k})·({k}x{n}): W.t() {a:.2} ms ({:.0} GFLOPS), Wt contiguous {c:.2} ms ({:.0} GFLOPS)", gf / a, gf / c);
+        println!("({b}x{k})·({k}x{n}): W.t() {a:.2} ms ({:.0} GFLOPS), Wt contiguous {c:.2} ms ({:.0} GFLOPS), LinearLayer {e:.2} ms", gf / a, gf / c);
     }
 }
 
@@ -162,7 +207,12 @@ fn lm_head_variants() {
         x.matmul(&w.t().unwrap()).unwrap();
     });
     let c = time(3, || {
-        w.matmul(&x.t().unwrap()).unwrap().t().unwrap().contiguous().unwrap();
+        w.matmul(&x.t().unwrap())
+            .unwrap()
+            .t()
+            .unwrap()
+            .contiguous()
+            .unwrap();
     });
     let c2 = time(3, || {
         w.matmul(&x.t().unwrap()).unwrap();
@@ -172,7 +222,12 @@ fn lm_head_variants() {
         w.matmul(&xt).unwrap();
     });
     let d = time(3, || {
-        let parts: Vec<Tensor> = (0..8).map(|i| x.matmul(&w.narrow(0, i * n / 8, n / 8).unwrap().t().unwrap()).unwrap()).collect();
+        let parts: Vec<Tensor> = (0..8)
+            .map(|i| {
+                x.matmul(&w.narrow(0, i * n / 8, n / 8).unwrap().t().unwrap())
+                    .unwrap()
+            })
+            .collect();
         Tensor::cat(&parts, 1).unwrap();
     });
     println!("lm_head x·Wᵀ {a:.1} ms ({:.0} GFLOPS); W·xᵀ then transpose {c:.1} ms ({:.0}); W·xᵀ alone {c2:.1}; W·(xᵀ contiguous) {c3:.1}; 8 chunks {d:.1} ms", gf / a, gf / c);

@@ -93,7 +93,10 @@ impl KvElem for f32 {
 
 impl KvElem for half::f16 {
     #[inline(always)]
-    unsafe fn block<'a, const MODE: u8>(src: &'a [half::f16], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    unsafe fn block<'a, const MODE: u8>(
+        src: &'a [half::f16],
+        scratch: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
         let d = src.len();
         scratch.resize(d, 0.0);
         let dst = &mut scratch[..d];
@@ -204,13 +207,27 @@ unsafe fn task<E: KvElem, const FMA: bool, const MODE: u8>(
 // feature-enabled function, chosen once per call.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
-unsafe fn task_v4<E: KvElem>(geo: &Geometry<E>, b: usize, kvh: usize, start: usize, out: &mut [f32], s: &mut Scratch) {
+unsafe fn task_v4<E: KvElem>(
+    geo: &Geometry<E>,
+    b: usize,
+    kvh: usize,
+    start: usize,
+    out: &mut [f32],
+    s: &mut Scratch,
+) {
     task::<E, true, 4>(geo, b, kvh, start, out, s)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn task_v3<E: KvElem>(geo: &Geometry<E>, b: usize, kvh: usize, start: usize, out: &mut [f32], s: &mut Scratch) {
+unsafe fn task_v3<E: KvElem>(
+    geo: &Geometry<E>,
+    b: usize,
+    kvh: usize,
+    start: usize,
+    out: &mut [f32],
+    s: &mut Scratch,
+) {
     task::<E, true, 3>(geo, b, kvh, start, out, s)
 }
 
@@ -234,7 +251,10 @@ fn level() -> Level {
             "f16c" => std::arch::is_x86_feature_detected!("f16c"),
             _ => false,
         };
-        if ["avx512f", "avx512vl", "avx2", "fma", "f16c"].iter().all(|f| has(f)) {
+        if ["avx512f", "avx512vl", "avx2", "fma", "f16c"]
+            .iter()
+            .all(|f| has(f))
+        {
             return Level::V4;
         }
         if ["avx2", "fma", "f16c"].iter().all(|f| has(f)) {
@@ -295,10 +315,15 @@ impl CustomOp3 for DecodeAttention {
             || l2.stride()[2] != d
             || l3.stride()[2] != d
         {
-            candle_core::bail!("decode attention: q must be contiguous, k/v rows of D contiguous values")
+            candle_core::bail!(
+                "decode attention: q must be contiguous, k/v rows of D contiguous values"
+            )
         }
         if self.left_pad.len() != b {
-            candle_core::bail!("decode attention: {} pads for {b} rows", self.left_pad.len())
+            candle_core::bail!(
+                "decode attention: {} pads for {b} rows",
+                self.left_pad.len()
+            )
         }
         let q = &s1.as_slice::<f32>()?[l1.start_offset()..];
         let st = |x: &Layout| [x.stride()[0], x.stride()[1], x.stride()[2]];

@@ -372,8 +372,11 @@ impl Attention {
                     && q.dtype() == DType::F32
                     && matches!(kc.dtype(), DType::F32 | DType::F16) =>
             {
-                super::attention::decode_attention(&q, &kc, &vc, pads)?
-                    .reshape((b, 1, self.n_heads * self.head_dim))?
+                super::attention::decode_attention(&q, &kc, &vc, pads)?.reshape((
+                    b,
+                    1,
+                    self.n_heads * self.head_dim,
+                ))?
             }
             _ if kc.dtype() != q.dtype() => {
                 // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
@@ -473,7 +476,10 @@ impl Llama {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         let i = cfg.intermediate_size;
-        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![cfg.vocab_size, h],
+        )];
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -496,10 +502,16 @@ impl Llama {
     /// Every weight under its HF name (what a `model.safetensors` checkpoint holds;
     /// `lm_head.weight` only when not tied). Adapters are not included.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (l, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            v.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.clone()));
+            v.push((
+                format!("{p}.input_layernorm.weight"),
+                b.input_layernorm.clone(),
+            ));
             for (n, lin) in [
                 ("self_attn.q_proj", &b.self_attn.q_proj),
                 ("self_attn.k_proj", &b.self_attn.k_proj),
@@ -667,14 +679,15 @@ impl Llama {
     pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if b != cache.batch() {
-            candle_core::bail!("forward_step: ids have {b} rows, the cache {}", cache.batch())
+            candle_core::bail!(
+                "forward_step: ids have {b} rows, the cache {}",
+                cache.batch()
+            )
         }
         if t == 0 {
             candle_core::bail!("forward_step: no new tokens")
         }
-        cache
-            .ensure_room(t)
-            .map_err(|e| e.into_candle())?;
+        cache.ensure_room(t).map_err(|e| e.into_candle())?;
         let start = cache.len();
         let l = start + t;
         let pads = cache.left_pad().to_vec();
