@@ -34,6 +34,17 @@ enum Command {
     Weight(WeightArgs),
     /// Greedy accuracy of a model on GSM8K, MATH, MATH-500 or a JSONL file.
     Eval(EvalArgs),
+    /// Print the resolved configuration (defaults, file, --set), or one key of it.
+    Config(ConfigCmdArgs),
+}
+
+#[derive(Args)]
+struct ConfigCmdArgs {
+    /// Print only this key (e.g. `run.name`), as a plain value.
+    #[arg(long, value_name = "SECTION.KEY")]
+    get: Option<String>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// Options every stage shares: a config file and overrides of its keys.
@@ -303,6 +314,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => merge(args),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
+        Command::Config(args) => show_config(args),
         Command::Cluster(args) => cluster(args),
         Command::Weight(args) => weight(args),
     };
@@ -479,6 +491,23 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         r.truncated,
         east::eval::report_path(&args.out).display()
     );
+    Ok(())
+}
+
+fn show_config(args: ConfigCmdArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    match &args.get {
+        None => print!("{}", config.to_toml()),
+        Some(key) => {
+            let value = toml::Value::try_from(&config)?;
+            let found = key.split('.').try_fold(&value, |v, part| v.get(part));
+            match found {
+                Some(toml::Value::String(s)) => println!("{s}"),
+                Some(other) => println!("{other}"),
+                None => anyhow::bail!("no config key `{key}`"),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -12,7 +12,9 @@ use candle_nn::{VarBuilder, VarMap};
 use east::model::config::RopeScaling;
 use east::model::gguf::{permute_qk, unpermute_qk};
 use east::model::testing::{write_tiny_model, write_tiny_model_with, TinySpec};
-use east::model::{load, tokenizer, ChatFormat, KvCache, LlamaConfig, Message, ModelError, EAST_SYSTEM_PROMPT};
+use east::model::{
+    load, tokenizer, ChatFormat, KvCache, LlamaConfig, Message, ModelError, EAST_SYSTEM_PROMPT,
+};
 
 const TOL: f32 = 1e-4;
 
@@ -24,7 +26,10 @@ fn tiny(seed: u64) -> (tempfile::TempDir, east::model::LoadedModel) {
 }
 
 fn ids_tensor(ids: &[u32]) -> Tensor {
-    Tensor::new(ids, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
+    Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -89,17 +94,37 @@ fn cached_step_matches_forward_hidden() {
     assert!(ids.len() > 20);
     let full = full_logits(&m.model, &ids);
     for k in [1usize, 7] {
-        let mut cache = KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
-        let l = m.model.forward_step(&ids_tensor(&ids[..k]), &mut cache).unwrap();
+        let mut cache =
+            KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+        let l = m
+            .model
+            .forward_step(&ids_tensor(&ids[..k]), &mut cache)
+            .unwrap();
         assert_eq!(l.dims(), &[1, m.config.vocab_size]);
         let d = max_abs_diff(&l.squeeze(0).unwrap(), &full.i(k - 1).unwrap());
         assert!(d < TOL, "prefill {k}: {d}");
         for p in k..ids.len() {
-            let l = m.model.forward_step(&ids_tensor(&ids[p..p + 1]), &mut cache).unwrap();
+            let l = m
+                .model
+                .forward_step(&ids_tensor(&ids[p..p + 1]), &mut cache)
+                .unwrap();
             let d = max_abs_diff(&l.squeeze(0).unwrap(), &full.i(p).unwrap());
             assert!(d < TOL, "position {p}: {d}");
         }
         assert_eq!(cache.len(), ids.len());
+    }
+    // chunked prefill: several multi-token steps on a non-empty cache
+    let mut cache =
+        KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+    let mut p = 0;
+    for chunk in [5usize, 7, 1, ids.len() - 13] {
+        let l = m
+            .model
+            .forward_step(&ids_tensor(&ids[p..p + chunk]), &mut cache)
+            .unwrap();
+        p += chunk;
+        let d = max_abs_diff(&l.squeeze(0).unwrap(), &full.i(p - 1).unwrap());
+        assert!(d < TOL, "chunk ending at {p}: {d}");
     }
 }
 
@@ -119,7 +144,15 @@ fn left_padded_batch_matches_single_rows() {
     batch.extend(&b);
     let x = Tensor::from_vec(batch, (2, t), &Device::Cpu).unwrap();
     let cap = t + 6;
-    let mut cache = KvCache::new(&m.config, 2, cap, vec![t - la, t - lb], DType::F32, &Device::Cpu).unwrap();
+    let mut cache = KvCache::new(
+        &m.config,
+        2,
+        cap,
+        vec![t - la, t - lb],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let mut logits = m.model.forward_step(&x, &mut cache).unwrap();
     let follow_a = [10u32, 20, 30, 40];
     let follow_b = [50u32, 60, 70, 80];
@@ -136,7 +169,8 @@ fn left_padded_batch_matches_single_rows() {
         }
         seq_a.push(follow_a[step]);
         seq_b.push(follow_b[step]);
-        let x = Tensor::from_vec(vec![follow_a[step], follow_b[step]], (2, 1), &Device::Cpu).unwrap();
+        let x =
+            Tensor::from_vec(vec![follow_a[step], follow_b[step]], (2, 1), &Device::Cpu).unwrap();
         logits = m.model.forward_step(&x, &mut cache).unwrap();
     }
 }
@@ -152,12 +186,20 @@ fn forward_hidden_respects_padding_mask() {
     let rb = full_logits(&m.model, &b);
     // row 0 = a; row 1 = b left-padded by 2; row 2 = b right-padded by 2
     let ids = Tensor::new(
-        &[[1u32, 40, 41, 42, 43, 2], [0, 0, 1, 50, 51, 2], [1, 50, 51, 2, 0, 0]],
+        &[
+            [1u32, 40, 41, 42, 43, 2],
+            [0, 0, 1, 50, 51, 2],
+            [1, 50, 51, 2, 0, 0],
+        ],
         &Device::Cpu,
     )
     .unwrap();
     let mask = Tensor::new(
-        &[[1u32, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]],
+        &[
+            [1u32, 1, 1, 1, 1, 1],
+            [0, 0, 1, 1, 1, 1],
+            [1, 1, 1, 1, 0, 0],
+        ],
         &Device::Cpu,
     )
     .unwrap();
@@ -167,7 +209,10 @@ fn forward_hidden_respects_padding_mask() {
     assert!(max_abs_diff(&l.i((1, 2..6)).unwrap(), &rb) < TOL);
     assert!(max_abs_diff(&l.i((2, 0..4)).unwrap(), &rb) < TOL);
     let all: Vec<f32> = l.flatten_all().unwrap().to_vec1().unwrap();
-    assert!(all.iter().all(|x| x.is_finite()), "padding positions must stay finite");
+    assert!(
+        all.iter().all(|x| x.is_finite()),
+        "padding positions must stay finite"
+    );
 }
 
 /// repeat_rows shares one prefill among samples; select_rows drops finished rows — the kept
@@ -184,7 +229,15 @@ fn repeat_and_select_rows_keep_the_right_rows() {
     batch.extend(std::iter::repeat_n(m.pad_id, t - lb));
     batch.extend(&b);
     let x = Tensor::from_vec(batch, (2, t), &Device::Cpu).unwrap();
-    let mut cache = KvCache::new(&m.config, 2, t + 4, vec![t - la, t - lb], DType::F32, &Device::Cpu).unwrap();
+    let mut cache = KvCache::new(
+        &m.config,
+        2,
+        t + 4,
+        vec![t - la, t - lb],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     m.model.forward_step(&x, &mut cache).unwrap();
     cache.repeat_rows(&[2, 3]).unwrap();
     assert_eq!(cache.batch(), 5);
@@ -220,14 +273,98 @@ fn repeat_and_select_rows_keep_the_right_rows() {
     assert_eq!(cache.batch(), 0);
 }
 
+/// An f16 cache (half the memory; read by the CPU decode kernel) stays close to the f32 path,
+/// including left-padded rows.
+#[test]
+fn f16_cache_matches_f32() {
+    let (_d, m) = tiny(13);
+    let a = prompt_ids(&m, "the");
+    let b = prompt_ids(&m, "how is the system 12");
+    let t = a.len().max(b.len());
+    let mut batch = vec![m.pad_id; t - a.len()];
+    batch.extend(&a);
+    batch.extend(std::iter::repeat_n(m.pad_id, t - b.len()));
+    batch.extend(&b);
+    let x = Tensor::from_vec(batch, (2, t), &Device::Cpu).unwrap();
+    let pads = vec![t - a.len(), t - b.len()];
+    let mut c32 =
+        KvCache::new(&m.config, 2, t + 3, pads.clone(), DType::F32, &Device::Cpu).unwrap();
+    let mut c16 = KvCache::new(&m.config, 2, t + 3, pads, DType::F16, &Device::Cpu).unwrap();
+    let mut l32 = m.model.forward_step(&x, &mut c32).unwrap();
+    let mut l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    for step in 0..3u32 {
+        let d = max_abs_diff(&l32, &l16);
+        assert!(d < 2e-2, "step {step}: {d}");
+        let x = Tensor::new(&[[40 + step], [50 + step]], &Device::Cpu).unwrap();
+        l32 = m.model.forward_step(&x, &mut c32).unwrap();
+        l16 = m.model.forward_step(&x, &mut c16).unwrap();
+    }
+}
+
+/// The CPU decode kernel equals plain softmax(q·Kᵀ)·V on strided cache views, with padding
+/// and grouped heads.
+#[test]
+fn decode_kernel_matches_reference_attention() {
+    let dev = Device::Cpu;
+    let (b, kv, g, cap, l, d) = (3usize, 2usize, 3usize, 40usize, 29usize, 64usize);
+    let h = kv * g;
+    let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+    let kfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let vfull = Tensor::randn(0f32, 1.0, (b, kv, cap, d), &dev).unwrap();
+    let k = kfull.narrow(2, 0, l).unwrap();
+    let v = vfull.narrow(2, 0, l).unwrap();
+    let pads = [0usize, 5, 28];
+    let got = east::model::attention::decode_attention(&q, &k, &v, &pads).unwrap();
+    for r in 0..b {
+        for head in 0..h {
+            let qh = q.i((r, head)).unwrap(); // (1, d)
+            let kh = k
+                .i((r, head / g))
+                .unwrap()
+                .narrow(0, pads[r], l - pads[r])
+                .unwrap();
+            let vh = v
+                .i((r, head / g))
+                .unwrap()
+                .narrow(0, pads[r], l - pads[r])
+                .unwrap();
+            let p =
+                candle_nn::ops::softmax(&qh.matmul(&kh.t().unwrap()).unwrap(), D::Minus1).unwrap();
+            let want = p.matmul(&vh).unwrap();
+            let d = max_abs_diff(&got.i((r, head)).unwrap(), &want);
+            assert!(d < 1e-5, "row {r} head {head}: {d}");
+        }
+    }
+    // the f16 cache gives the same up to f16 rounding of K and V
+    let got16 = east::model::attention::decode_attention(
+        &q,
+        &kfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &vfull.to_dtype(DType::F16).unwrap().narrow(2, 0, l).unwrap(),
+        &pads,
+    )
+    .unwrap();
+    assert!(max_abs_diff(&got, &got16) < 1e-2);
+}
+
 #[test]
 fn cache_capacity_is_enforced() {
     let (_d, m) = tiny(2);
     let mut cache = KvCache::new(&m.config, 1, 4, vec![0], DType::F32, &Device::Cpu).unwrap();
-    m.model.forward_step(&ids_tensor(&[1, 5, 6]), &mut cache).unwrap();
+    m.model
+        .forward_step(&ids_tensor(&[1, 5, 6]), &mut cache)
+        .unwrap();
     m.model.forward_step(&ids_tensor(&[7]), &mut cache).unwrap();
-    assert!(matches!(cache.ensure_room(1), Err(ModelError::CacheFull { needed: 5, capacity: 4 })));
-    let err = m.model.forward_step(&ids_tensor(&[8]), &mut cache).unwrap_err();
+    assert!(matches!(
+        cache.ensure_room(1),
+        Err(ModelError::CacheFull {
+            needed: 5,
+            capacity: 4
+        })
+    ));
+    let err = m
+        .model
+        .forward_step(&ids_tensor(&[8]), &mut cache)
+        .unwrap_err();
     assert!(err.to_string().contains("KV cache full"), "{err}");
     assert_eq!(cache.len(), 4, "a refused step leaves the cache as it was");
     assert!(KvCache::new(&m.config, 2, 4, vec![0], DType::F32, &Device::Cpu).is_err());
@@ -249,10 +386,14 @@ fn missing_tensor_is_a_typed_error() {
     });
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
     match &err {
-        ModelError::MissingTensor { name, .. } => assert_eq!(name, "model.layers.1.mlp.up_proj.weight"),
+        ModelError::MissingTensor { name, .. } => {
+            assert_eq!(name, "model.layers.1.mlp.up_proj.weight")
+        }
         e => panic!("wrong error: {e}"),
     }
-    assert!(err.to_string().contains("model.layers.1.mlp.up_proj.weight"));
+    assert!(err
+        .to_string()
+        .contains("model.layers.1.mlp.up_proj.weight"));
 }
 
 #[test]
@@ -263,7 +404,10 @@ fn untied_model_without_lm_head_is_an_error() {
         t.remove("lm_head.weight");
     });
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(matches!(&err, ModelError::MissingTensor { name, .. } if name == "lm_head.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor { name, .. } if name == "lm_head.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -278,7 +422,12 @@ fn wrong_shape_is_a_typed_error() {
     });
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
     match &err {
-        ModelError::ShapeMismatch { name, expected, found, .. } => {
+        ModelError::ShapeMismatch {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "model.layers.0.self_attn.k_proj.weight");
             assert_eq!(expected, &vec![32, 64]);
             assert_eq!(found, &vec![48, 64]);
@@ -286,7 +435,10 @@ fn wrong_shape_is_a_typed_error() {
         e => panic!("wrong error: {e}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains("k_proj") && msg.contains("[48, 64]") && msg.contains("[32, 64]"), "{msg}");
+    assert!(
+        msg.contains("k_proj") && msg.contains("[48, 64]") && msg.contains("[32, 64]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -294,12 +446,16 @@ fn wrong_architecture_is_a_typed_error() {
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model(dir.path(), 1).unwrap();
     let p = dir.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     cfg["model_type"] = "qwen2".into();
     cfg["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
     std::fs::write(&p, cfg.to_string()).unwrap();
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"), "{err}");
+    assert!(
+        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -308,12 +464,24 @@ fn gguf_with_other_architecture_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("other.gguf");
     let mut f = std::fs::File::create(&p).unwrap();
-    let t = QTensor::quantize(&Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap(), candle_core::quantized::GgmlDType::F32).unwrap();
+    let t = QTensor::quantize(
+        &Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap(),
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
     let arch = gguf_file::Value::String("qwen2".into());
-    gguf_file::write(&mut f, &[("general.architecture", &arch)], &[("token_embd.weight", &t)]).unwrap();
+    gguf_file::write(
+        &mut f,
+        &[("general.architecture", &arch)],
+        &[("token_embd.weight", &t)],
+    )
+    .unwrap();
     drop(f);
     let err = load(p.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"), "{err}");
+    assert!(
+        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -327,15 +495,24 @@ fn missing_paths_are_reported() {
     write_tiny_model(dir.path(), 1).unwrap();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
-    assert!(matches!(&err, ModelError::MissingFile { path, .. } if path.ends_with("model.safetensors")), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingFile { path, .. } if path.ends_with("model.safetensors")),
+        "{err}"
+    );
     // a repo id resolves to the hub
     assert_eq!(
         east::model::load::resolve_spec("meta-llama/Llama-3.2-1B-Instruct").unwrap(),
-        east::model::ModelSource::Hub { repo: "meta-llama/Llama-3.2-1B-Instruct".into(), revision: None }
+        east::model::ModelSource::Hub {
+            repo: "meta-llama/Llama-3.2-1B-Instruct".into(),
+            revision: None
+        }
     );
     assert_eq!(
         east::model::load::resolve_spec("org/name@v1.0").unwrap(),
-        east::model::ModelSource::Hub { repo: "org/name".into(), revision: Some("v1.0".into()) }
+        east::model::ModelSource::Hub {
+            repo: "org/name".into(),
+            revision: Some("v1.0".into())
+        }
     );
 }
 
@@ -344,17 +521,29 @@ fn missing_paths_are_reported() {
 #[test]
 fn hub_spec_loads_from_cache_offline() {
     let home = tempfile::tempdir().unwrap();
-    let snap = home.path().join("hub/models--east-test--tiny/snapshots/0123456789abcdef");
+    let snap = home
+        .path()
+        .join("hub/models--east-test--tiny/snapshots/0123456789abcdef");
     write_tiny_model(&snap, 9).unwrap();
     std::fs::create_dir_all(home.path().join("hub/models--east-test--tiny/refs")).unwrap();
-    std::fs::write(home.path().join("hub/models--east-test--tiny/refs/main"), "0123456789abcdef").unwrap();
+    std::fs::write(
+        home.path().join("hub/models--east-test--tiny/refs/main"),
+        "0123456789abcdef",
+    )
+    .unwrap();
     // Only this test touches these variables in this test binary.
     unsafe {
         std::env::set_var("HF_HOME", home.path());
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
     let m = load("east-test/tiny", &Device::Cpu, DType::F32).unwrap();
-    assert_eq!(m.source, east::model::ModelSource::Hub { repo: "east-test/tiny".into(), revision: None });
+    assert_eq!(
+        m.source,
+        east::model::ModelSource::Hub {
+            repo: "east-test/tiny".into(),
+            revision: None
+        }
+    );
     let err = load("east-test/absent", &Device::Cpu, DType::F32).unwrap_err();
     assert!(matches!(err, ModelError::Hub { .. }), "{err}");
     unsafe {
@@ -374,8 +563,12 @@ fn sharded_folder_loads() {
     names.sort();
     let (a, b) = names.split_at(names.len() / 2);
     let mut map = serde_json::Map::new();
-    for (file, part) in [("model-00001-of-00002.safetensors", a), ("model-00002-of-00002.safetensors", b)] {
-        let sub: std::collections::HashMap<_, _> = part.iter().map(|n| (n.clone(), all[n].clone())).collect();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let sub: std::collections::HashMap<_, _> =
+            part.iter().map(|n| (n.clone(), all[n].clone())).collect();
         candle_core::safetensors::save(&sub, dir.path().join(file)).unwrap();
         for n in part {
             map.insert(n.clone(), file.into());
@@ -389,7 +582,13 @@ fn sharded_folder_loads() {
     .unwrap();
     let sharded = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
     let ids = [1u32, 30, 31, 32];
-    assert_eq!(max_abs_diff(&full_logits(&single.model, &ids), &full_logits(&sharded.model, &ids)), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &full_logits(&single.model, &ids),
+            &full_logits(&sharded.model, &ids)
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -403,27 +602,47 @@ fn checkpoint_roundtrip() {
     let back = load(out.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
     assert_eq!(back.config, m.config);
     let ids = [1u32, 30, 31, 32, 2];
-    assert_eq!(max_abs_diff(&full_logits(&m.model, &ids), &full_logits(&back.model, &ids)), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &full_logits(&m.model, &ids),
+            &full_logits(&back.model, &ids)
+        ),
+        0.0
+    );
 }
 
 /// Tied embeddings: no lm_head tensor needed, and logits use the embedding matrix.
 #[test]
 fn tied_embeddings() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec { tie_word_embeddings: true, ..TinySpec::default() };
+    let spec = TinySpec {
+        tie_word_embeddings: true,
+        ..TinySpec::default()
+    };
     write_tiny_model_with(dir.path(), 3, &spec).unwrap();
     let m = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
     assert!(m.config.tie_word_embeddings);
-    assert!(m.model.named_tensors().iter().all(|(n, _)| n != "lm_head.weight"));
+    assert!(m
+        .model
+        .named_tensors()
+        .iter()
+        .all(|(n, _)| n != "lm_head.weight"));
     let ids = [1u32, 50, 60];
     let h = m.model.forward_hidden(&ids_tensor(&ids), None).unwrap();
-    let manual = h.squeeze(0).unwrap().matmul(&m.model.embed_tokens.t().unwrap()).unwrap();
+    let manual = h
+        .squeeze(0)
+        .unwrap()
+        .matmul(&m.model.embed_tokens.t().unwrap())
+        .unwrap();
     assert!(max_abs_diff(&manual, &full_logits(&m.model, &ids)) < 1e-6);
 }
 
 #[test]
 fn qk_permutation_roundtrip() {
-    let w = Tensor::arange(0f32, (12 * 3) as f32, &Device::Cpu).unwrap().reshape((12, 3)).unwrap();
+    let w = Tensor::arange(0f32, (12 * 3) as f32, &Device::Cpu)
+        .unwrap()
+        .reshape((12, 3))
+        .unwrap();
     let p = permute_qk(&w, 2).unwrap();
     assert!(max_abs_diff(&p, &w) > 0.0);
     assert_eq!(max_abs_diff(&unpermute_qk(&p, 2).unwrap(), &w), 0.0);
@@ -441,11 +660,14 @@ fn forward_hidden_is_differentiable() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_tiny_model(dir.path(), 21).unwrap();
     let varmap = VarMap::new();
-    let model = east::model::Llama::load(VarBuilder::from_varmap(&varmap, DType::F64, &dev), &cfg).unwrap();
+    let model =
+        east::model::Llama::load(VarBuilder::from_varmap(&varmap, DType::F64, &dev), &cfg).unwrap();
     // Load the tiny weights into the varmap (f64 for an accurate finite difference).
-    let weights = candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev).unwrap();
+    let weights =
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &dev).unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
-        var.set(&weights[name].to_dtype(DType::F64).unwrap()).unwrap();
+        var.set(&weights[name].to_dtype(DType::F64).unwrap())
+            .unwrap();
     }
     let ids = Tensor::new(&[[1u32, 40, 41, 42, 2], [0, 1, 50, 51, 2]], &dev).unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [0, 1, 1, 1, 1]], &dev).unwrap();
@@ -454,17 +676,33 @@ fn forward_hidden_is_differentiable() {
         let h = m.forward_hidden(&ids, Some(&mask)).unwrap();
         let logits = m.logits(&h).unwrap();
         let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-        lp.gather(&targets.unsqueeze(2).unwrap(), 2).unwrap().sum_all().unwrap().neg().unwrap()
+        lp.gather(&targets.unsqueeze(2).unwrap(), 2)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .neg()
+            .unwrap()
     };
     let loss = loss_of(&model);
     let grads = loss.backward().unwrap();
     let data = varmap.data().lock().unwrap();
     let mut names: Vec<_> = data.keys().cloned().collect();
     names.sort();
-    assert_eq!(names.len(), east::model::Llama::expected_tensors(&cfg).len());
+    assert_eq!(
+        names.len(),
+        east::model::Llama::expected_tensors(&cfg).len()
+    );
     for name in &names {
-        let g = grads.get(data[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let n = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let g = grads
+            .get(data[name].as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(n > 0.0 && n.is_finite(), "{name}: |g|² = {n}");
     }
     // finite differences on a few entries of tensors that go through rope, norm and softmax
@@ -476,27 +714,177 @@ fn forward_hidden_is_differentiable() {
         ("model.embed_tokens.weight", 41 * 64 + 7),
     ] {
         let var = &data[name];
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         let eps = 1e-5;
         let eval = |delta: f64| {
             let mut v = orig.clone();
             v[flat_idx] += delta;
-            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap()).unwrap();
+            var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                .unwrap();
             loss_of(&model).to_scalar::<f64>().unwrap()
         };
         let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-        var.set(&Tensor::from_vec(orig.clone(), var.shape(), &dev).unwrap()).unwrap();
+        var.set(&Tensor::from_vec(orig.clone(), var.shape(), &dev).unwrap())
+            .unwrap();
         let an = g[flat_idx];
-        assert!((fd - an).abs() <= 1e-6 * (1.0 + an.abs()), "{name}[{flat_idx}]: analytic {an}, finite difference {fd}");
+        assert!(
+            (fd - an).abs() <= 1e-6 * (1.0 + an.abs()),
+            "{name}[{flat_idx}]: analytic {an}, finite difference {fd}"
+        );
     }
+}
+
+/// A LoRA-style adapter attached through the public API, as the training code will do.
+#[derive(Debug)]
+struct TestLora {
+    a: candle_core::Var, // (r, in)
+    b: candle_core::Var, // (out, r)
+    scale: f64,
+}
+
+impl east::model::LinearAdapter for TestLora {
+    fn forward(&self, layer: &east::model::LinearLayer, x: &Tensor) -> candle_core::Result<Tensor> {
+        let base = layer.base_forward(x)?;
+        let delta = x
+            .broadcast_matmul(&self.a.as_tensor().t()?)?
+            .broadcast_matmul(&self.b.as_tensor().t()?)?;
+        base + (delta * self.scale)?
+    }
+}
+
+/// Frozen (loaded) weights get no gradient — not even a computed-and-dropped one — while
+/// adapter variables get the right one.
+#[test]
+fn adapters_train_on_a_frozen_model() {
+    let dev = Device::Cpu;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_model(dir.path(), 31).unwrap();
+    let mut m = load(dir.path().to_str().unwrap(), &dev, DType::F32).unwrap();
+    let ids = Tensor::new(&[[1u32, 40, 41, 42, 2]], &dev).unwrap();
+    let before = full_logits(&m.model, &[1, 40, 41, 42, 2]);
+    let mut vars = Vec::new();
+    for (name, layer) in m.model.linear_layers_mut() {
+        if name.ends_with("q_proj") || name.ends_with("v_proj") {
+            let a = candle_core::Var::randn(0f32, 0.1, (4, layer.in_dim()), &dev).unwrap();
+            let b = candle_core::Var::randn(0f32, 0.1, (layer.out_dim(), 4), &dev).unwrap();
+            vars.push((name.clone(), a.clone(), b.clone()));
+            layer.set_adapter(Some(std::sync::Arc::new(TestLora { a, b, scale: 2.0 })));
+        }
+    }
+    assert_eq!(vars.len(), 4);
+    let loss_of = |m: &east::model::Llama| {
+        let h = m.forward_hidden(&ids, None).unwrap();
+        let lp = candle_nn::ops::log_softmax(&m.logits(&h).unwrap(), D::Minus1).unwrap();
+        lp.i((0, .., 7)).unwrap().sum_all().unwrap()
+    };
+    let loss = loss_of(&m.model);
+    let after = full_logits(&m.model, &[1, 40, 41, 42, 2]);
+    assert!(
+        max_abs_diff(&before, &after) > 1e-4,
+        "the adapters change the output"
+    );
+    let grads = loss.backward().unwrap();
+    for (name, w) in m.model.named_tensors() {
+        assert!(grads.get(&w).is_none(), "frozen {name} got a gradient");
+    }
+    for (name, layer) in m.model.linear_layers_mut() {
+        let wt = layer.weight_t().expect("CPU layout");
+        assert!(grads.get(wt).is_none(), "frozen {name} got a gradient");
+    }
+    // control: a plain matmul against the same frozen tensor does compute one
+    let wt = m.model.layers[0].mlp.up_proj.weight_t().unwrap().clone();
+    let x = candle_core::Var::ones((2, wt.dim(0).unwrap()), DType::F32, &dev).unwrap();
+    let g = x
+        .as_tensor()
+        .matmul(&wt)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(g.get(&wt).is_some());
+    // the inference path uses the adapters too
+    let mut cache = KvCache::new(&m.config, 1, 5, vec![0], DType::F32, &dev).unwrap();
+    let l = m.model.forward_step(&ids, &mut cache).unwrap();
+    assert!(max_abs_diff(&l.squeeze(0).unwrap(), &after.i(4).unwrap()) < TOL);
+    // finite differences on adapter entries (f32: loose tolerance)
+    for (name, a, b) in vars.iter().take(2) {
+        for (var, idx) in [(a, 3usize), (b, 5usize)] {
+            let g: Vec<f32> = grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let eps = 1e-2f32;
+            let eval = |delta: f32| {
+                let mut v = orig.clone();
+                v[idx] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &dev).unwrap())
+                    .unwrap();
+                loss_of(&m.model).to_scalar::<f32>().unwrap()
+            };
+            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(orig, var.shape(), &dev).unwrap())
+                .unwrap();
+            assert!(
+                (fd - g[idx]).abs() < 2e-2 * (1.0 + g[idx].abs()),
+                "{name}[{idx}]: {} vs {fd}",
+                g[idx]
+            );
+        }
+    }
+}
+
+/// trainable_copy: same function, every weight a variable with a gradient; updates through
+/// the VarMap are seen by the model.
+#[test]
+fn trainable_copy_is_a_varmap_model() {
+    let (_d, m) = tiny(41);
+    let ids = [1u32, 60, 61, 62];
+    let (varmap, tm) = m.model.trainable_copy(DType::F32).unwrap();
+    // (gemm sums in another order for (out,in) variables than for the (in,out) frozen copy)
+    assert!(max_abs_diff(&full_logits(&m.model, &ids), &full_logits(&tm, &ids)) < 1e-4);
+    let loss = full_logits(&tm, &ids).sqr().unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    let vars = varmap.all_vars();
+    assert_eq!(
+        vars.len(),
+        east::model::Llama::expected_tensors(&m.config).len()
+    );
+    for v in &vars {
+        assert!(grads.get(v.as_tensor()).is_some());
+    }
+    let data = varmap.data().lock().unwrap();
+    let e = &data["model.norm.weight"];
+    e.set(&e.as_tensor().zeros_like().unwrap()).unwrap();
+    let h = tm.forward_hidden(&ids_tensor(&ids), None).unwrap();
+    assert_eq!(
+        h.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
 }
 
 /// Independent reference: transformers' LlamaForCausalLM on the same tiny folders.
 #[test]
 fn tiny_logits_match_transformers() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.json");
-    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for case in fx["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let spec = tiny_spec_by_name(name);
@@ -508,11 +896,18 @@ fn tiny_logits_match_transformers() {
         let want = Tensor::new(want, &Device::Cpu).unwrap();
         let got = full_logits(&m.model, &ids);
         let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-4, "{name}: forward_hidden differs from transformers by {d}");
+        assert!(
+            d < 1e-4,
+            "{name}: forward_hidden differs from transformers by {d}"
+        );
         // and the cached path, one token at a time
-        let mut cache = KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+        let mut cache =
+            KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
         for (p, &id) in ids.iter().enumerate() {
-            let l = m.model.forward_step(&ids_tensor(&[id]), &mut cache).unwrap();
+            let l = m
+                .model
+                .forward_step(&ids_tensor(&[id]), &mut cache)
+                .unwrap();
             let d = max_abs_diff(&l.squeeze(0).unwrap(), &want.i(p).unwrap());
             assert!(d < 1e-4, "{name}: forward_step at {p} differs by {d}");
         }
@@ -551,7 +946,11 @@ fn tiny_spec_by_name(name: &str) -> TinySpec {
 #[ignore]
 fn dump_tiny_models_for_reference() {
     let root = PathBuf::from(std::env::var("EAST_TINY_DIR").unwrap_or("/tmp/east-tiny".into()));
-    for (name, seed) in [("default", 101u64), ("llama3_rope_tied_mha", 102), ("gqa4_linear_rope", 103)] {
+    for (name, seed) in [
+        ("default", 101u64),
+        ("llama3_rope_tied_mha", 102),
+        ("gqa4_linear_rope", 103),
+    ] {
         write_tiny_model_with(&root.join(name), seed, &tiny_spec_by_name(name)).unwrap();
         println!("{} (seed {seed})", root.join(name).display());
     }
@@ -559,7 +958,10 @@ fn dump_tiny_models_for_reference() {
 
 #[test]
 fn chatml_rendering() {
-    let msgs = vec![Message::system(EAST_SYSTEM_PROMPT), Message::user("What is 2+2?")];
+    let msgs = vec![
+        Message::system(EAST_SYSTEM_PROMPT),
+        Message::user("What is 2+2?"),
+    ];
     let p = ChatFormat::ChatMl.render_prompt(&msgs);
     assert_eq!(
         p,
@@ -575,7 +977,8 @@ fn chatml_rendering() {
 #[test]
 fn llama3_rendering_matches_official_template() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_reference.json");
-    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     for case in fx["cases"].as_array().unwrap() {
         let msgs: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
         let gen = case["add_generation_prompt"].as_bool().unwrap();
@@ -585,7 +988,12 @@ fn llama3_rendering_matches_official_template() {
             f => panic!("{f}"),
         };
         let got = fmt.render_conversation(&msgs, gen);
-        assert_eq!(got, case["expected"].as_str().unwrap(), "case {}", case["name"]);
+        assert_eq!(
+            got,
+            case["expected"].as_str().unwrap(),
+            "case {}",
+            case["name"]
+        );
     }
     let (p, c) = ChatFormat::Llama3.render_training(
         &[Message::system(EAST_SYSTEM_PROMPT), Message::user(" Q ")],
@@ -598,7 +1006,10 @@ fn llama3_rendering_matches_official_template() {
 #[test]
 fn chat_format_detection() {
     let (_d, m) = tiny(1);
-    assert_eq!(ChatFormat::detect(&m.tokenizer, None), Some(ChatFormat::ChatMl));
+    assert_eq!(
+        ChatFormat::detect(&m.tokenizer, None),
+        Some(ChatFormat::ChatMl)
+    );
     assert_eq!(
         ChatFormat::detect(&m.tokenizer, Some("{{ '<|start_header_id|>' }}")),
         Some(ChatFormat::Llama3)
@@ -613,7 +1024,14 @@ fn cfg_json(text: &str) -> Result<LlamaConfig, ModelError> {
 #[test]
 fn configs_of_llama_family_parse() {
     let llama2 = cfg_json(r#"{"architectures":["LlamaForCausalLM"],"bos_token_id":1,"eos_token_id":2,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":11008,"max_position_embeddings":4096,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":32,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":null,"tie_word_embeddings":false,"torch_dtype":"float16","transformers_version":"4.32.0.dev0","use_cache":true,"vocab_size":32000}"#).unwrap();
-    assert_eq!((llama2.head_dim, llama2.num_key_value_heads, llama2.rope_theta), (128, 32, 10000.0));
+    assert_eq!(
+        (
+            llama2.head_dim,
+            llama2.num_key_value_heads,
+            llama2.rope_theta
+        ),
+        (128, 32, 10000.0)
+    );
     assert_eq!(llama2.eos_token_ids, vec![2]);
 
     let llama3 = cfg_json(r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":128009,"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":8192,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":null,"rope_theta":500000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.40.0.dev0","use_cache":true,"vocab_size":128256}"#).unwrap();
@@ -621,7 +1039,9 @@ fn configs_of_llama_family_parse() {
 
     let llama31 = cfg_json(r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":[128001,128008,128009],"hidden_act":"silu","hidden_size":4096,"initializer_range":0.02,"intermediate_size":14336,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":32,"num_key_value_heads":8,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":{"factor":8.0,"low_freq_factor":1.0,"high_freq_factor":4.0,"original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,"tie_word_embeddings":false,"torch_dtype":"bfloat16","transformers_version":"4.43.0.dev0","use_cache":true,"vocab_size":128256}"#).unwrap();
     assert_eq!(llama31.eos_token_ids, vec![128001, 128008, 128009]);
-    assert!(matches!(llama31.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+    assert!(
+        matches!(llama31.rope_scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0)
+    );
 
     let llama32 = cfg_json(r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,"attention_dropout":0.0,"bos_token_id":128000,"eos_token_id":[128001,128008,128009],"head_dim":64,"hidden_act":"silu","hidden_size":2048,"initializer_range":0.02,"intermediate_size":8192,"max_position_embeddings":131072,"mlp_bias":false,"model_type":"llama","num_attention_heads":32,"num_hidden_layers":16,"num_key_value_heads":8,"pretraining_tp":1,"rms_norm_eps":1e-05,"rope_scaling":{"factor":32.0,"high_freq_factor":4.0,"low_freq_factor":1.0,"original_max_position_embeddings":8192,"rope_type":"llama3"},"rope_theta":500000.0,"tie_word_embeddings":true,"torch_dtype":"bfloat16","transformers_version":"4.45.0.dev0","use_cache":true,"vocab_size":128256}"#).unwrap();
     assert!(llama32.tie_word_embeddings);
@@ -647,16 +1067,26 @@ fn configs_of_llama_family_parse() {
 
 #[test]
 fn invalid_configs_are_rejected() {
-    let base = r#""model_type":"llama","vocab_size":1000,"intermediate_size":128,"num_hidden_layers":2"#;
-    let e = cfg_json(&format!(r#"{{{base},"hidden_size":66,"num_attention_heads":4}}"#)).unwrap_err();
+    let base =
+        r#""model_type":"llama","vocab_size":1000,"intermediate_size":128,"num_hidden_layers":2"#;
+    let e = cfg_json(&format!(
+        r#"{{{base},"hidden_size":66,"num_attention_heads":4}}"#
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("not divisible"), "{e}");
-    let e = cfg_json(&format!(r#"{{{base},"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":3}}"#)).unwrap_err();
+    let e = cfg_json(&format!(
+        r#"{{{base},"hidden_size":64,"num_attention_heads":4,"num_key_value_heads":3}}"#
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("multiple"), "{e}");
     let e = cfg_json(r#"{"model_type":"llama","vocab_size":1000}"#).unwrap_err();
     assert!(e.to_string().contains("missing"), "{e}");
     let e = cfg_json(&format!(r#"{{{base},"hidden_size":64,"num_attention_heads":4,"rope_scaling":{{"rope_type":"yarn","factor":4.0}}}}"#)).unwrap_err();
     assert!(e.to_string().contains("yarn"), "{e}");
-    let e = cfg_json(&format!(r#"{{{base},"hidden_size":64,"num_attention_heads":4,"attention_bias":true}}"#)).unwrap_err();
+    let e = cfg_json(&format!(
+        r#"{{{base},"hidden_size":64,"num_attention_heads":4,"attention_bias":true}}"#
+    ))
+    .unwrap_err();
     assert!(e.to_string().contains("attention_bias"), "{e}");
     let e = cfg_json(r#"{"model_type":"mistral","vocab_size":1000}"#).unwrap_err();
     assert!(matches!(e, ModelError::WrongArchitecture { .. }), "{e}");
@@ -667,7 +1097,8 @@ fn invalid_configs_are_rejected() {
 #[test]
 fn llama3_inv_freq_matches_transformers() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.json");
-    let fx: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let want: Vec<f64> = serde_json::from_value(fx["llama31_inv_freq"].clone()).unwrap();
     let cfg = LlamaConfig {
         vocab_size: 10,

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use east::model::{gguf::bundled_smollm2_path, load, tokenizer, ChatFormat, KvCache, LoadedModel, Message};
+use east::model::{
+    gguf::bundled_smollm2_path, load, tokenizer, ChatFormat, KvCache, LoadedModel, Message,
+};
 use serde_json::Value;
 
 fn model() -> &'static LoadedModel {
@@ -26,7 +28,8 @@ fn model() -> &'static LoadedModel {
 fn fixture() -> &'static Value {
     static F: OnceLock<Value> = OnceLock::new();
     F.get_or_init(|| {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
+        let p =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_reference.json");
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     })
 }
@@ -40,7 +43,13 @@ fn smollm2_config_and_chat_format() {
     let m = model();
     let c = &m.config;
     assert_eq!(
-        (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+        (
+            c.num_hidden_layers,
+            c.hidden_size,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim
+        ),
         (30, 576, 9, 3, 64)
     );
     assert_eq!((c.vocab_size, c.intermediate_size), (49152, 1536));
@@ -56,9 +65,16 @@ fn smollm2_config_and_chat_format() {
         Message::user(fx["question"].as_str().unwrap()),
     ];
     let prompt = m.chat.render_prompt(&msgs);
-    assert_eq!(prompt, fx["prompt"].as_str().unwrap(), "matches apply_chat_template");
+    assert_eq!(
+        prompt,
+        fx["prompt"].as_str().unwrap(),
+        "matches apply_chat_template"
+    );
     assert_eq!(prompt, m.chat.east_prompt(fx["question"].as_str().unwrap()));
-    assert_eq!(tokenizer::encode(&m.tokenizer, &prompt).unwrap(), ids_of(&fx["prompt_ids"]));
+    assert_eq!(
+        tokenizer::encode(&m.tokenizer, &prompt).unwrap(),
+        ids_of(&fx["prompt_ids"])
+    );
 }
 
 #[test]
@@ -68,12 +84,57 @@ fn smollm2_tokenizer_matches_reference() {
         let text = case["text"].as_str().unwrap();
         let got = tokenizer::encode(&m.tokenizer, text).unwrap();
         assert_eq!(got, ids_of(&case["ids"]), "ids of {text:?}");
-        assert_eq!(tokenizer::decode(&m.tokenizer, &got, false).unwrap(), text, "round trip of {text:?}");
+        assert_eq!(
+            tokenizer::decode(&m.tokenizer, &got, false).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
     }
     // special tokens are single ids and can be skipped when decoding
     let ids = tokenizer::encode(&m.tokenizer, "<|im_start|>assistant\n42<|im_end|>").unwrap();
     assert_eq!((ids[0], *ids.last().unwrap()), (1, 2));
-    assert_eq!(tokenizer::decode(&m.tokenizer, &ids, true).unwrap(), "assistant\n42");
+    assert_eq!(
+        tokenizer::decode(&m.tokenizer, &ids, true).unwrap(),
+        "assistant\n42"
+    );
+}
+
+/// The `llama-bpe` (Llama 3) pre-tokenizer east builds for GGUFs, on the SmolLM2 vocabulary,
+/// against the same configuration in Python `tokenizers` (onig regex engine).
+#[test]
+fn llama_bpe_pretokenizer_matches_reference() {
+    use candle_core::quantized::gguf_file;
+    let mut f = std::fs::File::open(bundled_smollm2_path()).unwrap();
+    let content = gguf_file::Content::read(&mut f).unwrap();
+    let strings = |k: &str| -> Vec<String> {
+        match &content.metadata[k] {
+            gguf_file::Value::Array(a) => {
+                a.iter().map(|v| v.to_string().unwrap().clone()).collect()
+            }
+            _ => panic!("{k}"),
+        }
+    };
+    let tokens = strings("tokenizer.ggml.tokens");
+    let types: Vec<i64> = (0..tokens.len())
+        .map(|i| if i < 17 { 3 } else { 1 })
+        .collect();
+    let json = east::model::tokenizer::byte_level_bpe_json(
+        &tokens,
+        &strings("tokenizer.ggml.merges"),
+        &types,
+        "llama-bpe",
+        "test",
+    )
+    .unwrap();
+    let tok: east::model::Tokenizer = json.to_string().parse().unwrap();
+    for case in fixture()["tokenizer_cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tokenizer::encode(&tok, text).unwrap(),
+            ids_of(&case["llama_bpe_ids"]),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]
@@ -81,14 +142,28 @@ fn smollm2_logits_match_transformers() {
     let m = model();
     let fx = fixture();
     let ids = ids_of(&fx["prompt_ids"]);
-    let x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let mut cache = KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
-    let last: Vec<f32> = m.model.forward_step(&x, &mut cache).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let mut cache =
+        KvCache::new(&m.config, 1, ids.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
+    let last: Vec<f32> = m
+        .model
+        .forward_step(&x, &mut cache)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
 
     let scale = fx["logit_std"].as_f64().unwrap() as f32;
     let tol = 1e-3 * scale.max(1.0); // measured: ~3e-5
     let mut worst = 0f32;
-    for (key_ids, key_vals) in [("last_top20_ids", "last_top20_logits"), ("probe_ids", "probe_logits")] {
+    for (key_ids, key_vals) in [
+        ("last_top20_ids", "last_top20_logits"),
+        ("probe_ids", "probe_logits"),
+    ] {
         let want_ids = ids_of(&fx[key_ids]);
         let want: Vec<f32> = serde_json::from_value(fx[key_vals].clone()).unwrap();
         for (&i, &w) in want_ids.iter().zip(&want) {
@@ -106,7 +181,12 @@ fn smollm2_logits_match_transformers() {
     let h = m.model.forward_hidden(&x, None).unwrap();
     for p in fx["positions_top5"].as_array().unwrap() {
         let pos = p["pos"].as_u64().unwrap() as usize;
-        let row: Vec<f32> = m.model.logits(&h.i((0, pos)).unwrap()).unwrap().to_vec1().unwrap();
+        let row: Vec<f32> = m
+            .model
+            .logits(&h.i((0, pos)).unwrap())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want: Vec<f32> = serde_json::from_value(p["top5_logits"].clone()).unwrap();
         for (&i, &w) in ids_of(&p["top5_ids"]).iter().zip(&want) {
             let d = (row[i as usize] - w).abs();
@@ -121,8 +201,19 @@ fn smollm2_greedy_continuation_matches() {
     let fx = fixture();
     let ids = ids_of(&fx["prompt_ids"]);
     let want = ids_of(&fx["greedy20"]);
-    let mut cache = KvCache::new(&m.config, 1, ids.len() + want.len(), vec![0], DType::F32, &Device::Cpu).unwrap();
-    let mut x = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let mut cache = KvCache::new(
+        &m.config,
+        1,
+        ids.len() + want.len(),
+        vec![0],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
     let mut got = Vec::new();
     for _ in 0..want.len() {
         let logits = m.model.forward_step(&x, &mut cache).unwrap();
@@ -130,7 +221,12 @@ fn smollm2_greedy_continuation_matches() {
         got.push(next);
         x = Tensor::new(&[[next]], &Device::Cpu).unwrap();
     }
-    assert_eq!(got, want, "greedy: {:?}", tokenizer::decode(&m.tokenizer, &got, false));
+    assert_eq!(
+        got,
+        want,
+        "greedy: {:?}",
+        tokenizer::decode(&m.tokenizer, &got, false)
+    );
     assert_eq!(
         tokenizer::decode(&m.tokenizer, &got, false).unwrap(),
         fx["greedy20_text"].as_str().unwrap()

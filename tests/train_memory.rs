@@ -2,8 +2,8 @@
 //! computes the gradient of both operands and, when one is not tracked, keeps that
 //! weight-sized gradient in the gradient store until the backward returns. This test measures
 //! the store after a LoRA backward on the tiny model with the frozen projections computed
-//! (a) as `x.matmul(&w.detach().t())` and (b) through `FrozenMatmul`, whose backward returns
-//! no weight gradient. The peak-memory consequence on SmolLM2 is measured by
+//! (a) as `x.matmul(&w.detach().t())` and (b) through `LinearLayer`'s frozen-weight matmul,
+//! whose backward returns no weight gradient. The peak-memory consequence on SmolLM2 is measured by
 //! `EAST_BENCH_MODE=autograd-lora[-plain] cargo bench --bench train`.
 
 use std::sync::Arc;

@@ -38,6 +38,8 @@ STRINGS = [
     "<|im_start|>user\nhi<|im_end|>",
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
     "I'm 3.14 sure it's 1,000,000!",
+    "DON'T stop: it's 123456789 Ünïcödé",
+    "  \n\n  indented\r\nline   end",
 ]
 QUESTION = "What is 12 + 35?"
 
@@ -60,15 +62,41 @@ def official_tokenizer():
     return tok
 
 
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def llama_bpe_tokenizer():
+    """Llama 3's pre-tokenizer (Split regex + ByteLevel without regex, ignore_merges) on the
+    SmolLM2 vocabulary: checks east's `llama-bpe` GGUF path (regex engine, options)."""
+    r = GGUFReader(f"{DIR}/{FILE}")
+    toks = r.fields["tokenizer.ggml.tokens"].contents()
+    merges = r.fields["tokenizer.ggml.merges"].contents()
+    vocab = {t: i for i, t in enumerate(toks)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges], ignore_merges=True))
+    from tokenizers import Regex
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, ty in zip(toks, types) if ty == 3])
+    return tok
+
+
 def main():
     torch.manual_seed(0)
     tf_tok = AutoTokenizer.from_pretrained(DIR, gguf_file=FILE)
     off = official_tokenizer()
+    llama_bpe = llama_bpe_tokenizer()
     tok_cases = []
     for s in STRINGS:
         a = off.encode(s, add_special_tokens=False).ids
         b = tf_tok.encode(s, add_special_tokens=False)
-        tok_cases.append({"text": s, "ids": a, "transformers_gguf_ids": b, "same": a == b})
+        c = llama_bpe.encode(s, add_special_tokens=False).ids
+        tok_cases.append({"text": s, "ids": a, "transformers_gguf_ids": b, "same": a == b,
+                          "llama_bpe_ids": c})
 
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": QUESTION}]
     prompt = tf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

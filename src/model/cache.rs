@@ -129,7 +129,12 @@ impl KvCache {
     /// Write `k`, `v` (`(batch, n_kv, T, D)`, contiguous) at columns `len..len+T` of `layer`
     /// and return views of the filled columns `0..len+T`. The column count itself moves on
     /// [`KvCache::advance`], once every layer is written.
-    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(
+        &mut self,
+        layer: usize,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let t = k.dim(2)?;
         if self.len + t > self.capacity {
             return Err(ModelError::CacheFull {
@@ -141,7 +146,10 @@ impl KvCache {
         let (kc, vc) = &self.layers[layer];
         kc.slice_set(&k.to_dtype(self.dtype)?.contiguous()?, 2, self.len)?;
         vc.slice_set(&v.to_dtype(self.dtype)?.contiguous()?, 2, self.len)?;
-        Ok((kc.narrow(2, 0, self.len + t)?, vc.narrow(2, 0, self.len + t)?))
+        Ok((
+            kc.narrow(2, 0, self.len + t)?,
+            vc.narrow(2, 0, self.len + t)?,
+        ))
     }
 
     pub(crate) fn advance(&mut self, t: usize) {

@@ -107,7 +107,12 @@ impl ChatFormat {
 
     /// Like [`ChatFormat::render_prompt`] with Llama 3's "Today Date" set to `date`
     /// (format "%d %b %Y", e.g. "05 Mar 2025"); other formats ignore it.
-    pub fn render_with_date(&self, messages: &[Message], add_generation_prompt: bool, date: &str) -> String {
+    pub fn render_with_date(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        date: &str,
+    ) -> String {
         self.render(messages, add_generation_prompt, date)
     }
 

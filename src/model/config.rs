@@ -110,9 +110,12 @@ fn parse_rope_scaling(v: &Value, origin: &str) -> Result<Option<RopeScaling>> {
         .and_then(Value::as_str)
         .unwrap_or("default");
     let num = |key: &str| -> Result<f64> {
-        obj.get(key)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| invalid(origin, format!("rope scaling `{kind}` needs a numeric `{key}`")))
+        obj.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            invalid(
+                origin,
+                format!("rope scaling `{kind}` needs a numeric `{key}`"),
+            )
+        })
     };
     match kind {
         "default" => Ok(None),
@@ -142,8 +145,8 @@ impl LlamaConfig {
 
     /// Parse an already-decoded `config.json`.
     pub fn from_hf_value(value: &Value, origin: &str) -> Result<Self> {
-        let raw: HfConfig = serde_json::from_value(value.clone())
-            .map_err(|e| invalid(origin, e.to_string()))?;
+        let raw: HfConfig =
+            serde_json::from_value(value.clone()).map_err(|e| invalid(origin, e.to_string()))?;
         match raw.model_type.as_deref() {
             Some("llama") => {}
             Some(other) => {
@@ -169,11 +172,17 @@ impl LlamaConfig {
         }
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
-                return Err(invalid(origin, format!("hidden_act `{act}` is not supported (silu only)")));
+                return Err(invalid(
+                    origin,
+                    format!("hidden_act `{act}` is not supported (silu only)"),
+                ));
             }
         }
         if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
-            return Err(invalid(origin, "attention_bias / mlp_bias = true is not supported"));
+            return Err(invalid(
+                origin,
+                "attention_bias / mlp_bias = true is not supported",
+            ));
         }
         if raw.pretraining_tp.unwrap_or(1) != 1 {
             // pretraining_tp only changes the order of float ops in transformers; harmless.
@@ -301,7 +310,10 @@ impl LlamaConfig {
             }),
             Some("none") | None => None,
             Some(other) => {
-                return Err(invalid(origin, format!("unsupported rope scaling type `{other}`")))
+                return Err(invalid(
+                    origin,
+                    format!("unsupported rope scaling type `{other}`"),
+                ))
             }
         };
         let token_id = |key: &str| get_u(key).map(|v| v as u32);
@@ -364,7 +376,10 @@ impl LlamaConfig {
             return err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
         if !(self.rms_norm_eps > 0.0) || !self.rms_norm_eps.is_finite() {
-            return err(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
+            return err(format!(
+                "rms_norm_eps {} must be positive",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta > 0.0) || !self.rope_theta.is_finite() {
             return err(format!("rope_theta {} must be positive", self.rope_theta));
@@ -393,7 +408,10 @@ impl LlamaConfig {
         }
         for &id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()) {
             if id as usize >= self.vocab_size {
-                return err(format!("special token id {id} is outside the vocabulary ({})", self.vocab_size));
+                return err(format!(
+                    "special token id {id} is outside the vocabulary ({})",
+                    self.vocab_size
+                ));
             }
         }
         Ok(())
@@ -459,7 +477,9 @@ impl LlamaConfig {
     pub fn to_hf_json(&self, torch_dtype: Option<&str>) -> Value {
         let rope_scaling = match &self.rope_scaling {
             None => Value::Null,
-            Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
+            Some(RopeScaling::Linear { factor }) => {
+                json!({"rope_type": "linear", "factor": factor})
+            }
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,

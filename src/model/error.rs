@@ -14,7 +14,9 @@ pub enum ModelError {
     MissingFile { path: PathBuf, hint: String },
 
     /// The checkpoint is not a Llama-architecture model.
-    #[error("{origin}: unsupported architecture `{found}` (east runs Llama-family models: `llama`)")]
+    #[error(
+        "{origin}: unsupported architecture `{found}` (east runs Llama-family models: `llama`)"
+    )]
     WrongArchitecture { found: String, origin: String },
 
     /// A tensor exists but has the wrong shape for the config.

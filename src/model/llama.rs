@@ -26,17 +26,44 @@ pub trait LinearAdapter: std::fmt::Debug + Send + Sync {
 
 /// A bias-free projection `y = x · Wᵀ`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear`
 /// layout), with an optional [`LinearAdapter`] that takes over its forward.
+///
+/// On the CPU a weight that is not a training variable is stored transposed, `(in_dim,
+/// out_dim)` contiguous, which gemm multiplies ~1.5× faster; [`LinearLayer::weight`] is then a
+/// transposed view of it (no second copy). Variables (`VarMap` weights) are used as they are,
+/// so optimiser updates are seen.
 #[derive(Debug, Clone)]
 pub struct LinearLayer {
+    /// `(out_dim, in_dim)`; a view of `weight_t` when that is set.
     weight: Tensor,
+    /// `(in_dim, out_dim)` contiguous.
+    weight_t: Option<Tensor>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
 impl LinearLayer {
     pub fn new(weight: Tensor) -> Self {
-        Self {
-            weight,
+        let mut l = Self {
+            weight: weight.clone(),
+            weight_t: None,
             adapter: None,
+        };
+        l.store(weight);
+        l
+    }
+
+    fn store(&mut self, weight: Tensor) {
+        // Only constants: a weight in a graph (a variable, or e.g. its bf16 cast) must stay
+        // where the optimiser's gradient reaches it.
+        let transpose = weight.device().is_cpu() && !weight.track_op() && weight.rank() == 2;
+        match transpose.then(|| weight.t().and_then(|t| t.contiguous())) {
+            Some(Ok(wt)) => {
+                self.weight = wt.t().expect("rank 2");
+                self.weight_t = Some(wt);
+            }
+            _ => {
+                self.weight = weight;
+                self.weight_t = None;
+            }
         }
     }
 
@@ -45,8 +72,15 @@ impl LinearLayer {
         Ok(Self::new(vb.get((out_dim, in_dim), "weight")?))
     }
 
+    /// The weight, `(out_dim, in_dim)` (possibly a non-contiguous view).
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    /// The `(in_dim, out_dim)` contiguous copy the CPU multiplies by, when the weight is
+    /// stored that way (frozen weights on the CPU); `weight()` is then its transpose.
+    pub fn weight_t(&self) -> Option<&Tensor> {
+        self.weight_t.as_ref()
     }
 
     /// Replace the weight (e.g. after merging a LoRA adapter); the shape must not change.
@@ -58,7 +92,7 @@ impl LinearLayer {
                 self.weight.dims()
             )
         }
-        self.weight = weight;
+        self.store(weight);
         Ok(())
     }
 
@@ -85,10 +119,67 @@ impl LinearLayer {
         let lead: Vec<usize> = dims[..dims.len().saturating_sub(1)].to_vec();
         let n: usize = lead.iter().product();
         let x2 = x.reshape((n, in_dim))?;
-        let y = x2.matmul(&self.weight.t()?)?;
+        let rhs = match &self.weight_t {
+            Some(wt) => wt.clone(),
+            None => self.weight.t()?,
+        };
+        let y = if self.weight.track_op() {
+            // trains (a variable, or computed from one such as a bf16 cast of f32 masters)
+            x2.matmul(&rhs)?
+        } else {
+            // A frozen weight: a matmul whose backward yields only the input's gradient.
+            x2.apply_op1(FrozenMatmul { rhs })?
+        };
         let mut out = lead;
         out.push(self.out_dim());
         y.reshape(out)
+    }
+}
+
+/// `x · rhs` for a constant `rhs` `(k, n)`: the backward pass gives `x`'s gradient only.
+/// candle's matmul backward always computes both operands' gradients, which for a frozen
+/// weight (LoRA, reference models) is a weight-sized matmul and buffer per layer for nothing.
+struct FrozenMatmul {
+    rhs: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "east-frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cpu(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.rhs.dim(1)?;
+        let (rs, rl) = self.rhs.storage_and_layout();
+        match &*rs {
+            candle_core::Storage::Cuda(r) => Ok((s.matmul(r, (1, m, n, k), l, rl)?, (m, n).into())),
+            _ => candle_core::bail!("frozen matmul: weight and input on different devices"),
+        }
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad_res.matmul(&self.rhs.t()?)?))
     }
 }
 
@@ -172,6 +263,8 @@ struct Ctx<'a> {
     sin: &'a Tensor,
     /// Additive mask broadcastable to `(B, H, T, L)` (0 / -inf), or None.
     mask: Option<&'a Tensor>,
+    /// Per-row left padding of the cache (decode kernel), when cached.
+    left_pad: Option<&'a [usize]>,
 }
 
 impl Attention {
@@ -274,7 +367,28 @@ impl Attention {
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
         let (kc, vc) = cache.append(layer, &k, &v)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let y = self.attend(&q, &kc, &vc, ctx.mask, true)?;
+        let (b, _, t, _) = q.dims4()?;
+        let y = match ctx.left_pad {
+            Some(pads)
+                if t == 1
+                    && q.device().is_cpu()
+                    && q.dtype() == DType::F32
+                    && matches!(kc.dtype(), DType::F32 | DType::F16) =>
+            {
+                super::attention::decode_attention(&q, &kc, &vc, pads)?.reshape((
+                    b,
+                    1,
+                    self.n_heads * self.head_dim,
+                ))?
+            }
+            _ if kc.dtype() != q.dtype() => {
+                // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
+                let kc = kc.to_dtype(q.dtype())?;
+                let vc = vc.to_dtype(q.dtype())?;
+                self.attend(&q, &kc, &vc, ctx.mask, true)?
+            }
+            _ => self.attend(&q, &kc, &vc, ctx.mask, true)?,
+        };
         self.o_proj.forward(&y)
     }
 }
@@ -365,7 +479,10 @@ impl Llama {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         let i = cfg.intermediate_size;
-        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h])];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![cfg.vocab_size, h],
+        )];
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -388,10 +505,16 @@ impl Llama {
     /// Every weight under its HF name (what a `model.safetensors` checkpoint holds;
     /// `lm_head.weight` only when not tied). Adapters are not included.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut v = vec![("model.embed_tokens.weight".to_string(), self.embed_tokens.clone())];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
         for (l, b) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{l}");
-            v.push((format!("{p}.input_layernorm.weight"), b.input_layernorm.clone()));
+            v.push((
+                format!("{p}.input_layernorm.weight"),
+                b.input_layernorm.clone(),
+            ));
             for (n, lin) in [
                 ("self_attn.q_proj", &b.self_attn.q_proj),
                 ("self_attn.k_proj", &b.self_attn.k_proj),
@@ -417,6 +540,23 @@ impl Llama {
             v.push(("lm_head.weight".to_string(), self.lm_head.weight().clone()));
         }
         v
+    }
+
+    /// A copy of the model whose weights are training variables, and the `VarMap` holding them
+    /// under their HF names (for full fine-tuning; tied embeddings stay one variable).
+    /// `dtype` is the variables' dtype (e.g. f32 master weights).
+    pub fn trainable_copy(&self, dtype: DType) -> Result<(candle_nn::VarMap, Llama)> {
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().expect("VarMap lock");
+            for (name, t) in self.named_tensors() {
+                let var = candle_core::Var::from_tensor(&t.to_dtype(dtype)?.contiguous()?)?;
+                data.insert(name, var);
+            }
+        }
+        let vb = VarBuilder::from_varmap(&varmap, dtype, &self.device);
+        let model = Llama::load(vb, &self.cfg)?;
+        Ok((varmap, model))
     }
 
     /// Mutable access to every projection of the decoder layers under its HF module name
@@ -512,6 +652,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: None,
         };
         let eps = self.cfg.rms_norm_eps;
         let mut x = self.embed(ids)?;
@@ -541,14 +682,15 @@ impl Llama {
     pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if b != cache.batch() {
-            candle_core::bail!("forward_step: ids have {b} rows, the cache {}", cache.batch())
+            candle_core::bail!(
+                "forward_step: ids have {b} rows, the cache {}",
+                cache.batch()
+            )
         }
         if t == 0 {
             candle_core::bail!("forward_step: no new tokens")
         }
-        cache
-            .ensure_room(t)
-            .map_err(|e| e.into_candle())?;
+        cache.ensure_room(t).map_err(|e| e.into_candle())?;
         let start = cache.len();
         let l = start + t;
         let pads = cache.left_pad().to_vec();
@@ -580,6 +722,7 @@ impl Llama {
             cos: &cos,
             sin: &sin,
             mask: mask.as_ref(),
+            left_pad: Some(&pads),
         };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = self.embed(ids)?;

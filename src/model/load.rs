@@ -31,7 +31,10 @@ use super::tokenizer::{load_tokenizer_file, Tokenizer};
 pub enum ModelSource {
     Gguf(PathBuf),
     Folder(PathBuf),
-    Hub { repo: String, revision: Option<String> },
+    Hub {
+        repo: String,
+        revision: Option<String>,
+    },
 }
 
 /// A loaded model with everything the sampler and the trainer need.
@@ -169,7 +172,10 @@ fn add_unique(ids: &mut Vec<u32>, id: u32) {
 fn eos_from_json(v: &Value) -> Vec<u32> {
     match v {
         Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Value::Array(a) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect(),
         _ => vec![],
     }
 }
@@ -324,10 +330,12 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
     let files = safetensors_files(dir)?;
     // SAFETY: the files are memory-mapped read-only; east never writes to a model folder
     // while it is loaded.
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }
-        .map_err(|e| ModelError::Io {
-            path: files[0].clone(),
-            source: std::io::Error::other(e.to_string()),
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+            ModelError::Io {
+                path: files[0].clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
         })?;
     let shapes: HashMap<String, Vec<usize>> = st
         .tensors()
@@ -351,7 +359,12 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
 }
 
 /// Download (or find in the hub cache) the files of `repo` and load them as a folder.
-pub fn load_hub(repo: &str, revision: Option<&str>, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub fn load_hub(
+    repo: &str,
+    revision: Option<&str>,
+    device: &Device,
+    dtype: DType,
+) -> Result<LoadedModel> {
     let dir = fetch_hub(repo, revision)?;
     let mut m = load_folder(&dir, device, dtype)?;
     m.source = ModelSource::Hub {
@@ -392,13 +405,32 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
             .map_err(|e| hub_err(e.to_string()))?;
         Some(api.repo(hf_repo))
     };
+    // A commit hash has no ref file in the cache; its snapshot folder is named after it.
+    let snapshot = revision
+        .filter(|r| r.len() == 40 && r.chars().all(|c| c.is_ascii_hexdigit()))
+        .map(|r| {
+            cache
+                .path()
+                .join(format!("models--{}", repo.replace('/', "--")))
+                .join("snapshots")
+                .join(r)
+        });
     let get = |file: &str, required: bool| -> Result<Option<PathBuf>> {
         if let Some(p) = cache_repo.get(file) {
             return Ok(Some(p));
         }
+        if let Some(p) = snapshot
+            .as_ref()
+            .map(|d| d.join(file))
+            .filter(|p| p.is_file())
+        {
+            return Ok(Some(p));
+        }
         let Some(api) = api_repo.as_ref() else {
             return if required {
-                Err(hub_err(format!("{file} is not in the hub cache and HF_HUB_OFFLINE is set")))
+                Err(hub_err(format!(
+                    "{file} is not in the hub cache and HF_HUB_OFFLINE is set"
+                )))
             } else {
                 Ok(None)
             };
@@ -422,7 +454,11 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
         let mut shards: Vec<String> = index
             .get("weight_map")
             .and_then(Value::as_object)
-            .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         shards.sort();
         shards.dedup();

@@ -15,10 +15,43 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Conventions: token ids are `u32`; `forward_step` returns f32 logits `(B, vocab)` of the last
-//! column; `forward_hidden` returns final-norm hidden states `(B, T, hidden)` and `logits`
-//! maps them to the vocabulary.
+//! # Map
+//! * [`load()`] (`load.rs`): `--model` spec → [`LoadedModel`] {model, tokenizer, config, chat,
+//!   eos_ids, bos_id, pad_id, …}; typed [`ModelError`]s; [`load::save_checkpoint`].
+//! * [`Llama`] (`llama.rs`): HF tensor names, GQA, RoPE (rotate_half, llama3/linear scaling),
+//!   tied or untied head.
+//!   - [`Llama::forward_hidden`] `(B,T)` ids + optional `(B,T)` mask → `(B,T,hidden)` final-norm
+//!     states, every op differentiable; [`Llama::logits`] maps any `(…, hidden)` to the vocab
+//!     (apply per chunk of positions to bound memory).
+//!   - [`Llama::forward_step`] `(B,T)` ids + [`KvCache`] → `(B,vocab)` f32 logits of the last
+//!     column; prefill (left-padded, `T` = prompt length) and decode (`T = 1`).
+//!   - [`LinearLayer`] / [`LinearAdapter`]: every projection is a `LinearLayer`; attach an
+//!     adapter (LoRA) by HF module name via [`Llama::linear_layers_mut`]. Frozen weights go
+//!     through a matmul whose backward skips the weight gradient.
+//!   - [`Llama::trainable_copy`] (VarMap-backed copy for full fine-tuning),
+//!     [`Llama::named_tensors`] (HF names, for checkpoints), [`Llama::expected_tensors`].
+//! * [`KvCache`] (`cache.rs`): preallocated `(B, n_kv, capacity, D)` per layer, shared column
+//!   count, per-row left padding, `select_rows` / `repeat_rows`, `bytes_needed`; f32 or f16.
+//! * [`chat`]: [`ChatFormat`] (ChatML, Llama 3, Llama 2), [`EAST_SYSTEM_PROMPT`],
+//!   `render_prompt` / `render_training` (TRL's prompt/completion split).
+//! * [`tokenizer`]: `encode` (no special tokens added; those spelled in the text are parsed),
+//!   `decode`, GGUF → `tokenizers::Tokenizer` (byte-level BPE, `smollm` / `llama-bpe` / `gpt2`
+//!   pre-tokenizers).
+//! * [`gguf`]: dequantization, llama.cpp → HF names, Q/K un-permutation.
+//! * [`testing`]: a tiny seeded Llama folder for tests ([`testing::write_tiny_model`]).
+//!
+//! # Conventions
+//! Token ids are `u32`. Weights: f32 on the CPU (candle's CPU bf16 matmul converts on every
+//! call), bf16 on CUDA ([`default_dtype`]). On the CPU, frozen projection weights are stored
+//! transposed `(in, out)` for gemm's sake (`LinearLayer::weight` still shows `(out, in)`).
+//!
+//! # Speed (CPU)
+//! A decode step for 128 rows is gemm (AVX-512 via gemm's `x86-v4` feature, enabled in
+//! Cargo.toml) plus reading the whole KV cache: a dedicated kernel (`attention.rs`) does
+//! `softmax(q·Kᵀ)·V` per (row, kv head) straight from the cache. See tests/model_bench.rs.
 
+#[doc(hidden)]
+pub mod attention;
 pub mod cache;
 pub mod chat;
 pub mod config;

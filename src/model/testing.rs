@@ -84,11 +84,59 @@ pub fn tiny_tokenizer_json() -> Value {
     let mut tokens: Vec<String> = TINY_SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
     tokens.extend(bytes.iter().map(|c| c.to_string()));
     let merges_src = [
-        "Ġ t", "h e", "i n", "Ġ a", "e r", "o n", "Ġt he", "r e", "a n", "Ġ s", "Ġ w", "a t",
-        "e n", "Ġ o", "Ġ c", "i s", "o r", "e s", "Ġ f", "Ġ b", "i t", "Ġ p", "Ġ m", "Ġ i",
-        "u s", "us er", "a s", "as s", "ass is", "assis t", "assist an", "assistan t", "s y",
-        "sy s", "sys t", "syst e", "syste m", "Ġ Ġ", "Ġ =", "Ġ +", "\\ f", "\\f r", "\\fr a",
-        "\\fra c", "Ġ x", "o x", "b ox", "\\ box", "e d", "\\box ed", "Ġ h", "Ġh ow", "o w",
+        "Ġ t",
+        "h e",
+        "i n",
+        "Ġ a",
+        "e r",
+        "o n",
+        "Ġt he",
+        "r e",
+        "a n",
+        "Ġ s",
+        "Ġ w",
+        "a t",
+        "e n",
+        "Ġ o",
+        "Ġ c",
+        "i s",
+        "o r",
+        "e s",
+        "Ġ f",
+        "Ġ b",
+        "i t",
+        "Ġ p",
+        "Ġ m",
+        "Ġ i",
+        "u s",
+        "us er",
+        "a s",
+        "as s",
+        "ass is",
+        "assis t",
+        "assist an",
+        "assistan t",
+        "s y",
+        "sy s",
+        "sys t",
+        "syst e",
+        "syste m",
+        "Ġ Ġ",
+        "Ġ =",
+        "Ġ +",
+        "\\ f",
+        "\\f r",
+        "\\fr a",
+        "\\fra c",
+        "Ġ x",
+        "o x",
+        "b ox",
+        "\\ box",
+        "e d",
+        "\\box ed",
+        "Ġ h",
+        "Ġh ow",
+        "o w",
     ];
     // Fix-up: every merge's parts must exist before it; "Ġh ow" needs "ow" first.
     let mut merges: Vec<String> = Vec::new();
@@ -109,7 +157,10 @@ pub fn tiny_tokenizer_json() -> Value {
                 true
             }
         });
-        assert!(pending.len() < before, "tiny tokenizer merges are not closed");
+        assert!(
+            pending.len() < before,
+            "tiny tokenizer merges are not closed"
+        );
     }
     let types: Vec<i64> = (0..tokens.len())
         .map(|i| if i < TINY_SPECIAL_TOKENS.len() { 3 } else { 1 })
@@ -140,17 +191,26 @@ pub fn tiny_config(spec: &TinySpec, vocab_size: usize) -> LlamaConfig {
 }
 
 /// Seeded random weights (HF names, f32, CPU) for `cfg`.
-pub fn random_weights(cfg: &LlamaConfig, seed: u64) -> candle_core::Result<HashMap<String, Tensor>> {
+pub fn random_weights(
+    cfg: &LlamaConfig,
+    seed: u64,
+) -> candle_core::Result<HashMap<String, Tensor>> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut out = HashMap::new();
     for (name, shape) in Llama::expected_tensors(cfg) {
         let n: usize = shape.iter().product();
         let vals: Vec<f32> = if name.ends_with("norm.weight") {
-            (0..n).map(|_| 1.0 + rng.random_range(-0.2f32..0.2)).collect()
+            (0..n)
+                .map(|_| 1.0 + rng.random_range(-0.2f32..0.2))
+                .collect()
         } else {
             // Uniform with std 1/sqrt(fan_in) (embeddings: std 1); the lm_head gets a larger
             // scale so the logits are spread like a trained model's.
-            let fan_in = if name == "model.embed_tokens.weight" { 1 } else { shape[1] };
+            let fan_in = if name == "model.embed_tokens.weight" {
+                1
+            } else {
+                shape[1]
+            };
             let mut std = 1.0 / (fan_in as f32).sqrt();
             if name == "lm_head.weight" {
                 std *= 4.0;
@@ -175,11 +235,17 @@ pub fn write_tiny_model_with(dir: &Path, seed: u64, spec: &TinySpec) -> Result<L
         source,
     })?;
     let tok = tiny_tokenizer_json();
-    let vocab_size = tok["model"]["vocab"].as_object().map(|m| m.len()).unwrap_or(0);
+    let vocab_size = tok["model"]["vocab"]
+        .as_object()
+        .map(|m| m.len())
+        .unwrap_or(0);
     let cfg = tiny_config(spec, vocab_size);
     cfg.validate("tiny model")?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("json");
-    write_atomic(&dir.join("config.json"), pretty(&cfg.to_hf_json(Some("float32"))).as_bytes())?;
+    write_atomic(
+        &dir.join("config.json"),
+        pretty(&cfg.to_hf_json(Some("float32"))).as_bytes(),
+    )?;
     write_atomic(&dir.join("tokenizer.json"), pretty(&tok).as_bytes())?;
     let tc = json!({
         "bos_token": "<|im_start|>",

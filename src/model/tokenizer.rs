@@ -42,7 +42,11 @@ pub fn encode(tokenizer: &Tokenizer, text: &str) -> candle_core::Result<Vec<u32>
 }
 
 /// Decode ids to text; `skip_special` drops special tokens (`<|im_end|>`, …).
-pub fn decode(tokenizer: &Tokenizer, ids: &[u32], skip_special: bool) -> candle_core::Result<String> {
+pub fn decode(
+    tokenizer: &Tokenizer,
+    ids: &[u32],
+    skip_special: bool,
+) -> candle_core::Result<String> {
     tokenizer
         .decode(ids, skip_special)
         .map_err(|e| candle_core::Error::Msg(format!("tokenizer: {e}")))
@@ -59,9 +63,7 @@ pub const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\
 /// The pre-tokenizer (in tokenizer.json form) for a llama.cpp `tokenizer.ggml.pre` value,
 /// and whether BPE should ignore merges for whole-word vocabulary hits (Llama 3 does).
 fn pre_tokenizer_for(pre: &str, origin: &str) -> Result<(Value, bool)> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
         // GPT-2 regex on top of single-digit splitting (llama.cpp: "\p{N}" then the GPT-2
         // regex; the HF tokenizer.json of SmolLM/StarCoder: Digits(individual) + ByteLevel).
@@ -136,12 +138,7 @@ pub fn tokenizer_from_gguf(
     metadata: &HashMap<String, gguf_file::Value>,
     origin: &str,
 ) -> Result<(Tokenizer, Value)> {
-    let get_str = |k: &str| {
-        metadata
-            .get(k)
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-    };
+    let get_str = |k: &str| metadata.get(k).and_then(|v| v.to_string().ok()).cloned();
     let model = get_str("tokenizer.ggml.model").unwrap_or_default();
     if model != "gpt2" {
         return Err(tok_err(
@@ -155,7 +152,11 @@ pub fn tokenizer_from_gguf(
         match metadata.get(k) {
             Some(gguf_file::Value::Array(a)) => a
                 .iter()
-                .map(|v| v.to_string().cloned().map_err(|e| tok_err(origin, format!("{k}: {e}"))))
+                .map(|v| {
+                    v.to_string()
+                        .cloned()
+                        .map_err(|e| tok_err(origin, format!("{k}: {e}")))
+                })
                 .collect(),
             _ => Err(tok_err(origin, format!("missing `{k}`"))),
         }

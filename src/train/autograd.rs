@@ -9,73 +9,25 @@
 //! `c·(onehot − softmax)` formed by hand, and the graph is then back-propagated from
 //! `Σ hidden · ∂L/∂hidden`.
 //!
-//! LoRA: the frozen base projections go through [`FrozenMatmul`], a custom op whose backward
-//! returns only the input's gradient. A plain `x.matmul(&w.detach().t())` does not avoid the
-//! weight-sized gradient: candle's matmul backward computes the gradient of both operands and
-//! keeps the untracked one in the gradient store until the backward ends (see
-//! `tests/train_memory.rs`). The frozen norm weights are made variables (never updated) for the
-//! same reason: their broadcast product would otherwise leave an activation-sized gradient.
+//! LoRA: the frozen base projections go through `LinearLayer`'s frozen-weight matmul, a custom
+//! op whose backward returns only the input's gradient. A plain `x.matmul(&w.detach().t())`
+//! does not avoid the weight-sized gradient: candle's matmul backward computes the gradient of
+//! both operands and keeps the untracked one in the gradient store until the backward ends
+//! (see `tests/train_memory.rs`). The frozen norm weights are made variables (never updated)
+//! for the same reason: their broadcast product would otherwise leave an activation-sized
+//! gradient.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, DType, Device, Layout, MetalStorage, Shape, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 
 use super::engine::{peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
 use super::optim::AdamW;
 use crate::model::{LinearAdapter, LinearLayer, Llama, LlamaConfig};
-
-/// `x · Wᵀ` whose backward gives `x` its gradient and `W` none (for frozen weights).
-#[derive(Debug, Clone, Copy)]
-pub struct FrozenMatmul;
-
-fn matmul_storage<S: BackendStorage>(s1: &S, l1: &Layout, s2: &S, l2: &Layout) -> candle_core::Result<(S, Shape)> {
-    let (n, k) = l1.shape().dims2()?;
-    let (out, k2) = l2.shape().dims2()?;
-    if k != k2 {
-        candle_core::bail!("frozen matmul: x has {k} columns, the weight {k2}")
-    }
-    let wt = l2.transpose(0, 1)?;
-    let y = s1.matmul(s2, (1, n, out, k), l1, &wt)?;
-    Ok((y, Shape::from((n, out))))
-}
-
-impl CustomOp2 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        matmul_storage(s1, l1, s2, l2)
-    }
-
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout, s2: &CudaStorage, l2: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
-        matmul_storage(s1, l1, s2, l2)
-    }
-
-    fn metal_fwd(&self, s1: &MetalStorage, l1: &Layout, s2: &MetalStorage, l2: &Layout) -> candle_core::Result<(MetalStorage, Shape)> {
-        matmul_storage(s1, l1, s2, l2)
-    }
-
-    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(w)?), None))
-    }
-}
-
-/// `x · Wᵀ` over the last dimension of `x` for a frozen `W` (no gradient for `W`, ever).
-pub fn frozen_linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let in_dim = *dims.last().unwrap_or(&0);
-    let n: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((n, in_dim))?.contiguous()?.apply_op2(&w.detach(), FrozenMatmul)?;
-    let mut out = dims[..dims.len() - 1].to_vec();
-    out.push(w.dim(0)?);
-    y.reshape(out)
-}
 
 /// A deterministic dropout mask (the CPU engine's hash), as a tensor of 0 and 1/(1−p), for
 /// `x` of shape `(…, features)`. Row `i` of `x` draws the stream of packed token
@@ -117,14 +69,24 @@ pub struct LoraAdapter {
     pub seed: Option<u64>,
     /// Packed token index of each (batch row, position) of the input (u32::MAX: padding).
     pub token_map: Arc<Vec<u32>>,
-    /// Use a plain matmul on the (untracked) base weight instead of [`FrozenMatmul`] — only to
-    /// measure what that costs.
+    /// Use a plain `x.matmul(&w.detach().t())` for the base instead of `LinearLayer`'s
+    /// frozen-weight op — only to measure what that costs.
     pub plain: bool,
 }
 
 impl LinearAdapter for LoraAdapter {
     fn forward(&self, layer: &LinearLayer, x: &Tensor) -> candle_core::Result<Tensor> {
-        let base = if self.plain { layer.base_forward(x)? } else { frozen_linear(x, layer.weight())? };
+        let base = if self.plain {
+            let dims = x.dims().to_vec();
+            let n: usize = dims[..dims.len() - 1].iter().product();
+            let y = x.reshape((n, layer.in_dim()))?.matmul(&layer.weight().detach().t()?)?;
+            let mut out = dims[..dims.len() - 1].to_vec();
+            out.push(layer.out_dim());
+            y.reshape(out)?
+        } else {
+            // a constant weight: LinearLayer's frozen-weight matmul (no weight gradient)
+            layer.base_forward(x)?
+        };
         let xd = match self.seed {
             Some(seed) if self.dropout > 0.0 => (x * dropout_mask(x.dims(), &self.token_map, seed, self.dropout, x.dtype(), x.device())?)?,
             _ => x.clone(),
