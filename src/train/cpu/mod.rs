@@ -573,14 +573,26 @@ impl<T: Float> CpuEngine<T> {
                 .map(|(row, t)| {
                     let m = row.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
                     let zy = row[t.id as usize].to_f64c();
-                    let (mut s1, mut s2) = (0f64, 0f64);
-                    for z in row.iter_mut() {
-                        let e = (*z - m).exp();
-                        *z = e;
-                        let e = e.to_f64c();
-                        s1 += e;
-                        s2 += e * e;
+                    // exp in place; sums over 16 lanes (vectorisable), then in f64
+                    let (mut a1, mut a2) = ([T::zero(); 16], [T::zero(); 16]);
+                    let mut chunks = row.chunks_exact_mut(16);
+                    for c in &mut chunks {
+                        for k in 0..16 {
+                            let e = (c[k] - m).fexp();
+                            c[k] = e;
+                            a1[k] += e;
+                            a2[k] += e * e;
+                        }
                     }
+                    let (mut s1, mut s2) = (0f64, 0f64);
+                    for z in chunks.into_remainder() {
+                        let e = (*z - m).fexp();
+                        *z = e;
+                        s1 += e.to_f64c();
+                        s2 += e.to_f64c() * e.to_f64c();
+                    }
+                    s1 += a1.iter().map(|x| x.to_f64c()).sum::<f64>();
+                    s2 += a2.iter().map(|x| x.to_f64c()).sum::<f64>();
                     let lse = m.to_f64c() + s1.ln();
                     let logp = zy - lse;
                     // log Σ p² = log Σ exp(2(z − m)) + 2m − 2·lse
@@ -623,11 +635,12 @@ impl<T: Float> CpuEngine<T> {
         let seed = s.dropout_seed;
         // MLP
         let mut sw = self.buf(n * ff);
-        swiglu_fwd(&a.gate, &a.up, &mut sw);
+        let mut dup = self.buf(n * ff);
+        swiglu_fwd_sig(&a.gate, &a.up, &mut sw, &mut dup); // dup holds σ(gate) for now
         let mut ds = self.buf(n * ff);
         self.lin_bwd(l, 6, &sw, dx, &mut ds, false, a.lora_u[6].as_deref(), n, seed);
-        let mut dup = self.buf(n * ff);
-        swiglu_bwd(&ds, &a.gate, &a.up, &mut sw, &mut dup); // sw now holds dgate
+        swiglu_bwd_sig(&mut ds, &mut dup, &a.gate, &a.up); // ds: dgate, dup: dup
+        std::mem::swap(&mut sw, &mut ds); // sw: dgate
         self.recycle(ds);
         let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
