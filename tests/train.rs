@@ -105,6 +105,27 @@ fn dpo_loss_at_initialisation_is_log2_times_the_mean_weight() {
 }
 
 #[test]
+fn local_weighting_baselines_train() {
+    let d = tiny_dir();
+    let data = d.path().join("dpo.jsonl");
+    write_rows(&data, &dpo_rows());
+    for (w, engine) in [("lwp", "cpu"), ("lww", "cpu"), ("lwp", "autograd")] {
+        let out = d.path().join(format!("out-{w}-{engine}"));
+        let set = ["train.loss=\"dpo\"".to_string(), "train.batch_size=4".into(), "train.micro_batch_size=4".into(), "train.max_steps=2".into(), format!("train.weighting=\"{w}\""), format!("train.engine=\"{engine}\"")];
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        east::train::train(&job(&d.path().join("model"), &data, &out, &set)).unwrap();
+        let first = &log_lines(&out)[0];
+        let wm = first["weight_mean"].as_f64().unwrap();
+        if w == "lwp" {
+            assert!((wm - 1.0).abs() < 1e-9, "LW(P) weights average 1 over the batch: {wm}");
+            assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-9);
+        } else {
+            assert!(wm > 0.0 && wm.is_finite() && (wm - 1.0).abs() > 1e-6, "WPO weights are not normalised: {wm}");
+        }
+    }
+}
+
+#[test]
 fn kto_loss_at_initialisation_matches_the_hand_formula() {
     let d = tiny_dir();
     let data = d.path().join("kto.jsonl");

@@ -218,14 +218,16 @@ impl AutogradEngine {
 
     /// The compute model: masters cast to the compute dtype (graph-tracked), or the frozen base
     /// with LoRA adapters.
-    fn build(&self, dropout_seed: Option<u64>, batch: &Packed) -> anyhow::Result<Llama> {
+    /// `graph`: false for scoring (constant weights: no activations kept for a backward).
+    fn build(&self, dropout_seed: Option<u64>, batch: &Packed, graph: bool) -> anyhow::Result<Llama> {
         let mut map = HashMap::new();
+        let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
         if self.lora.is_none() {
             for (name, var) in self.names.iter().zip(&self.vars) {
-                map.insert(name.clone(), var.as_tensor().to_dtype(self.dtype)?);
+                map.insert(name.clone(), fix(var.as_tensor()).to_dtype(self.dtype)?);
             }
         } else {
-            map = self.frozen.clone();
+            map = self.frozen.iter().map(|(k, v)| (k.clone(), fix(v))).collect();
         }
         let mut model = Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?;
         if let Some(spec) = &self.lora {
@@ -242,8 +244,8 @@ impl AutogradEngine {
                 adapters.insert(
                     projection_path(l, w),
                     Arc::new(LoraAdapter {
-                        a: self.vars[ai].as_tensor().to_dtype(self.dtype)?,
-                        b: self.vars[bi].as_tensor().to_dtype(self.dtype)?,
+                        a: fix(self.vars[ai].as_tensor()).to_dtype(self.dtype)?,
+                        b: fix(self.vars[bi].as_tensor()).to_dtype(self.dtype)?,
                         scale: spec.scale(),
                         dropout: spec.dropout,
                         seed: dropout_seed.map(|s| mix_seed(s, (l * 8 + w) as u64)),
@@ -350,14 +352,14 @@ impl AutogradEngine {
 
 impl Engine for AutogradEngine {
     fn score(&mut self, batch: &Packed) -> anyhow::Result<Vec<RowStats>> {
-        let model = self.build(None, batch)?;
+        let model = self.build(None, batch, false)?;
         let ht = self.hidden_at_targets(&model, batch)?.detach();
         Ok(self.head(&ht, batch, None)?.0)
     }
 
     fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>> {
         self.pending = None;
-        let model = self.build(Some(dropout_seed), batch)?;
+        let model = self.build(Some(dropout_seed), batch, true)?;
         let ht = self.hidden_at_targets(&model, batch)?;
         let (stats, dht, dw) = self.head(&ht, batch, coefs)?;
         if let Some(dw) = dw {

@@ -317,6 +317,16 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     let per_epoch = n.div_ceil(t.batch_size);
     let total = t.max_steps.unwrap_or(t.epochs * per_epoch);
     let warmup = warmup_steps(total, t.warmup_ratio);
+    if job.progress {
+        eprintln!(
+            "east train: {n} examples ({} truncated), {total} steps of {} ({per_epoch} per epoch), {} loss, {} engine{}",
+            data.truncated,
+            t.batch_size,
+            t.loss.name(),
+            engine_name,
+            if t.lora { format!(", LoRA r={} α={}", t.lora_rank, t.lora_alpha) } else { String::new() }
+        );
+    }
     let opt = AdamW { weight_decay: t.weight_decay, ..AdamW::default() };
     let log_path = out.join("train_log.jsonl");
     let mut start = 0;
