@@ -65,7 +65,7 @@ fn kinds(cfg: &east::model::LlamaConfig) -> Vec<String> {
 /// A few indices of a tensor with `len` values; for the embedding, entries of used tokens.
 fn probe_indices(name: &str, len: usize, hidden: usize) -> Vec<usize> {
     if name == "model.embed_tokens.weight" {
-        vec![42 * hidden + 3, 1 * hidden + 60, 100 * hidden + 17]
+        vec![42 * hidden + 3, hidden + 60, 100 * hidden + 17]
     } else {
         vec![0, len / 3 + 1, len - 2]
     }

@@ -24,7 +24,7 @@ fn grad_store_bytes(plain: bool) -> (usize, usize) {
     for (name, layer) in m.model.linear_layers_mut() {
         // Layer 0's q/k/v read the (frozen) embeddings: nothing upstream needs a gradient, so
         // candle never runs their backward. Every other frozen projection is on the path.
-        if !(name.starts_with("model.layers.0.self_attn.") && !name.ends_with("o_proj")) {
+        if !name.starts_with("model.layers.0.self_attn.") || name.ends_with("o_proj") {
             frozen_bytes += layer.weight().elem_count() * 4;
         }
         let a = candle_core::Var::from_tensor(&Tensor::ones((2, layer.in_dim()), DType::F32, &Device::Cpu).unwrap()).unwrap();

@@ -43,11 +43,11 @@ impl AdamW {
             .for_each(|((pc, gc), (mc, vc))| {
                 for (((pi, &gi), mi), vi) in pc.iter_mut().zip(gc).zip(mc.iter_mut()).zip(vc.iter_mut()) {
                     let gi = gi * scale;
-                    *pi = *pi * decay;
+                    *pi *= decay;
                     *mi = b1 * *mi + c1 * gi;
                     *vi = b2 * *vi + c2 * gi * gi;
                     let denom = vi.sqrt() / bc2_sqrt + eps;
-                    *pi = *pi - step * *mi / denom;
+                    *pi -= step * *mi / denom;
                 }
             });
     }
@@ -119,7 +119,7 @@ mod tests {
         let want1 = -2.0 * (1.0 - 0.001) - 0.1 * 0.25 / (0.25 + 1e-8);
         assert!((p[0] - want0).abs() < 1e-12 && (p[1] - want1).abs() < 1e-12, "{p:?}");
         opt.update(2, 0.1, 1.0, &mut p, &[-1.0, 0.5], &mut m, &mut v);
-        let m0 = 0.9 * 0.05 + 0.1 * -1.0;
+        let m0 = 0.9 * 0.05 - 0.1;
         let v0: f64 = 0.999 * 0.001 * 0.25 + 0.001 * 1.0;
         let want0b = want0 * (1.0 - 0.001) - 0.1 / (1.0 - 0.81) * m0 / (v0.sqrt() / (1.0 - 0.998001f64).sqrt() + 1e-8);
         assert!((p[0] - want0b).abs() < 1e-12, "{} vs {want0b}", p[0]);
