@@ -200,6 +200,13 @@ pub fn tmp_name(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
+/// Writes `bytes` to `path` atomically (readers see the old file or the whole new one).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = AtomicFile::create(path)?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
 /// Writes a pretty JSON document atomically.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let mut f = AtomicFile::create(path)?;

@@ -22,6 +22,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run T rounds of sample → cluster → weight → train → eval in runs/<name>/ (rerun to
+    /// continue after a crash; only stages whose inputs changed are redone).
+    Run(RunArgs),
+    /// Write a Markdown report with SVG plots over one or more run directories.
+    Report(ReportArgs),
     /// Sample n completions per question from a model (appends; resumes after a crash).
     Sample(SampleArgs),
     /// Join the shard files of `east sample --shard i/N` into one samples file.
@@ -36,6 +41,22 @@ enum Command {
     Eval(EvalArgs),
     /// Print the resolved configuration (defaults, file, --set), or one key of it.
     Config(ConfigCmdArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Run directories written by `east run` (e.g. runs/demo).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    runs: Vec<PathBuf>,
+    /// Folder for report.md and the SVG plots (default: RUN_DIR/report of the first run).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -310,6 +331,8 @@ struct WeightArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Report(args) => report(args),
         Command::Sample(args) => sample(args),
         Command::Merge(args) => merge(args),
         Command::Train(args) => train(args),
@@ -325,6 +348,31 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.config.load()?;
+    let layout = east::pipeline::RunLayout::new(&config);
+    let summaries = east::pipeline::run(&config)?;
+    println!("{}: {} round(s) done", layout.root.display(), config.run.rounds);
+    for s in &summaries {
+        let acc: Vec<String> = s.accuracy.iter().map(|(d, a)| format!("{d} {:.1}%", 100.0 * a)).collect();
+        let ran: Vec<String> = s
+            .stages
+            .iter()
+            .map(|st| format!("{} {}", st.stage, serde_json::to_value(st.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()))
+            .collect();
+        println!("  round {}: {} ({})", s.round, acc.join(", "), ran.join(", "));
+    }
+    println!("report: east report {}", layout.root.display());
+    Ok(())
+}
+
+fn report(args: ReportArgs) -> anyhow::Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| args.runs[0].join("report"));
+    let path = east::report::write_report(&args.runs, &out)?;
+    println!("{}", path.display());
+    Ok(())
 }
 
 fn sample(args: SampleArgs) -> anyhow::Result<()> {
