@@ -244,11 +244,13 @@ pub struct RunConfig {
     pub rounds: usize,
     /// Evaluate the starting model as round 0.
     pub eval_base: bool,
+    /// Round 1's samples made elsewhere (`east merge` of shards, a vLLM job) instead of sampling.
+    pub samples: Option<String>,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { name: "east".into(), dir: "runs".into(), rounds: 1, eval_base: true }
+        Self { name: "east".into(), dir: "runs".into(), rounds: 1, eval_base: true, samples: None }
     }
 }
 

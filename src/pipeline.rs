@@ -364,27 +364,33 @@ fn self_train_round(
         batch_rows: config.sample.batch_rows,
         stop: config.sample.stop.clone(),
     };
-    let questions_key = questions_fingerprint(config)?;
-    let sample_inputs = serde_json::json!({"settings": sample_settings, "model": current.key, "questions": questions_key});
-    let cached = layout.samples_cache.join(format!("{}.jsonl", key_of(&sample_inputs)));
-    let _cache_lock = FileLock::acquire(&cached.with_extension("lock"), &format!("samples cache file {}", cached.display()))?;
-    let record = Stage {
-        name: "sample",
-        round: t,
-        output: &cached,
-        sidecars: vec![sample::meta_path(&cached), sample::log_path(&cached)],
-        inputs: sample_inputs,
-    }
-    .run(log, || {
-        let lm = crate::runtime::load_model(&current.model)?;
-        let questions = load_questions(config)?;
-        sample::sample_questions(&lm, &questions, &sample_settings, None, &cached)?;
-        Ok(())
-    })?;
+    let (samples_source, record) = match (&config.run.samples, t) {
+        (Some(external), 1) => external_samples(Path::new(external), t, log)?,
+        _ => {
+            let questions_key = questions_fingerprint(config)?;
+            let sample_inputs = serde_json::json!({"settings": sample_settings, "model": current.key, "questions": questions_key});
+            let cached = layout.samples_cache.join(format!("{}.jsonl", key_of(&sample_inputs)));
+            let _cache_lock = FileLock::acquire(&cached.with_extension("lock"), &format!("samples cache file {}", cached.display()))?;
+            let record = Stage {
+                name: "sample",
+                round: t,
+                output: &cached,
+                sidecars: vec![sample::meta_path(&cached), sample::log_path(&cached)],
+                inputs: sample_inputs,
+            }
+            .run(log, || {
+                let lm = crate::runtime::load_model(&current.model)?;
+                let questions = load_questions(config)?;
+                sample::sample_questions(&lm, &questions, &sample_settings, None, &cached)?;
+                Ok(())
+            })?;
+            (cached, record)
+        }
+    };
     let sample_key = record.key.clone();
     summary.stages.push(record);
     let samples = layout.samples(t);
-    link_into_round(&cached, &samples)?;
+    link_into_round(&samples_source, &samples)?;
 
     // Cluster.
     let clusters = layout.clusters(t);
@@ -465,6 +471,27 @@ fn self_train_round(
         key: train_key,
         label: path.display().to_string(),
     })
+}
+
+/// Round 1's samples from a file made elsewhere: its key is the hash of its bytes, so editing or
+/// replacing the file reruns everything after sampling.
+fn external_samples(path: &Path, t: usize, log: &mut MetricsLog) -> anyhow::Result<(PathBuf, StageRecord)> {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut file = std::fs::File::open(path).with_context(|| format!("run.samples: opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).with_context(|| format!("run.samples: reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let key: String = hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    log.log(&serde_json::json!({"event": "stage", "stage": "sample", "round": t, "outcome": "external", "key": key, "file": path}))?;
+    let record = StageRecord { stage: "sample".into(), outcome: Outcome::Skipped, seconds: started.elapsed().as_secs_f64(), key };
+    Ok((path.to_path_buf(), record))
 }
 
 /// Points `link` (in the round folder) at the cached samples file.

@@ -289,6 +289,16 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
     assert!(ok, "{log}");
     assert_eq!(stage_outcomes(&full_dir.join("other"))[0], expect(1, "sample", "skipped"));
 
+    // Samples made elsewhere (east merge, vLLM) feed round 1 directly.
+    let external = std::fs::canonicalize(killed.join("round1/samples.jsonl")).unwrap();
+    let set_samples = format!("run.samples={:?}", external.to_str().unwrap());
+    let ext_dir = fx.root.join("external");
+    let ext = run_args(cfg, ext_dir.to_str().unwrap(), &["--set", "run.rounds=1", "--set", "run.eval_base=false", "--set", &set_samples]);
+    let (ok, log) = east(&as_strs(&ext));
+    assert!(ok, "{log}");
+    assert!(!ext_dir.join("_samples").read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "jsonl")), "nothing sampled");
+    assert_eq!(std::fs::read(ext_dir.join("tiny/round1/train.jsonl")).unwrap(), std::fs::read(killed.join("round1/train.jsonl")).unwrap());
+
     // The report covers both runs.
     let report_dir = fx.root.join("report");
     let (ok, log) = east(&["report", full.to_str().unwrap(), full_dir.join("other").to_str().unwrap(), "--out", report_dir.to_str().unwrap()]);

@@ -58,18 +58,26 @@ impl RunView {
         Ok(RunView { dir: dir.to_path_buf(), name, config, accuracy, rounds })
     }
 
+    /// The method of round ≥ 1 in the paper's terms: loss · weighting.
     fn setting(&self) -> String {
         let w = &self.config.weight;
         let t = &self.config.train;
-        let metric = serde_json::to_value(w.metric).unwrap_or_default();
-        let mapping = serde_json::to_value(w.mapping).unwrap_or_default();
-        format!(
-            "{} · {} · {}{}",
-            t.loss.name(),
-            metric.as_str().unwrap_or("?"),
-            mapping.as_str().unwrap_or("?"),
-            if mapping == "power" { format!(" a={}", w.a) } else { String::new() }
-        )
+        let name = |v: serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        let weighting = match (w.metric, t.weighting.as_str()) {
+            (crate::weight::Metric::Uniform, "lwp") => "LW(P)".to_string(),
+            (crate::weight::Metric::Uniform, "lww") => "LW(W)".to_string(),
+            (crate::weight::Metric::Uniform, _) => "vanilla".to_string(),
+            (metric, _) => {
+                let mapping = name(serde_json::to_value(w.mapping).unwrap_or_default());
+                let detail = match w.mapping {
+                    crate::weight::Mapping::Power => format!(" a={}", w.a),
+                    crate::weight::Mapping::Linear => format!(" R={}", w.range),
+                    _ => String::new(),
+                };
+                format!("{} · {mapping}{detail}", name(serde_json::to_value(metric).unwrap_or_default()))
+            }
+        };
+        format!("{} · {weighting}{}", t.loss.name(), if t.lora { " · LoRA" } else { "" })
     }
 }
 
@@ -106,9 +114,11 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
     // Figure 3: accuracy against a, over runs that differ in a (power mapping, round 1).
     let mut by_a: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for v in &views {
-        if v.config.weight.mapping != crate::weight::Mapping::Power {
+        let on_axis = matches!(v.config.weight.metric, crate::weight::Metric::Entropy | crate::weight::Metric::Uniform);
+        if v.config.weight.mapping != crate::weight::Mapping::Power || !on_axis || v.config.train.weighting != "data" {
             continue;
         }
+        // Vanilla (uniform weights) is the a = 0 point of the power mapping.
         let a = if v.config.weight.metric == crate::weight::Metric::Uniform { 0.0 } else { v.config.weight.a };
         for d in &datasets {
             if let Some(acc) = v.accuracy.get(&(1, d.clone())) {
