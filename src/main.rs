@@ -12,6 +12,14 @@ use east::data::{self, DatasetSpec};
 use east::grade::GradeOptions;
 use east::weight::{self, ClusterBy, Loss, Mapping, Metric, PairStrategy};
 
+/// `override_from!(args => config.section; a, b, c)`: every flag given on the command line (`Some`)
+/// replaces the config key of the same name.
+macro_rules! override_from {
+    ($args:expr => $target:expr; $($field:ident),+ $(,)?) => {
+        $( if let Some(v) = $args.$field.clone() { $target.$field = v; } )+
+    };
+}
+
 #[derive(Parser)]
 #[command(name = "east", version, about = "Entropy-based adaptive weighting for self-training (EAST) on Candle")]
 #[command(args_override_self = true)]
@@ -89,8 +97,8 @@ impl ConfigArgs {
 #[derive(Args)]
 struct ModelArgs {
     /// Hugging Face repo id, local folder (config.json + safetensors + tokenizer.json) or .gguf file.
-    #[arg(long, value_name = "MODEL")]
-    model: Option<String>,
+    #[arg(long = "model", value_name = "MODEL")]
+    path: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long)]
     device: Option<String>,
@@ -105,17 +113,9 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn apply(&self, config: &mut Config) {
-        if let Some(v) = &self.model {
-            config.model.path = v.clone();
-        }
-        if let Some(v) = &self.device {
-            config.model.device = v.clone();
-        }
-        if let Some(v) = &self.dtype {
-            config.model.dtype = v.clone();
-        }
-        if let Some(v) = &self.adapter {
-            config.model.adapter = Some(v.clone());
+        override_from!(self => config.model; path, device, dtype);
+        if self.adapter.is_some() {
+            config.model.adapter = self.adapter.clone();
         }
     }
 }
@@ -378,54 +378,18 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
 fn sample(args: SampleArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
-    let d = &mut config.data;
-    if let Some(v) = &args.dataset {
-        d.dataset = v.clone();
-    }
-    if let Some(v) = &args.split {
-        d.split = v.clone();
-    }
+    override_from!(args => config.data; dataset, split);
+    override_from!(args => config.sample; n, temperature, top_p, max_new_tokens, seed, batch_rows);
     if args.limit.is_some() {
-        d.limit = args.limit;
-    }
-    let s = &mut config.sample;
-    if let Some(v) = args.n {
-        s.n = v;
-    }
-    if let Some(v) = args.temperature {
-        s.temperature = v;
-    }
-    if let Some(v) = args.top_p {
-        s.top_p = v;
-    }
-    if let Some(v) = args.max_new_tokens {
-        s.max_new_tokens = v;
-    }
-    if let Some(v) = args.seed {
-        s.seed = v;
-    }
-    if let Some(v) = args.batch_rows {
-        s.batch_rows = v;
+        config.data.limit = args.limit;
     }
     if !args.stop.is_empty() {
-        s.stop = args.stop.clone();
+        config.sample.stop = args.stop.clone();
     }
     config.validate("command line")?;
     let questions = load_questions(&config.data.dataset, &config.data.split, config.data.limit, &config)?;
     let lm = east::runtime::load_model(&config.model)?;
-    let settings = east::sample::SampleSettings {
-        model: config.model.path.clone(),
-        dataset: config.data.dataset.clone(),
-        split: config.data.split.clone(),
-        limit: config.data.limit,
-        n: config.sample.n,
-        temperature: config.sample.temperature,
-        top_p: config.sample.top_p,
-        max_new_tokens: config.sample.max_new_tokens,
-        seed: config.sample.seed,
-        batch_rows: config.sample.batch_rows,
-        stop: config.sample.stop.clone(),
-    };
+    let settings = east::sample::SampleSettings::from_config(&config, config.model.path.clone());
     let r = east::sample::sample_questions(&lm, &questions, &settings, args.shard, &args.out)?;
     println!(
         "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
@@ -442,14 +406,10 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
+    override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight,
+        warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
+        lora_targets, seed, engine, save_steps);
     let t = &mut config.train;
-    if let Some(v) = args.loss {
-        t.loss = v;
-    }
-    macro_rules! set {
-        ($($field:ident),*) => { $( if let Some(v) = args.$field.clone() { t.$field = v; } )* };
-    }
-    set!(epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight, warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout, lora_targets, seed, engine, save_steps);
     if args.beta.is_some() {
         t.beta = args.beta;
     }
@@ -496,21 +456,12 @@ fn merge(args: MergeArgs) -> anyhow::Result<()> {
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
-    let e = &mut config.eval;
+    override_from!(args => config.eval; split, max_new_tokens, batch_size);
     if let Some(v) = &args.dataset {
-        e.datasets = vec![v.clone()];
-    }
-    if let Some(v) = &args.split {
-        e.split = v.clone();
+        config.eval.datasets = vec![v.clone()];
     }
     if args.limit.is_some() {
-        e.limit = args.limit;
-    }
-    if let Some(v) = args.max_new_tokens {
-        e.max_new_tokens = v;
-    }
-    if let Some(v) = args.batch_size {
-        e.batch_size = v;
+        config.eval.limit = args.limit;
     }
     config.validate("command line")?;
     if config.eval.datasets.len() != 1 {
@@ -519,14 +470,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let dataset = config.eval.datasets[0].clone();
     let questions = load_questions(&dataset, &config.eval.split, config.eval.limit, &config)?;
     let lm = east::runtime::load_model(&config.model)?;
-    let settings = east::eval::EvalSettings {
-        model: config.model.path.clone(),
-        dataset,
-        split: config.eval.split.clone(),
-        limit: config.eval.limit,
-        max_new_tokens: config.eval.max_new_tokens,
-        batch_size: config.eval.batch_size,
-    };
+    let settings = east::eval::EvalSettings::from_config(&config, config.model.path.clone(), &dataset);
     let r = east::eval::evaluate(&lm, &questions, &settings, &args.out)?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
@@ -607,38 +551,12 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 
 fn weight(args: WeightArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
-    let w = &mut config.weight;
-    if let Some(v) = args.metric {
-        w.metric = v;
-    }
-    if let Some(v) = args.mapping {
-        w.mapping = v;
-    }
-    if let Some(v) = args.a {
-        w.a = v;
-    }
-    if let Some(v) = args.range {
-        w.range = v;
-    }
-    if let Some(v) = args.pairs {
-        w.pairs = v;
-    }
-    if let Some(v) = args.seed {
-        w.seed = v;
-    }
+    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed);
     if let Some(v) = args.loss {
         config.train.loss = v;
     }
     config.validate("command line")?;
-    let options = weight::WeightOptions {
-        loss: config.train.loss,
-        metric: config.weight.metric,
-        mapping: config.weight.mapping,
-        a: config.weight.a,
-        range: config.weight.range,
-        pairs: config.weight.pairs,
-        seed: config.weight.seed,
-    };
+    let options = weight::WeightOptions::from_config(&config);
     let s = weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
         .with_context(|| format!("east weight failed; {} was not written", args.out.display()))?;
     let dropped: Vec<String> = s.dropped.iter().map(|(r, n)| format!("{n} {}", serde_json::to_string(r).unwrap_or_default().trim_matches('"'))).collect();

@@ -351,19 +351,10 @@ fn self_train_round(
     std::fs::create_dir_all(&round_dir).with_context(|| format!("creating {}", round_dir.display()))?;
 
     // Sample, into the cache shared by every run under run.dir.
-    let sample_settings = SampleSettings {
-        model: format!("{} [{}]", if t == 1 { current.label.as_str() } else { "trained" }, current.key),
-        dataset: config.data.dataset.clone(),
-        split: config.data.split.clone(),
-        limit: config.data.limit,
-        n: config.sample.n,
-        temperature: config.sample.temperature,
-        top_p: config.sample.top_p,
-        max_new_tokens: config.sample.max_new_tokens,
-        seed: config.sample.seed,
-        batch_rows: config.sample.batch_rows,
-        stop: config.sample.stop.clone(),
-    };
+    let sample_settings = SampleSettings::from_config(
+        config,
+        format!("{} [{}]", if t == 1 { current.label.as_str() } else { "trained" }, current.key),
+    );
     let (samples_source, record) = match (&config.run.samples, t) {
         (Some(external), 1) => external_samples(Path::new(external), t, log)?,
         _ => {
@@ -415,7 +406,7 @@ fn self_train_round(
 
     // Weight.
     let train_data = layout.train_data(t);
-    let options = weight_options(config);
+    let options = WeightOptions::from_config(config);
     let record = Stage {
         name: "weight",
         round: t,
@@ -426,10 +417,15 @@ fn self_train_round(
     .run(log, || {
         let s = weight::weight_files(&clusters, &samples, &train_data, &options)?;
         if s.examples == 0 {
+            let dropped: Vec<String> = s
+                .dropped
+                .iter()
+                .map(|(reason, n)| format!("{n} {}", serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()))
+                .collect();
             anyhow::bail!(
-                "no training examples: none of the {} questions passed the filters ({:?}); sample more (sample.n, data.limit) or use a stronger model",
+                "no training examples: none of the {} questions passed the filters (dropped: {}); sample more (sample.n, data.limit) or use a stronger model",
                 s.questions,
-                s.dropped
+                dropped.join(", ")
             );
         }
         Ok(())
@@ -447,7 +443,7 @@ fn self_train_round(
         round: t,
         output: &checkpoint,
         sidecars: vec![],
-        inputs: serde_json::json!({"model": current.key, "data": weight_key, "train": train, "beta": config.beta()}),
+        inputs: serde_json::json!({"model": current.key, "data": weight_key, "train": train_key_settings(&train), "beta": config.beta()}),
     }
     .run(log, || {
         let job = crate::train::TrainJob {
@@ -507,17 +503,16 @@ fn link_into_round(cached: &Path, link: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn weight_options(config: &Config) -> WeightOptions {
-    WeightOptions {
-        loss: config.train.loss,
-        metric: config.weight.metric,
-        mapping: config.weight.mapping,
-        a: config.weight.a,
-        range: config.weight.range,
-        pairs: config.weight.pairs,
-        seed: config.weight.seed,
+/// The `[train]` keys that decide the trained weights (how often resume checkpoints are written
+/// does not).
+fn train_key_settings(train: &crate::config::TrainConfig) -> serde_json::Value {
+    let mut v = serde_json::to_value(train).expect("the train config serialises");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("save_steps");
     }
+    v
 }
+
 
 /// Greedy evaluation of `model` on every `[eval] datasets` entry, recorded as round `t`.
 fn evaluate_round(
@@ -530,14 +525,7 @@ fn evaluate_round(
 ) -> anyhow::Result<()> {
     for dataset in &config.eval.datasets {
         let dir = layout.eval_dir(t, dataset);
-        let settings = EvalSettings {
-            model: model.label.clone(),
-            dataset: dataset.clone(),
-            split: config.eval.split.clone(),
-            limit: config.eval.limit,
-            max_new_tokens: config.eval.max_new_tokens,
-            batch_size: config.eval.batch_size,
-        };
+        let settings = EvalSettings::from_config(config, model.label.clone(), dataset);
         let record = Stage {
             name: &format!("eval {}", dataset_dir_name(dataset)),
             round: t,

@@ -30,6 +30,21 @@ pub struct EvalSettings {
     pub batch_size: usize,
 }
 
+impl EvalSettings {
+    /// The `[eval]` settings of `config` for one dataset and the model named `model`.
+    pub fn from_config(config: &crate::config::Config, model: String, dataset: &str) -> Self {
+        let e = &config.eval;
+        EvalSettings {
+            model,
+            dataset: dataset.to_string(),
+            split: e.split.clone(),
+            limit: e.limit,
+            max_new_tokens: e.max_new_tokens,
+            batch_size: e.batch_size,
+        }
+    }
+}
+
 /// One line of predictions.jsonl.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {

@@ -49,8 +49,9 @@ pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
     let raw = (hi - lo) / target.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
-    let start = (lo / step).ceil() as i64;
-    let end = (hi / step).floor() as i64;
+    // The small slack keeps an end that is a multiple of the step (0.3 / 0.05 = 5.999…).
+    let start = (lo / step - 1e-9).ceil() as i64;
+    let end = (hi / step + 1e-9).floor() as i64;
     // Round to the step's decimals so 3 × 0.2 prints (and compares) as 0.6.
     let decimals = (-step.log10().floor()).max(0.0) as i32;
     let scale = 10f64.powi(decimals);

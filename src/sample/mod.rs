@@ -42,6 +42,26 @@ pub struct SampleSettings {
     pub stop: Vec<String>,
 }
 
+impl SampleSettings {
+    /// The `[data]` and `[sample]` settings of `config`, for the model named `model`.
+    pub fn from_config(config: &crate::config::Config, model: String) -> Self {
+        let (d, s) = (&config.data, &config.sample);
+        SampleSettings {
+            model,
+            dataset: d.dataset.clone(),
+            split: d.split.clone(),
+            limit: d.limit,
+            n: s.n,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            max_new_tokens: s.max_new_tokens,
+            seed: s.seed,
+            batch_rows: s.batch_rows,
+            stop: s.stop.clone(),
+        }
+    }
+}
+
 /// `i/N`: this process samples shard i (0-based) of N.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shard {

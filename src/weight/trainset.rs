@@ -64,6 +64,14 @@ pub struct WeightOptions {
     pub seed: u64,
 }
 
+impl WeightOptions {
+    /// The `[weight]` settings of `config`, with the rows `train.loss` needs.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let w = &config.weight;
+        WeightOptions { loss: config.train.loss, metric: w.metric, mapping: w.mapping, a: w.a, range: w.range, pairs: w.pairs, seed: w.seed }
+    }
+}
+
 /// Why a question produced no training example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
