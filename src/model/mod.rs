@@ -48,7 +48,7 @@
 //! # Speed (CPU)
 //! A decode step for 128 rows is gemm (AVX-512 via gemm's `x86-v4` feature, enabled in
 //! Cargo.toml) plus reading the whole KV cache: a dedicated kernel (`attention.rs`) does
-//! `softmax(q·Kᵀ)·V` per (row, kv head) straight from the cache. See tests/model_bench.rs.
+//! `softmax(q·Kᵀ)·V` per (row, kv head) straight from the cache. See benches/decode.rs.
 
 #[doc(hidden)]
 pub mod attention;

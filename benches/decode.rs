@@ -1,6 +1,7 @@
-//! Decode-speed measurement on SmolLM2-135M (not a gate; run in release):
+//! Decode-step breakdown on SmolLM2-135M:
 //!
-//!     CARGO_TARGET_DIR=/work/main/target cargo test --release --test model_bench -- --ignored --nocapture
+//!     cargo bench --bench decode                       # all parts
+//!     cargo bench --bench decode -- step|matmul|lm_head # one part
 //!
 //! Batch 128, ~200 cached columns: the sampler's working point. Prints ms per decode step
 //! and a breakdown of where the time goes (the same ops timed in isolation).
@@ -32,8 +33,6 @@ fn time<F: FnMut()>(reps: usize, mut f: F) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0 / reps as f64
 }
 
-#[test]
-#[ignore]
 fn decode_step_batch128() {
     let dev = Device::Cpu;
     let path = bundled_smollm2_path();
@@ -163,8 +162,6 @@ fn decode_step_batch128() {
     let _ = kv;
 }
 
-#[test]
-#[ignore]
 fn matmul_layouts() {
     let dev = Device::Cpu;
     let b = 128;
@@ -195,8 +192,6 @@ fn matmul_layouts() {
     }
 }
 
-#[test]
-#[ignore]
 fn lm_head_variants() {
     let dev = Device::Cpu;
     let (b, k, n) = (128usize, 576usize, 49152usize);
@@ -231,4 +226,15 @@ fn lm_head_variants() {
         Tensor::cat(&parts, 1).unwrap();
     });
     println!("lm_head x·Wᵀ {a:.1} ms ({:.0} GFLOPS); W·xᵀ then transpose {c:.1} ms ({:.0}); W·xᵀ alone {c2:.1}; W·(xᵀ contiguous) {c3:.1}; 8 chunks {d:.1} ms", gf / a, gf / c);
+}
+
+fn main() {
+    let part = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
+    let parts: [(&str, fn()); 3] = [("step", decode_step_batch128), ("matmul", matmul_layouts), ("lm_head", lm_head_variants)];
+    for (name, f) in parts {
+        if part == "all" || part == name {
+            println!("== {name}");
+            f();
+        }
+    }
 }
