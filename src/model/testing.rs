@@ -264,3 +264,167 @@ pub fn write_tiny_model_with(dir: &Path, seed: u64, spec: &TinySpec) -> Result<L
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
     Ok(cfg)
 }
+
+/// The configuration of a published Llama shape with the tiny tokenizer's special-token ids
+/// (bos 1, eos 2) and no weights: `"1b"` = Llama-3.2-1B, `"8b"` = Llama-3.1-8B (config.json
+/// values: layers, widths, heads, vocabulary, RoPE with llama3 scaling, tied or untied head).
+/// For speed and memory checks with [`write_random_model`].
+pub fn published_shape(name: &str) -> Option<LlamaConfig> {
+    let llama3 = |factor: f64| RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+    };
+    let (hidden, inter, layers, tie, factor) = match name {
+        "1b" => (2048, 8192, 16, true, 32.0),
+        "8b" => (4096, 14336, 32, false, 8.0),
+        _ => return None,
+    };
+    Some(LlamaConfig {
+        vocab_size: 128_256,
+        hidden_size: hidden,
+        intermediate_size: inter,
+        num_hidden_layers: layers,
+        num_attention_heads: 32,
+        num_key_value_heads: 8,
+        head_dim: hidden / 32,
+        rms_norm_eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: Some(llama3(factor)),
+        max_position_embeddings: 131_072,
+        tie_word_embeddings: tie,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        pad_token_id: None,
+    })
+}
+
+/// A byte-level BPE tokenizer.json of exactly `vocab_size` tokens: the ChatML special tokens
+/// (ids 0–2), the 256 byte tokens and filler tokens (letter strings) up to the size, no merges,
+/// so text encodes one token per byte and every id decodes. For random-weight models of real
+/// vocabulary sizes ([`write_random_model`]).
+pub fn synthetic_tokenizer_json(vocab_size: usize) -> Value {
+    let bytes = bytes_to_unicode();
+    let mut tokens: Vec<String> = TINY_SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    tokens.extend(bytes.iter().map(|c| c.to_string()));
+    let letters: Vec<char> = ('a'..='z').collect();
+    let mut len = 2;
+    'fill: while tokens.len() < vocab_size {
+        let count = letters.len().pow(len as u32);
+        for mut k in 0..count {
+            if tokens.len() >= vocab_size {
+                break 'fill;
+            }
+            let mut s = String::with_capacity(len);
+            for _ in 0..len {
+                s.push(letters[k % letters.len()]);
+                k /= letters.len();
+            }
+            tokens.push(s);
+        }
+        len += 1;
+    }
+    tokens.truncate(vocab_size.max(TINY_SPECIAL_TOKENS.len() + 256));
+    let types: Vec<i64> = (0..tokens.len())
+        .map(|i| if i < TINY_SPECIAL_TOKENS.len() { 3 } else { 1 })
+        .collect();
+    byte_level_bpe_json(&tokens, &[], &types, "smollm", "synthetic tokenizer")
+        .expect("the synthetic tokenizer is well-formed")
+}
+
+/// Seeded value `i` of tensor number `tensor` of a [`write_random_model`] model: uniform with
+/// standard deviation 0.02 (transformers' `initializer_range`), norm weights 1 ± 0.1. Each block
+/// of 2^20 values has its own ChaCha8 stream, so tensors are generated in parallel and the
+/// values do not depend on the number of threads.
+fn random_block(seed: u64, tensor: usize, block: usize, is_norm: bool, out: &mut [half::bf16]) {
+    let mut key = [0u8; 32];
+    key[..8].copy_from_slice(&seed.to_le_bytes());
+    key[8..16].copy_from_slice(&(tensor as u64).to_le_bytes());
+    key[16..24].copy_from_slice(&(block as u64).to_le_bytes());
+    key[24..].copy_from_slice(b"eastrand");
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+    let a = 0.02f32 * 3f32.sqrt();
+    for x in out.iter_mut() {
+        let v = if is_norm {
+            1.0 + rng.random_range(-0.1f32..0.1)
+        } else {
+            rng.random_range(-a..a)
+        };
+        *x = half::bf16::from_f32(v);
+    }
+}
+
+/// Writes a Hugging Face folder for `cfg` with seeded random bf16 weights (streamed, one tensor
+/// at a time, generated in parallel: an 8B model takes about its write time) and the
+/// [`synthetic_tokenizer_json`] of `cfg.vocab_size` tokens with the ChatML template. `cfg`'s
+/// bos/eos ids should be the tokenizer's (1 and 2, as [`published_shape`] sets them).
+pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()> {
+    use rayon::prelude::*;
+    use std::io::Write;
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ModelError::Io { path: path.clone(), source }
+    };
+    cfg.validate("random model")?;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("json");
+    write_atomic(&dir.join("config.json"), pretty(&cfg.to_hf_json(Some("bfloat16"))).as_bytes())?;
+    write_atomic(
+        &dir.join("tokenizer.json"),
+        serde_json::to_string(&synthetic_tokenizer_json(cfg.vocab_size)).expect("json").as_bytes(),
+    )?;
+    let tc = json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "unk_token": null,
+        "add_bos_token": false,
+        "chat_template": CHATML_TEMPLATE,
+        "model_max_length": cfg.max_position_embeddings,
+        "tokenizer_class": "GPT2Tokenizer",
+    });
+    write_atomic(&dir.join("tokenizer_config.json"), pretty(&tc).as_bytes())?;
+    let gen = json!({"bos_token_id": 1, "eos_token_id": [2, 0]});
+    write_atomic(&dir.join("generation_config.json"), pretty(&gen).as_bytes())?;
+
+    // safetensors: u64 header length, JSON header (name → dtype, shape, byte offsets), data.
+    let tensors = Llama::expected_tensors(cfg);
+    let mut header = serde_json::Map::new();
+    let mut offset = 0usize;
+    for (name, shape) in &tensors {
+        let bytes = 2 * shape.iter().product::<usize>();
+        header.insert(
+            name.clone(),
+            json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut header = serde_json::to_vec(&Value::Object(header)).expect("json");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let path = dir.join("model.safetensors");
+    let tmp = dir.join("model.safetensors.tmp");
+    let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 24, file);
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
+    w.write_all(&header).map_err(io_err(&tmp))?;
+    const BLOCK: usize = 1 << 20;
+    for (ti, (name, shape)) in tensors.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut vals = vec![half::bf16::ZERO; n];
+        let is_norm = name.ends_with("norm.weight");
+        vals.par_chunks_mut(BLOCK)
+            .enumerate()
+            .for_each(|(bi, chunk)| random_block(seed, ti, bi, is_norm, chunk));
+        // SAFETY: bf16 is a plain u16; safetensors is little-endian, as this target is.
+        const _: () = assert!(cfg!(target_endian = "little"));
+        let bytes = unsafe { std::slice::from_raw_parts(vals.as_ptr() as *const u8, 2 * n) };
+        w.write_all(bytes).map_err(io_err(&tmp))?;
+    }
+    w.flush().map_err(io_err(&tmp))?;
+    drop(w);
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(())
+}
