@@ -98,7 +98,7 @@ fn main() -> anyhow::Result<()> {
 
     let train = dir.join("train.jsonl");
     let t = Instant::now();
-    let wopts = WeightOptions { loss: Loss::Dpo, metric: Metric::Entropy, mapping: Mapping::Power, a: 1.5, range: 1.0, pairs: PairStrategy::Authors, seed: 42 };
+    let wopts = WeightOptions { loss: Loss::Dpo, metric: Metric::Entropy, mapping: Mapping::Power, a: 1.5, range: 1.0, pairs: PairStrategy::Authors, seed: 42, require_boxed: true };
     let summary = weight_files(&clusters, &samples, &train, &wopts)?;
     let w = t.elapsed().as_secs_f64();
     println!("weight:  {w:.2}s, {:.0} completions/s ({} examples)", completions / w, summary.examples);

@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/fetch-model.sh
 cargo build --release --locked
-east=target/release/east
+east="${CARGO_TARGET_DIR:-target}/release/east"
 "$east" run --config configs/demo.toml "$@"
 "$east" report runs/demo --out runs/demo/report
 echo

@@ -129,6 +129,9 @@ pub struct WeightConfig {
     pub range: f64,
     pub pairs: PairStrategy,
     pub seed: u64,
+    /// Chosen completions must contain `\boxed` (the authors' filter; turn off for models that
+    /// state answers another way).
+    pub require_boxed: bool,
 }
 
 impl Default for WeightConfig {
@@ -140,6 +143,7 @@ impl Default for WeightConfig {
             range: 1.0,
             pairs: PairStrategy::Authors,
             seed: 42,
+            require_boxed: true,
         }
     }
 }

@@ -322,6 +322,9 @@ struct WeightArgs {
     /// How chosen/rejected completions are picked.
     #[arg(long, value_enum)]
     pairs: Option<PairStrategy>,
+    /// Whether a chosen completion must contain `\boxed` (the authors' filter; default true).
+    #[arg(long, value_name = "BOOL")]
+    require_boxed: Option<bool>,
     #[arg(long)]
     seed: Option<u64>,
     #[command(flatten)]
@@ -551,7 +554,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 
 fn weight(args: WeightArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
-    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed);
+    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed, require_boxed);
     if let Some(v) = args.loss {
         config.train.loss = v;
     }

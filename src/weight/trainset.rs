@@ -62,13 +62,24 @@ pub struct WeightOptions {
     pub range: f64,
     pub pairs: PairStrategy,
     pub seed: u64,
+    /// Chosen completions must contain `\boxed` (the authors' filter).
+    pub require_boxed: bool,
 }
 
 impl WeightOptions {
     /// The `[weight]` settings of `config`, with the rows `train.loss` needs.
     pub fn from_config(config: &crate::config::Config) -> Self {
         let w = &config.weight;
-        WeightOptions { loss: config.train.loss, metric: w.metric, mapping: w.mapping, a: w.a, range: w.range, pairs: w.pairs, seed: w.seed }
+        WeightOptions {
+            loss: config.train.loss,
+            metric: w.metric,
+            mapping: w.mapping,
+            a: w.a,
+            range: w.range,
+            pairs: w.pairs,
+            seed: w.seed,
+            require_boxed: w.require_boxed,
+        }
     }
 }
 
@@ -109,10 +120,10 @@ pub fn pick_pair(
     loss: Loss,
     strategy: PairStrategy,
     seed: u64,
+    require_boxed: bool,
 ) -> Result<Pick, DropReason> {
-    let correct_boxed: Vec<usize> = (0..record.n())
-        .filter(|&i| record.correct[i] && (completions[i].contains("\\boxed") || completions[i].contains("\\fbox")))
-        .collect();
+    let boxed = |i: usize| completions[i].contains("\\boxed") || completions[i].contains("\\fbox");
+    let correct_boxed: Vec<usize> = (0..record.n()).filter(|&i| record.correct[i] && (!require_boxed || boxed(i))).collect();
     if correct_boxed.is_empty() {
         return Err(DropReason::NoBoxedCorrect);
     }
@@ -260,7 +271,7 @@ pub fn weight_files(clusters: &Path, samples: &Path, out: &Path, options: &Weigh
                 )
                 .into());
             }
-            match pick_pair(record, &sample.completions, options.loss, options.pairs, options.seed) {
+            match pick_pair(record, &sample.completions, options.loss, options.pairs, options.seed, options.require_boxed) {
                 Ok(pick) => {
                     let texts = std::iter::once(pick.chosen)
                         .chain(pick.rejected)
@@ -394,14 +405,14 @@ mod tests {
         let r = record(&[true, true, false, false, false], &[0, 0, 1, 2, 2], &[(2, true), (1, false), (2, false)]);
         let texts: Vec<String> = ["\\boxed{1}", "1", "\\boxed{2}", "\\boxed{3}", "\\boxed{3}"].map(String::from).to_vec();
         for seed in 0..20 {
-            let p = pick_pair(&r, &texts, Loss::Dpo, PairStrategy::Authors, seed).unwrap();
+            let p = pick_pair(&r, &texts, Loss::Dpo, PairStrategy::Authors, seed, true).unwrap();
             assert_eq!(p.chosen, 0, "only completion 0 is correct and boxed");
             assert!(matches!(p.rejected, Some(3 | 4)), "{p:?}");
         }
         let random: HashSet<usize> =
-            (0..64).map(|s| pick_pair(&r, &texts, Loss::Dpo, PairStrategy::Random, s).unwrap().rejected.unwrap()).collect();
+            (0..64).map(|s| pick_pair(&r, &texts, Loss::Dpo, PairStrategy::Random, s, true).unwrap().rejected.unwrap()).collect();
         assert_eq!(random, HashSet::from([2, 3, 4]));
-        assert_eq!(pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, 1).unwrap().rejected, None);
+        assert_eq!(pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, 1, true).unwrap().rejected, None);
     }
 
     #[test]
@@ -409,7 +420,7 @@ mod tests {
         let r = record(&[true, false, false], &[0, 1, 2], &[(1, true), (1, false), (1, false)]);
         let texts: Vec<String> = ["\\boxed{1}", "a", "b"].map(String::from).to_vec();
         for seed in 0..10 {
-            assert_eq!(pick_pair(&r, &texts, Loss::Kto, PairStrategy::Authors, seed).unwrap().rejected, Some(1));
+            assert_eq!(pick_pair(&r, &texts, Loss::Kto, PairStrategy::Authors, seed, true).unwrap().rejected, Some(1));
         }
     }
 
@@ -417,8 +428,8 @@ mod tests {
     fn picks_are_seeded_per_question() {
         let r = record(&[true; 8], &[0; 8], &[(8, true)]);
         let texts: Vec<String> = vec!["\\boxed{1}".to_string(); 8];
-        let a: Vec<usize> = (0..10).map(|s| pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, s).unwrap().chosen).collect();
-        let b: Vec<usize> = (0..10).map(|s| pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, s).unwrap().chosen).collect();
+        let a: Vec<usize> = (0..10).map(|s| pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, s, true).unwrap().chosen).collect();
+        let b: Vec<usize> = (0..10).map(|s| pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, s, true).unwrap().chosen).collect();
         assert_eq!(a, b);
         assert!(a.iter().collect::<HashSet<_>>().len() > 1, "different seeds pick differently: {a:?}");
     }
@@ -427,7 +438,9 @@ mod tests {
     fn unboxed_correct_answers_cannot_be_chosen() {
         let r = record(&[true, false], &[0, 1], &[(1, true), (1, false)]);
         let texts: Vec<String> = ["The answer is 1", "\\boxed{2}"].map(String::from).to_vec();
-        assert_eq!(pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, 0), Err(DropReason::NoBoxedCorrect));
+        assert_eq!(pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, 0, true), Err(DropReason::NoBoxedCorrect));
+        // Without the filter the unboxed correct completion is the only choice.
+        assert_eq!(pick_pair(&r, &texts, Loss::Sft, PairStrategy::Authors, 0, false).unwrap().chosen, 0);
     }
 
     #[test]
