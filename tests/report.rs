@@ -94,7 +94,7 @@ fn report_tables_and_plots_hold_the_runs_numbers() {
 
     // One scatter point per question, coloured from blue (0) to red (1) by dominant_wrong.
     let entropy = std::fs::read_to_string(out.join("entropy_a1.5.svg")).unwrap();
-    assert_eq!(entropy.matches("<circle").count(), 3);
+    assert_eq!(entropy.matches("fill-opacity=\"0.75\"").count(), 3);
     assert!(entropy.contains("fill=\"rgb(40,60,220)\"") && entropy.contains("fill=\"rgb(140,60,130)\""), "{entropy}");
 
     // Histogram of one weight per question: three questions in total over the bars.

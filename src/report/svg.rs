@@ -168,7 +168,13 @@ impl Plot {
                 }
             }
             let ly = TOP + 14.0 + 18.0 * i as f64;
-            let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/><text x="{:.1}" y="{:.1}">{}</text>"#, W - RIGHT + 12.0, ly - 10.0, W - RIGHT + 30.0, ly, escape(&legend_name(&s.name)));
+            if s.shade.is_some() {
+                // Its points take their colour from the scale below, not from the palette.
+                let _ = write!(svg, r##"<circle cx="{:.1}" cy="{:.1}" r="5" fill="#999"/>"##, W - RIGHT + 18.0, ly - 4.0);
+            } else {
+                let _ = write!(svg, r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/>"#, W - RIGHT + 12.0, ly - 10.0);
+            }
+            let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}">{}</text>"#, W - RIGHT + 30.0, ly, escape(&legend_name(&s.name)));
         }
         if let Some(label) = &self.shade_label {
             let top = TOP + 30.0 + 18.0 * self.series.len() as f64;
