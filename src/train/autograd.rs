@@ -473,6 +473,12 @@ impl Engine for AutogradEngine {
         Ok(out)
     }
 
+    fn release_training_state(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = None);
+        self.exp_avg.clear();
+        self.exp_avg_sq.clear();
+    }
+
     fn lora_weights(&self) -> anyhow::Result<Option<Vec<(String, Tensor)>>> {
         if self.lora.is_none() {
             return Ok(None);

@@ -166,4 +166,9 @@ pub trait Engine {
 
     /// The LoRA matrices under their PEFT names (None without LoRA).
     fn lora_weights(&self) -> anyhow::Result<Option<Vec<(String, Tensor)>>>;
+
+    /// Training is over: frees the gradients and the optimiser moments (twice the trainable
+    /// weights) so writing the checkpoint does not stack its copies on top of them. Only the
+    /// weight accessors may be used afterwards.
+    fn release_training_state(&mut self);
 }

@@ -482,6 +482,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     let train_seconds = train_started.elapsed().as_secs_f64();
 
     // final checkpoint
+    engine.release_training_state();
     let base_spec = match &source {
         ModelSource::Gguf(p) | ModelSource::Folder(p) => p.canonicalize().unwrap_or_else(|_| p.clone()).display().to_string(),
         ModelSource::Hub { .. } => spec.clone(),

@@ -841,6 +841,12 @@ impl<T: Float> Engine for CpuEngine<T> {
         Ok(out)
     }
 
+    fn release_training_state(&mut self) {
+        for v in self.grads.iter_mut().chain(self.exp_avg.iter_mut()).chain(self.exp_avg_sq.iter_mut()) {
+            *v = Vec::new();
+        }
+    }
+
     fn lora_weights(&self) -> anyhow::Result<Option<Vec<(String, Tensor)>>> {
         if self.lora.is_none() {
             return Ok(None);
