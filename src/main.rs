@@ -360,11 +360,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     println!("{}: {} round(s) done", layout.root.display(), config.run.rounds);
     for s in &summaries {
         let acc: Vec<String> = s.accuracy.iter().map(|(d, a)| format!("{d} {:.1}%", 100.0 * a)).collect();
-        let ran: Vec<String> = s
-            .stages
-            .iter()
-            .map(|st| format!("{} {}", st.stage, serde_json::to_value(st.outcome).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()))
-            .collect();
+        let ran: Vec<String> = s.stages.iter().map(|st| format!("{} {}", st.stage, st.outcome.as_str())).collect();
         println!("  round {}: {} ({})", s.round, acc.join(", "), ran.join(", "));
     }
     println!("report: east report {}", layout.root.display());
@@ -562,14 +558,13 @@ fn weight(args: WeightArgs) -> anyhow::Result<()> {
     let options = weight::WeightOptions::from_config(&config);
     let s = weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
         .with_context(|| format!("east weight failed; {} was not written", args.out.display()))?;
-    let dropped: Vec<String> = s.dropped.iter().map(|(r, n)| format!("{n} {}", serde_json::to_string(r).unwrap_or_default().trim_matches('"'))).collect();
     println!(
         "{}: {} examples from {} of {} questions (dropped: {}); weights min {:.3} max {:.3}",
         s.out.display(),
         s.examples,
         s.kept,
         s.questions,
-        if dropped.is_empty() { "none".to_string() } else { dropped.join(", ") },
+        s.dropped_text(),
         s.weight_stats.map_or(0.0, |w| w.min),
         s.weight_stats.map_or(0.0, |w| w.max),
     );

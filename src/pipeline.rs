@@ -55,7 +55,17 @@ pub fn key_of(value: &serde_json::Value) -> String {
     let mut h = Sha256::new();
     h.update(STAMP_VERSION.to_le_bytes());
     h.update(serde_json::to_vec(value).expect("a JSON value serialises"));
-    h.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect()
+    short_hex(&h.finalize())
+}
+
+/// The first 12 bytes of a digest in hex: short enough for file names, long enough not to collide.
+fn short_hex(digest: &[u8]) -> String {
+    digest.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `name` with every character that is not safe in a file name replaced by `_`.
+pub fn file_safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
 }
 
 fn remove_path(path: &Path) -> std::io::Result<()> {
@@ -77,6 +87,16 @@ pub enum Outcome {
     Ran,
     /// Continued from an interrupted attempt with the same inputs.
     Resumed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Skipped => "skipped",
+            Outcome::Ran => "ran",
+            Outcome::Resumed => "resumed",
+        }
+    }
 }
 
 /// One stage of one round, as recorded in `summary.json`.
@@ -200,7 +220,7 @@ pub fn dataset_dir_name(dataset: &str) -> String {
         DatasetSpec::File(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| dataset.to_string()),
         _ => dataset.to_string(),
     };
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
+    file_safe(&name)
 }
 
 /// The model a round starts from: how to load it and a key naming its contents.
@@ -281,29 +301,12 @@ impl FileLock {
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
             let holder = std::fs::read_to_string(path).unwrap_or_default();
-            anyhow::bail!(
-                "{what} is in use by another east process ({}; lock {})",
-                holder.trim().if_empty("pid unknown"),
-                path.display()
-            );
+            let holder = if holder.trim().is_empty() { "pid unknown" } else { holder.trim() };
+            anyhow::bail!("{what} is in use by another east process ({holder}; lock {})", path.display());
         }
         file.set_len(0)?;
         writeln!(file, "pid {}", std::process::id())?;
         Ok(FileLock { _file: file })
-    }
-}
-
-trait IfEmpty {
-    fn if_empty<'a>(&'a self, other: &'a str) -> &'a str;
-}
-
-impl IfEmpty for str {
-    fn if_empty<'a>(&'a self, other: &'a str) -> &'a str {
-        if self.is_empty() {
-            other
-        } else {
-            self
-        }
     }
 }
 
@@ -417,15 +420,10 @@ fn self_train_round(
     .run(log, || {
         let s = weight::weight_files(&clusters, &samples, &train_data, &options)?;
         if s.examples == 0 {
-            let dropped: Vec<String> = s
-                .dropped
-                .iter()
-                .map(|(reason, n)| format!("{n} {}", serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()))
-                .collect();
             anyhow::bail!(
                 "no training examples: none of the {} questions passed the filters (dropped: {}); sample more (sample.n, data.limit) or use a stronger model",
                 s.questions,
-                dropped.join(", ")
+                s.dropped_text()
             );
         }
         Ok(())
@@ -484,7 +482,7 @@ fn external_samples(path: &Path, t: usize, log: &mut MetricsLog) -> anyhow::Resu
         }
         hasher.update(&buf[..n]);
     }
-    let key: String = hasher.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+    let key = short_hex(&hasher.finalize());
     log.log(&serde_json::json!({"event": "stage", "stage": "sample", "round": t, "outcome": "external", "key": key, "file": path}))?;
     let record = StageRecord { stage: "sample".into(), outcome: Outcome::Skipped, seconds: started.elapsed().as_secs_f64(), key };
     Ok((path.to_path_buf(), record))

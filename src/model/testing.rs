@@ -169,6 +169,25 @@ pub fn tiny_tokenizer_json() -> Value {
         .expect("the tiny tokenizer is well-formed")
 }
 
+/// `tokenizer_config.json` (ChatML template, special tokens) and `generation_config.json` of
+/// the test models, whose tokenizers put the ChatML tokens at ids 0, 1, 2.
+fn write_chatml_sidecars(dir: &Path, max_position_embeddings: usize) -> Result<()> {
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("json");
+    let tc = json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|im_end|>",
+        "unk_token": null,
+        "add_bos_token": false,
+        "chat_template": CHATML_TEMPLATE,
+        "model_max_length": max_position_embeddings,
+        "tokenizer_class": "GPT2Tokenizer",
+    });
+    write_atomic(&dir.join("tokenizer_config.json"), pretty(&tc).as_bytes())?;
+    let gen = json!({"bos_token_id": 1, "eos_token_id": [2, 0]});
+    write_atomic(&dir.join("generation_config.json"), pretty(&gen).as_bytes())
+}
+
 /// The config of a tiny model for `vocab_size` tokens.
 pub fn tiny_config(spec: &TinySpec, vocab_size: usize) -> LlamaConfig {
     LlamaConfig {
@@ -247,19 +266,7 @@ pub fn write_tiny_model_with(dir: &Path, seed: u64, spec: &TinySpec) -> Result<L
         pretty(&cfg.to_hf_json(Some("float32"))).as_bytes(),
     )?;
     write_atomic(&dir.join("tokenizer.json"), pretty(&tok).as_bytes())?;
-    let tc = json!({
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|im_end|>",
-        "unk_token": null,
-        "add_bos_token": false,
-        "chat_template": CHATML_TEMPLATE,
-        "model_max_length": spec.max_position_embeddings,
-        "tokenizer_class": "GPT2Tokenizer",
-    });
-    write_atomic(&dir.join("tokenizer_config.json"), pretty(&tc).as_bytes())?;
-    let gen = json!({"bos_token_id": 1, "eos_token_id": [2, 0]});
-    write_atomic(&dir.join("generation_config.json"), pretty(&gen).as_bytes())?;
+    write_chatml_sidecars(dir, spec.max_position_embeddings)?;
     let weights = random_weights(&cfg, seed)?;
     candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
     Ok(cfg)
@@ -374,19 +381,7 @@ pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()
         &dir.join("tokenizer.json"),
         serde_json::to_string(&synthetic_tokenizer_json(cfg.vocab_size)).expect("json").as_bytes(),
     )?;
-    let tc = json!({
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|im_end|>",
-        "unk_token": null,
-        "add_bos_token": false,
-        "chat_template": CHATML_TEMPLATE,
-        "model_max_length": cfg.max_position_embeddings,
-        "tokenizer_class": "GPT2Tokenizer",
-    });
-    write_atomic(&dir.join("tokenizer_config.json"), pretty(&tc).as_bytes())?;
-    let gen = json!({"bos_token_id": 1, "eos_token_id": [2, 0]});
-    write_atomic(&dir.join("generation_config.json"), pretty(&gen).as_bytes())?;
+    write_chatml_sidecars(dir, cfg.max_position_embeddings)?;
 
     // safetensors: u64 header length, JSON header (name → dtype, shape, byte offsets), data.
     let tensors = Llama::expected_tensors(cfg);

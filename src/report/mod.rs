@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use svg::{Mark, Plot, Series};
 
 use crate::config::Config;
-use crate::pipeline::{RoundSummary, RunLayout};
+use crate::pipeline::{file_safe, RoundSummary, RunLayout};
 use crate::eval::{report_path, EvalReport};
 use crate::io::read_jsonl;
 use crate::schema::ClusterRecord;
@@ -208,8 +208,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
         for v in &views {
             for r in &v.rounds {
                 for st in &r.stages {
-                    let outcome = serde_json::to_value(st.outcome).unwrap_or_default();
-                    let _ = writeln!(md, "| {} | {} | {} | {} | {:.1} |", v.name, r.round, st.stage, outcome.as_str().unwrap_or("?"), st.seconds);
+                    let _ = writeln!(md, "| {} | {} | {} | {} | {:.1} |", v.name, r.round, st.stage, st.outcome.as_str(), st.seconds);
                 }
             }
         }
@@ -243,6 +242,3 @@ fn histogram(values: &[f64], title: &str) -> Option<Plot> {
     })
 }
 
-fn file_safe(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '_' }).collect()
-}

@@ -97,6 +97,18 @@ pub enum DropReason {
     NoRejected,
 }
 
+impl DropReason {
+    /// The name used in `train.summary.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::AllWrong => "all_wrong",
+            DropReason::ZeroMetric => "zero_metric",
+            DropReason::NoBoxedCorrect => "no_boxed_correct",
+            DropReason::NoRejected => "no_rejected",
+        }
+    }
+}
+
 /// The indices of a question's chosen and rejected completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pick {
@@ -211,6 +223,16 @@ pub struct WeightSummary {
 struct Kept {
     weight: f64,
     record: ClusterRecord,
+}
+
+impl WeightSummary {
+    /// "24 all_wrong, 8 no_boxed_correct", or "none".
+    pub fn dropped_text(&self) -> String {
+        if self.dropped.is_empty() {
+            return "none".into();
+        }
+        self.dropped.iter().map(|(reason, n)| format!("{n} {}", reason.name())).collect::<Vec<_>>().join(", ")
+    }
 }
 
 /// Reads clusters and samples, writes train.jsonl and `<out stem>.summary.json` atomically.
