@@ -11,7 +11,7 @@ use candle_core::{DType, Device};
 
 use east::data::{self, east_messages, DatasetSpec, FieldMap};
 use east::model::tokenizer::encode;
-use east::sample::{generate_group, DecodeSettings, Request, Sampling};
+use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let q = &qs[question];
     let prompt = encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&q.question)))?;
     let request = Request { prompt_ids: prompt.clone(), id: q.id.clone(), first_sample: 0, samples: n };
-    let settings = DecodeSettings { sampling: Sampling { temperature: 0.7, top_p: 1.0 }, max_new_tokens, seed: 42, stop: vec![] };
+    let settings = DecodeSettings { sampling: Sampling { temperature: 0.7, top_p: 1.0 }, max_new_tokens, seed: 42, stop: vec![], sampler: SamplerPlacement::Auto };
 
     let t = Instant::now();
     let mut step_times = Vec::new();

@@ -215,6 +215,8 @@ fi
 m1="$work/$s1"
 run_step "make-$s1" 120 "$bin" make-model --shape "$s1" --seed 7 --out "$m1"
 run_step "east-sample-$s1" 180 "$bin" sample-bench --model "$m1" --device $dev "${sample_args[@]}"
+# the same with every step's logits copied to the host, to show what sampling on the device saves
+run_step "east-sample-host-$s1" 180 "$bin" sample-bench --model "$m1" --device $dev "${sample_args[@]}" --sampler host
 run_step "torch-sample-$s1" 180 "$py" scripts/reference/torch_gpu_bench.py --model "$m1" --device $dev sample "${sample_args[@]}"
 mb=$mb_full
 run_step "east-train-full-$s1" 240 "$bin" train-bench --model "$m1" --device $dev --work "$work/tw" "${train_args[@]}" --micro-batch $mb "${engine[@]}"
@@ -285,4 +287,7 @@ for a, b, what in [(f"east-sample-{s1}", f"torch-sample-{s1}", f"{s1} sampling")
     if ea and tb and tb.get("tokens_per_s") and what not in done:
         done.add(what)
         print(f"{what}: east/PyTorch = {ea['tokens_per_s'] / tb['tokens_per_s']:.2f}")
+dev_s, host_s = by.get(f"east-sample-{s1}"), by.get(f"east-sample-host-{s1}")
+if dev_s and host_s and dev_s.get("tokens_per_s") and host_s.get("tokens_per_s"):
+    print(f"{s1} sampling, logits reduced on the device / copied to the host = {dev_s['tokens_per_s'] / host_s['tokens_per_s']:.2f}")
 PY

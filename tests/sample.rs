@@ -12,7 +12,7 @@ use serde_json::Value;
 use east::data::{east_messages, Question};
 use east::model::testing::write_tiny_model;
 use east::model::tokenizer::encode;
-use east::sample::{generate_group, DecodeSettings, Request, Sampling};
+use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 
 fn tiny_model(dir: &Path) -> PathBuf {
     tiny_model_seeded(dir, 7)
@@ -171,7 +171,7 @@ fn batched_greedy_decoding_matches_full_recomputation() {
             samples: 1,
         })
         .collect();
-    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: 12, seed: 0, stop: vec![] };
+    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: 12, seed: 0, stop: vec![], sampler: SamplerPlacement::Auto };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     for (r, g) in requests.iter().zip(&gens) {
         let mut ids = r.prompt_ids.clone();
@@ -189,6 +189,38 @@ fn batched_greedy_decoding_matches_full_recomputation() {
             ids.push(next);
         }
         assert_eq!(g[0].token_ids, expected, "request {}", r.id);
+    }
+}
+
+/// The device sampler (reducing logits before they reach the host) is what a GPU runs; on the
+/// CPU it can be forced, and must give the host sampler's samples, greedy and sampled alike.
+#[test]
+fn the_device_sampler_decodes_like_the_host_sampler() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let lm = east::model::load(model.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    let requests: Vec<Request> = ["What is 2+2?", "Tom has 3 apples and buys 4 more. How many?"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Request {
+            prompt_ids: encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(q))).unwrap(),
+            id: format!("q{i}"),
+            first_sample: 0,
+            samples: 6,
+        })
+        .collect();
+    for sampling in [Sampling { temperature: 0.9, top_p: 1.0 }, Sampling::GREEDY] {
+        let run = |sampler| {
+            let settings = DecodeSettings { sampling, max_new_tokens: 24, seed: 5, stop: vec![], sampler };
+            generate_group(&lm, &requests, &settings, |_| {}).unwrap().0
+        };
+        let host = run(SamplerPlacement::Host);
+        let device = run(SamplerPlacement::Device);
+        assert_eq!(host, device, "{sampling:?}");
+        if !sampling.is_greedy() {
+            let distinct: std::collections::HashSet<&Vec<u32>> = host[1].iter().map(|g| &g.token_ids).collect();
+            assert!(distinct.len() > 1, "temperature 0.9 gave six identical samples");
+        }
     }
 }
 

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use east::config::{ModelConfig, TrainConfig};
 use east::model::testing::{published_shape, write_random_model, write_tiny_model_with, TinySpec};
 use east::model::{east_messages, tokenizer::encode, KvCache, LoadedModel, RopeScaling};
-use east::sample::{generate_group, DecodeSettings, Request, Sampling};
+use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::train::{train, TrainJob};
 
 #[derive(Parser)]
@@ -85,6 +85,10 @@ enum Cmd {
         temperature: f64,
         #[arg(long, default_value_t = 128)]
         batch_rows: usize,
+        /// Where logits become tokens: `device` (reduced on the GPU), `host` (whole rows copied
+        /// to the CPU) or `auto` (what `east sample` does).
+        #[arg(long, default_value = "auto")]
+        sampler: String,
     },
     /// Training throughput: `east train` (SFT, data weights) for `steps` optimiser steps of
     /// `batch` rows of `len` tokens (a quarter prompt), on generated text.
@@ -130,8 +134,14 @@ fn main() -> anyhow::Result<()> {
         Cmd::Logits { model, device, dtype, greedy_tokens, out, reference } => {
             logits(&model, &device, &dtype, greedy_tokens, out.as_deref(), reference.as_deref())?
         }
-        Cmd::SampleBench { model, device, dtype, n, tokens, prompt_len, temperature, batch_rows } => {
-            sample_bench(&model, &device, &dtype, n, tokens, prompt_len, temperature, batch_rows)?
+        Cmd::SampleBench { model, device, dtype, n, tokens, prompt_len, temperature, batch_rows, sampler } => {
+            let sampler = match sampler.as_str() {
+                "auto" => SamplerPlacement::Auto,
+                "host" => SamplerPlacement::Host,
+                "device" => SamplerPlacement::Device,
+                other => bail!("--sampler {other}: expected auto, host or device"),
+            };
+            sample_bench(&model, &device, &dtype, n, tokens, prompt_len, temperature, batch_rows, sampler)?
         }
         Cmd::TrainBench { model, device, dtype, work, steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, out, reference } => {
             let spec = TrainSpec { steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine };
@@ -255,7 +265,7 @@ fn logits(model: &Path, device: &str, dtype: &str, greedy_tokens: usize, out: Op
         .enumerate()
         .map(|(i, p)| Request { prompt_ids: p.clone(), id: format!("p{i}"), first_sample: 0, samples: 2 })
         .collect();
-    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: greedy_tokens, seed: 0, stop: vec![] };
+    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: greedy_tokens, seed: 0, stop: vec![], sampler: SamplerPlacement::Auto };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {})?;
     let greedy: Vec<Vec<u32>> = gens.iter().flat_map(|g| g.iter().map(|x| x.token_ids.clone())).collect();
 
@@ -311,14 +321,14 @@ fn median(v: &[f64]) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize, prompt_len: usize, temperature: f64, batch_rows: usize) -> anyhow::Result<Value> {
+fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize, prompt_len: usize, temperature: f64, batch_rows: usize, sampler: SamplerPlacement) -> anyhow::Result<Value> {
     let (mut lm, load_s) = load(model, device, dtype)?;
     lm.eos_ids.clear(); // every sample runs to `tokens`
     let vocab = lm.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1234);
     // random ids above the special and byte tokens (any token would do)
     let prompt: Vec<u32> = (0..prompt_len).map(|_| rng.random_range(259.min(vocab - 1)..vocab)).collect();
-    let settings = DecodeSettings { sampling: Sampling { temperature, top_p: 1.0 }, max_new_tokens: tokens, seed: 42, stop: vec![] };
+    let settings = DecodeSettings { sampling: Sampling { temperature, top_p: 1.0 }, max_new_tokens: tokens, seed: 42, stop: vec![], sampler };
     let run = |samples: usize, settings: &DecodeSettings| -> anyhow::Result<(f64, usize, usize, Vec<f64>)> {
         let mut gens_total = 0;
         let mut steps = 0;
@@ -351,6 +361,7 @@ fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize
         "check": "sample", "device": device, "dtype": dtype_name(lm.model.dtype()),
         "layers": lm.config.num_hidden_layers, "hidden": lm.config.hidden_size, "params": lm.config.num_parameters(),
         "n": n, "new_tokens": tokens, "prompt_tokens": prompt_len, "temperature": temperature, "eos": "disabled",
+        "sampler_on_device": sampler.reduces_on(lm.model.device()),
         "generated_tokens": generated, "seconds": secs, "tokens_per_s": generated as f64 / secs,
         "steps": steps, "first_step_incl_prefill_s": step_times.first().copied().unwrap_or(f64::NAN),
         "median_decode_step_ms": 1000.0 * median(decode_times), "load_s": load_s, "warmup_s": warm_s,

@@ -16,7 +16,7 @@ use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::tokenizer::encode;
 use crate::model::LoadedModel;
 use crate::progress::{self, MetricsLog};
-use crate::sample::{generate_group, DecodeSettings, Request, Sampling};
+use crate::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use crate::schema::Finish;
 
 /// What decides an evaluation (must match to resume into an existing folder).
@@ -160,6 +160,7 @@ pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSetting
         max_new_tokens: settings.max_new_tokens,
         seed: 0,
         stop: Vec::new(),
+        sampler: SamplerPlacement::Auto,
     };
     let bar = progress::items_bar(questions.len() as u64, "eval");
     bar.set_position(done.len() as u64);

@@ -15,7 +15,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use super::logits::{sample_rows, Sampling};
+use super::logits::Sampling;
+use super::on_device::{next_tokens, SamplerPlacement};
 use crate::model::tokenizer::decode;
 use crate::model::{KvCache, LoadedModel};
 use crate::schema::Finish;
@@ -49,6 +50,9 @@ pub struct DecodeSettings {
     pub seed: u64,
     /// Stop strings besides the EOS tokens; the text is cut before the first occurrence.
     pub stop: Vec<String>,
+    /// Where each step's logits become tokens (the device, on a GPU, so that only a few
+    /// hundred kilobytes cross to the host per step).
+    pub sampler: SamplerPlacement,
 }
 
 /// Counters reported back to progress bars and logs.
@@ -90,7 +94,6 @@ pub fn generate_group(
 ) -> anyhow::Result<(Vec<Vec<Generation>>, StepStats)> {
     let model = &lm.model;
     let device: Device = model.device().clone();
-    let vocab = model.config().vocab_size;
     let mut stats = StepStats::default();
     if requests.is_empty() {
         return Ok((Vec::new(), stats));
@@ -135,7 +138,6 @@ pub fn generate_group(
     let mut live: Vec<usize> = (0..rows.len()).collect();
     let stop_window = settings.stop.iter().map(|s| s.len()).max().unwrap_or(0);
     loop {
-        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
         let uniforms: Vec<f64> = live
             .iter()
             .map(|&i| {
@@ -148,7 +150,7 @@ pub fn generate_group(
                 }
             })
             .collect();
-        let next = sample_rows(&flat, vocab, settings.sampling, &uniforms);
+        let next = next_tokens(&logits, settings.sampling, &uniforms, settings.sampler)?;
         let mut produced = 0;
         for (b, &i) in live.iter().enumerate() {
             let row = &mut rows[i];

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod logits;
+pub mod on_device;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use engine::{generate_group, DecodeSettings, Generation, Request, StepStats};
 pub use logits::{sample_one, sample_rows, Sampling};
+pub use on_device::SamplerPlacement;
 
 use crate::data::{east_messages, Question};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
@@ -176,6 +178,7 @@ pub fn sample_questions(
         max_new_tokens: settings.max_new_tokens,
         seed: settings.seed,
         stop: settings.stop.clone(),
+        sampler: SamplerPlacement::Auto,
     };
     for unit in my_units {
         let todo: Vec<usize> = unit.clone().filter(|&i| !done.contains(&questions[i].id)).collect();
