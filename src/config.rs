@@ -348,7 +348,7 @@ impl Config {
         if t.batch_size == 0 || t.micro_batch_size == 0 {
             return bad("train.batch_size", "batch sizes must be at least 1".into());
         }
-        if t.batch_size % t.micro_batch_size != 0 {
+        if !t.batch_size.is_multiple_of(t.micro_batch_size) {
             return bad(
                 "train.micro_batch_size",
                 format!("must divide train.batch_size ({}), got {}", t.batch_size, t.micro_batch_size),

@@ -315,18 +315,18 @@ fn decode_kernel_matches_reference_attention() {
     let v = vfull.narrow(2, 0, l).unwrap();
     let pads = [0usize, 5, 28];
     let got = east::model::attention::decode_attention(&q, &k, &v, &pads).unwrap();
-    for r in 0..b {
+    for (r, &pad) in pads.iter().enumerate().take(b) {
         for head in 0..h {
             let qh = q.i((r, head)).unwrap(); // (1, d)
             let kh = k
                 .i((r, head / g))
                 .unwrap()
-                .narrow(0, pads[r], l - pads[r])
+                .narrow(0, pad, l - pad)
                 .unwrap();
             let vh = v
                 .i((r, head / g))
                 .unwrap()
-                .narrow(0, pads[r], l - pads[r])
+                .narrow(0, pad, l - pad)
                 .unwrap();
             let p =
                 candle_nn::ops::softmax(&qh.matmul(&kh.t().unwrap()).unwrap(), D::Minus1).unwrap();

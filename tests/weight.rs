@@ -169,7 +169,7 @@ fn bad_samples_are_clear_errors_naming_file_line_and_field() {
     assert!(err.contains("bad.jsonl:2:") && err.contains("duplicate id `a`"), "{err}");
     let err = cluster_error("");
     assert!(err.contains("bad.jsonl") && err.contains("empty"), "{err}");
-    let err = cluster_error(&format!("{{\"id\":\"a\",\"question\":\"q\",\"answer\":\"1\",\"completions\":[\"x\"],\"finish\":[\"stop\",\"stop\"]}}\n"));
+    let err = cluster_error("{\"id\":\"a\",\"question\":\"q\",\"answer\":\"1\",\"completions\":[\"x\"],\"finish\":[\"stop\",\"stop\"]}\n");
     assert!(err.contains("bad.jsonl:1:") && err.contains("`finish`"), "{err}");
     let err = cluster_error("{\"id\":\"a\",\"question\":\"q\",\"answer\":1,\"completions\":[\"x\"]}\n");
     assert!(err.contains("bad.jsonl:1:") && err.contains("invalid type"), "{err}");

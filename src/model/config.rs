@@ -90,6 +90,11 @@ struct HfConfig {
     pretraining_tp: Option<usize>,
 }
 
+/// Strictly positive and finite (false for NaN, which every comparison rejects).
+fn positive(x: f64) -> bool {
+    x > 0.0 && x.is_finite()
+}
+
 fn invalid(origin: &str, msg: impl Into<String>) -> ModelError {
     ModelError::InvalidConfig {
         msg: msg.into(),
@@ -366,26 +371,26 @@ impl LlamaConfig {
                 return err(format!("`{name}` must be positive"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
-        if !(self.rms_norm_eps > 0.0) || !self.rms_norm_eps.is_finite() {
+        if !positive(self.rms_norm_eps) {
             return err(format!(
                 "rms_norm_eps {} must be positive",
                 self.rms_norm_eps
             ));
         }
-        if !(self.rope_theta > 0.0) || !self.rope_theta.is_finite() {
+        if !positive(self.rope_theta) {
             return err(format!("rope_theta {} must be positive", self.rope_theta));
         }
         match &self.rope_scaling {
-            Some(RopeScaling::Linear { factor }) if !(*factor > 0.0) => {
+            Some(RopeScaling::Linear { factor }) if !positive(*factor) => {
                 return err(format!("rope scaling factor {factor} must be positive"))
             }
             Some(RopeScaling::Llama3 {
@@ -393,16 +398,14 @@ impl LlamaConfig {
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position_embeddings,
-            }) => {
-                if !(*factor > 0.0)
-                    || !(*low_freq_factor > 0.0)
-                    || !(high_freq_factor > low_freq_factor)
-                    || *original_max_position_embeddings == 0
-                {
-                    return err(format!(
-                        "llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings > 0 (got {factor}, {low_freq_factor}, {high_freq_factor}, {original_max_position_embeddings})"
-                    ));
-                }
+            }) if !positive(*factor)
+                || !positive(*low_freq_factor)
+                || !positive(high_freq_factor - low_freq_factor)
+                || *original_max_position_embeddings == 0 =>
+            {
+                return err(format!(
+                    "llama3 rope scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings > 0 (got {factor}, {low_freq_factor}, {high_freq_factor}, {original_max_position_embeddings})"
+                ));
             }
             _ => {}
         }

@@ -634,9 +634,9 @@ impl Llama {
                 positions.push(seen.saturating_sub(1) as f32);
             }
             for i in 0..t {
-                for j in 0..t {
-                    let ok = j == i || (j < i && row[j]);
-                    any_masked |= j < i && !row[j];
+                for (j, &real) in row.iter().enumerate() {
+                    let ok = j == i || (j < i && real);
+                    any_masked |= j < i && !real;
                     mask.push(if ok { 0f32 } else { f32::NEG_INFINITY });
                 }
             }

@@ -180,6 +180,7 @@ fn eos_from_json(v: &Value) -> Vec<u32> {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // the parts every loader assembles, named at each call
 fn finish(
     model: Llama,
     tokenizer: Tokenizer,

@@ -396,7 +396,7 @@ pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()
         offset += bytes;
     }
     let mut header = serde_json::to_vec(&Value::Object(header)).expect("json");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     let path = dir.join("model.safetensors");

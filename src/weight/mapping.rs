@@ -118,7 +118,7 @@ fn power(values: &[f64], a: f64) -> Result<Vec<f64>, MappingError> {
     if a == 0.0 {
         return Ok(vec![1.0; values.len()]);
     }
-    let has_zero = values.iter().any(|&v| v == 0.0);
+    let has_zero = values.contains(&0.0);
     if a < 0.0 && has_zero {
         return Err(MappingError::NegativeExponentAtZero { a });
     }
