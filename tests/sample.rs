@@ -24,6 +24,20 @@ fn tiny_model_seeded(dir: &Path, seed: u64) -> PathBuf {
     path
 }
 
+/// One request per question (ids q0, q1, …) with the EAST chat prompt and `samples` samples.
+fn chat_requests(lm: &east::model::LoadedModel, questions: &[&str], samples: usize) -> Vec<Request> {
+    questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| Request {
+            prompt_ids: encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(q))).unwrap(),
+            id: format!("q{i}"),
+            first_sample: 0,
+            samples,
+        })
+        .collect()
+}
+
 fn east(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_east")).args(args).output().expect("east runs");
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
@@ -161,16 +175,7 @@ fn batched_greedy_decoding_matches_full_recomputation() {
     let model = tiny_model(dir.path());
     let lm = east::model::load(model.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
     let questions = ["What is 2+2?", "A much longer question about apples and oranges, with more tokens in it?", "x"];
-    let requests: Vec<Request> = questions
-        .iter()
-        .enumerate()
-        .map(|(i, q)| Request {
-            prompt_ids: encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(q))).unwrap(),
-            id: format!("q{i}"),
-            first_sample: 0,
-            samples: 1,
-        })
-        .collect();
+    let requests = chat_requests(&lm, &questions, 1);
     let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: 12, seed: 0, stop: vec![], sampler: SamplerPlacement::Auto };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     for (r, g) in requests.iter().zip(&gens) {
@@ -199,16 +204,7 @@ fn the_device_sampler_decodes_like_the_host_sampler() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let lm = east::model::load(model.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
-    let requests: Vec<Request> = ["What is 2+2?", "Tom has 3 apples and buys 4 more. How many?"]
-        .iter()
-        .enumerate()
-        .map(|(i, q)| Request {
-            prompt_ids: encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(q))).unwrap(),
-            id: format!("q{i}"),
-            first_sample: 0,
-            samples: 6,
-        })
-        .collect();
+    let requests = chat_requests(&lm, &["What is 2+2?", "Tom has 3 apples and buys 4 more. How many?"], 6);
     for sampling in [Sampling { temperature: 0.9, top_p: 1.0 }, Sampling::GREEDY] {
         let run = |sampler| {
             let settings = DecodeSettings { sampling, max_new_tokens: 24, seed: 5, stop: vec![], sampler };

@@ -52,7 +52,7 @@ pub fn sample_one(logits: &[f32], sampling: Sampling, u: f64) -> u32 {
         .collect();
     let total: f64 = weights.iter().sum();
     if sampling.top_p >= 1.0 {
-        return inverse_cdf(weights.iter().cloned().enumerate(), u * total, logits);
+        return inverse_cdf(weights.iter().cloned().enumerate(), u * total).map_or_else(|| argmax(logits), |i| i as u32);
     }
     // Nucleus: the smallest set of most likely tokens whose mass reaches top_p. A token with
     // probability below (1 − top_p)/V can never be in it (everything likelier already holds
@@ -72,10 +72,12 @@ pub fn sample_one(logits: &[f32], sampling: Sampling, u: f64) -> u32 {
     }
     candidates.truncate(keep);
     let kept: f64 = candidates.iter().map(|&(_, w)| w).sum();
-    inverse_cdf(candidates.into_iter(), u * kept, logits)
+    inverse_cdf(candidates.into_iter(), u * kept).map_or_else(|| argmax(logits), |i| i as u32)
 }
 
-fn inverse_cdf(weights: impl Iterator<Item = (usize, f64)>, target: f64, logits: &[f32]) -> u32 {
+/// The first index whose cumulative weight exceeds `target`; when rounding left the target just
+/// past the total, the last index with weight; None when no weight is positive.
+pub(crate) fn inverse_cdf(weights: impl Iterator<Item = (usize, f64)>, target: f64) -> Option<usize> {
     let mut acc = 0.0;
     let mut last = None;
     for (i, w) in weights {
@@ -85,11 +87,10 @@ fn inverse_cdf(weights: impl Iterator<Item = (usize, f64)>, target: f64, logits:
         acc += w;
         last = Some(i);
         if acc > target {
-            return i as u32;
+            return Some(i);
         }
     }
-    // Rounding left the target just past the total: the last token with mass.
-    last.map_or_else(|| argmax(logits), |i| i as u32)
+    last
 }
 
 /// Samples every row of a `(rows × vocab)` row-major logits buffer in parallel; `uniforms[r]` is

@@ -18,7 +18,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use super::logits::{argmax, sample_one, sample_rows, Sampling};
+use super::logits::{argmax, inverse_cdf, sample_one, sample_rows, Sampling};
 
 /// Tokens per block whose mass the device sums. Small enough that fetching one block per row is
 /// cheap, large enough that the block masses of a 128k vocabulary are only ~500 numbers a row.
@@ -162,23 +162,11 @@ pub(crate) fn sample_by_blocks(logits: &Tensor, sampling: Sampling, uniforms: &[
     Ok(tokens)
 }
 
-/// Inverse transform inside one block: the first token whose cumulative mass exceeds
-/// `residual`, with the host sampler's weights `exp((l − max) / T)` in f64.
+/// Inverse transform inside one block, with the host sampler's weights `exp((l − max) / T)` in
+/// f64 (a NaN logit has none).
 fn draw_in_block(logits: &[f32], row_max: f32, inv_t: f64, residual: f64) -> Option<usize> {
-    let mut acc = 0.0;
-    let mut last = None;
-    for (i, &l) in logits.iter().enumerate() {
-        let w = (((l - row_max) as f64) * inv_t).exp();
-        if w.is_nan() || w <= 0.0 {
-            continue;
-        }
-        acc += w;
-        last = Some(i);
-        if acc > residual {
-            return Some(i);
-        }
-    }
-    last
+    let weights = logits.iter().map(|&l| if l.is_nan() { 0.0 } else { (((l - row_max) as f64) * inv_t).exp() });
+    inverse_cdf(weights.enumerate(), residual)
 }
 
 #[cfg(test)]
