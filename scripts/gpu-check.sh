@@ -117,6 +117,15 @@ PY
         [ -d "$d" ] && extra="$extra:$d"
     done
     export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH}$extra"
+    # a library still missing (images differ in where they keep CUDA): look for it on disk
+    for lib in $(ldd "$bin" 2>/dev/null | awk '/not found/ {print $1}'); do
+        found="$(find /usr /opt /root "$("$py" -c 'import sys; print(sys.prefix)' 2>/dev/null || echo /usr)" \
+            -xdev -name "$lib" 2>/dev/null | head -n 1)"
+        if [ -n "$found" ]; then
+            echo "found $lib at $found" >&2
+            export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
+        fi
+    done
 else
     # the CPU dry run: a cuda-built binary needs the toolkit's libraries and the driver stub
     if [ -x scripts/build-cuda.sh ] && [ -d .cuda/venv ]; then

@@ -52,7 +52,8 @@ def sync():
 cfg = LlamaConfig.from_pretrained(a.model)
 torch.manual_seed(0)
 t0 = time.time()
-master = torch.float32 if a.what == "train" and not a.lora else torch.bfloat16
+# bf16 weights for sampling and the LoRA base, f32 for full fine-tuning; all f32 in the CPU dry run
+master = torch.float32 if (a.what == "train" and not a.lora) or not cuda else torch.bfloat16
 with torch.device(dev):
     model = LlamaForCausalLM._from_config(cfg, dtype=master)
 sync()
@@ -94,7 +95,7 @@ if a.what == "sample":
     secs = time.time() - t0
     new = res.shape[1] - a.prompt_len
     out.update(n=a.n, new_tokens=a.tokens, prompt_tokens=a.prompt_len, generated_tokens=a.n * new,
-               seconds=secs, tokens_per_s=a.n * new / secs, warmup_s=warm, dtype="bf16")
+               seconds=secs, tokens_per_s=a.n * new / secs, warmup_s=warm, dtype=str(master).removeprefix("torch."))
     if new != a.tokens:
         out["error"] = f"generated {new} tokens per sample, not {a.tokens}"
 else:
@@ -122,7 +123,9 @@ else:
         t0 = time.time()
         total = 0.0
         for m in range(0, a.batch, a.micro_batch):
-            with torch.autocast(dev.type, dtype=torch.bfloat16):
+            # bf16 autocast as on the GPU; the CPU dry run computes in f32 (bf16 backward on a
+            # CPU without bf16 instructions takes minutes for even the mini shape)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = model(input_ids=ids[m:m + a.micro_batch], labels=labels[m:m + a.micro_batch]).loss / accum
             loss.backward()
             total += loss.item()
@@ -137,7 +140,8 @@ else:
                lora_rank=a.lora_rank if a.lora else None, tokens_per_step=a.batch * a.len,
                tokens_per_s=a.batch * a.len * len(later) / sum(later), first_step_s=times[0],
                median_step_s=sorted(later)[len(later) // 2], losses=losses,
-               dtype="bf16 base, f32 adapters" if a.lora else "f32 weights, bf16 autocast")
+               dtype=("bf16 base, f32 adapters" if a.lora else "f32 weights, bf16 autocast") if cuda else
+               "f32")
 
 if cuda:
     out["peak_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
