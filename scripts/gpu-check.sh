@@ -5,7 +5,7 @@
 # the stripped binary in gpu/bin/ and the CPU references in gpu/ref/ (gpu/ is ignored by git, so
 # name it in the device tool's `carry`).
 #
-#   scripts/gpu-check.sh [--budget SECONDS] [--skip-8b] [--only REGEX]
+#   scripts/gpu-check.sh [--budget SECONDS] [--skip-8b] [--only REGEX] [--profile]
 #   scripts/gpu-check.sh --dry-run-cpu     # the same steps on the CPU with small shapes
 #
 # Steps (each with its own timeout; steps that would start after the budget are skipped):
@@ -17,6 +17,8 @@
 #     disabled) and transformers generate; 10 SFT steps of 16 × 512 tokens, full fine-tuning,
 #     east (f32 masters, bf16 compute) and PyTorch (f32 weights, bf16 autocast).
 #  3. Llama-3.1-8B shape: east and transformers sampling; 10 LoRA steps (r = 16, α = 16).
+# --profile adds, after step 1: the training ops of the 1B shape one by one (forward and
+# backward ms, `east-gpu-check op-bench`) and the 1B SFT steps with the engine's phases timed.
 # Peak GPU memory is the most nvidia-smi reported in use while the step ran (polled every
 # 100 ms; it includes the CUDA context), for east and PyTorch alike; PyTorch's own peak
 # allocated/reserved figures are in its lines too.
@@ -31,12 +33,14 @@ cd "$root"
 budget=480
 dry=0
 skip8b=0
+profile=0
 only="."
 while [ $# -gt 0 ]; do
     case "$1" in
         --budget) budget="$2"; shift 2 ;;
         --dry-run-cpu) dry=1; shift ;;
         --skip-8b) skip8b=1; shift ;;
+        --profile) profile=1; shift ;;
         --only) only="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -81,6 +85,7 @@ if [ "$dry" = 1 ]; then
     # the autograd engine, as on CUDA (the CPU's default is the hand-written CPU engine)
     engine=(--engine autograd)
     train_args=(--steps 3 --batch 4 --len 64)
+    op_args=(--dtype f32 --rows 1 --len 16)
     lora_args=(--steps 3 --batch 4 --len 64 --lora --lora-rank 16 --lora-alpha 16)
     mb_full=2; mb_lora=2
 else
@@ -91,6 +96,7 @@ else
     # the 1B, ~7 GB of the 8B); a step that runs out of memory is retried with half
     mb_full=8; mb_lora=4
     train_args=(--steps 10 --batch 16 --len 512)
+    op_args=(--rows 8 --len 512)
     lora_args=(--steps 10 --batch 16 --len 512 --lora --lora-rank 16 --lora-alpha 16)
 fi
 
@@ -228,6 +234,11 @@ run_step "east-sample-$s1" 180 "$bin" sample-bench --model "$m1" --device $dev "
 run_step "east-sample-host-$s1" 180 "$bin" sample-bench --model "$m1" --device $dev "${sample_args[@]}" --sampler host
 run_step "torch-sample-$s1" 180 "$py" scripts/reference/torch_gpu_bench.py --model "$m1" --device $dev sample "${sample_args[@]}"
 mb=$mb_full
+if [ "$profile" = 1 ]; then
+    run_step "op-bench" 120 "$bin" op-bench --device $dev "${op_args[@]}"
+    run_step "east-train-full-$s1-profile" 180 "$bin" train-bench --model "$m1" --device $dev --work "$work/tw" \
+        "${train_args[@]}" --micro-batch $mb "${engine[@]}" --profile
+fi
 run_step "east-train-full-$s1" 240 "$bin" train-bench --model "$m1" --device $dev --work "$work/tw" "${train_args[@]}" --micro-batch $mb "${engine[@]}"
 if [ $? != 0 ] && oom "east-train-full-$s1" && [ "$mb" -gt 1 ]; then
     mb=$((mb / 2))
@@ -280,7 +291,11 @@ for r in rows:
             extra = f", step {r['median_step_s']:.2f} s, micro-batch {r.get('micro_batch')}"
         if "peak_reserved_mib" in r:
             extra += f", torch peak reserved {r['peak_reserved_mib']:.0f} MiB"
+        if r.get("phases"):
+            extra += "; phases s: " + ", ".join(f"{k} {v['s']:.2f}" for k, v in r["phases"].items())
         res = f"{r['tokens_per_s']:.0f} tokens/s{extra}"
+    elif c == "op-bench":
+        res = "fwd/bwd ms: " + "; ".join(f"{k} {v['fwd_ms']:.2f}/{v['bwd_ms']:.2f}" for k, v in r.get("ops", {}).items())
     elif c == "make-model":
         res = f"{r.get('params', 0) / 1e9:.2f} B params, {r.get('bytes', 0) / 2**30:.1f} GiB in {r.get('seconds', 0):.1f} s"
     else:

@@ -425,6 +425,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         train: config.train.clone(),
         beta: config.beta(),
         progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        profile: false,
     };
     let r = east::train::train(&job).with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
     if r.already_done {

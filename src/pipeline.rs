@@ -451,6 +451,7 @@ fn self_train_round(
             train: train.clone(),
             beta: config.beta(),
             progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        profile: false,
         };
         crate::train::train(&job)?;
         Ok(())

@@ -1128,3 +1128,42 @@ fn llama3_inv_freq_matches_transformers() {
         assert!((g - w).abs() <= 1e-6 * w.abs(), "inv_freq[{i}]: {g} vs {w}");
     }
 }
+
+/// The training softmax (candle's fused forward, east's backward) against the softmax and
+/// its gradient by hand: forward values to rounding, and the gradient of `Σ w ⊙ softmax(x)`
+/// against central finite differences of the same sum computed on the host in f64.
+#[test]
+fn training_softmax_has_the_gradient_of_finite_differences() {
+    use east::model::llama::softmax_last_dim_train;
+    let (rows, cols) = (3usize, 7usize);
+    let xs: Vec<f64> = (0..rows * cols).map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.37 + (i as f64).sin()).collect();
+    let ws: Vec<f64> = (0..rows * cols).map(|i| ((i * 13 % 5) as f64 - 2.0) * 0.5).collect();
+    let softmax = |x: &[f64]| -> Vec<f64> {
+        x.chunks(cols)
+            .flat_map(|r| {
+                let m = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = r.iter().map(|v| (v - m).exp()).sum();
+                r.iter().map(move |v| (v - m).exp() / s).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let loss = |x: &[f64]| -> f64 { softmax(x).iter().zip(&ws).map(|(p, w)| p * w).sum() };
+
+    let x = candle_core::Var::from_tensor(&Tensor::from_vec(xs.clone(), (rows, cols), &Device::Cpu).unwrap()).unwrap();
+    let w = Tensor::from_vec(ws.clone(), (rows, cols), &Device::Cpu).unwrap();
+    let y = softmax_last_dim_train(x.as_tensor()).unwrap();
+    let got: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+    for (a, b) in got.iter().zip(softmax(&xs)) {
+        assert!((a - b).abs() < 1e-12, "softmax {a} vs {b}");
+    }
+    let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let g: Vec<f64> = grads.get(x.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let h = 1e-6;
+    for i in 0..xs.len() {
+        let (mut up, mut down) = (xs.clone(), xs.clone());
+        up[i] += h;
+        down[i] -= h;
+        let fd = (loss(&up) - loss(&down)) / (2.0 * h);
+        assert!((g[i] - fd).abs() < 1e-8, "∂/∂x[{i}]: {} vs finite difference {fd}", g[i]);
+    }
+}

@@ -72,7 +72,7 @@ fn job(model: &Path, data: &Path, out: &Path, set: &[&str]) -> TrainJob {
     let mut overrides: Vec<String> = vec![format!("model.path={}", model.display())];
     overrides.extend(set.iter().map(|s| s.to_string()));
     let c = Config::from_toml_str("", "test", &overrides).unwrap();
-    TrainJob { model: c.model.clone(), data: data.into(), out: out.into(), train: c.train.clone(), beta: c.beta(), progress: false }
+    TrainJob { model: c.model.clone(), data: data.into(), out: out.into(), train: c.train.clone(), beta: c.beta(), progress: false, profile: false }
 }
 
 fn log_lines(out: &Path) -> Vec<Value> {

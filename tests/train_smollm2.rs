@@ -38,7 +38,7 @@ fn smollm2_sft_steps_and_checkpoint_round_trip() {
         ],
     )
     .unwrap();
-    let job = east::train::TrainJob { model: c.model.clone(), data: data_path.clone(), out: out.clone(), train: c.train.clone(), beta: c.beta(), progress: false };
+    let job = east::train::TrainJob { model: c.model.clone(), data: data_path.clone(), out: out.clone(), train: c.train.clone(), beta: c.beta(), progress: false, profile: false };
     let r = east::train::train(&job).unwrap();
     assert_eq!((r.steps, r.engine.as_str()), (3, "cpu"));
     let log: Vec<Value> = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

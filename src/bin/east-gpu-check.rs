@@ -11,7 +11,8 @@
 //! east-gpu-check sample-bench --model DIR --device cuda [--n 128 --tokens 256 --prompt-len 128]
 //! east-gpu-check train-bench --model DIR --device cuda --work DIR [--steps 10 --batch 16
 //!                            --micro-batch 4 --len 512] [--lora --lora-rank 16 --lora-alpha 16]
-//!                            [--out FILE] [--reference FILE]
+//!                            [--out FILE] [--reference FILE] [--profile]
+//! east-gpu-check op-bench --device cuda [--rows 8 --len 512]   # fwd/bwd ms of the training ops
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,18 @@ enum Cmd {
         sampler: String,
     },
     /// Training throughput: `east train` (SFT, data weights) for `steps` optimiser steps of
+    /// Forward and backward times of the ops a training step of the 1B shape is made of, each
+    /// alone on `rows` × `len` tokens of random bf16 data: to see which one is slow.
+    OpBench {
+        #[arg(long, default_value = "cuda")]
+        device: String,
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+        #[arg(long, default_value_t = 8)]
+        rows: usize,
+        #[arg(long, default_value_t = 512)]
+        len: usize,
+    },
     /// `batch` rows of `len` tokens (a quarter prompt), on generated text.
     TrainBench {
         #[arg(long)]
@@ -120,6 +133,10 @@ enum Cmd {
         lora_alpha: f64,
         #[arg(long, default_value = "auto")]
         engine: String,
+        /// Also time the engine's phases (each waits for the GPU: the run gets slower), as
+        /// "phases" in the output.
+        #[arg(long)]
+        profile: bool,
         #[arg(long)]
         out: Option<PathBuf>,
         #[arg(long)]
@@ -143,8 +160,9 @@ fn main() -> anyhow::Result<()> {
             };
             sample_bench(&model, &device, &dtype, n, tokens, prompt_len, temperature, batch_rows, sampler)?
         }
-        Cmd::TrainBench { model, device, dtype, work, steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, out, reference } => {
-            let spec = TrainSpec { steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine };
+        Cmd::OpBench { device, dtype, rows, len } => op_bench(&device, &dtype, rows, len)?,
+        Cmd::TrainBench { model, device, dtype, work, steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, profile, out, reference } => {
+            let spec = TrainSpec { steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, profile };
             train_bench(&model, &device, &dtype, &work, &spec, out.as_deref(), reference.as_deref())?
         }
     };
@@ -368,6 +386,73 @@ fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize
     }))
 }
 
+/// See `Cmd::OpBench`. Shapes of Llama-3.2-1B: hidden 2048, 32 heads of 64 (8 KV heads),
+/// MLP 8192, vocabulary 128256.
+fn op_bench(device: &str, dtype: &str, rows: usize, len: usize) -> anyhow::Result<Value> {
+    use candle_core::{Module, Var, D};
+    let dev = east::runtime::device(device)?;
+    let dt = east::runtime::dtype(dtype, &dev)?;
+    let (h, heads, kv, hd, mlp, vocab) = (2048usize, 32usize, 8usize, 64usize, 8192usize, 128256usize);
+    let n = rows * len;
+    let var = |shape: &[usize]| -> anyhow::Result<Var> { Ok(Var::from_tensor(&(Tensor::randn(0f32, 0.02, shape, &dev)?.to_dtype(dt)?))?) };
+    // (name, forward ms, backward ms): median of 3 after one warm-up, waiting for the device
+    let mut out = serde_json::Map::new();
+    let mut time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+        let (mut fw, mut bw) = (vec![], vec![]);
+        for rep in 0..4 {
+            dev.synchronize()?;
+            let t0 = Instant::now();
+            let y = f()?;
+            dev.synchronize()?;
+            let t1 = Instant::now();
+            // rows first: candle sums a whole tensor in one thread block, which would be timed too
+            let grads = y.to_dtype(DType::F32)?.sum(D::Minus1)?.sum_all()?.backward()?;
+            dev.synchronize()?;
+            let t2 = Instant::now();
+            drop(grads);
+            if rep > 0 {
+                fw.push((t1 - t0).as_secs_f64() * 1e3);
+                bw.push((t2 - t1).as_secs_f64() * 1e3);
+            }
+        }
+        out.insert(name.into(), json!({"fwd_ms": median(&fw), "bwd_ms": median(&bw)}));
+        Ok(())
+    };
+    let x = var(&[rows, len, h])?;
+    let w_mlp = var(&[mlp, h])?;
+    let w_q = var(&[heads * hd, h])?;
+    let norm_w = var(&[h])?;
+    time("linear 2048->8192 (gate/up)", &|| east::model::LinearLayer::new(w_mlp.as_tensor().clone()).forward(x.as_tensor()))?;
+    time("linear 2048->2048 (q/o)", &|| east::model::LinearLayer::new(w_q.as_tensor().clone()).forward(x.as_tensor()))?;
+    time("rms_norm_composed", &|| east::model::llama::rms_norm_composed(x.as_tensor(), norm_w.as_tensor(), 1e-5))?;
+    let a = var(&[rows, len, mlp])?;
+    let b = var(&[rows, len, mlp])?;
+    time("silu(gate)*up", &|| a.as_tensor().silu()? * b.as_tensor())?;
+    let q = var(&[rows, heads, len, hd])?;
+    let pos = Tensor::arange(0u32, len as u32, &dev)?.to_dtype(DType::F32)?;
+    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / hd as f32)).collect();
+    let ang = pos.unsqueeze(1)?.broadcast_mul(&Tensor::new(inv.as_slice(), &dev)?.unsqueeze(0)?)?;
+    let (cos, sin) = (ang.cos()?.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?, ang.sin()?.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?);
+    time("rope_composed (q)", &|| east::model::llama::rope_composed(q.as_tensor(), &cos, &sin))?;
+    let k = var(&[rows, kv, len, hd])?;
+    time("scores q·kᵀ (GQA)", &|| q.as_tensor().reshape((rows, kv, heads / kv * len, hd))?.matmul(&k.as_tensor().t()?))?;
+    let s = var(&[rows, heads, len, len])?;
+    let mask = Tensor::zeros((rows, 1, len, len), DType::F32, &dev)?;
+    time("softmax f32 (+mask)", &|| candle_nn::ops::softmax(&s.as_tensor().to_dtype(DType::F32)?.broadcast_add(&mask)?, D::Minus1)?.to_dtype(dt))?;
+    time("transpose+contiguous (b,t,h,d)->(b,h,t,d)", &|| x.as_tensor().reshape((rows, len, heads, hd))?.transpose(1, 2)?.contiguous())?;
+    let emb = var(&[vocab, h])?;
+    let ids = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<u32>>(), n, &dev)?;
+    time("embedding index_select", &|| emb.as_tensor().index_select(&ids, 0))?;
+    let master = Var::from_tensor(&Tensor::randn(0f32, 0.02, (vocab, h), &dev)?)?;
+    time("cast f32->bf16 of the embedding", &|| master.as_tensor().to_dtype(dt))?;
+    let hc = Tensor::randn(0f32, 1.0, (n.min(1024), h), &dev)?;
+    let wh = master.as_tensor().detach();
+    time("head chunk f32 (1024 rows)", &|| hc.matmul(&wh.t()?))?;
+    let (hcb, whb) = (hc.to_dtype(dt)?, wh.to_dtype(dt)?);
+    time("head chunk in the model dtype (1024 rows)", &|| hcb.matmul(&whb.t()?))?;
+    Ok(json!({"check": "op-bench", "device": device, "dtype": format!("{dt:?}").to_lowercase(), "rows": rows, "len": len, "ops": out}))
+}
+
 struct TrainSpec {
     steps: usize,
     batch: usize,
@@ -378,6 +463,7 @@ struct TrainSpec {
     lora_rank: usize,
     lora_alpha: f64,
     engine: String,
+    profile: bool,
 }
 
 /// Lowercase words, `chars` bytes long: with the synthetic and tiny tokenizers (no merges in
@@ -431,6 +517,7 @@ fn train_bench(model: &Path, device: &str, dtype: &str, work: &Path, spec: &Trai
         },
         beta: 0.01,
         progress: false,
+        profile: spec.profile,
     };
     let t = Instant::now();
     let report = train(&job)?;
@@ -449,6 +536,9 @@ fn train_bench(model: &Path, device: &str, dtype: &str, work: &Path, spec: &Trai
         "tokens_per_s": later_tok / later_s, "first_step_s": step_s.first(), "median_step_s": median(&step_s[1.min(step_s.len())..]),
         "losses": losses, "grad_norms": norms, "seconds_total": total_s,
     });
+    if !report.phases.is_empty() {
+        line["phases"] = json!(report.phases.iter().map(|(k, (s, n))| (k.clone(), json!({"s": s, "calls": n}))).collect::<serde_json::Map<_, _>>());
+    }
     if let Some(o) = out {
         std::fs::write(o, line.to_string())?;
     }

@@ -1,7 +1,8 @@
 //! The Llama decoder (HF layout and tensor names) with two forward paths:
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
-//!   built only from ops that have a backward pass (composed softmax, RMS norm and RoPE), for
+//!   built only from ops that have a backward pass (composed RMS norm and RoPE; the softmax
+//!   composed on the CPU, fused with [`softmax_last_dim_train`]'s backward on a GPU), for
 //!   training and scoring.
 //! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,
 //!   returning the last column's logits.
@@ -222,6 +223,85 @@ pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
+/// How attention normalises its scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SoftmaxKind {
+    /// candle's fused kernel, no backward (inference).
+    Fused,
+    /// The fused kernel with [`softmax_last_dim_train`]'s backward (training on a GPU).
+    FusedTrain,
+    /// Composed from ops in the accumulation dtype (training on the CPU).
+    Composed,
+}
+
+/// Softmax over the last dimension: candle's fused kernel forward (which has no backward
+/// pass) and the backward `∂x = y ⊙ (g − Σ g ⊙ y)` in the accumulation dtype.
+///
+/// The graph gets one node, `x → y`: the softmax is computed outside it and handed to
+/// [`SoftmaxGrad`], whose forward returns it unchanged.
+pub fn softmax_last_dim_train(x: &Tensor) -> Result<Tensor> {
+    let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
+    x.apply_op2(&y, SoftmaxGrad)
+}
+
+/// See [`softmax_last_dim_train`]: `(x, softmax(x)) → softmax(x)`, differentiable in `x`.
+struct SoftmaxGrad;
+
+impl SoftmaxGrad {
+    fn check(l: &candle_core::Layout) -> Result<()> {
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("softmax grad: the softmax must be a fresh contiguous tensor")
+        }
+        Ok(())
+    }
+}
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "east-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CpuStorage,
+        ly: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        Self::check(ly)?;
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+        y: &candle_core::CudaStorage,
+        ly: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        Self::check(ly)?;
+        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _y: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dtype = res.dtype();
+        let acc = accumulation_dtype(dtype);
+        let y = res.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?;
+        let dot = (&y * &g)?.sum_keepdim(D::Minus1)?;
+        let dx = (y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)?;
+        Ok((Some(dx), None))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q_proj: LinearLayer,
@@ -313,7 +393,7 @@ impl Attention {
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
-        fused_softmax: bool,
+        softmax: SoftmaxKind,
     ) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let l = k.dim(2)?;
@@ -322,12 +402,15 @@ impl Attention {
         let qg = q.reshape((b, kv, g * t, d))?;
         let scores = qg.matmul(&k.t()?)?; // (B, KV, G·T, L)
         let scores = scores.reshape((b, h, t, l))?;
-        let probs = if fused_softmax {
+        let probs = if softmax != SoftmaxKind::Composed {
             let s = match mask {
-                Some(m) => scores.broadcast_add(m)?,
+                Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
                 None => scores,
             };
-            candle_nn::ops::softmax_last_dim(&s)?
+            match softmax {
+                SoftmaxKind::FusedTrain => softmax_last_dim_train(&s)?,
+                _ => candle_nn::ops::softmax_last_dim(&s)?,
+            }
         } else {
             let dtype = scores.dtype();
             let acc = accumulation_dtype(dtype);
@@ -351,7 +434,11 @@ impl Attention {
         let q = rope_composed(&q, &cos, &sin)?;
         let k = rope_composed(&k, &cos, &sin)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        let y = self.attend(&q, &k, &v, ctx.mask, false)?;
+        // the fused kernel (f32 accumulation inside) on GPUs, where the composed softmax's
+        // eight passes over the f32 scores were most of the forward; the composed one on the
+        // CPU, whose engines and tests are pinned to it
+        let softmax = if q.device().is_cuda() { SoftmaxKind::FusedTrain } else { SoftmaxKind::Composed };
+        let y = self.attend(&q, &k, &v, ctx.mask, softmax)?;
         self.o_proj.forward(&y)
     }
 
@@ -385,9 +472,9 @@ impl Attention {
                 // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
                 let kc = kc.to_dtype(q.dtype())?;
                 let vc = vc.to_dtype(q.dtype())?;
-                self.attend(&q, &kc, &vc, ctx.mask, true)?
+                self.attend(&q, &kc, &vc, ctx.mask, SoftmaxKind::Fused)?
             }
-            _ => self.attend(&q, &kc, &vc, ctx.mask, true)?,
+            _ => self.attend(&q, &kc, &vc, ctx.mask, SoftmaxKind::Fused)?,
         };
         self.o_proj.forward(&y)
     }

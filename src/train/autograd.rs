@@ -1,11 +1,13 @@
 //! The device-generic training engine: candle's autograd through [`Llama::forward_hidden`]
-//! (composed softmax/RMS norm/RoPE, all with backward passes), for CUDA and for dtypes the CPU
+//! (composed RMS norm and RoPE; attention's softmax composed on the CPU and candle's fused
+//! kernel with a backward of ours on a GPU), for CUDA and for dtypes the CPU
 //! engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64 for an f64
 //! model); the forward runs in the model dtype on a copy cast from the masters each
 //! micro-batch, and the casts carry the gradients back to the f32 masters.
 //!
 //! The vocabulary projection is not part of the graph: the final hidden states at the target
-//! positions are detached, the logits are computed in f32 chunk by chunk with the gradient
+//! positions are detached, the logits are computed chunk by chunk (multiplied in bf16/f16 for
+//! such models, as autocast does; softmax statistics in f32) with the gradient
 //! `c·(onehot − softmax)` formed by hand, and the graph is then back-propagated from
 //! `Σ hidden · ∂L/∂hidden`.
 //!
@@ -27,6 +29,7 @@ use rand::{Rng, SeedableRng};
 
 use super::engine::{peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
 use super::optim::AdamW;
+use super::profile::PhaseProfile;
 use crate::model::{LinearAdapter, LinearLayer, Llama, LlamaConfig};
 
 /// A deterministic dropout mask (the CPU engine's hash), as a tensor of 0 and 1/(1−p), for
@@ -127,6 +130,16 @@ pub struct AutogradEngine {
     steps: u64,
     pending: Option<Pending>,
     pub head_chunk: usize,
+    /// Phase timings (off unless set to [`PhaseProfile::enabled`]).
+    pub profile: PhaseProfile,
+}
+
+/// `Σ x²` in f64 as a scalar tensor, reduced along the last dimension first (one block per
+/// row on a GPU) and then over the row sums.
+fn sum_of_squares(x: &Tensor) -> candle_core::Result<Tensor> {
+    let x = x.to_dtype(DType::F64)?;
+    let rows = if x.rank() >= 2 { x.sqr()?.sum(D::Minus1)? } else { x.sqr()? };
+    rows.sum_all()
 }
 
 fn mix_seed(a: u64, b: u64) -> u64 {
@@ -187,7 +200,10 @@ impl AutogradEngine {
         let exp_avg_sq = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
         let grads = vec![None; vars.len()];
         let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }.to_string();
-        let head_chunk = ((64usize << 20) / (cfg.vocab_size * 4).max(1)).clamp(16, 1024);
+        // rows of f32 logits per chunk of the vocabulary projection: 64 MiB on the CPU (cache
+        // sized), 512 MiB on a GPU, where small matmuls leave most of it idle
+        let chunk_bytes: usize = if device.is_cuda() { 512 << 20 } else { 64 << 20 };
+        let head_chunk = (chunk_bytes / (cfg.vocab_size * 4).max(1)).clamp(16, 4096);
         Ok(AutogradEngine {
             cfg,
             device,
@@ -207,6 +223,7 @@ impl AutogradEngine {
             steps: 0,
             pending: None,
             head_chunk,
+            profile: PhaseProfile::default(),
         })
     }
 
@@ -220,6 +237,7 @@ impl AutogradEngine {
     /// with LoRA adapters.
     /// `graph`: false for scoring (constant weights: no activations kept for a backward).
     fn build(&self, dropout_seed: Option<u64>, batch: &Packed, graph: bool) -> anyhow::Result<Llama> {
+        let _phase = self.profile.phase("build", &self.device);
         let mut map = HashMap::new();
         let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
         if self.lora.is_none() {
@@ -263,17 +281,29 @@ impl AutogradEngine {
         Ok(model)
     }
 
-    /// The output layer's weight in f32 (detached).
+    /// The output layer's weight for the head's matmuls (detached): in the compute dtype when
+    /// that is a half type, else in the master dtype.
     fn head_weight(&self) -> anyhow::Result<Tensor> {
         let t = match self.names.iter().position(|n| n == &self.head_name) {
             Some(i) => self.vars[i].as_tensor().detach(),
             None => self.frozen.get(&self.head_name).context("no output layer weight")?.detach(),
         };
-        Ok(t.to_dtype(self.master_dtype)?)
+        Ok(t.to_dtype(self.head_matmul_dtype())?)
+    }
+
+    /// bf16/f16 models multiply the vocabulary projection in their own dtype (f32 accumulation
+    /// in cuBLAS) and take the softmax statistics in f32, as PyTorch's autocast does; an f32 or
+    /// f64 model stays in its dtype. Multiplying in f32 was most of the head's time on a GPU.
+    fn head_matmul_dtype(&self) -> DType {
+        match self.dtype {
+            DType::BF16 | DType::F16 => self.dtype,
+            _ => self.master_dtype,
+        }
     }
 
     /// Hidden states at the target positions `(targets, hidden)`, in the graph.
     fn hidden_at_targets(&self, model: &Llama, batch: &Packed) -> anyhow::Result<Tensor> {
+        let _phase = self.profile.phase("forward", &self.device);
         let rows = batch.num_rows();
         let t = batch.max_row_len();
         let mut ids = vec![0u32; rows * t];
@@ -294,47 +324,58 @@ impl AutogradEngine {
 
     /// Statistics and (with coefficients) `∂L/∂ht` and the output layer's gradient.
     fn head(&self, ht: &Tensor, batch: &Packed, coefs: Option<&[f64]>) -> anyhow::Result<(Vec<RowStats>, Option<Tensor>, Option<Tensor>)> {
+        let _phase = self.profile.phase("head", &self.device);
         let w = self.head_weight()?;
-        let ht = ht.detach().to_dtype(self.master_dtype)?;
+        let mm = self.head_matmul_dtype();
+        let ht = ht.detach().to_dtype(mm)?;
         let nt = batch.targets.len();
         let mut stats = vec![RowStats::default(); batch.num_rows()];
         let mut dht_parts = Vec::new();
+        let mut logp_parts = Vec::new();
+        let mut log_sq_parts = Vec::new();
         let mut dw: Option<Tensor> = None;
         let head_trains = self.names.iter().any(|n| n == &self.head_name);
-        for c0 in (0..nt).step_by(self.head_chunk.max(1)) {
-            let nc = (nt - c0).min(self.head_chunk.max(1));
+        let chunk = self.head_chunk.max(1);
+        for c0 in (0..nt).step_by(chunk) {
+            let nc = (nt - c0).min(chunk);
             let targets = &batch.targets[c0..c0 + nc];
             let hc = ht.narrow(0, c0, nc)?;
-            let logits = hc.matmul(&w.t()?)?;
+            let logits = hc.matmul(&w.t()?)?.to_dtype(self.master_dtype)?;
             let m = logits.max_keepdim(D::Minus1)?;
             let e = logits.broadcast_sub(&m)?.exp()?;
             let s1 = e.sum_keepdim(D::Minus1)?;
             let lse = (&m + s1.log()?)?;
             let ids = Tensor::from_vec(targets.iter().map(|t| t.id).collect::<Vec<u32>>(), (nc, 1), &self.device)?;
-            let logp = (logits.gather(&ids, 1)? - &lse)?;
-            let log_sq = ((e.sqr()?.sum_keepdim(D::Minus1)?.log()? + (&m * 2.0)?)? - (&lse * 2.0)?)?;
-            let lp: Vec<f64> = logp.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-            let lsq: Vec<f64> = log_sq.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-            for ((t, a), b) in targets.iter().zip(&lp).zip(&lsq) {
-                let s = &mut stats[t.row];
-                s.logp += a;
-                s.wpo += a - b;
-                s.tokens += 1;
-            }
+            logp_parts.push((logits.gather(&ids, 1)? - &lse)?);
+            log_sq_parts.push(((e.sqr()?.sum_keepdim(D::Minus1)?.log()? + (&m * 2.0)?)? - (&lse * 2.0)?)?);
             if let Some(c) = coefs {
                 let cv: Vec<f64> = targets.iter().map(|t| c[t.row]).collect();
                 let cv = Tensor::from_vec(cv, (nc, 1), &Device::Cpu)?.to_dtype(self.master_dtype)?.to_device(&self.device)?;
                 let p = e.broadcast_div(&s1)?;
-                let dlogits = p.broadcast_mul(&cv.neg()?)?.scatter_add(&ids, &cv, 1)?;
-                dht_parts.push(dlogits.matmul(&w)?);
+                let dlogits = p.broadcast_mul(&cv.neg()?)?.scatter_add(&ids, &cv, 1)?.to_dtype(mm)?;
+                dht_parts.push(dlogits.matmul(&w)?.to_dtype(self.master_dtype)?);
                 if head_trains {
-                    let g = dlogits.t()?.matmul(&hc)?;
+                    let g = dlogits.t()?.matmul(&hc)?.to_dtype(self.master_dtype)?;
                     dw = Some(match dw {
                         Some(d) => (d + g)?,
                         None => g,
                     });
                 }
             }
+        }
+        if logp_parts.is_empty() {
+            // no target tokens: nothing to learn from this batch
+            let dht = coefs.map(|_| Tensor::zeros((0, self.cfg.hidden_size), self.master_dtype, &self.device)).transpose()?;
+            return Ok((stats, dht, None));
+        }
+        // one copy to the host for all chunks (each copy waits for the GPU)
+        let lp: Vec<f64> = Tensor::cat(&logp_parts, 0)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        let lsq: Vec<f64> = Tensor::cat(&log_sq_parts, 0)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        for ((t, a), b) in batch.targets.iter().zip(&lp).zip(&lsq) {
+            let s = &mut stats[t.row];
+            s.logp += a;
+            s.wpo += a - b;
+            s.tokens += 1;
         }
         let dht = if coefs.is_some() { Some(Tensor::cat(&dht_parts, 0)?) } else { None };
         Ok((stats, dht, dw))
@@ -385,8 +426,12 @@ impl Engine for AutogradEngine {
             (Some(_), Some(_)) => bail!("coefficients were already given to the forward"),
             (None, None) => bail!("backward needs the per-row coefficients"),
         };
-        let surrogate = (p.ht.to_dtype(self.master_dtype)? * dht.detach())?.sum_all()?;
+        let phase = self.profile.phase("backward", &self.device);
+        // rows first (see sum_of_squares)
+        let surrogate = (p.ht.to_dtype(self.master_dtype)? * dht.detach())?.sum(D::Minus1)?.sum_all()?;
         let grads = surrogate.backward()?;
+        drop(phase);
+        let _phase = self.profile.phase("accumulate", &self.device);
         for i in 0..self.vars.len() {
             if let Some(g) = grads.get(self.vars[i].as_tensor()) {
                 let g = g.clone();
@@ -401,14 +446,19 @@ impl Engine for AutogradEngine {
     }
 
     fn grad_sq_norm(&self) -> anyhow::Result<f64> {
-        let mut s = 0.0;
-        for g in self.grads.iter().flatten() {
-            s += g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?;
+        let _phase = self.profile.phase("grad_norm", &self.device);
+        // Summed on the device, with one wait for the GPU rather than one per tensor. Rows
+        // first: candle reduces a whole tensor to a scalar in a single thread block, which for
+        // the 1B's gradients took most of a second per step on an H200.
+        let sums = self.grads.iter().flatten().map(|g| sum_of_squares(g)?.reshape(1)).collect::<candle_core::Result<Vec<_>>>()?;
+        if sums.is_empty() {
+            return Ok(0.0);
         }
-        Ok(s)
+        Ok(Tensor::cat(&sums, 0)?.sum_all()?.to_scalar::<f64>()?)
     }
 
     fn step(&mut self, opt: &AdamW, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
+        let _phase = self.profile.phase("optimizer", &self.device);
         self.steps += 1;
         let t = self.steps as i32;
         let bc1 = 1.0 - opt.beta1.powi(t);
@@ -426,6 +476,10 @@ impl Engine for AutogradEngine {
             self.exp_avg_sq[i] = v;
         }
         Ok(())
+    }
+
+    fn phase_times(&self) -> std::collections::BTreeMap<&'static str, (f64, u64)> {
+        self.profile.totals()
     }
 
     fn trainable(&self) -> Vec<ParamInfo> {
@@ -484,5 +538,20 @@ impl Engine for AutogradEngine {
             return Ok(None);
         }
         Ok(Some(self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<anyhow::Result<_>>()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_of_squares_by_rows_is_the_hand_sum() {
+        let m = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
+        assert_eq!(sum_of_squares(&m).unwrap().to_scalar::<f64>().unwrap(), 91.0);
+        let v = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
+        assert_eq!(sum_of_squares(&v).unwrap().to_scalar::<f64>().unwrap(), 25.0);
+        let t = Tensor::new(&[[[1f32], [2.0]], [[2.0], [4.0]]], &Device::Cpu).unwrap();
+        assert_eq!(sum_of_squares(&t).unwrap().to_scalar::<f64>().unwrap(), 25.0);
     }
 }

@@ -171,4 +171,10 @@ pub trait Engine {
     /// weights) so writing the checkpoint does not stack its copies on top of them. Only the
     /// weight accessors may be used afterwards.
     fn release_training_state(&mut self);
+
+    /// Seconds and calls per phase when the engine was asked to profile (see
+    /// [`crate::train::profile`]); empty otherwise.
+    fn phase_times(&self) -> std::collections::BTreeMap<&'static str, (f64, u64)> {
+        std::collections::BTreeMap::new()
+    }
 }

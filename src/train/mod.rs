@@ -7,6 +7,7 @@ pub mod data;
 pub mod engine;
 pub mod loss;
 pub mod optim;
+pub mod profile;
 pub mod trainer;
 
 pub use engine::{Engine, LoraSpec, Packed, RowStats};

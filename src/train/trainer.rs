@@ -35,6 +35,9 @@ pub struct TrainJob {
     pub beta: f64,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
+    /// Time the autograd engine's phases (forward, head, backward, optimizer…) into
+    /// [`TrainReport::phases`]; each phase waits for the GPU, which slows training down.
+    pub profile: bool,
 }
 
 /// What a run did.
@@ -53,6 +56,9 @@ pub struct TrainReport {
     pub tokens_per_s: f64,
     pub engine: String,
     pub truncated: usize,
+    /// Seconds and calls per engine phase, when the job asked to profile.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub phases: std::collections::BTreeMap<String, (f64, u64)>,
 }
 
 /// (size, modification time) of the files that make up a model, for fingerprints.
@@ -197,7 +203,7 @@ fn truncate_log(path: &Path, lines: usize) -> anyhow::Result<()> {
     std::fs::write(path, kept).with_context(|| format!("writing {}", path.display()))
 }
 
-fn make_engine(model: &crate::model::Llama, lora: Option<LoraSpec>, seed: u64, choice: &str) -> anyhow::Result<(Box<dyn Engine>, String)> {
+fn make_engine(model: &crate::model::Llama, lora: Option<LoraSpec>, seed: u64, choice: &str, profile: bool) -> anyhow::Result<(Box<dyn Engine>, String)> {
     let cpu = matches!(model.device(), Device::Cpu);
     let dtype = model.dtype();
     let cpu_ok = cpu && matches!(dtype, DType::F32 | DType::F64);
@@ -205,7 +211,13 @@ fn make_engine(model: &crate::model::Llama, lora: Option<LoraSpec>, seed: u64, c
         ("cpu", false) => bail!("train.engine = cpu needs the CPU and f32 or f64 weights (model is {dtype:?} on {:?})", model.device()),
         ("auto" | "cpu", true) if dtype == DType::F64 => Ok((Box::new(CpuEngine::<f64>::new(model, lora, seed)?), "cpu-f64".into())),
         ("auto" | "cpu", true) => Ok((Box::new(CpuEngine::<f32>::new(model, lora, seed)?), "cpu".into())),
-        _ => Ok((Box::new(AutogradEngine::new(model, lora, seed)?), format!("autograd-{}", format!("{dtype:?}").to_lowercase()))),
+        _ => {
+            let mut engine = AutogradEngine::new(model, lora, seed)?;
+            if profile {
+                engine.profile = super::profile::PhaseProfile::enabled();
+            }
+            Ok((Box::new(engine), format!("autograd-{}", format!("{dtype:?}").to_lowercase())))
+        }
     }
 }
 
@@ -272,6 +284,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
                     tokens_per_s: 0.0,
                     engine: v.get("engine").and_then(Value::as_str).unwrap_or("").into(),
                     truncated: data.truncated,
+                    phases: Default::default(),
                 });
             }
             bail!(
@@ -293,7 +306,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     let LoadedModel { model, tokenizer, config, chat_template, eos_ids, bos_id, pad_id, dir, tokenizer_json, spec, source, .. } = lm;
     let meta = ModelMeta { config: config.clone(), tokenizer, tokenizer_json, dir, chat_template, eos_ids, bos_id, pad_id };
     let lora = t.lora.then(|| LoraSpec { rank: t.lora_rank, alpha: t.lora_alpha, dropout: t.lora_dropout, targets: t.lora_targets.clone() });
-    let (mut engine, engine_name) = make_engine(&model, lora.clone(), t.seed, &t.engine)?;
+    let (mut engine, engine_name) = make_engine(&model, lora.clone(), t.seed, &t.engine, job.profile)?;
     drop(model);
 
     // Reference log-probabilities from the starting weights (before a resume loads others).
@@ -522,6 +535,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
         tokens_per_s: if train_seconds > 0.0 && trained > 0 { tokens_done as f64 / train_seconds } else { 0.0 },
         engine: engine_name.clone(),
         truncated: data.truncated,
+        phases: engine.phase_times().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
     let state = json!({
         "complete": true,
