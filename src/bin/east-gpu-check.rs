@@ -424,21 +424,22 @@ fn op_bench(device: &str, dtype: &str, rows: usize, len: usize) -> anyhow::Resul
     let norm_w = var(&[h])?;
     time("linear 2048->8192 (gate/up)", &|| east::model::LinearLayer::new(w_mlp.as_tensor().clone()).forward(x.as_tensor()))?;
     time("linear 2048->2048 (q/o)", &|| east::model::LinearLayer::new(w_q.as_tensor().clone()).forward(x.as_tensor()))?;
-    time("rms_norm_composed", &|| east::model::llama::rms_norm_composed(x.as_tensor(), norm_w.as_tensor(), 1e-5))?;
+    time("rms_norm", &|| east::model::train_ops::rms_norm(x.as_tensor(), norm_w.as_tensor(), 1e-5))?;
     let a = var(&[rows, len, mlp])?;
     let b = var(&[rows, len, mlp])?;
-    time("silu(gate)*up", &|| a.as_tensor().silu()? * b.as_tensor())?;
+    time("swiglu(gate, up)", &|| east::model::train_ops::swiglu(a.as_tensor(), b.as_tensor()))?;
     let q = var(&[rows, heads, len, hd])?;
     let pos = Tensor::arange(0u32, len as u32, &dev)?.to_dtype(DType::F32)?;
     let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / hd as f32)).collect();
     let ang = pos.unsqueeze(1)?.broadcast_mul(&Tensor::new(inv.as_slice(), &dev)?.unsqueeze(0)?)?;
-    let (cos, sin) = (ang.cos()?.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?, ang.sin()?.to_dtype(dt)?.unsqueeze(0)?.unsqueeze(0)?);
-    time("rope_composed (q)", &|| east::model::llama::rope_composed(q.as_tensor(), &cos, &sin))?;
+    let (cos, sin) = (ang.cos()?.to_dtype(dt)?, ang.sin()?.to_dtype(dt)?); // (T, D/2)
+    let tables = east::model::train_ops::RopeTables::new(&cos, &sin, 1.0 / (hd as f64).sqrt())?;
+    time("rope (q, scaled)", &|| east::model::train_ops::rope(q.as_tensor(), &tables))?;
     let k = var(&[rows, kv, len, hd])?;
     time("scores q·kᵀ (GQA)", &|| q.as_tensor().reshape((rows, kv, heads / kv * len, hd))?.matmul(&k.as_tensor().t()?))?;
     let s = var(&[rows, heads, len, len])?;
-    let mask = Tensor::zeros((rows, 1, len, len), DType::F32, &dev)?;
-    time("softmax f32 (+mask)", &|| candle_nn::ops::softmax(&s.as_tensor().to_dtype(DType::F32)?.broadcast_add(&mask)?, D::Minus1)?.to_dtype(dt))?;
+    let mask = Tensor::zeros((rows, 1, len, len), dt, &dev)?;
+    time("softmax (+mask)", &|| east::model::train_ops::softmax_masked(s.as_tensor(), Some(&mask)))?;
     time("transpose+contiguous (b,t,h,d)->(b,h,t,d)", &|| x.as_tensor().reshape((rows, len, heads, hd))?.transpose(1, 2)?.contiguous())?;
     let emb = var(&[vocab, h])?;
     let ids = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<u32>>(), n, &dev)?;

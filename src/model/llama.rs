@@ -1,9 +1,9 @@
 //! The Llama decoder (HF layout and tensor names) with two forward paths:
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
-//!   built only from ops that have a backward pass (composed RMS norm and RoPE; the softmax
-//!   composed on the CPU, fused with [`softmax_last_dim_train`]'s backward on a GPU), for
-//!   training and scoring.
+//!   differentiable: RMS norm, RoPE, the attention softmax and SwiGLU are
+//!   [`train_ops`](super::train_ops) with hand-written backward passes, for training and
+//!   scoring.
 //! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,
 //!   returning the last column's logits.
 //!
@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::train_ops;
 
 /// A hook that replaces (or augments) the output of a [`LinearLayer`] — e.g. a LoRA adapter,
 /// or a matmul whose backward skips the frozen weight's gradient.
@@ -193,115 +194,6 @@ impl Module for LinearLayer {
     }
 }
 
-/// f32 for half-precision dtypes, else the dtype itself (f64 stays f64).
-fn accumulation_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F16 | DType::BF16 => DType::F32,
-        d => d,
-    }
-}
-
-/// RMS norm built from differentiable ops (candle's fused `rms_norm` has no backward).
-/// Computed in f32 like transformers' `LlamaRMSNorm`, scaled by `weight` in the input dtype.
-pub fn rms_norm_composed(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let dtype = x.dtype();
-    let xf = x.to_dtype(accumulation_dtype(dtype))?;
-    let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xf.broadcast_div(&(var + eps)?.sqrt()?)?;
-    xn.to_dtype(dtype)?.broadcast_mul(weight)
-}
-
-/// HF `rotate_half` RoPE with composed (differentiable) ops.
-/// `x`: `(B, H, T, D)`; `cos`, `sin`: `(B, 1, T, D/2)`.
-pub fn rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let d = x.dim(D::Minus1)?;
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
-    let x1 = x.narrow(D::Minus1, 0, d / 2)?;
-    let x2 = x.narrow(D::Minus1, d / 2, d - d / 2)?;
-    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
-    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
-}
-
-/// How attention normalises its scores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SoftmaxKind {
-    /// candle's fused kernel, no backward (inference).
-    Fused,
-    /// The fused kernel with [`softmax_last_dim_train`]'s backward (training on a GPU).
-    FusedTrain,
-    /// Composed from ops in the accumulation dtype (training on the CPU).
-    Composed,
-}
-
-/// Softmax over the last dimension: candle's fused kernel forward (which has no backward
-/// pass) and the backward `∂x = y ⊙ (g − Σ g ⊙ y)` in the accumulation dtype.
-///
-/// The graph gets one node, `x → y`: the softmax is computed outside it and handed to
-/// [`SoftmaxGrad`], whose forward returns it unchanged.
-pub fn softmax_last_dim_train(x: &Tensor) -> Result<Tensor> {
-    let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
-    x.apply_op2(&y, SoftmaxGrad)
-}
-
-/// See [`softmax_last_dim_train`]: `(x, softmax(x)) → softmax(x)`, differentiable in `x`.
-struct SoftmaxGrad;
-
-impl SoftmaxGrad {
-    /// The forward on either backend: a copy of the softmax it was handed.
-    fn pass_through<S: candle_core::backend::BackendStorage>(
-        y: &S,
-        ly: &candle_core::Layout,
-    ) -> Result<(S, candle_core::Shape)> {
-        if !ly.is_contiguous() || ly.start_offset() != 0 {
-            candle_core::bail!("softmax grad: the softmax must be a fresh contiguous tensor")
-        }
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
-    }
-}
-
-impl candle_core::CustomOp2 for SoftmaxGrad {
-    fn name(&self) -> &'static str {
-        "east-softmax-grad"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CpuStorage,
-        ly: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        Self::pass_through(y, ly)
-    }
-
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-        y: &candle_core::CudaStorage,
-        ly: &candle_core::Layout,
-    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        Self::pass_through(y, ly)
-    }
-
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dtype = res.dtype();
-        let acc = accumulation_dtype(dtype);
-        let y = res.to_dtype(acc)?;
-        let g = grad.to_dtype(acc)?;
-        let dot = (&y * &g)?.sum_keepdim(D::Minus1)?;
-        let dx = (y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)?;
-        Ok((Some(dx), None))
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub q_proj: LinearLayer,
@@ -322,9 +214,9 @@ pub struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)
     }
 }
 
@@ -345,6 +237,15 @@ struct Ctx<'a> {
     mask: Option<&'a Tensor>,
     /// Per-row left padding of the cache (decode kernel), when cached.
     left_pad: Option<&'a [usize]>,
+}
+
+/// Per-forward data of [`Llama::forward_hidden`], shared by all layers.
+struct TrainCtx {
+    /// The queries' tables are scaled by `1/√head_dim` (see [`train_ops::RopeTables`]).
+    q_rope: train_ops::RopeTables,
+    k_rope: train_ops::RopeTables,
+    /// Additive mask `(B, 1, T, T)` (0 / −∞) in the model dtype, or None.
+    mask: Option<Tensor>,
 }
 
 impl Attention {
@@ -386,15 +287,8 @@ impl Attention {
 
     /// Attention of `q` `(B, H, T, D)` (already scaled) against `k`, `v` `(B, KV, L, D)`
     /// (views are fine) without materialising repeated kv heads: q is viewed as
-    /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`.
-    fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-        softmax: SoftmaxKind,
-    ) -> Result<Tensor> {
+    /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`. Differentiable (the training softmax).
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let l = k.dim(2)?;
         let kv = self.n_kv_heads;
@@ -402,43 +296,19 @@ impl Attention {
         let qg = q.reshape((b, kv, g * t, d))?;
         let scores = qg.matmul(&k.t()?)?; // (B, KV, G·T, L)
         let scores = scores.reshape((b, h, t, l))?;
-        let probs = if softmax != SoftmaxKind::Composed {
-            let s = match mask {
-                Some(m) => scores.broadcast_add(&m.to_dtype(scores.dtype())?)?,
-                None => scores,
-            };
-            match softmax {
-                SoftmaxKind::FusedTrain => softmax_last_dim_train(&s)?,
-                _ => candle_nn::ops::softmax_last_dim(&s)?,
-            }
-        } else {
-            let dtype = scores.dtype();
-            let acc = accumulation_dtype(dtype);
-            let s = scores.to_dtype(acc)?;
-            let s = match mask {
-                Some(m) => s.broadcast_add(&m.to_dtype(acc)?)?,
-                None => s,
-            };
-            candle_nn::ops::softmax(&s, D::Minus1)?.to_dtype(dtype)?
-        };
+        let probs = train_ops::softmax_masked(&scores, mask)?;
         let out = probs.reshape((b, kv, g * t, l))?.matmul(v)?; // (B, KV, G·T, D)
         out.reshape((b, h, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, h * d))
     }
 
-    fn forward_train(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// Training/scoring attention: RoPE with the queries' tables carrying the `1/√d` scale.
+    fn forward_train(&self, x: &Tensor, ctx: &TrainCtx) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x)?;
-        let cos = ctx.cos.unsqueeze(1)?;
-        let sin = ctx.sin.unsqueeze(1)?;
-        let q = rope_composed(&q, &cos, &sin)?;
-        let k = rope_composed(&k, &cos, &sin)?;
-        let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
-        // the fused kernel (f32 accumulation inside) on GPUs, where the composed softmax's
-        // eight passes over the f32 scores were most of the forward; the composed one on the
-        // CPU, whose engines and tests are pinned to it
-        let softmax = if q.device().is_cuda() { SoftmaxKind::FusedTrain } else { SoftmaxKind::Composed };
-        let y = self.attend(&q, &k, &v, ctx.mask, softmax)?;
+        let q = train_ops::rope(&q, &ctx.q_rope)?;
+        let k = train_ops::rope(&k, &ctx.k_rope)?;
+        let y = self.attend(&q, &k, &v, ctx.mask.as_ref())?;
         self.o_proj.forward(&y)
     }
 
@@ -472,9 +342,9 @@ impl Attention {
                 // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
                 let kc = kc.to_dtype(q.dtype())?;
                 let vc = vc.to_dtype(q.dtype())?;
-                self.attend(&q, &kc, &vc, ctx.mask, SoftmaxKind::Fused)?
+                self.attend(&q, &kc, &vc, ctx.mask)?
             }
-            _ => self.attend(&q, &kc, &vc, ctx.mask, SoftmaxKind::Fused)?,
+            _ => self.attend(&q, &kc, &vc, ctx.mask)?,
         };
         self.o_proj.forward(&y)
     }
@@ -731,27 +601,26 @@ impl Llama {
         let positions = Tensor::from_vec(positions, (b, t), &self.device)?;
         let (cos, sin) = self.rope_tables(&positions)?;
         let mask = if t > 1 || any_masked {
-            Some(Tensor::from_vec(mask, (b, 1, t, t), &self.device)?)
+            Some(Tensor::from_vec(mask, (b, 1, t, t), &self.device)?.to_dtype(self.dtype)?)
         } else {
             None
         };
-        let ctx = Ctx {
-            cos: &cos,
-            sin: &sin,
-            mask: mask.as_ref(),
-            left_pad: None,
+        let ctx = TrainCtx {
+            q_rope: train_ops::RopeTables::new(&cos, &sin, 1.0 / (self.cfg.head_dim as f64).sqrt())?,
+            k_rope: train_ops::RopeTables::new(&cos, &sin, 1.0)?,
+            mask,
         };
         let eps = self.cfg.rms_norm_eps;
         let mut x = self.embed(ids)?;
         for block in &self.layers {
-            let h = rms_norm_composed(&x, &block.input_layernorm, eps)?;
+            let h = train_ops::rms_norm(&x, &block.input_layernorm, eps)?;
             let h = block.self_attn.forward_train(&h, &ctx)?;
             x = (x + h)?;
-            let h = rms_norm_composed(&x, &block.post_attention_layernorm, eps)?;
+            let h = train_ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
             let h = block.mlp.forward(&h)?;
             x = (x + h)?;
         }
-        rms_norm_composed(&x, &self.norm, eps)
+        train_ops::rms_norm(&x, &self.norm, eps)
     }
 
     /// Logits for hidden states from [`Llama::forward_hidden`]: `(…, hidden)` → `(…, vocab)`,

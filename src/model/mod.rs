@@ -21,7 +21,8 @@
 //! * [`Llama`] (`llama.rs`): HF tensor names, GQA, RoPE (rotate_half, llama3/linear scaling),
 //!   tied or untied head.
 //!   - [`Llama::forward_hidden`] `(B,T)` ids + optional `(B,T)` mask → `(B,T,hidden)` final-norm
-//!     states, every op differentiable; [`Llama::logits`] maps any `(…, hidden)` to the vocab
+//!     states, every op differentiable (norms, RoPE, softmax and SwiGLU through
+//!     [`train_ops`], one graph node each with a hand-written backward); [`Llama::logits`] maps any `(…, hidden)` to the vocab
 //!     (apply per chunk of positions to bound memory).
 //!   - [`Llama::forward_step`] `(B,T)` ids + [`KvCache`] → `(B,vocab)` f32 logits of the last
 //!     column; prefill (left-padded, `T` = prompt length) and decode (`T = 1`).
@@ -62,6 +63,7 @@ pub mod load;
 pub mod lora;
 pub mod testing;
 pub mod tokenizer;
+pub mod train_ops;
 
 pub use cache::KvCache;
 pub use chat::{east_messages, ChatFormat, Message, EAST_SYSTEM_PROMPT};

@@ -1,9 +1,10 @@
 //! The device-generic training engine: candle's autograd through [`Llama::forward_hidden`]
-//! (composed RMS norm and RoPE; attention's softmax composed on the CPU and candle's fused
-//! kernel with a backward of ours on a GPU), for CUDA and for dtypes the CPU
-//! engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64 for an f64
-//! model); the forward runs in the model dtype on a copy cast from the masters each
-//! micro-batch, and the casts carry the gradients back to the f32 masters.
+//! (whose norms, RoPE, softmax and SwiGLU are [`train_ops`](crate::model::train_ops) with
+//! hand-written backward passes), for CUDA and for dtypes the CPU engine does not run (bf16,
+//! f16). Master weights and AdamW state are f32 (f64 for an f64 model); the forward runs in
+//! the model dtype on copies cast from the masters once per optimiser step, which are graph
+//! leaves of their own: their gradients are widened into f32 accumulators after each
+//! micro-batch's backward.
 //!
 //! The vocabulary projection is not part of the graph: the final hidden states at the target
 //! positions are detached, the logits are computed chunk by chunk (multiplied in bf16/f16 for
@@ -15,9 +16,8 @@
 //! op whose backward returns only the input's gradient. A plain `x.matmul(&w.detach().t())`
 //! does not avoid the weight-sized gradient: candle's matmul backward computes the gradient of
 //! both operands and keeps the untracked one in the gradient store until the backward ends
-//! (see `tests/train_memory.rs`). The frozen norm weights are made variables (never updated)
-//! for the same reason: their broadcast product would otherwise leave an activation-sized
-//! gradient.
+//! (see `tests/train_memory.rs`). The frozen norm weights need nothing of the kind: the
+//! training RMS norm gives a constant weight no gradient.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -120,8 +120,11 @@ pub struct AutogradEngine {
     grads: Vec<Option<Tensor>>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
-    /// LoRA: base tensors in the compute dtype (norm weights as variables that never update).
+    /// LoRA: base tensors in the compute dtype.
     frozen: HashMap<String, Tensor>,
+    /// The trainable tensors in the compute dtype (see [`AutogradEngine::compute_weights`]);
+    /// None after an optimiser step until the next forward.
+    compute: Option<Vec<Tensor>>,
     lora: Option<LoraSpec>,
     /// (layer, projection, A index, B index)
     lora_idx: Vec<(usize, usize, usize, usize)>,
@@ -169,10 +172,7 @@ impl AutogradEngine {
                 }
             }
             Some(spec) => {
-                for (name, t) in model.named_tensors() {
-                    let t = if name.ends_with("norm.weight") { Var::from_tensor(&t)?.as_tensor().clone() } else { t };
-                    frozen.insert(name, t);
-                }
+                frozen.extend(model.named_tensors());
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                 for l in 0..cfg.num_hidden_layers {
                     for (w, proj) in PROJECTIONS.iter().enumerate() {
@@ -216,6 +216,7 @@ impl AutogradEngine {
             exp_avg,
             exp_avg_sq,
             frozen,
+            compute: None,
             lora,
             lora_idx,
             head_name,
@@ -233,20 +234,35 @@ impl AutogradEngine {
         self.grads[i].as_ref().map(|g| g.to_device(&Device::Cpu).expect("copy to CPU"))
     }
 
-    /// The compute model: masters cast to the compute dtype (graph-tracked), or the frozen base
-    /// with LoRA adapters.
-    /// `graph`: false for scoring (constant weights: no activations kept for a backward).
-    fn build(&self, dropout_seed: Option<u64>, batch: &Packed, graph: bool) -> anyhow::Result<Llama> {
-        let _phase = self.profile.phase("build", &self.device);
-        let mut map = HashMap::new();
-        let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
-        if self.lora.is_none() {
-            for (name, var) in self.names.iter().zip(&self.vars) {
-                map.insert(name.clone(), fix(var.as_tensor()).to_dtype(self.dtype)?);
-            }
-        } else {
-            map = self.frozen.iter().map(|(k, v)| (k.clone(), fix(v))).collect();
+    /// The trainable tensors in the compute dtype, as graph leaves: the masters themselves when
+    /// they are in that dtype, else copies cast once per optimiser step. A cast inside the
+    /// graph would instead give each f32 master a zero-filled gradient and an add per
+    /// micro-batch on top of the compute-dtype one (candle's `ToDType` backward), and cast
+    /// the whole model again for every micro-batch.
+    fn compute_weights(&mut self) -> anyhow::Result<Vec<Tensor>> {
+        if self.compute.is_none() {
+            let cast = |v: &Var| -> anyhow::Result<Tensor> {
+                if v.dtype() == self.dtype {
+                    return Ok(v.as_tensor().clone());
+                }
+                Ok(Var::from_tensor(&v.as_tensor().to_dtype(self.dtype)?)?.as_tensor().clone())
+            };
+            self.compute = Some(self.vars.iter().map(cast).collect::<anyhow::Result<_>>()?);
         }
+        Ok(self.compute.clone().expect("just made"))
+    }
+
+    /// The compute model: the compute weights, or the frozen base with LoRA adapters.
+    /// `graph`: false for scoring (constant weights: no activations kept for a backward).
+    fn build(&mut self, dropout_seed: Option<u64>, batch: &Packed, graph: bool) -> anyhow::Result<Llama> {
+        let _phase = self.profile.phase("build", &self.device);
+        let weights = self.compute_weights()?;
+        let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
+        let map: HashMap<String, Tensor> = if self.lora.is_none() {
+            self.names.iter().zip(&weights).map(|(name, w)| (name.clone(), fix(w))).collect()
+        } else {
+            self.frozen.iter().map(|(k, v)| (k.clone(), fix(v))).collect()
+        };
         let mut model = Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?;
         if let Some(spec) = &self.lora {
             let t = batch.max_row_len();
@@ -262,8 +278,8 @@ impl AutogradEngine {
                 adapters.insert(
                     projection_path(l, w),
                     Arc::new(LoraAdapter {
-                        a: fix(self.vars[ai].as_tensor()).to_dtype(self.dtype)?,
-                        b: fix(self.vars[bi].as_tensor()).to_dtype(self.dtype)?,
+                        a: fix(&weights[ai]),
+                        b: fix(&weights[bi]),
                         scale: spec.scale(),
                         dropout: spec.dropout,
                         seed: dropout_seed.map(|s| mix_seed(s, (l * 8 + w) as u64)),
@@ -285,7 +301,10 @@ impl AutogradEngine {
     /// that is a half type, else in the master dtype.
     fn head_weight(&self) -> anyhow::Result<Tensor> {
         let t = match self.names.iter().position(|n| n == &self.head_name) {
-            Some(i) => self.vars[i].as_tensor().detach(),
+            Some(i) => match &self.compute {
+                Some(c) => c[i].detach(),
+                None => self.vars[i].as_tensor().detach(),
+            },
             None => self.frozen.get(&self.head_name).context("no output layer weight")?.detach(),
         };
         Ok(t.to_dtype(self.head_matmul_dtype())?)
@@ -432,8 +451,9 @@ impl Engine for AutogradEngine {
         let grads = surrogate.backward()?;
         drop(phase);
         let _phase = self.profile.phase("accumulate", &self.device);
-        for i in 0..self.vars.len() {
-            if let Some(g) = grads.get(self.vars[i].as_tensor()) {
+        let weights = self.compute.clone().context("backward without compute weights")?;
+        for (i, w) in weights.iter().enumerate() {
+            if let Some(g) = grads.get(w) {
                 let g = g.clone();
                 self.add_grad(i, &g)?;
             }
@@ -459,6 +479,7 @@ impl Engine for AutogradEngine {
 
     fn step(&mut self, opt: &AdamW, lr: f64, grad_scale: f64) -> anyhow::Result<()> {
         let _phase = self.profile.phase("optimizer", &self.device);
+        self.compute = None;
         self.steps += 1;
         let t = self.steps as i32;
         let bc1 = 1.0 - opt.beta1.powi(t);
@@ -512,6 +533,7 @@ impl Engine for AutogradEngine {
             self.exp_avg_sq[i] = find(&state.exp_avg_sq, &name, &shape)?;
         }
         self.steps = state.step;
+        self.compute = None;
         Ok(())
     }
 
@@ -528,6 +550,7 @@ impl Engine for AutogradEngine {
     }
 
     fn release_training_state(&mut self) {
+        self.compute = None;
         self.grads.iter_mut().for_each(|g| *g = None);
         self.exp_avg.clear();
         self.exp_avg_sq.clear();

@@ -1,0 +1,323 @@
+//! The training forward's ops with hand-written backward passes: RMS norm, RoPE, the masked
+//! attention softmax and SwiGLU.
+//!
+//! Each op computes its output outside candle's graph (with candle's fused kernel where there
+//! is one) and enters the graph as a single node whose backward is the formula written here.
+//! Composing them from candle's differentiable ops, as this crate first did, costs on every
+//! backward:
+//!
+//! * gradients of constants: candle's `Mul`/`Add` backward computes the gradient of both
+//!   operands, so the RoPE tables and the attention mask got activation-sized gradients
+//!   (`(B, H, T, L)` for the mask, every layer) that stayed in the gradient store until the
+//!   backward returned;
+//! * a `zeros_like` + `add` for the first gradient of every node, and every intermediate of
+//!   the composition kept alive for the backward (f32 copies of each norm's input, …);
+//! * column sums for broadcast operands (a norm's weight gradient), which candle reduces with
+//!   one thread block per column, striding through memory.
+//!
+//! Here a node keeps only its inputs (and, for the softmax, its output), constants get no
+//! gradient, and a norm's weight gradient is a matrix product with a row of ones. When no
+//! input is tracked (scoring, inference) the ops return their output directly.
+//!
+//! Every backward is checked against central finite differences in f64 (`tests/model.rs`).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
+
+/// A hand-written backward pass: the gradients of an op's inputs given the inputs (detached),
+/// which of them need one (`wants[i]`; the others may be `None`), the op's output and the
+/// output's gradient.
+trait Backward: Send + Sync {
+    const NAME: &'static str;
+    fn backward(&self, inputs: &[&Tensor], wants: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>>;
+}
+
+/// The graph node of an op: `inputs… → out`, where `out` was computed outside the graph from
+/// the inputs (a fresh tensor, not a view) and is handed to the node, which copies it as its
+/// output (a custom op must return new storage) and lets go of it, so that only the copy lives
+/// on; its backward is `B`'s.
+struct Node<B: Backward> {
+    out: Mutex<Option<Tensor>>,
+    bwd: B,
+}
+
+impl<B: Backward> Node<B> {
+    fn new(out: Tensor, bwd: B) -> Self {
+        Self { out: Mutex::new(Some(out)), bwd }
+    }
+
+    /// The forward on either backend: the handed output, copied, and dropped.
+    fn take_out<S: BackendStorage>(&self, storage: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)> {
+        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("training op: poisoned".into()))?.take();
+        let Some(out) = out else { candle_core::bail!("{}: forward run twice", B::NAME) };
+        let (s, layout) = out.storage_and_layout();
+        // a copy of the whole storage: `out` must be a tensor of its own (an op's fresh result)
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            candle_core::bail!("{}: the output must be a fresh contiguous tensor", B::NAME)
+        }
+        match storage(&s) {
+            Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            None => candle_core::bail!("{}: the output is on another device than the input", B::NAME),
+        }
+    }
+
+    fn grads(&self, inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+        let refs: Vec<&Tensor> = detached.iter().collect();
+        let wants: Vec<bool> = inputs.iter().map(|t| t.track_op()).collect();
+        let mut g = self.bwd.backward(&refs, &wants, &res.detach(), grad)?;
+        // only inputs in the graph get a gradient (candle would keep any other until the end)
+        for (gi, want) in g.iter_mut().zip(&wants) {
+            if !want {
+                *gi = None;
+            }
+        }
+        Ok(g)
+    }
+}
+
+fn cpu_of(s: &Storage) -> Option<&CpuStorage> {
+    match s {
+        Storage::Cpu(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn cuda_of(s: &Storage) -> Option<&candle_core::CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl<B: Backward> CustomOp1 for Node<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.take_out(cpu_of)
+    }
+
+    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.take_out(cuda_of)
+    }
+
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(self.grads(&[x], res, grad)?.into_iter().next().flatten())
+    }
+}
+
+impl<B: Backward> CustomOp2 for Node<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.take_out(cpu_of)
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.take_out(cuda_of)
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b], res, grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten()))
+    }
+}
+
+/// `out` (computed from `x` outside the graph) as a function of `x` with `B`'s backward.
+fn attach1<B: Backward + 'static>(x: &Tensor, out: Tensor, bwd: B) -> Result<Tensor> {
+    if !x.track_op() {
+        return Ok(out);
+    }
+    x.apply_op1_arc(Arc::new(Box::new(Node::new(out, bwd))))
+}
+
+/// `out` as a function of `a` and `b` with `B`'s backward.
+fn attach2<B: Backward + 'static>(a: &Tensor, b: &Tensor, out: Tensor, bwd: B) -> Result<Tensor> {
+    if !a.track_op() && !b.track_op() {
+        return Ok(out);
+    }
+    a.apply_op2_arc(b, Arc::new(Box::new(Node::new(out, bwd))))
+}
+
+/// f32 for half-precision dtypes, else the dtype itself (f64 stays f64).
+pub(crate) fn accumulation_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// `Σ` over all leading dimensions of `x` `(…, n)` → `(n,)`, as a product with a row of ones
+/// (a GEMV on the BLAS; candle's column reduction runs one thread block per column).
+fn sum_rows(x: &Tensor) -> Result<Tensor> {
+    let n = x.dim(D::Minus1)?;
+    let x = x.reshape(((), n))?;
+    let ones = Tensor::ones((1, x.dim(0)?), x.dtype(), x.device())?;
+    ones.matmul(&x)?.reshape(n)
+}
+
+/// RMS norm over the last dimension, `w ⊙ x / √(mean(x²) + ε)`, as transformers'
+/// `LlamaRMSNorm`: statistics in f32 for half types, scaled by `w`.
+///
+/// Forward: candle's fused kernel on a GPU and for f32 (the same arithmetic as the composed
+/// form); composed in f32/f64 otherwise (candle's CPU kernel sums in f32 and divides in the
+/// input dtype, too coarse for f64 gradient checks and bf16 on the CPU).
+///
+/// Backward, with `r = (mean(x²) + ε)^-½`, `x̂ = x r`, `ĝ = g ⊙ w` per row of width `n`:
+/// `∂x = r (ĝ − x̂ · mean(ĝ ⊙ x̂))`, `∂w = Σ_rows g ⊙ x̂`.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let dtype = x.dtype();
+    let xd = x.detach();
+    let y = if x.device().is_cuda() || dtype == DType::F32 {
+        candle_nn::ops::rms_norm(&xd, &w.detach(), eps as f32)?
+    } else {
+        let acc = accumulation_dtype(dtype);
+        let xf = xd.to_dtype(acc)?;
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+        xf.broadcast_mul(&r)?.to_dtype(dtype)?.broadcast_mul(&w.detach())?
+    };
+    attach2(&x, w, y, RmsNormBackward { eps })
+}
+
+struct RmsNormBackward {
+    eps: f64,
+}
+
+impl Backward for RmsNormBackward {
+    const NAME: &'static str = "east-rms-norm";
+
+    fn backward(&self, inputs: &[&Tensor], wants: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (x, w) = (inputs[0], inputs[1]);
+        let acc = accumulation_dtype(x.dtype());
+        let xf = x.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?;
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let xhat = xf.broadcast_mul(&r)?;
+        let dx = if wants[0] {
+            let gw = g.broadcast_mul(&w.to_dtype(acc)?)?;
+            let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+            let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
+            Some(dx.to_dtype(x.dtype())?)
+        } else {
+            None
+        };
+        let dw = if wants[1] { Some(sum_rows(&(&g * &xhat)?)?.to_dtype(w.dtype())?) } else { None };
+        Ok(vec![dx, dw])
+    }
+}
+
+/// RoPE tables for one forward: `(B, T, D/2)` cos and sin in the model dtype, contiguous,
+/// with `−sin` for the backward and a copy scaled by `scale` for the queries.
+///
+/// RoPE is a rotation, linear in its input: `rope(x, c·cos, c·sin) = c · rope(x, cos, sin)`, so
+/// the queries' `1/√d` attention scale rides in their tables instead of costing a pass over
+/// `q` (and its backward). Its transpose is the rotation by the opposite angles, `rope(·, cos,
+/// −sin)`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    neg_sin: Tensor,
+}
+
+impl RopeTables {
+    /// Tables from `cos` and `sin` `(B, T, D/2)`, both multiplied by `scale`.
+    pub fn new(cos: &Tensor, sin: &Tensor, scale: f64) -> Result<Self> {
+        let (cos, sin) = if scale == 1.0 { (cos.clone(), sin.clone()) } else { ((cos * scale)?, (sin * scale)?) };
+        let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
+        Ok(Self { neg_sin: sin.neg()?, cos, sin })
+    }
+}
+
+/// HF `rotate_half` RoPE of `x` `(B, H, T, D)`: `x ⊙ cos + rotate_half(x) ⊙ sin` with the
+/// tables' angles (and scale), through candle's fused kernel; backward `rope(g, cos, −sin)`.
+pub fn rope(x: &Tensor, tables: &RopeTables) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let y = candle_nn::rotary_emb::rope(&x.detach(), &tables.cos, &tables.sin)?;
+    attach1(&x, y, RopeBackward(tables.clone()))
+}
+
+struct RopeBackward(RopeTables);
+
+impl Backward for RopeBackward {
+    const NAME: &'static str = "east-rope";
+
+    fn backward(&self, _: &[&Tensor], _: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let t = &self.0;
+        Ok(vec![Some(candle_nn::rotary_emb::rope(&grad.contiguous()?, &t.cos, &t.neg_sin)?)])
+    }
+}
+
+/// `softmax(scores + mask)` over the last dimension; `mask` (0 / −∞, broadcastable to
+/// `scores`) is a constant. On a GPU candle's fused kernel (f32 arithmetic inside); on the CPU
+/// the same kernel on scores widened to the accumulation dtype.
+///
+/// Backward: `∂scores = y ⊙ (g − Σ g ⊙ y)`, in the accumulation dtype.
+pub fn softmax_masked(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let dtype = scores.dtype();
+    let s = scores.detach();
+    let s = if s.device().is_cuda() { s } else { s.to_dtype(accumulation_dtype(dtype))? };
+    let s = match mask {
+        Some(m) => s.broadcast_add(&m.to_dtype(s.dtype())?)?,
+        None => s.contiguous()?,
+    };
+    let y = candle_nn::ops::softmax_last_dim(&s)?.to_dtype(dtype)?;
+    attach1(scores, y, SoftmaxBackward)
+}
+
+struct SoftmaxBackward;
+
+impl Backward for SoftmaxBackward {
+    const NAME: &'static str = "east-softmax";
+
+    fn backward(&self, inputs: &[&Tensor], _: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let dtype = inputs[0].dtype();
+        let acc = accumulation_dtype(dtype);
+        let y = out.to_dtype(acc)?;
+        let g = grad.to_dtype(acc)?;
+        let dot = (&y * &g)?.sum_keepdim(D::Minus1)?;
+        Ok(vec![Some((y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)?)])
+    }
+}
+
+/// SwiGLU, `silu(gate) ⊙ up` (same shapes), in the input dtype.
+///
+/// Backward, with `s = σ(gate)`, `silu = gate · s`: `∂up = g ⊙ silu`,
+/// `∂gate = g ⊙ up ⊙ (s + silu (1 − s))`.
+pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let y = (gate.detach().silu()? * up.detach())?;
+    attach2(gate, up, y, SwigluBackward)
+}
+
+struct SwigluBackward;
+
+impl Backward for SwigluBackward {
+    const NAME: &'static str = "east-swiglu";
+
+    fn backward(&self, inputs: &[&Tensor], wants: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (gate, up) = (inputs[0], inputs[1]);
+        let s = candle_nn::ops::sigmoid(gate)?;
+        let silu = (gate * &s)?;
+        let d_up = if wants[1] { Some((grad * &silu)?) } else { None };
+        let d_gate = if wants[0] {
+            let slope = ((&s + &silu)? - (&silu * &s)?)?;
+            Some(((grad * up)? * slope)?)
+        } else {
+            None
+        };
+        Ok(vec![d_gate, d_up])
+    }
+}
