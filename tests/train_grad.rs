@@ -305,15 +305,29 @@ fn autograd_engine_matches_the_cpu_engine() {
             let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
             assert!(d < 1e-9, "tied={tied} {}: relative difference {d}", p.name);
         }
-        // one AdamW step each: same parameters after
+        // two AdamW steps each (the second on the gradients of the updated weights, with the
+        // moments of the first): same parameters and moments after each
         let opt = east::train::optim::AdamW { weight_decay: 0.01, ..Default::default() };
-        c.step(&opt, 1e-3, 0.5).unwrap();
-        a.step(&opt, 1e-3, 0.5).unwrap();
-        let (pc, pa) = (c.state().unwrap().params, a.state().unwrap().params);
-        for ((n, x), (_, y)) in pc.iter().zip(&pa) {
-            let x: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
-            let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
-            assert!(max_rel_diff(&x, &y) < 1e-9, "{n} after a step");
+        for step in 1..=2 {
+            if step == 2 {
+                let sc = c.forward(&b, None, 0).unwrap();
+                c.backward(Some(&COEFS)).unwrap();
+                let sa = a.forward(&b, Some(&COEFS), 0).unwrap();
+                a.backward(None).unwrap();
+                for (x, y) in sc.iter().zip(&sa) {
+                    assert!((x.logp - y.logp).abs() < 1e-9, "after a step: {x:?} vs {y:?}");
+                }
+            }
+            c.step(&opt, 1e-3, 0.5).unwrap();
+            a.step(&opt, 1e-3, 0.5).unwrap();
+            let (sc, sa) = (c.state().unwrap(), a.state().unwrap());
+            for (what, xs, ys) in [("parameter", &sc.params, &sa.params), ("first moment", &sc.exp_avg, &sa.exp_avg), ("second moment", &sc.exp_avg_sq, &sa.exp_avg_sq)] {
+                for ((n, x), (_, y)) in xs.iter().zip(ys) {
+                    let x: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+                    let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
+                    assert!(max_rel_diff(&x, &y) < 1e-9, "tied={tied} {n}: {what} after step {step}");
+                }
+            }
         }
     }
 }
@@ -380,5 +394,17 @@ fn autograd_engine_in_bf16_keeps_f32_masters_and_close_gradients() {
         let n1: f64 = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let n2: f64 = want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         assert!(dot / (n1 * n2) > 0.99, "{name}: cosine {}", dot / (n1 * n2));
+    }
+    // after a step, the bf16 forward runs on the updated masters (cast anew), and the
+    // log-probabilities move as the f32 CPU engine's do
+    let opt = east::train::optim::AdamW::default();
+    c.step(&opt, 3e-3, 1.0).unwrap();
+    a.step(&opt, 3e-3, 1.0).unwrap();
+    let t32 = c.forward(&b, Some(&COEFS), 1).unwrap();
+    let t16 = a.forward(&b, Some(&COEFS), 1).unwrap();
+    for (((x0, y0), x1), y1) in s32.iter().zip(&s16).zip(&t32).zip(&t16) {
+        let (d32, d16) = (x1.logp - x0.logp, y1.logp - y0.logp);
+        assert!(d32.abs() > 0.05, "the step moves the f32 log-probability: {d32}");
+        assert!((d16 - d32).abs() < 0.25 * d32.abs(), "bf16 moved by {d16}, f32 by {d32}");
     }
 }

@@ -481,20 +481,9 @@ impl Engine for AutogradEngine {
         let _phase = self.profile.phase("optimizer", &self.device);
         self.compute = None;
         self.steps += 1;
-        let t = self.steps as i32;
-        let bc1 = 1.0 - opt.beta1.powi(t);
-        let bc2 = 1.0 - opt.beta2.powi(t);
         for i in 0..self.vars.len() {
             let Some(g) = self.grads[i].take() else { continue };
-            let g = (g * grad_scale)?;
-            let p = (self.vars[i].as_tensor() * (1.0 - lr * opt.weight_decay))?;
-            let m = ((&self.exp_avg[i] * opt.beta1)? + (&g * (1.0 - opt.beta1))?)?;
-            let v = ((&self.exp_avg_sq[i] * opt.beta2)? + (g.sqr()? * (1.0 - opt.beta2))?)?;
-            let denom = ((v.sqrt()? / bc2.sqrt())? + opt.eps)?;
-            let p = (p - ((&m / denom)? * (lr / bc1))?)?;
-            self.vars[i].set(&p)?;
-            self.exp_avg[i] = m;
-            self.exp_avg_sq[i] = v;
+            super::inplace_adamw::step(opt, self.steps, lr, grad_scale, self.vars[i].as_tensor(), &g, (&self.exp_avg[i], &self.exp_avg_sq[i]))?;
         }
         Ok(())
     }
@@ -524,7 +513,8 @@ impl Engine for AutogradEngine {
             if t.dims() != shape {
                 bail!("resume state: {name} has shape {:?}, the model {:?}", t.dims(), shape);
             }
-            Ok(t.to_dtype(self.master_dtype)?.to_device(&self.device)?)
+            // a copy of its own: the optimiser updates it in place
+            Ok(t.to_dtype(self.master_dtype)?.to_device(&self.device)?.copy()?)
         };
         for i in 0..self.vars.len() {
             let (name, shape) = (self.names[i].clone(), self.shapes[i].clone());

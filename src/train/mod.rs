@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cpu;
 pub mod data;
 pub mod engine;
+pub mod inplace_adamw;
 pub mod loss;
 pub mod optim;
 pub mod profile;
