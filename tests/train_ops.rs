@@ -4,7 +4,7 @@
 //! Each check differentiates `L = Σ c ⊙ op(inputs)` for fixed, uneven coefficients `c`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use east::model::train_ops::{rms_norm, rope, softmax_masked, swiglu, RopeTables};
+use east::model::train_ops::{attention_probs, rms_norm, rope, softmax_masked, swiglu, RopeTables};
 
 /// Deterministic, uneven test values.
 fn values(n: usize, seed: usize) -> Vec<f64> {
@@ -181,6 +181,44 @@ fn masked_softmax_backward_is_the_finite_difference_of_the_host_formula() {
     let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = finite_differences(&xs, &|x| weighted(&softmax_host(x, &zeros, t), &cs));
     assert_close(&flat(grads.get(x.as_tensor()).unwrap()), &dx, 1e-7, "∂x without a mask");
+}
+
+/// Host attention probabilities for `q` `(1, h, t, d)`, `k` `(1, kv, l, d)`: query head `i`
+/// uses key head `i / (h / kv)`; `mask` `(t, l)`.
+fn attention_host(q: &[f64], k: &[f64], mask: &[f64], (h, kv, t, l, d): (usize, usize, usize, usize, usize)) -> Vec<f64> {
+    let mut scores = vec![0.0; h * t * l];
+    for hi in 0..h {
+        let kh = hi / (h / kv);
+        for i in 0..t {
+            for j in 0..l {
+                scores[(hi * t + i) * l + j] = (0..d).map(|e| q[(hi * t + i) * d + e] * k[(kh * l + j) * d + e]).sum();
+            }
+        }
+    }
+    softmax_host(&scores, mask, l)
+}
+
+/// Grouped-query attention probabilities (4 query heads on 2 key heads, causal mask): the
+/// gradients of the queries and of the shared keys.
+#[test]
+fn attention_probs_backward_is_the_finite_difference_of_the_host_formula() {
+    let dims = (4, 2, 3, 3, 5);
+    let (h, kv, t, l, d) = dims;
+    let inf = f64::NEG_INFINITY;
+    let mask: Vec<f64> = (0..t).flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { inf })).collect();
+    let (qs, ks, cs) = (values(h * t * d, 18), values(kv * l * d, 19), values(h * t * l, 20));
+    let q = var(&qs, &[1, h, t, d]);
+    let k = var(&ks, &[1, kv, l, d]);
+    let m = Tensor::from_vec(mask.clone(), (1, 1, t, l), &Device::Cpu).unwrap();
+    let y = attention_probs(q.as_tensor(), k.as_tensor(), Some(&m)).unwrap();
+    assert_close(&flat(&y), &attention_host(&qs, &ks, &mask, dims), 1e-12, "probabilities");
+    let c = Tensor::from_vec(cs.clone(), (1, h, t, l), &Device::Cpu).unwrap();
+    let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
+    let dq = finite_differences(&qs, &|q| weighted(&attention_host(q, &ks, &mask, dims), &cs));
+    let dk = finite_differences(&ks, &|k| weighted(&attention_host(&qs, k, &mask, dims), &cs));
+    assert_close(&flat(grads.get(q.as_tensor()).unwrap()), &dq, 1e-7, "∂q");
+    assert_close(&flat(grads.get(k.as_tensor()).unwrap()), &dk, 1e-7, "∂k");
+    assert!(grads.get(&m).is_none(), "the mask is a constant");
 }
 
 fn swiglu_host(gate: &[f64], up: &[f64]) -> Vec<f64> {

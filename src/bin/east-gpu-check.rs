@@ -436,9 +436,9 @@ fn op_bench(device: &str, dtype: &str, rows: usize, len: usize) -> anyhow::Resul
     let tables = east::model::train_ops::RopeTables::new(&cos, &sin, 1.0 / (hd as f64).sqrt())?;
     time("rope (q, scaled)", &|| east::model::train_ops::rope(q.as_tensor(), &tables))?;
     let k = var(&[rows, kv, len, hd])?;
-    time("scores q·kᵀ (GQA)", &|| q.as_tensor().reshape((rows, kv, heads / kv * len, hd))?.matmul(&k.as_tensor().t()?))?;
-    let s = var(&[rows, heads, len, len])?;
     let mask = Tensor::zeros((rows, 1, len, len), dt, &dev)?;
+    time("attention probs (q·kᵀ GQA, mask, softmax)", &|| east::model::train_ops::attention_probs(q.as_tensor(), k.as_tensor(), Some(&mask)))?;
+    let s = var(&[rows, heads, len, len])?;
     time("softmax (+mask)", &|| east::model::train_ops::softmax_masked(s.as_tensor(), Some(&mask)))?;
     time("transpose+contiguous (b,t,h,d)->(b,h,t,d)", &|| x.as_tensor().reshape((rows, len, heads, hd))?.transpose(1, 2)?.contiguous())?;
     let emb = var(&[vocab, h])?;

@@ -287,16 +287,13 @@ impl Attention {
 
     /// Attention of `q` `(B, H, T, D)` (already scaled) against `k`, `v` `(B, KV, L, D)`
     /// (views are fine) without materialising repeated kv heads: q is viewed as
-    /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`. Differentiable (the training softmax).
+    /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`. Differentiable.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
         let l = k.dim(2)?;
         let kv = self.n_kv_heads;
         let g = h / kv;
-        let qg = q.reshape((b, kv, g * t, d))?;
-        let scores = qg.matmul(&k.t()?)?; // (B, KV, G·T, L)
-        let scores = scores.reshape((b, h, t, l))?;
-        let probs = train_ops::softmax_masked(&scores, mask)?;
+        let probs = train_ops::attention_probs(q, k, mask)?; // (B, H, T, L)
         let out = probs.reshape((b, kv, g * t, l))?.matmul(v)?; // (B, KV, G·T, D)
         out.reshape((b, h, t, d))?
             .transpose(1, 2)?

@@ -1,5 +1,5 @@
-//! The training forward's ops with hand-written backward passes: RMS norm, RoPE, the masked
-//! attention softmax and SwiGLU.
+//! The training forward's ops with hand-written backward passes: RMS norm, RoPE, the attention
+//! probabilities (scores and masked softmax in one) and SwiGLU.
 //!
 //! Each op computes its output outside candle's graph (with candle's fused kernel where there
 //! is one) and enters the graph as a single node whose backward is the formula written here.
@@ -261,12 +261,10 @@ impl Backward for RopeBackward {
     }
 }
 
-/// `softmax(scores + mask)` over the last dimension; `mask` (0 / −∞, broadcastable to
-/// `scores`) is a constant. On a GPU candle's fused kernel (f32 arithmetic inside); on the CPU
-/// the same kernel on scores widened to the accumulation dtype.
-///
-/// Backward: `∂scores = y ⊙ (g − Σ g ⊙ y)`, in the accumulation dtype.
-pub fn softmax_masked(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// `softmax(scores + mask)` over the last dimension, detached: on a GPU candle's fused kernel
+/// (f32 arithmetic inside); on the CPU the same kernel on scores widened to the accumulation
+/// dtype. `mask` (0 / −∞) broadcasts to `scores`.
+fn masked_softmax_values(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let dtype = scores.dtype();
     let s = scores.detach();
     let s = if s.device().is_cuda() { s } else { s.to_dtype(accumulation_dtype(dtype))? };
@@ -274,7 +272,23 @@ pub fn softmax_masked(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> 
         Some(m) => s.broadcast_add(&m.to_dtype(s.dtype())?)?,
         None => s.contiguous()?,
     };
-    let y = candle_nn::ops::softmax_last_dim(&s)?.to_dtype(dtype)?;
+    candle_nn::ops::softmax_last_dim(&s)?.to_dtype(dtype)
+}
+
+/// The softmax's backward, `y ⊙ (g − Σ g ⊙ y)` over the last dimension, in the accumulation
+/// dtype; returned in `y`'s dtype.
+fn softmax_grad(y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let dtype = y.dtype();
+    let acc = accumulation_dtype(dtype);
+    let (y, g) = (y.to_dtype(acc)?, g.to_dtype(acc)?);
+    let dot = (&y * &g)?.sum_keepdim(D::Minus1)?;
+    (y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)
+}
+
+/// `softmax(scores + mask)` over the last dimension; `mask` (0 / −∞, broadcastable to
+/// `scores`) is a constant. Backward: `∂scores = y ⊙ (g − Σ g ⊙ y)`.
+pub fn softmax_masked(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let y = masked_softmax_values(scores, mask)?;
     attach1(scores, y, SoftmaxBackward)
 }
 
@@ -283,13 +297,46 @@ struct SoftmaxBackward;
 impl Backward for SoftmaxBackward {
     const NAME: &'static str = "east-softmax";
 
-    fn backward(&self, inputs: &[&Tensor], _: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dtype = inputs[0].dtype();
-        let acc = accumulation_dtype(dtype);
-        let y = out.to_dtype(acc)?;
-        let g = grad.to_dtype(acc)?;
-        let dot = (&y * &g)?.sum_keepdim(D::Minus1)?;
-        Ok(vec![Some((y * g.broadcast_sub(&dot)?)?.to_dtype(dtype)?)])
+    fn backward(&self, _: &[&Tensor], _: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(softmax_grad(out, grad)?)])
+    }
+}
+
+/// Attention probabilities `softmax(q·kᵀ + mask)`, `(B, H, T, L)`, for queries `q`
+/// `(B, H, T, D)` (already scaled) and keys `k` `(B, KV, L, D)`, grouped: query head `h` reads
+/// key head `h / (H / KV)`, through a `(B, KV, (H/KV)·T, D)` view of `q` (the key heads are
+/// never repeated). `mask` (0 / −∞) broadcasts to `(B, H, T, L)`.
+///
+/// One graph node from `q`, `k` to the probabilities: the scores are not kept for the backward,
+/// which needs only the probabilities (kept anyway for `probs · v`), `q` and `k`; that halves
+/// attention's activations. Backward, with `dS = y ⊙ (g − Σ g ⊙ y)` viewed like the scores:
+/// `∂q = dS · k`, `∂k = dSᵀ · q`.
+pub fn attention_probs(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let (kb, kv, l, kd) = k.dims4()?;
+    if kb != b || kd != d || kv == 0 || h % kv != 0 {
+        candle_core::bail!("attention: queries {:?} and keys {:?} do not match", q.dims(), k.dims())
+    }
+    let qg = q.detach().reshape((b, kv, h / kv * t, d))?;
+    let scores = qg.matmul(&k.detach().t()?)?.reshape((b, h, t, l))?;
+    let y = masked_softmax_values(&scores, mask)?;
+    drop(scores);
+    attach2(q, k, y, AttentionBackward)
+}
+
+struct AttentionBackward;
+
+impl Backward for AttentionBackward {
+    const NAME: &'static str = "east-attention-probs";
+
+    fn backward(&self, inputs: &[&Tensor], wants: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (q, k) = (inputs[0], inputs[1]);
+        let (b, h, t, d) = q.dims4()?;
+        let (kv, l) = (k.dim(1)?, k.dim(2)?);
+        let ds = softmax_grad(out, grad)?.reshape((b, kv, h / kv * t, l))?;
+        let dq = if wants[0] { Some(ds.matmul(k)?.reshape((b, h, t, d))?) } else { None };
+        let dk = if wants[1] { Some(ds.t()?.matmul(&q.reshape((b, kv, h / kv * t, d))?)?) } else { None };
+        Ok(vec![dq, dk])
     }
 }
 
