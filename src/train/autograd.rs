@@ -94,9 +94,16 @@ impl LinearAdapter for LoraAdapter {
             Some(seed) if self.dropout > 0.0 => (x * dropout_mask(x.dims(), &self.token_map, seed, self.dropout, x.dtype(), x.device())?)?,
             _ => x.clone(),
         };
-        let u = xd.broadcast_matmul(&self.a.t()?)?;
-        let l = (u.broadcast_matmul(&self.b.t()?)? * self.scale)?;
-        base + l
+        // 2-D products: a broadcast_matmul over the leading dimensions would make A and B
+        // broadcast operands, whose gradients candle then sums over the batch dimension
+        let dims = xd.dims().to_vec();
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let u = xd.reshape((rows, layer.in_dim()))?.matmul(&self.a.t()?)?;
+        // the scale on B (out × r), not on the (rows × out) product
+        let l = u.matmul(&(&self.b * self.scale)?.t()?)?;
+        let mut out = dims[..dims.len() - 1].to_vec();
+        out.push(layer.out_dim());
+        base + l.reshape(out)?
     }
 }
 
