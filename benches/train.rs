@@ -116,6 +116,10 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     drop(lm);
+    if let Some(e) = autograd_engine.as_mut() {
+        // on the CPU the phase waits cost nothing: time them
+        e.profile = east::train::profile::PhaseProfile::enabled();
+    }
     let engine: &mut dyn Engine = match (&mut cpu_engine, &mut autograd_engine) {
         (Some(e), _) => e,
         (_, Some(e)) => e,
@@ -150,6 +154,12 @@ fn main() -> anyhow::Result<()> {
         if step > 0 {
             times.push(dt);
         }
+    }
+    let phase_times = engine.phase_times();
+    if !phase_times.is_empty() {
+        let n = (times.len() + 1) as f64;
+        let phases: Vec<String> = phase_times.iter().map(|(k, (s, _))| format!("{k} {:.2}s", s / n)).collect();
+        println!("per step: {}", phases.join(", "));
     }
     if let Some(e) = &cpu_engine {
         let t = &e.timings;
