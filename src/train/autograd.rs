@@ -129,6 +129,8 @@ pub struct AutogradEngine {
     exp_avg_sq: Vec<Tensor>,
     /// LoRA: base tensors in the compute dtype.
     frozen: HashMap<String, Tensor>,
+    /// LoRA: the base model over `frozen`, loaded at the first forward.
+    frozen_model: Option<Llama>,
     /// The trainable tensors in the compute dtype (see [`AutogradEngine::compute_weights`]);
     /// None after an optimiser step until the next forward.
     compute: Option<Vec<Tensor>>,
@@ -223,6 +225,7 @@ impl AutogradEngine {
             exp_avg,
             exp_avg_sq,
             frozen,
+            frozen_model: None,
             compute: None,
             lora,
             lora_idx,
@@ -265,12 +268,18 @@ impl AutogradEngine {
         let _phase = self.profile.phase("build", &self.device);
         let weights = self.compute_weights()?;
         let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
-        let map: HashMap<String, Tensor> = if self.lora.is_none() {
-            self.names.iter().zip(&weights).map(|(name, w)| (name.clone(), fix(w))).collect()
+        let mut model = if self.lora.is_none() {
+            let map: HashMap<String, Tensor> = self.names.iter().zip(&weights).map(|(name, w)| (name.clone(), fix(w))).collect();
+            Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?
         } else {
-            self.frozen.iter().map(|(k, v)| (k.clone(), fix(v))).collect()
+            // the frozen base never changes: load it once (on the CPU loading transposes every
+            // projection) and hand out copies that share its tensors
+            if self.frozen_model.is_none() {
+                let map = self.frozen.clone();
+                self.frozen_model = Some(Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?);
+            }
+            self.frozen_model.clone().expect("just loaded")
         };
-        let mut model = Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?;
         if let Some(spec) = &self.lora {
             let t = batch.max_row_len();
             let mut map = vec![u32::MAX; batch.num_rows() * t];
