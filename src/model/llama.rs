@@ -2,7 +2,7 @@
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
 //!   differentiable: RMS norm, RoPE, the attention softmax and SwiGLU are
-//!   [`train_ops`](super::train_ops) with hand-written backward passes, for training and
+//!   [`train_ops`] with hand-written backward passes, for training and
 //!   scoring.
 //! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,
 //!   returning the last column's logits.

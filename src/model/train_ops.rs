@@ -15,11 +15,14 @@
 //! * column sums for broadcast operands (a norm's weight gradient), which candle reduces with
 //!   one thread block per column, striding through memory.
 //!
-//! Here a node keeps only its inputs (and, for the softmax, its output), constants get no
-//! gradient, and a norm's weight gradient is a matrix product with a row of ones. When no
-//! input is tracked (scoring, inference) the ops return their output directly.
+//! Here a node keeps only its inputs (and its output, which the next op keeps anyway), the
+//! attention scores are not kept at all, constants get no gradient, a norm's weight gradient
+//! is a matrix product with a row of ones, and a backward detaches its inputs, so none of its
+//! temporaries stay chained to the gradient it returns. When no input is tracked (scoring,
+//! inference) the ops return their output directly.
 //!
-//! Every backward is checked against central finite differences in f64 (`tests/model.rs`).
+//! Every backward is checked against central finite differences of the op's formula written
+//! out on the host in f64 (`tests/train_ops.rs`).
 
 use std::sync::{Arc, Mutex};
 
