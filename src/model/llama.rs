@@ -1,7 +1,7 @@
 //! The Llama decoder (HF layout and tensor names) with two forward paths:
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
-//!   differentiable: RMS norm, RoPE, the attention softmax and SwiGLU are
+//!   differentiable: RMS norm, RoPE, the attention probabilities and SwiGLU are
 //!   [`train_ops`] with hand-written backward passes, for training and
 //!   scoring.
 //! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,

@@ -1,7 +1,7 @@
 //! The device-generic training engine: candle's autograd through [`Llama::forward_hidden`]
-//! (whose norms, RoPE, softmax and SwiGLU are [`train_ops`](crate::model::train_ops) with
-//! hand-written backward passes), for CUDA and for dtypes the CPU engine does not run (bf16,
-//! f16). Master weights and AdamW state are f32 (f64 for an f64 model); the forward runs in
+//! (whose norms, RoPE, attention probabilities and SwiGLU are
+//! [`train_ops`](crate::model::train_ops) with hand-written backward passes), for CUDA and for
+//! dtypes the CPU engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64 for an f64 model); the forward runs in
 //! the model dtype on copies cast from the masters once per optimiser step, which are graph
 //! leaves of their own: their gradients are widened into f32 accumulators after each
 //! micro-batch's backward.
