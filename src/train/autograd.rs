@@ -1,10 +1,10 @@
 //! The device-generic training engine: candle's autograd through [`Llama::forward_hidden`]
 //! (whose norms, RoPE, attention probabilities and SwiGLU are
 //! [`train_ops`](crate::model::train_ops) with hand-written backward passes), for CUDA and for
-//! dtypes the CPU engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64 for an f64 model); the forward runs in
-//! the model dtype on copies cast from the masters once per optimiser step, which are graph
-//! leaves of their own: their gradients are widened into f32 accumulators after each
-//! micro-batch's backward.
+//! dtypes the CPU engine does not run (bf16, f16). Master weights and AdamW state are f32 (f64
+//! for an f64 model); the forward runs in the model dtype on copies cast from the masters once
+//! per optimiser step, which are graph leaves of their own: their gradients are widened into
+//! f32 accumulators after each micro-batch's backward.
 //!
 //! The vocabulary projection is not part of the graph: the final hidden states at the target
 //! positions are detached, the logits are computed chunk by chunk (multiplied in bf16/f16 for
@@ -246,9 +246,8 @@ impl AutogradEngine {
 
     /// The trainable tensors in the compute dtype, as graph leaves: the masters themselves when
     /// they are in that dtype, else copies cast once per optimiser step. A cast inside the
-    /// graph would instead give each f32 master a zero-filled gradient and an add per
-    /// micro-batch on top of the compute-dtype one (candle's `ToDType` backward), and cast
-    /// the whole model again for every micro-batch.
+    /// graph would instead cast the whole model again for every micro-batch (the gradients
+    /// are widened once per micro-batch either way: here in `add_grad`).
     fn compute_weights(&mut self) -> anyhow::Result<Vec<Tensor>> {
         if self.compute.is_none() {
             let cast = |v: &Var| -> anyhow::Result<Tensor> {
