@@ -1,4 +1,4 @@
-//! With the `cuda` feature: compiles east's own CUDA kernels (`src/train/adamw.cu`) to PTX with
+//! With the `cuda` feature: compiles east's own CUDA kernels (`src/train/engine/adamw.cu`) to PTX with
 //! nvcc, for the compute capability in `CUDA_COMPUTE_CAP` (as candle's kernels are built; e.g.
 //! 90 for H100/H200). Without the feature it does nothing. `NVCC` names the compiler (default:
 //! `nvcc` on the PATH; `scripts/build-cuda.sh` provides one).
@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const KERNELS: &[&str] = &["src/train/adamw.cu"];
+const KERNELS: &[&str] = &["src/train/engine/adamw.cu"];
 
 fn main() {
     for k in KERNELS {
@@ -25,14 +25,25 @@ fn main() {
     let nvcc = std::env::var("NVCC").unwrap_or_else(|_| "nvcc".into());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     for k in KERNELS {
-        let stem = PathBuf::from(k).file_stem().expect("kernel file name").to_owned();
+        let stem = PathBuf::from(k)
+            .file_stem()
+            .expect("kernel file name")
+            .to_owned();
         let ptx = out_dir.join(stem).with_extension("ptx");
         let status = Command::new(&nvcc)
-            .args(["--ptx", "-O3", "-std=c++17", &format!("--gpu-architecture=sm_{cap}"), "-o"])
+            .args([
+                "--ptx",
+                "-O3",
+                "-std=c++17",
+                &format!("--gpu-architecture=sm_{cap}"),
+                "-o",
+            ])
             .arg(&ptx)
             .arg(k)
             .status()
-            .unwrap_or_else(|e| panic!("cannot run {nvcc} to compile {k}: {e} (set NVCC, or put nvcc on the PATH)"));
+            .unwrap_or_else(|e| {
+                panic!("cannot run {nvcc} to compile {k}: {e} (set NVCC, or put nvcc on the PATH)")
+            });
         if !status.success() {
             panic!("{nvcc} failed to compile {k} ({status})");
         }

@@ -10,11 +10,15 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use east::grade::GradeOptions;
-use east::weight::{cluster_file, weight_files, ClusterBy, ClusterOptions, Loss, Mapping, Metric, PairStrategy, WeightOptions};
+use east::cluster::{cluster_file, ClusterConfig};
+use east::schema::Loss;
+use east::weight::{weight_files, WeightConfig, WeightOptions};
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A completion of about 900 bytes: worked steps with numbers, then a final boxed answer (or,
@@ -30,12 +34,16 @@ fn completion(rng: &mut ChaCha8Rng, answer: i64) -> String {
             k + 1,
             a * b
         ));
-        s.push_str("Then we subtract what was already used and carry the remainder to the next step.\n");
+        s.push_str(
+            "Then we subtract what was already used and carry the remainder to the next step.\n",
+        );
     }
     match rng.random_range(0..100) {
         0..=4 => s.push_str("I am not sure how to finish this."),
         5..=9 => s.push_str(&format!("The answer is {answer}.")),
-        _ => s.push_str(&format!("Therefore, the final answer is $\\boxed{{{answer}}}$.")),
+        _ => s.push_str(&format!(
+            "Therefore, the final answer is $\\boxed{{{answer}}}$."
+        )),
     }
     s
 }
@@ -69,10 +77,16 @@ fn main() -> anyhow::Result<()> {
             let truth: i64 = rng.random_range(1..1000);
             // Per-question accuracy spread over [0, 1], wrong answers from a few candidates.
             let accuracy: f64 = rng.random();
-            let wrong: Vec<i64> = (0..rng.random_range(1..20)).map(|_| rng.random_range(1..1000)).collect();
+            let wrong: Vec<i64> = (0..rng.random_range(1..20))
+                .map(|_| rng.random_range(1..1000))
+                .collect();
             let completions: Vec<String> = (0..n)
                 .map(|_| {
-                    let ans = if rng.random_bool(accuracy) { truth } else { wrong[rng.random_range(0..wrong.len())] };
+                    let ans = if rng.random_bool(accuracy) {
+                        truth
+                    } else {
+                        wrong[rng.random_range(0..wrong.len())]
+                    };
                     completion(&mut rng, ans)
                 })
                 .collect();
@@ -83,25 +97,51 @@ fn main() -> anyhow::Result<()> {
         }
         w.flush()?;
         std::fs::write(&marker, &expected)?;
-        eprintln!("generated {} in {:.1}s", samples.display(), t.elapsed().as_secs_f64());
+        eprintln!(
+            "generated {} in {:.1}s",
+            samples.display(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let bytes = std::fs::metadata(&samples)?.len();
     let completions = (questions * n) as f64;
-    println!("input: {questions} questions × {n} completions, {:.0} MiB, {} rayon threads", bytes as f64 / 1048576.0, rayon::current_num_threads());
+    println!(
+        "input: {questions} questions × {n} completions, {:.0} MiB, {} rayon threads",
+        bytes as f64 / 1048576.0,
+        rayon::current_num_threads()
+    );
 
     let clusters = dir.join("clusters.jsonl");
     let t = Instant::now();
-    let opts = ClusterOptions { by: ClusterBy::Equivalence, grade: GradeOptions::default(), references: None };
-    cluster_file(&samples, &clusters, &opts)?;
+    let opts = ClusterConfig::default();
+    cluster_file(&samples, &clusters, &opts, None)?;
     let c = t.elapsed().as_secs_f64();
-    println!("cluster: {c:.2}s, {:.0} completions/s, {:.0} MiB/s", completions / c, bytes as f64 / 1048576.0 / c);
+    println!(
+        "cluster: {c:.2}s, {:.0} completions/s, {:.0} MiB/s",
+        completions / c,
+        bytes as f64 / 1048576.0 / c
+    );
 
     let train = dir.join("train.jsonl");
     let t = Instant::now();
-    let wopts = WeightOptions { loss: Loss::Dpo, metric: Metric::Entropy, mapping: Mapping::Power, a: 1.5, range: 1.0, pairs: PairStrategy::Authors, seed: 42, require_boxed: true };
+    let wopts = WeightOptions {
+        loss: Loss::Dpo,
+        weight: WeightConfig {
+            a: 1.5,
+            ..WeightConfig::default()
+        },
+    };
     let summary = weight_files(&clusters, &samples, &train, &wopts)?;
     let w = t.elapsed().as_secs_f64();
-    println!("weight:  {w:.2}s, {:.0} completions/s ({} examples)", completions / w, summary.examples);
-    println!("cluster + weight: {:.2}s; peak RSS {:.0} MiB", c + w, peak_rss_mib());
+    println!(
+        "weight:  {w:.2}s, {:.0} completions/s ({} examples)",
+        completions / w,
+        summary.examples
+    );
+    println!(
+        "cluster + weight: {:.2}s; peak RSS {:.0} MiB",
+        c + w,
+        peak_rss_mib()
+    );
     Ok(())
 }

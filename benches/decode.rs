@@ -229,8 +229,15 @@ fn lm_head_variants() {
 }
 
 fn main() {
-    let part = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
-    let parts: [(&str, fn()); 3] = [("step", decode_step_batch128), ("matmul", matmul_layouts), ("lm_head", lm_head_variants)];
+    let part = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_else(|| "all".into());
+    let parts: [(&str, fn()); 3] = [
+        ("step", decode_step_batch128),
+        ("matmul", matmul_layouts),
+        ("lm_head", lm_head_variants),
+    ];
     for (name, f) in parts {
         if part == "all" || part == name {
             println!("== {name}");

@@ -10,11 +10,14 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 
 use east::data::{self, east_messages, DatasetSpec, FieldMap};
+use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::model::tokenizer::encode;
-use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn peak_rss_mib() -> f64 {
@@ -22,12 +25,23 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or_default()
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn main() -> anyhow::Result<()> {
-    let model_path: String = env("EAST_BENCH_MODEL", concat!(env!("CARGO_MANIFEST_DIR"), "/models/SmolLM2-135M-Instruct.Q4_1.gguf").to_string());
+    let model_path: String = env(
+        "EAST_BENCH_MODEL",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+        .to_string(),
+    );
     let n: usize = env("EAST_BENCH_N", 128);
     let max_new_tokens: usize = env("EAST_BENCH_TOKENS", 256);
     let question: usize = env("EAST_BENCH_QUESTION", 0);
@@ -38,12 +52,33 @@ fn main() -> anyhow::Result<()> {
     if no_eos {
         lm.eos_ids.clear();
     }
-    println!("model {model_path} loaded in {:.1}s; {} threads", t.elapsed().as_secs_f64(), rayon::current_num_threads());
+    println!(
+        "model {model_path} loaded in {:.1}s; {} threads",
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
     let qs = data::load(&DatasetSpec::Gsm8k, "train", &FieldMap::default())?;
     let q = &qs[question];
-    let prompt = encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&q.question)))?;
-    let request = Request { prompt_ids: prompt.clone(), id: q.id.clone(), first_sample: 0, samples: n };
-    let settings = DecodeSettings { sampling: Sampling { temperature: 0.7, top_p: 1.0 }, max_new_tokens, seed: 42, stop: vec![], sampler: SamplerPlacement::Auto };
+    let prompt = encode(
+        &lm.tokenizer,
+        &lm.chat.render_prompt(&east_messages(&q.question)),
+    )?;
+    let request = Request {
+        prompt_ids: prompt.clone(),
+        id: q.id.clone(),
+        first_sample: 0,
+        samples: n,
+    };
+    let settings = DecodeSettings {
+        sampling: Sampling {
+            temperature: 0.7,
+            top_p: 1.0,
+        },
+        max_new_tokens,
+        seed: 42,
+        stop: vec![],
+        sampler: SamplerPlacement::Auto,
+    };
 
     let t = Instant::now();
     let mut step_times = Vec::new();
@@ -54,8 +89,15 @@ fn main() -> anyhow::Result<()> {
     })?;
     let secs = t.elapsed().as_secs_f64();
     let lengths: Vec<usize> = gens[0].iter().map(|g| g.token_ids.len()).collect();
-    let finished = gens[0].iter().filter(|g| g.finish == east::schema::Finish::Stop).count();
-    println!("prompt {} tokens, n = {n}, max {max_new_tokens} new tokens{}", prompt.len(), if no_eos { ", EOS disabled" } else { "" });
+    let finished = gens[0]
+        .iter()
+        .filter(|g| g.finish == east::schema::Finish::Stop)
+        .count();
+    println!(
+        "prompt {} tokens, n = {n}, max {max_new_tokens} new tokens{}",
+        prompt.len(),
+        if no_eos { ", EOS disabled" } else { "" }
+    );
     println!(
         "generated {} tokens in {:.1}s: {:.0} tokens/s ({} steps; first step incl. prefill {:.2}s; median step {:.0} ms; {finished}/{n} stopped on EOS; mean length {:.0})",
         stats.generated,

@@ -14,8 +14,8 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use east::train::autograd::AutogradEngine;
-use east::train::cpu::CpuEngine;
+use east::train::engine::autograd::AutogradEngine;
+use east::train::engine::cpu::CpuEngine;
 use east::train::optim::AdamW;
 use east::train::{Engine, LoraSpec, Packed};
 
@@ -118,7 +118,7 @@ fn main() -> anyhow::Result<()> {
     drop(lm);
     if let Some(e) = autograd_engine.as_mut() {
         // on the CPU the phase waits cost nothing: time them
-        e.profile = east::train::profile::PhaseProfile::enabled();
+        e.profile = east::train::engine::profile::PhaseProfile::enabled();
     }
     let engine: &mut dyn Engine = match (&mut cpu_engine, &mut autograd_engine) {
         (Some(e), _) => e,
@@ -158,7 +158,10 @@ fn main() -> anyhow::Result<()> {
     let phase_times = engine.phase_times();
     if !phase_times.is_empty() {
         let n = (times.len() + 1) as f64;
-        let phases: Vec<String> = phase_times.iter().map(|(k, (s, _))| format!("{k} {:.2}s", s / n)).collect();
+        let phases: Vec<String> = phase_times
+            .iter()
+            .map(|(k, (s, _))| format!("{k} {:.2}s", s / n))
+            .collect();
         println!("per step: {}", phases.join(", "));
     }
     if let Some(e) = &cpu_engine {

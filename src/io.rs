@@ -14,27 +14,45 @@ pub enum InputError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}:{line}: {message}")]
-    Line { path: PathBuf, line: usize, message: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 }
 
 impl InputError {
     pub fn io(path: &Path, source: io::Error) -> Self {
-        InputError::Io { path: path.to_path_buf(), source }
+        InputError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub fn line(path: &Path, line: usize, message: impl Into<String>) -> Self {
-        InputError::Line { path: path.to_path_buf(), line, message: message.into() }
+        InputError::Line {
+            path: path.to_path_buf(),
+            line,
+            message: message.into(),
+        }
     }
 
     /// A problem with one field of one record.
     pub fn field(path: &Path, line: usize, field: &str, message: impl std::fmt::Display) -> Self {
-        InputError::Line { path: path.to_path_buf(), line, message: format!("field `{field}`: {message}") }
+        InputError::Line {
+            path: path.to_path_buf(),
+            line,
+            message: format!("field `{field}`: {message}"),
+        }
     }
 
     pub fn file(path: &Path, message: impl Into<String>) -> Self {
-        InputError::File { path: path.to_path_buf(), message: message.into() }
+        InputError::File {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
     }
 }
 
@@ -77,12 +95,15 @@ impl JsonlBatches {
         let mut out = Vec::with_capacity(self.batch);
         while out.len() < self.batch {
             let mut text = String::new();
-            let read = self.reader.read_line(&mut text).map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidData => {
-                    InputError::line(&self.path, self.line + 1, "line is not valid UTF-8")
-                }
-                _ => InputError::io(&self.path, e),
-            })?;
+            let read = self
+                .reader
+                .read_line(&mut text)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::InvalidData => {
+                        InputError::line(&self.path, self.line + 1, "line is not valid UTF-8")
+                    }
+                    _ => InputError::io(&self.path, e),
+                })?;
             if read == 0 {
                 break;
             }
@@ -94,12 +115,18 @@ impl JsonlBatches {
             if trimmed.len() != text.len() {
                 text.truncate(trimmed.len());
             }
-            out.push(RawLine { number: self.line, text });
+            out.push(RawLine {
+                number: self.line,
+                text,
+            });
         }
         if out.is_empty() {
             if !self.seen_any {
                 self.seen_any = true;
-                return Err(InputError::file(&self.path, "file is empty: expected one JSON object per line"));
+                return Err(InputError::file(
+                    &self.path,
+                    "file is empty: expected one JSON object per line",
+                ));
             }
             return Ok(None);
         }
@@ -152,7 +179,11 @@ impl AtomicFile {
         }
         let tmp_path = tmp_name(path);
         let file = File::create(&tmp_path)?;
-        Ok(Self { final_path: path.to_path_buf(), tmp_path, writer: Some(BufWriter::with_capacity(1 << 20, file)) })
+        Ok(Self {
+            final_path: path.to_path_buf(),
+            tmp_path,
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -178,11 +209,17 @@ impl AtomicFile {
 
 impl Write for AtomicFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.as_mut().expect("writer present until commit").write(buf)
+        self.writer
+            .as_mut()
+            .expect("writer present until commit")
+            .write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.writer.as_mut().expect("writer present until commit").flush()
+        self.writer
+            .as_mut()
+            .expect("writer present until commit")
+            .flush()
     }
 }
 
@@ -196,7 +233,10 @@ impl Drop for AtomicFile {
 
 /// The temporary name used while `path` is being written: hidden, beside it, tagged by process.
 pub fn tmp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.partial", std::process::id()))
 }
 
@@ -229,7 +269,11 @@ mod tests {
             assert!(!path.exists());
         }
         assert!(!path.exists(), "dropped without commit: no final file");
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "temporary removed");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "temporary removed"
+        );
         let mut f = AtomicFile::create(&path).unwrap();
         f.write_json_line(&serde_json::json!({"a": 1})).unwrap();
         f.commit().unwrap();
@@ -243,7 +287,10 @@ mod tests {
         fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\r\n{\"a\":3}").unwrap();
         let mut b = JsonlBatches::open(&path, 2).unwrap();
         let first = b.next_batch().unwrap().unwrap();
-        assert_eq!(first.iter().map(|l| l.number).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(
+            first.iter().map(|l| l.number).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(first[1].text, "{\"a\":2}");
         let second = b.next_batch().unwrap().unwrap();
         assert_eq!(second[0].number, 4);
@@ -255,8 +302,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("empty.jsonl");
         fs::write(&path, "\n  \n").unwrap();
-        let err = JsonlBatches::open(&path, 8).unwrap().next_batch().unwrap_err().to_string();
-        assert!(err.contains("empty.jsonl") && err.contains("empty"), "{err}");
+        let err = JsonlBatches::open(&path, 8)
+            .unwrap()
+            .next_batch()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("empty.jsonl") && err.contains("empty"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -267,10 +321,29 @@ mod tests {
             id: String,
         }
         let p = Path::new("f.jsonl");
-        let e = parse_line::<R>(p, &RawLine { number: 7, text: "{\"x\":1}".into() }).unwrap_err().to_string();
+        let e = parse_line::<R>(
+            p,
+            &RawLine {
+                number: 7,
+                text: "{\"x\":1}".into(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("f.jsonl:7:") && e.contains("`id`"), "{e}");
-        let e = parse_line::<R>(p, &RawLine { number: 8, text: "{\"id\":".into() }).unwrap_err().to_string();
-        assert!(e.starts_with("f.jsonl:8:") && e.contains("malformed JSON"), "{e}");
+        let e = parse_line::<R>(
+            p,
+            &RawLine {
+                number: 8,
+                text: "{\"id\":".into(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("f.jsonl:8:") && e.contains("malformed JSON"),
+            "{e}"
+        );
     }
 }
 
@@ -297,7 +370,11 @@ impl AppendLog {
             let mut start = 0usize;
             let mut number = 0usize;
             while start < bytes.len() {
-                let Some(end) = bytes[start..].iter().position(|&b| b == b'\n').map(|p| start + p) else {
+                let Some(end) = bytes[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map(|p| start + p)
+                else {
                     break; // no newline: a torn last line, dropped below
                 };
                 number += 1;
@@ -310,7 +387,11 @@ impl AppendLog {
                     Ok(r) => ids.push(r.id),
                     // A complete but unreadable line in the middle is not ours to silently drop.
                     Err(e) if end + 1 < bytes.len() => {
-                        return Err(InputError::line(path, number, format!("cannot resume from this file: {e}")))
+                        return Err(InputError::line(
+                            path,
+                            number,
+                            format!("cannot resume from this file: {e}"),
+                        ))
                     }
                     Err(_) => break, // the last line was cut mid-write
                 }
@@ -318,11 +399,22 @@ impl AppendLog {
                 keep = start as u64;
             }
         }
-        let file = fs::OpenOptions::new().create(true).read(true).write(true).truncate(false).open(path).map_err(|e| InputError::io(path, e))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| InputError::io(path, e))?;
         file.set_len(keep).map_err(|e| InputError::io(path, e))?;
-        let mut log = AppendLog { path: path.to_path_buf(), file };
+        let mut log = AppendLog {
+            path: path.to_path_buf(),
+            file,
+        };
         use std::io::Seek;
-        log.file.seek(io::SeekFrom::End(0)).map_err(|e| InputError::io(path, e))?;
+        log.file
+            .seek(io::SeekFrom::End(0))
+            .map_err(|e| InputError::io(path, e))?;
         Ok((log, ids))
     }
 
@@ -351,12 +443,19 @@ mod append_tests {
     fn torn_last_line_is_dropped_and_ids_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
-        fs::write(&path, "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\",\"compl").unwrap();
+        fs::write(
+            &path,
+            "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\",\"compl",
+        )
+        .unwrap();
         let (mut log, ids) = AppendLog::open(&path).unwrap();
         assert_eq!(ids, vec!["a", "b"]);
         log.append(&serde_json::json!({"id": "c"})).unwrap();
         drop(log);
-        assert_eq!(fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n");
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"id\":\"a\"}\n{\"id\":\"b\"}\n{\"id\":\"c\"}\n"
+        );
     }
 
     #[test]
@@ -376,5 +475,56 @@ mod append_tests {
         let (_, ids) = AppendLog::open(&path).unwrap();
         assert_eq!(ids, vec!["a"]);
         assert_eq!(fs::read_to_string(&path).unwrap(), "{\"id\":\"a\"}\n");
+    }
+}
+
+/// `name` with every character that is not safe in a file name replaced by `_`.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A lock held for as long as the value lives (flock: released by the kernel when the process
+/// dies, so a killed run never leaves a stale lock).
+pub struct FileLock {
+    _file: std::fs::File,
+}
+
+impl FileLock {
+    /// Takes the lock at `path` or fails at once, saying who holds it.
+    pub fn acquire(path: &Path, what: &str) -> anyhow::Result<FileLock> {
+        use anyhow::Context;
+        use std::os::unix::io::AsRawFd;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let holder = std::fs::read_to_string(path).unwrap_or_default();
+            let holder = if holder.trim().is_empty() {
+                "pid unknown"
+            } else {
+                holder.trim()
+            };
+            anyhow::bail!(
+                "{what} is in use by another east process ({holder}; lock {})",
+                path.display()
+            );
+        }
+        file.set_len(0)?;
+        writeln!(file, "pid {}", std::process::id())?;
+        Ok(FileLock { _file: file })
     }
 }

@@ -1,20 +1,31 @@
 //! east: entropy-based adaptive weighting for self-training (EAST) on Candle.
 //!
-//! The pipeline of one round, each stage a module and a subcommand:
-//! `sample` (model → samples.jsonl) → `cluster` (grade and group answers → clusters.jsonl) →
-//! `weight` (entropy → per-question weights → train.jsonl) → `train` → `eval`.
+//! The stages of one round, each a module and a subcommand, in pipeline order:
+//! [`sample`] (model → samples.jsonl) → [`cluster`] (grade and group answers → clusters.jsonl)
+//! → [`weight`] (entropy → per-question weights → train.jsonl) → [`train`] (→ checkpoint) →
+//! [`eval`] (→ eval.json); [`pipeline`] runs T rounds of them (`east run`) and [`report`] reads
+//! the run directories. Below the stages, modules that import no stage: [`schema`] (the file
+//! records between stages), [`data`] (datasets), [`decode`] (the batched decoder of sample and
+//! eval), [`grade`] (answer extraction and equivalence), [`model`] (Llama, loading, tokenizers),
+//! [`io`] and [`progress`]. [`config`] gathers the stages' config sections into one TOML file.
 
-pub mod config;
+// Shared leaves.
 pub mod data;
-pub mod eval;
+pub mod decode;
 pub mod grade;
 pub mod io;
 pub mod model;
-pub mod pipeline;
 pub mod progress;
-pub mod report;
-pub mod runtime;
-pub mod sample;
 pub mod schema;
+
+// The stages, in pipeline order.
+pub mod cluster;
+pub mod eval;
+pub mod sample;
 pub mod train;
 pub mod weight;
+
+// The whole run.
+pub mod config;
+pub mod pipeline;
+pub mod report;

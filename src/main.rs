@@ -1,27 +1,38 @@
-//! The `east` command line: one subcommand per stage of an EAST round. Each flag is also a key
-//! of the TOML config (`--config`), and `--set section.key=value` overrides any key.
+//! The `east` command line: one subcommand per stage of an EAST round. Each stage flag is also a
+//! key of the TOML config (`--config`), and `--set section.key=value` overrides any key; a flag
+//! given on the command line wins over both. `--help` shows each flag's config default.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use east::cluster::ClusterBy;
 use east::config::Config;
 use east::data::{self, DatasetSpec};
-use east::grade::GradeOptions;
-use east::weight::{self, ClusterBy, Loss, Mapping, Metric, PairStrategy};
+use east::model::{DTypeChoice, DeviceChoice};
+use east::schema::Loss;
+use east::train::loss::Weighting;
+use east::train::optim::Schedule;
+use east::train::EngineChoice;
+use east::weight::{Mapping, Metric, PairStrategy};
 
 /// `override_from!(args => config.section; a, b, c)`: every flag given on the command line (`Some`)
 /// replaces the config key of the same name.
 macro_rules! override_from {
     ($args:expr => $target:expr; $($field:ident),+ $(,)?) => {
-        $( if let Some(v) = $args.$field.clone() { $target.$field = v; } )+
+        $( if let Some(v) = $args.$field.clone() { $target.$field = v.into(); } )+
     };
 }
 
 #[derive(Parser)]
-#[command(name = "east", version, about = "Entropy-based adaptive weighting for self-training (EAST) on Candle")]
+#[command(
+    name = "east",
+    version,
+    about = "Entropy-based adaptive weighting for self-training (EAST) on Candle"
+)]
 #[command(args_override_self = true)]
 struct Cli {
     #[command(subcommand)]
@@ -39,12 +50,12 @@ enum Command {
     Sample(SampleArgs),
     /// Join the shard files of `east sample --shard i/N` into one samples file.
     Merge(MergeArgs),
-    /// Train on train.jsonl with the weighted SFT, DPO or KTO loss (full fine-tuning or LoRA).
-    Train(TrainArgs),
     /// Grade every completion and cluster each question's completions by final answer.
     Cluster(ClusterArgs),
     /// Turn cluster entropies into question weights and write the weighted training set.
     Weight(WeightArgs),
+    /// Train on train.jsonl with the weighted SFT, DPO or KTO loss (full fine-tuning or LoRA).
+    Train(TrainArgs),
     /// Greedy accuracy of a model on GSM8K, MATH, MATH-500 or a JSONL file.
     Eval(EvalArgs),
     /// Print the resolved configuration (defaults, file, --set), or one key of it.
@@ -101,10 +112,10 @@ struct ModelArgs {
     path: Option<String>,
     /// cpu, cuda or cuda:N.
     #[arg(long)]
-    device: Option<String>,
-    /// auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
-    #[arg(long)]
-    dtype: Option<String>,
+    device: Option<DeviceChoice>,
+    /// Weight dtype (auto: f32 on the CPU, bf16 on CUDA).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeChoice>,
     /// PEFT LoRA adapter folder merged into the model (a --model folder holding only an adapter
     /// loads its base from adapter_config.json).
     #[arg(long, value_name = "DIR")]
@@ -127,111 +138,39 @@ struct SampleArgs {
     /// gsm8k, math, math500 or a JSONL file.
     #[arg(long, value_name = "DATASET")]
     dataset: Option<String>,
+    /// train or test.
     #[arg(long)]
     split: Option<String>,
     /// Completions per question.
     #[arg(long)]
     n: Option<usize>,
+    /// Softmax temperature (0: greedy).
     #[arg(long)]
     temperature: Option<f64>,
+    /// Nucleus sampling threshold (1: off).
     #[arg(long)]
     top_p: Option<f64>,
+    /// Most tokens generated per completion.
     #[arg(long)]
     max_new_tokens: Option<usize>,
-    /// Only the first K questions.
-    #[arg(long)]
+    /// Only the first K questions (default: all).
+    #[arg(long, value_name = "K")]
     limit: Option<usize>,
     /// Sample only shard i of N (0-based), e.g. `--shard 0/4`; join with `east merge`.
     #[arg(long, value_name = "i/N")]
     shard: Option<east::sample::Shard>,
+    /// Seeds every (question, sample) stream.
     #[arg(long)]
     seed: Option<u64>,
     /// Most sequences decoded at once.
     #[arg(long)]
     batch_rows: Option<usize>,
-    /// Extra stop string (repeatable).
+    /// Extra stop string besides the model's EOS tokens (repeatable; default: none).
     #[arg(long = "stop")]
     stop: Vec<String>,
     /// samples.jsonl to write (appended; an interrupted run resumes).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    #[command(flatten)]
-    config: ConfigArgs,
-}
-
-#[derive(Args)]
-struct TrainArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// train.jsonl written by `east weight` (TRL conversational rows + weight) or TRL standard rows.
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
-    /// Output folder: the checkpoint (HF folder, or PEFT adapter with --lora), train_log.jsonl,
-    /// and resume checkpoints while training (rerun the same command to resume).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    #[arg(long, value_enum)]
-    loss: Option<Loss>,
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Examples per optimiser step.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Examples per forward pass (gradients accumulate up to --batch-size).
-    #[arg(long)]
-    micro_batch_size: Option<usize>,
-    #[arg(long)]
-    lr: Option<f64>,
-    /// DPO/KTO temperature (default: DPO 0.01, KTO 0.05).
-    #[arg(long)]
-    beta: Option<f64>,
-    /// KTO weight of desirable examples.
-    #[arg(long)]
-    desirable_weight: Option<f64>,
-    /// KTO weight of undesirable examples.
-    #[arg(long)]
-    undesirable_weight: Option<f64>,
-    #[arg(long)]
-    warmup_ratio: Option<f64>,
-    /// linear, cosine or constant (after warmup).
-    #[arg(long)]
-    schedule: Option<String>,
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    #[arg(long)]
-    max_grad_norm: Option<f64>,
-    /// Stop after this many optimiser steps (overrides --epochs, as in Hugging Face).
-    #[arg(long)]
-    max_steps: Option<usize>,
-    /// Truncate prompt + completion to this many tokens.
-    #[arg(long)]
-    max_length: Option<usize>,
-    /// Example weights: data (train.jsonl), none, lwp (perplexity, LW(P)) or lww (WPO, LW(W)).
-    #[arg(long)]
-    weighting: Option<String>,
-    /// Train LoRA adapters instead of every weight.
-    #[arg(long)]
-    lora: bool,
-    #[arg(long)]
-    lora_rank: Option<usize>,
-    #[arg(long)]
-    lora_alpha: Option<f64>,
-    #[arg(long)]
-    lora_dropout: Option<f64>,
-    /// Comma-separated projections (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
-    #[arg(long, value_delimiter = ',')]
-    lora_targets: Option<Vec<String>>,
-    /// With --lora, also write the merged model to OUT/merged.
-    #[arg(long)]
-    merge: bool,
-    #[arg(long)]
-    seed: Option<u64>,
-    /// auto, cpu or autograd.
-    #[arg(long)]
-    engine: Option<String>,
-    /// Resume checkpoint every N steps (0: never).
-    #[arg(long)]
-    save_steps: Option<usize>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -244,29 +183,6 @@ struct MergeArgs {
     /// Shard files written by `east sample --shard i/N`.
     #[arg(required = true, value_name = "SHARD")]
     inputs: Vec<PathBuf>,
-}
-
-#[derive(Args)]
-struct EvalArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// gsm8k, math, math500 or a JSONL file.
-    #[arg(long, value_name = "DATASET")]
-    dataset: Option<String>,
-    #[arg(long)]
-    split: Option<String>,
-    #[arg(long)]
-    limit: Option<usize>,
-    #[arg(long)]
-    max_new_tokens: Option<usize>,
-    /// Questions decoded together.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Folder for eval.json and predictions.jsonl.
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-    #[command(flatten)]
-    config: ConfigArgs,
 }
 
 #[derive(Args)]
@@ -283,9 +199,9 @@ struct ClusterArgs {
     /// Take reference answers from this dataset (by question id) instead of the samples file.
     #[arg(long, value_name = "gsm8k|math|math500|FILE")]
     dataset: Option<String>,
-    /// Split of --dataset.
-    #[arg(long, default_value = "train")]
-    split: String,
+    /// Split of --dataset [default: train].
+    #[arg(long, requires = "dataset")]
+    split: Option<String>,
     /// Also accept a prediction equal to the reference ×100 or /100 (Qwen toolkit rule).
     #[arg(long)]
     percent_rule: bool,
@@ -322,27 +238,145 @@ struct WeightArgs {
     /// How chosen/rejected completions are picked.
     #[arg(long, value_enum)]
     pairs: Option<PairStrategy>,
-    /// Whether a chosen completion must contain `\boxed` (the authors' filter; default true).
+    /// Whether a chosen completion must contain `\boxed` (the authors' filter).
     #[arg(long, value_name = "BOOL")]
     require_boxed: Option<bool>,
+    /// Seeds the per-question picks.
     #[arg(long)]
     seed: Option<u64>,
     #[command(flatten)]
     config: ConfigArgs,
 }
 
+#[derive(Args)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// train.jsonl written by `east weight` (TRL conversational rows + weight) or TRL standard rows.
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Output folder: the checkpoint (HF folder, or PEFT adapter with --lora), train_log.jsonl,
+    /// and resume checkpoints while training (rerun the same command to resume).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Training objective (must match the rows of --data).
+    #[arg(long, value_enum)]
+    loss: Option<Loss>,
+    /// Passes over the training set.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Examples per optimiser step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Examples per forward pass (gradients accumulate up to --batch-size).
+    #[arg(long)]
+    micro_batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// DPO/KTO temperature (default: DPO 0.01, KTO 0.05).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// KTO weight of desirable examples.
+    #[arg(long)]
+    desirable_weight: Option<f64>,
+    /// KTO weight of undesirable examples.
+    #[arg(long)]
+    undesirable_weight: Option<f64>,
+    /// Share of the steps spent warming the learning rate up from 0.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Learning-rate decay after warmup.
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Decoupled AdamW weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Gradients are scaled down to this global norm.
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Stop after this many optimiser steps (overrides --epochs, as in Hugging Face; default: none).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Truncate prompt + completion to this many tokens.
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Where example weights come from.
+    #[arg(long, value_enum)]
+    weighting: Option<Weighting>,
+    /// Train LoRA adapters instead of every weight (the --lora-* flags and --merge need it).
+    #[arg(long)]
+    lora: bool,
+    /// LoRA rank r.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA scale numerator α (the update is scaled by α/r).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Dropout on the LoRA input.
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// Comma-separated projections (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',')]
+    lora_targets: Option<Vec<String>>,
+    /// With --lora, also write the merged model to OUT/merged.
+    #[arg(long)]
+    merge: bool,
+    /// Seeds the epoch shuffles, LoRA initialisation and dropout.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Training engine.
+    #[arg(long, value_enum)]
+    engine: Option<EngineChoice>,
+    /// Resume checkpoint every N steps (0: never).
+    #[arg(long)]
+    save_steps: Option<usize>,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// gsm8k, math, math500 or a JSONL file.
+    #[arg(long, value_name = "DATASET")]
+    dataset: Option<String>,
+    /// train or test.
+    #[arg(long)]
+    split: Option<String>,
+    /// Only the first K questions (default: all).
+    #[arg(long, value_name = "K")]
+    limit: Option<usize>,
+    /// Most tokens generated per answer.
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Questions decoded together.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Folder for eval.json and predictions.jsonl.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = with_config_defaults(Cli::command()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Report(args) => report(args),
         Command::Sample(args) => sample(args),
         Command::Merge(args) => merge(args),
+        Command::Cluster(args) => cluster(args),
+        Command::Weight(args) => weight(args),
         Command::Train(args) => train(args),
         Command::Eval(args) => eval(args),
         Command::Config(args) => show_config(args),
-        Command::Cluster(args) => cluster(args),
-        Command::Weight(args) => weight(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -353,22 +387,110 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config key (`section.key`) a stage flag overrides, if it overrides one.
+fn config_key(subcommand: &str, arg: &str) -> Option<String> {
+    let section = match (subcommand, arg) {
+        // inputs and outputs of one invocation, not settings
+        (_, "out" | "config" | "set" | "help" | "samples" | "clusters" | "shard") => return None,
+        ("train", "data") | ("cluster", "dataset" | "split") => return None,
+        ("sample" | "train" | "eval", "path" | "device" | "dtype" | "adapter") => "model",
+        ("sample", "dataset" | "split" | "limit") => "data",
+        ("eval", "dataset") => return Some("eval.datasets".into()),
+        ("weight", "loss") => "train",
+        (s @ ("sample" | "cluster" | "weight" | "train" | "eval"), _) => s,
+        _ => return None,
+    };
+    Some(format!("{section}.{arg}"))
+}
+
+/// The built-in default of a config key as `--help` shows it, if the key has one.
+fn default_text(defaults: &toml::Value, key: &str) -> Option<String> {
+    let value = key.split('.').try_fold(defaults, |v, part| v.get(part))?;
+    match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Array(items) if items.is_empty() => None,
+        toml::Value::Array(items) => Some(
+            items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        toml::Value::Table(_) => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// Appends `[default: …]` — the value the flag's config key has when neither the config file
+/// nor the flag sets it — to the help of every stage flag, so defaults are defined once
+/// (in the config sections) and shown everywhere.
+fn with_config_defaults(cli: clap::Command) -> clap::Command {
+    let defaults = toml::Value::try_from(Config::default()).expect("the default config serialises");
+    let names: Vec<String> = cli
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    names.into_iter().fold(cli, |cli, name| {
+        cli.mut_subcommand(&name, |mut sub| {
+            let shown: HashMap<String, String> = sub
+                .get_arguments()
+                .filter_map(|a| {
+                    let id = a.get_id().as_str().to_string();
+                    let key = config_key(&name, &id)?;
+                    Some((id, default_text(&defaults, &key)?))
+                })
+                .collect();
+            for (id, value) in shown {
+                sub = sub.mut_arg(&id, |a| {
+                    let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                    a.help(format!("{help} [default: {value}]"))
+                });
+            }
+            sub
+        })
+    })
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let layout = east::pipeline::RunLayout::new(&config);
     let summaries = east::pipeline::run(&config)?;
-    println!("{}: {} round(s) done", layout.root.display(), config.run.rounds);
+    println!(
+        "{}: {} round(s) done",
+        layout.root.display(),
+        config.run.rounds
+    );
     for s in &summaries {
-        let acc: Vec<String> = s.accuracy.iter().map(|(d, a)| format!("{d} {:.1}%", 100.0 * a)).collect();
-        let ran: Vec<String> = s.stages.iter().map(|st| format!("{} {}", st.stage, st.outcome.as_str())).collect();
-        println!("  round {}: {} ({})", s.round, acc.join(", "), ran.join(", "));
+        let acc: Vec<String> = s
+            .accuracy
+            .iter()
+            .map(|(d, a)| format!("{d} {:.1}%", 100.0 * a))
+            .collect();
+        let ran: Vec<String> = s
+            .stages
+            .iter()
+            .map(|st| format!("{} {}", st.stage, st.outcome.as_str()))
+            .collect();
+        println!(
+            "  round {}: {} ({})",
+            s.round,
+            acc.join(", "),
+            ran.join(", ")
+        );
     }
     println!("report: east report {}", layout.root.display());
     Ok(())
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| args.runs[0].join("report"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.runs[0].join("report"));
     let path = east::report::write_report(&args.runs, &out)?;
     println!("{}", path.display());
     Ok(())
@@ -386,9 +508,10 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
         config.sample.stop = args.stop.clone();
     }
     config.validate("command line")?;
-    let questions = load_questions(&config.data.dataset, &config.data.split, config.data.limit, &config)?;
-    let lm = east::runtime::load_model(&config.model)?;
-    let settings = east::sample::SampleSettings::from_config(&config, config.model.path.clone());
+    let questions = config.data.questions()?;
+    let lm = east::model::load_model(&config.model)?;
+    let settings =
+        east::sample::SampleSettings::new(config.model.path.clone(), &config.data, &config.sample);
     let r = east::sample::sample_questions(&lm, &questions, &settings, args.shard, &args.out)?;
     println!(
         "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
@@ -398,6 +521,80 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
         r.generated_tokens,
         r.seconds,
         r.tokens_per_s
+    );
+    Ok(())
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let n = east::sample::merge_shards(&args.inputs, &args.out)?;
+    println!(
+        "{}: {n} questions from {} shards",
+        args.out.display(),
+        args.inputs.len()
+    );
+    Ok(())
+}
+
+fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    if let Some(by) = args.by {
+        config.cluster.by = by;
+    }
+    config.cluster.percent_rule |= args.percent_rule;
+    let references: Option<HashMap<String, String>> = match &args.dataset {
+        Some(spec) => {
+            let split = args.split.as_deref().unwrap_or("train");
+            let questions = data::load(&DatasetSpec::parse(spec), split, &config.data.fields)?;
+            Some(questions.into_iter().map(|q| (q.id, q.answer)).collect())
+        }
+        None => None,
+    };
+    let started = std::time::Instant::now();
+    let s = east::cluster::cluster_file(
+        &args.samples,
+        &args.out,
+        &config.cluster,
+        references.as_ref(),
+    )
+    .with_context(|| {
+        format!(
+            "east cluster failed; {} was not written",
+            args.out.display()
+        )
+    })?;
+    println!(
+        "{}: {} questions, {} completions ({:.1}% correct, {:.1}% without an answer); {} questions all wrong, {} all correct; {:.1}s",
+        s.out.display(),
+        s.questions,
+        s.completions,
+        100.0 * s.correct as f64 / s.completions.max(1) as f64,
+        100.0 * s.no_answer as f64 / s.completions.max(1) as f64,
+        s.questions_all_wrong,
+        s.questions_all_correct,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn weight(args: WeightArgs) -> anyhow::Result<()> {
+    let mut config = args.config.load()?;
+    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed, require_boxed);
+    if let Some(v) = args.loss {
+        config.train.loss = v;
+    }
+    config.validate("command line")?;
+    let options = config.weight_options();
+    let s = east::weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
+        .with_context(|| format!("east weight failed; {} was not written", args.out.display()))?;
+    println!(
+        "{}: {} examples from {} of {} questions (dropped: {}); weights min {:.3} max {:.3}",
+        s.out.display(),
+        s.examples,
+        s.kept,
+        s.questions,
+        s.dropped_text(),
+        s.weight_stats.map_or(0.0, |w| w.min),
+        s.weight_stats.map_or(0.0, |w| w.max),
     );
     Ok(())
 }
@@ -417,19 +614,33 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     t.lora |= args.lora;
     t.merge |= args.merge;
+    if !t.lora {
+        let lora_only = [
+            ("--lora-rank", args.lora_rank.is_some()),
+            ("--lora-alpha", args.lora_alpha.is_some()),
+            ("--lora-dropout", args.lora_dropout.is_some()),
+            ("--lora-targets", args.lora_targets.is_some()),
+            ("--merge", args.merge),
+        ];
+        if let Some((flag, _)) = lora_only.iter().find(|(_, given)| *given) {
+            anyhow::bail!("{flag} only applies to LoRA training: add --lora (or set train.lora = true in the config)");
+        }
+    }
     config.validate("command line")?;
-    let job = east::train::TrainJob {
-        model: config.model.clone(),
-        data: args.data.clone(),
-        out: args.out.clone(),
-        train: config.train.clone(),
-        beta: config.beta(),
-        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        profile: false,
-    };
-    let r = east::train::train(&job).with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
+    let job = east::train::TrainJob::new(
+        config.model.clone(),
+        config.train.clone(),
+        args.data.clone(),
+        args.out.clone(),
+    );
+    let r = east::train::train(&job)
+        .with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
     if r.already_done {
-        println!("{}: already trained with these settings ({} steps); nothing to do", r.out.display(), r.steps);
+        println!(
+            "{}: already trained with these settings ({} steps); nothing to do",
+            r.out.display(),
+            r.steps
+        );
         return Ok(());
     }
     println!(
@@ -437,19 +648,21 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         r.out.display(),
         r.steps,
         r.examples,
-        if r.resumed_from > 0 { format!(", resumed at step {}", r.resumed_from) } else { String::new() },
+        if r.resumed_from > 0 {
+            format!(", resumed at step {}", r.resumed_from)
+        } else {
+            String::new()
+        },
         r.engine,
         r.final_loss.map_or("-".to_string(), |l| format!("{l:.4}")),
         r.tokens_per_s,
         r.seconds,
-        if r.truncated > 0 { format!("; {} examples truncated to train.max_length", r.truncated) } else { String::new() },
+        if r.truncated > 0 {
+            format!("; {} examples truncated to train.max_length", r.truncated)
+        } else {
+            String::new()
+        },
     );
-    Ok(())
-}
-
-fn merge(args: MergeArgs) -> anyhow::Result<()> {
-    let n = east::sample::merge_shards(&args.inputs, &args.out)?;
-    println!("{}: {n} questions from {} shards", args.out.display(), args.inputs.len());
     Ok(())
 }
 
@@ -465,12 +678,20 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     config.validate("command line")?;
     if config.eval.datasets.len() != 1 {
-        anyhow::bail!("east eval evaluates one dataset at a time: pass --dataset (config has {:?})", config.eval.datasets);
+        anyhow::bail!(
+            "east eval evaluates one dataset at a time: pass --dataset (config has {:?})",
+            config.eval.datasets
+        );
     }
     let dataset = config.eval.datasets[0].clone();
-    let questions = load_questions(&dataset, &config.eval.split, config.eval.limit, &config)?;
-    let lm = east::runtime::load_model(&config.model)?;
-    let settings = east::eval::EvalSettings::from_config(&config, config.model.path.clone(), &dataset);
+    let questions = data::load_questions(
+        &dataset,
+        &config.eval.split,
+        config.eval.limit,
+        &config.data.fields,
+    )?;
+    let lm = east::model::load_model(&config.model)?;
+    let settings = east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
     let r = east::eval::evaluate(&lm, &questions, &settings, &args.out)?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
@@ -503,71 +724,101 @@ fn show_config(args: ConfigCmdArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load_questions(dataset: &str, split: &str, limit: Option<usize>, config: &Config) -> anyhow::Result<Vec<data::Question>> {
-    let mut questions = data::load(&DatasetSpec::parse(dataset), split, &config.data.fields)?;
-    if let Some(limit) = limit {
-        questions.truncate(limit);
-    }
-    if questions.is_empty() {
-        anyhow::bail!("dataset {dataset} ({split}) has no questions");
-    }
-    Ok(questions)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
-    if let Some(by) = args.by {
-        config.cluster.by = by;
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
     }
-    config.cluster.percent_rule |= args.percent_rule;
-    let references = match &args.dataset {
-        Some(spec) => {
-            let questions = data::load(&DatasetSpec::parse(spec), &args.split, &config.data.fields)?;
-            Some(questions.into_iter().map(|q| (q.id, q.answer)).collect())
+
+    /// Every flag of every subcommand says what it does, and every flag that overrides a config
+    /// key with a built-in default shows that default, read from `Config::default()`.
+    #[test]
+    fn every_flag_has_help_and_its_default() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let cli = with_config_defaults(Cli::command());
+        let mut checked = 0;
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    help.len() > 10,
+                    "east {} --{id} has no help text",
+                    sub.get_name()
+                );
+                if let Some(want) =
+                    config_key(sub.get_name(), id).and_then(|k| default_text(&defaults, &k))
+                {
+                    assert!(
+                        help.ends_with(&format!("[default: {want}]")),
+                        "east {} --{id}: {help}",
+                        sub.get_name()
+                    );
+                    checked += 1;
+                }
+            }
         }
-        None => None,
-    };
-    let options = weight::ClusterOptions {
-        by: config.cluster.by,
-        grade: GradeOptions { percent_rule: config.cluster.percent_rule, ..GradeOptions::default() },
-        references,
-    };
-    let started = std::time::Instant::now();
-    let s = weight::cluster_file(&args.samples, &args.out, &options)
-        .with_context(|| format!("east cluster failed; {} was not written", args.out.display()))?;
-    println!(
-        "{}: {} questions, {} completions ({:.1}% correct, {:.1}% without an answer); {} questions all wrong, {} all correct; {:.1}s",
-        s.out.display(),
-        s.questions,
-        s.completions,
-        100.0 * s.correct as f64 / s.completions.max(1) as f64,
-        100.0 * s.no_answer as f64 / s.completions.max(1) as f64,
-        s.questions_all_wrong,
-        s.questions_all_correct,
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
-}
-
-fn weight(args: WeightArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
-    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed, require_boxed);
-    if let Some(v) = args.loss {
-        config.train.loss = v;
+        assert!(checked > 40, "only {checked} defaults shown");
+        // spot checks against the paper's values, independent of the code above
+        let train = cli.find_subcommand("train").unwrap();
+        let help = |name: &str| {
+            train
+                .get_arguments()
+                .find(|a| a.get_id() == name)
+                .unwrap()
+                .get_help()
+                .unwrap()
+                .to_string()
+        };
+        assert!(
+            help("epochs").ends_with("[default: 3]"),
+            "{}",
+            help("epochs")
+        );
+        assert!(
+            help("lr").ends_with("[default: 0.000002]"),
+            "{}",
+            help("lr")
+        );
+        assert!(
+            help("schedule").ends_with("[default: linear]"),
+            "{}",
+            help("schedule")
+        );
+        assert!(
+            help("lora_targets").contains("q_proj,k_proj"),
+            "{}",
+            help("lora_targets")
+        );
     }
-    config.validate("command line")?;
-    let options = weight::WeightOptions::from_config(&config);
-    let s = weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
-        .with_context(|| format!("east weight failed; {} was not written", args.out.display()))?;
-    println!(
-        "{}: {} examples from {} of {} questions (dropped: {}); weights min {:.3} max {:.3}",
-        s.out.display(),
-        s.examples,
-        s.kept,
-        s.questions,
-        s.dropped_text(),
-        s.weight_stats.map_or(0.0, |w| w.min),
-        s.weight_stats.map_or(0.0, |w| w.max),
-    );
-    Ok(())
+
+    #[test]
+    fn every_config_key_a_flag_names_exists() {
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            for arg in sub.get_arguments() {
+                let Some(key) = config_key(sub.get_name(), arg.get_id().as_str()) else {
+                    continue;
+                };
+                let (section, field) = key.split_once('.').unwrap();
+                let table = defaults.get(section).and_then(|t| t.as_table()).unwrap();
+                // optional keys (limit, beta, max_steps, adapter) are absent from the TOML of
+                // the defaults; they must still be fields of the section
+                let optional = ["limit", "beta", "max_steps", "adapter"];
+                assert!(
+                    table.contains_key(field) || optional.contains(&field),
+                    "east {} --{}: no key {key}",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
 }

@@ -1,11 +1,42 @@
-//! The records of the files passed between stages (see the README's "Files" section). Any
-//! sampler may produce `samples.jsonl` as long as it follows [`SampleRecord`].
+//! The records of the files passed between stages (see the README's "Files" section), read and
+//! written through these types only: `samples.jsonl` ([`SampleRecord`], written by `sample`),
+//! `clusters.jsonl` ([`ClusterRecord`], by `cluster`) and `train.jsonl` ([`TrainRow`], by
+//! `weight`, for the training objective [`Loss`]). Any sampler may produce `samples.jsonl` as
+//! long as it follows [`SampleRecord`].
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::io::InputError;
+use crate::model::Message;
+
+/// The training objective, which decides the shape of train.jsonl.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Loss {
+    /// Weighted negative log-likelihood of a correct completion.
+    Sft,
+    /// Weighted sigmoid DPO on (correct, wrong) pairs.
+    Dpo,
+    /// Weighted KTO on correct (desirable) and wrong (undesirable) completions.
+    Kto,
+}
+
+impl Loss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Sft => "sft",
+            Loss::Dpo => "dpo",
+            Loss::Kto => "kto",
+        }
+    }
+
+    /// DPO and KTO learn from a wrong completion too.
+    pub fn needs_rejected(self) -> bool {
+        matches!(self, Loss::Dpo | Loss::Kto)
+    }
+}
 
 /// Why a completion stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,17 +74,32 @@ impl SampleRecord {
             return Err(InputError::field(path, line, "id", "must not be empty"));
         }
         if self.completions.is_empty() {
-            return Err(InputError::field(path, line, "completions", format!("question `{}` has no completions", self.id)));
+            return Err(InputError::field(
+                path,
+                line,
+                "completions",
+                format!("question `{}` has no completions", self.id),
+            ));
         }
         let n = self.completions.len();
         if let Some(f) = &self.finish {
             if f.len() != n {
-                return Err(InputError::field(path, line, "finish", format!("has {} entries for {n} completions", f.len())));
+                return Err(InputError::field(
+                    path,
+                    line,
+                    "finish",
+                    format!("has {} entries for {n} completions", f.len()),
+                ));
             }
         }
         if let Some(t) = &self.tokens {
             if t.len() != n {
-                return Err(InputError::field(path, line, "tokens", format!("has {} entries for {n} completions", t.len())));
+                return Err(InputError::field(
+                    path,
+                    line,
+                    "tokens",
+                    format!("has {} entries for {n} completions", t.len()),
+                ));
             }
         }
         Ok(())
@@ -98,26 +144,82 @@ impl ClusterRecord {
     pub fn validate(&self, path: &Path, line: usize) -> Result<(), InputError> {
         let n = self.preds.len();
         if n == 0 {
-            return Err(InputError::field(path, line, "preds", format!("question `{}` has no completions", self.id)));
+            return Err(InputError::field(
+                path,
+                line,
+                "preds",
+                format!("question `{}` has no completions", self.id),
+            ));
         }
         if self.correct.len() != n {
-            return Err(InputError::field(path, line, "correct", format!("has {} entries for {n} completions", self.correct.len())));
+            return Err(InputError::field(
+                path,
+                line,
+                "correct",
+                format!("has {} entries for {n} completions", self.correct.len()),
+            ));
         }
         if self.cluster_of.len() != n {
-            return Err(InputError::field(path, line, "cluster_of", format!("has {} entries for {n} completions", self.cluster_of.len())));
+            return Err(InputError::field(
+                path,
+                line,
+                "cluster_of",
+                format!("has {} entries for {n} completions", self.cluster_of.len()),
+            ));
         }
         if let Some(bad) = self.cluster_of.iter().find(|&&c| c >= self.clusters.len()) {
-            return Err(InputError::field(path, line, "cluster_of", format!("points at cluster {bad} of {}", self.clusters.len())));
+            return Err(InputError::field(
+                path,
+                line,
+                "cluster_of",
+                format!("points at cluster {bad} of {}", self.clusters.len()),
+            ));
         }
         let total: usize = self.clusters.iter().map(|c| c.count).sum();
         if total != n {
-            return Err(InputError::field(path, line, "clusters", format!("counts add up to {total}, not {n}")));
+            return Err(InputError::field(
+                path,
+                line,
+                "clusters",
+                format!("counts add up to {total}, not {n}"),
+            ));
         }
-        for (field, v) in [("entropy", self.entropy), ("accuracy", self.accuracy), ("dominant_wrong", self.dominant_wrong)] {
+        for (field, v) in [
+            ("entropy", self.entropy),
+            ("accuracy", self.accuracy),
+            ("dominant_wrong", self.dominant_wrong),
+        ] {
             if !v.is_finite() || v < 0.0 {
-                return Err(InputError::field(path, line, field, format!("must be a finite number ≥ 0, got {v}")));
+                return Err(InputError::field(
+                    path,
+                    line,
+                    field,
+                    format!("must be a finite number ≥ 0, got {v}"),
+                ));
             }
         }
         Ok(())
     }
+}
+
+/// One line of `train.jsonl`. TRL's conversational form: `prompt` holds the system and user
+/// messages, completions a single assistant message; which completion fields are set depends on
+/// the [`Loss`] (sft: `completion`; dpo: `chosen` and `rejected`; kto: `completion` and `label`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainRow {
+    pub id: String,
+    pub prompt: Vec<Message>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<Vec<Message>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen: Option<Vec<Message>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<Vec<Message>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<bool>,
+    pub weight: f64,
+    /// The question's uncertainty figures, for inspection.
+    pub entropy: f64,
+    pub accuracy: f64,
+    pub dominant_wrong: f64,
 }

@@ -14,7 +14,12 @@ fn values(t: &Tensor) -> Vec<f32> {
 fn contributions_from_several_consumers_add_up() {
     let x = Var::new(&[[1.5f32, -2.0], [0.25, 4.0]], &Device::Cpu).unwrap();
     let t = x.as_tensor();
-    let y = ((t * t).unwrap() + t).unwrap().sub(&(t * 3.0).unwrap()).unwrap().sum_all().unwrap();
+    let y = ((t * t).unwrap() + t)
+        .unwrap()
+        .sub(&(t * 3.0).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let g = y.backward().unwrap();
     let want = [1.0f32, -6.0, -1.5, 6.0];
     assert_eq!(values(g.get(t).unwrap()), want);
@@ -26,14 +31,20 @@ fn contributions_from_several_consumers_add_up() {
 fn a_strided_first_contribution_is_stored_contiguous() {
     let x = Var::new(&[[1f32, 2., 3.], [4., 5., 6.]], &Device::Cpu).unwrap();
     let w = Tensor::new(&[[10f32, 20.], [30., 40.], [50., 60.]], &Device::Cpu).unwrap();
-    let y = (x.as_tensor().t().unwrap() * &w).unwrap().sum_all().unwrap();
+    let y = (x.as_tensor().t().unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let g = y.backward().unwrap();
     let gx = g.get(x.as_tensor()).unwrap();
     assert!(gx.is_contiguous());
     assert_eq!(gx.dims(), &[2, 3]);
     assert_eq!(values(gx), [10., 30., 50., 20., 40., 60.]);
     // The first contribution to the sum itself was a stride-0 broadcast of the seed 1.
-    let gs = (x.as_tensor().sum_all().unwrap() * 2.0).unwrap().backward().unwrap();
+    let gs = (x.as_tensor().sum_all().unwrap() * 2.0)
+        .unwrap()
+        .backward()
+        .unwrap();
     let gs = gs.get(x.as_tensor()).unwrap();
     assert!(gs.is_contiguous());
     assert_eq!(values(gs), [2.0; 6]);
@@ -48,13 +59,22 @@ impl CustomOp1 for WrongShapeBackward {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else { candle_core::bail!("f32 only") };
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("f32 only")
+        };
         let start = layout.start_offset();
-        Ok((CpuStorage::F32(data[start..start + layout.shape().elem_count()].to_vec()), layout.shape().clone()))
+        Ok((
+            CpuStorage::F32(data[start..start + layout.shape().elem_count()].to_vec()),
+            layout.shape().clone(),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, _grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(Tensor::ones(arg.elem_count() + 1, arg.dtype(), arg.device())?))
+        Ok(Some(Tensor::ones(
+            arg.elem_count() + 1,
+            arg.dtype(),
+            arg.device(),
+        )?))
     }
 }
 
@@ -62,8 +82,13 @@ impl CustomOp1 for WrongShapeBackward {
 #[test]
 fn a_first_contribution_of_the_wrong_shape_is_an_error() {
     let x = Var::new(&[1f32, 2., 3.], &Device::Cpu).unwrap();
-    let y = x.as_tensor().apply_op1(WrongShapeBackward).unwrap().sum_all().unwrap();
-    let err = y.backward().err().expect("a gradient of the wrong shape");
+    let y = x
+        .as_tensor()
+        .apply_op1(WrongShapeBackward)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let err = y.backward().expect_err("a gradient of the wrong shape");
     let message = err.to_string();
     assert!(message.contains("shape mismatch"), "{message}");
 }

@@ -318,16 +318,8 @@ fn decode_kernel_matches_reference_attention() {
     for (r, &pad) in pads.iter().enumerate().take(b) {
         for head in 0..h {
             let qh = q.i((r, head)).unwrap(); // (1, d)
-            let kh = k
-                .i((r, head / g))
-                .unwrap()
-                .narrow(0, pad, l - pad)
-                .unwrap();
-            let vh = v
-                .i((r, head / g))
-                .unwrap()
-                .narrow(0, pad, l - pad)
-                .unwrap();
+            let kh = k.i((r, head / g)).unwrap().narrow(0, pad, l - pad).unwrap();
+            let vh = v.i((r, head / g)).unwrap().narrow(0, pad, l - pad).unwrap();
             let p =
                 candle_nn::ops::softmax(&qh.matmul(&kh.t().unwrap()).unwrap(), D::Minus1).unwrap();
             let want = p.matmul(&vh).unwrap();

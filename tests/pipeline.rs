@@ -16,16 +16,35 @@ use east::model::testing::write_tiny_model;
 const QUESTIONS: usize = 10;
 
 fn east(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_east")).args(args).output().expect("east runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .output()
+        .expect("east runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_east")).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("east starts")
+    Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("east starts")
 }
 
 fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }
 
 fn write_questions(path: &Path, answers: &[String]) {
@@ -104,8 +123,19 @@ fn fixture(rounds: usize) -> Fixture {
     std::fs::write(&config, config_text(&model, &data, rounds)).unwrap();
 
     let probe = root.join("probe");
-    let (ok, log) = east(&["run", "--config", config.to_str().unwrap(), "--set", &format!("run.dir={:?}", probe.to_str().unwrap()), "--set", "run.eval_base=false"]);
-    assert!(!ok && log.contains("no training examples"), "no sample can match 123456789: {log}");
+    let (ok, log) = east(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--set",
+        &format!("run.dir={:?}", probe.to_str().unwrap()),
+        "--set",
+        "run.eval_base=false",
+    ]);
+    assert!(
+        !ok && log.contains("no training examples"),
+        "no sample can match 123456789: {log}"
+    );
     let clusters = lines(&probe.join("tiny/round1/clusters.jsonl"));
     let samples = lines(&probe.join("tiny/round1/samples.jsonl"));
     assert_eq!(clusters.len(), QUESTIONS);
@@ -121,18 +151,33 @@ fn fixture(rounds: usize) -> Fixture {
                 .iter()
                 .zip(preds)
                 .find(|(text, pred)| text.as_str().unwrap().contains("\\boxed") && pred.is_string())
-                .map_or("123456789".to_string(), |(_, pred)| pred.as_str().unwrap().to_string())
+                .map_or("123456789".to_string(), |(_, pred)| {
+                    pred.as_str().unwrap().to_string()
+                })
         })
         .collect();
     let answerable = answers.iter().filter(|a| *a != "123456789").count();
-    assert!(answerable >= 2, "a few questions should have a boxed answer: {answers:?}");
+    assert!(
+        answerable >= 2,
+        "a few questions should have a boxed answer: {answers:?}"
+    );
     write_questions(&data, &answers);
     std::fs::remove_dir_all(&probe).unwrap();
-    Fixture { _dir: dir, root, config }
+    Fixture {
+        _dir: dir,
+        root,
+        config,
+    }
 }
 
 fn run_args<'a>(config: &'a str, dir: &'a str, extra: &[&'a str]) -> Vec<String> {
-    let mut a: Vec<String> = vec!["run".into(), "--config".into(), config.into(), "--set".into(), format!("run.dir={dir:?}")];
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        "--config".into(),
+        config.into(),
+        "--set".into(),
+        format!("run.dir={dir:?}"),
+    ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
@@ -149,34 +194,78 @@ fn artifacts(run: &Path, rounds: usize) -> BTreeMap<String, Vec<u8>> {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         out.insert(name, bytes);
     };
-    put(&mut out, "round0/eval/predictions.jsonl".into(), run.join("round0/eval/questions/predictions.jsonl"));
+    put(
+        &mut out,
+        "round0/eval/predictions.jsonl".into(),
+        run.join("round0/eval/questions/predictions.jsonl"),
+    );
     for t in 1..=rounds {
         let r = run.join(format!("round{t}"));
-        put(&mut out, format!("round{t}/samples.jsonl"), r.join("samples.jsonl"));
-        put(&mut out, format!("round{t}/clusters.jsonl"), r.join("clusters.jsonl"));
-        put(&mut out, format!("round{t}/train.jsonl"), r.join("train.jsonl"));
-        put(&mut out, format!("round{t}/model.safetensors"), r.join("checkpoint/model.safetensors"));
-        put(&mut out, format!("round{t}/eval/predictions.jsonl"), r.join("eval/questions/predictions.jsonl"));
+        put(
+            &mut out,
+            format!("round{t}/samples.jsonl"),
+            r.join("samples.jsonl"),
+        );
+        put(
+            &mut out,
+            format!("round{t}/clusters.jsonl"),
+            r.join("clusters.jsonl"),
+        );
+        put(
+            &mut out,
+            format!("round{t}/train.jsonl"),
+            r.join("train.jsonl"),
+        );
+        put(
+            &mut out,
+            format!("round{t}/model.safetensors"),
+            r.join("checkpoint/model.safetensors"),
+        );
+        put(
+            &mut out,
+            format!("round{t}/eval/predictions.jsonl"),
+            r.join("eval/questions/predictions.jsonl"),
+        );
         let log: Vec<Value> = lines(&r.join("checkpoint/train_log.jsonl"));
         let losses: Vec<Value> = log.iter().filter_map(|l| l.get("loss").cloned()).collect();
-        out.insert(format!("round{t}/losses"), serde_json::to_vec(&losses).unwrap());
+        out.insert(
+            format!("round{t}/losses"),
+            serde_json::to_vec(&losses).unwrap(),
+        );
     }
     for t in 0..=rounds {
-        let report: Value = serde_json::from_slice(&std::fs::read(run.join(format!("round{t}/eval/questions/eval.json"))).unwrap()).unwrap();
-        let stable = serde_json::json!([report["n"], report["correct"], report["accuracy"], report["no_answer"], report["truncated"]]);
-        out.insert(format!("round{t}/eval.json"), serde_json::to_vec(&stable).unwrap());
+        let report: Value = serde_json::from_slice(
+            &std::fs::read(run.join(format!("round{t}/eval/questions/eval.json"))).unwrap(),
+        )
+        .unwrap();
+        let stable = serde_json::json!([
+            report["n"],
+            report["correct"],
+            report["accuracy"],
+            report["no_answer"],
+            report["truncated"]
+        ]);
+        out.insert(
+            format!("round{t}/eval.json"),
+            serde_json::to_vec(&stable).unwrap(),
+        );
     }
     out
 }
 
 fn line_count(path: &Path) -> usize {
-    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
 }
 
 fn samples_file(runs: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(runs.join("_samples")).ok()?.filter_map(|e| e.ok().map(|e| e.path())).find(|p| {
-        p.extension().is_some_and(|e| e == "jsonl") && !p.to_string_lossy().contains(".partial")
-    })
+    std::fs::read_dir(runs.join("_samples"))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "jsonl") && !p.to_string_lossy().contains(".partial")
+        })
 }
 
 /// Starts `east run` and SIGKILLs it as soon as `ready` holds; returns whether the kill
@@ -199,14 +288,21 @@ fn kill_when(args: &[String], ready: impl Fn() -> bool) -> bool {
 }
 
 fn stage_outcomes(run: &Path) -> Vec<(u64, String, String)> {
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     summary
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|r| {
             let round = r["round"].as_u64().unwrap();
-            r["stages"].as_array().unwrap().iter().map(move |s| (round, s["stage"].as_str().unwrap().to_string(), s["outcome"].as_str().unwrap().to_string()))
+            r["stages"].as_array().unwrap().iter().map(move |s| {
+                (
+                    round,
+                    s["stage"].as_str().unwrap().to_string(),
+                    s["outcome"].as_str().unwrap().to_string(),
+                )
+            })
         })
         .collect()
 }
@@ -224,50 +320,87 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
     let expected = artifacts(&full, 2);
     let train_rows = lines(&full.join("round1/train.jsonl"));
     assert!(!train_rows.is_empty());
-    assert!(stage_outcomes(&full).iter().all(|(_, _, o)| o == "ran"), "{:?}", stage_outcomes(&full));
+    assert!(
+        stage_outcomes(&full).iter().all(|(_, _, o)| o == "ran"),
+        "{:?}",
+        stage_outcomes(&full)
+    );
 
     // The same run killed in sampling, training and evaluation, then finished.
     let killed_dir = fx.root.join("killed");
     let killed = killed_dir.join("tiny");
     let args = run_args(cfg, killed_dir.to_str().unwrap(), &[]);
     let mut interrupted = 0;
-    interrupted += kill_when(&args, || samples_file(&killed_dir).is_some_and(|p| line_count(&p) >= 2)) as usize;
+    interrupted += kill_when(&args, || {
+        samples_file(&killed_dir).is_some_and(|p| line_count(&p) >= 2)
+    }) as usize;
     // Meanwhile nobody else may work in the same run directory.
     {
         let mut child = spawn(&as_strs(&args));
         let start = Instant::now();
         let holder = format!("pid {}", child.id());
-        while std::fs::read_to_string(killed.join(".lock")).map_or(true, |t| t.trim() != holder) && start.elapsed() < Duration::from_secs(60) {
+        while std::fs::read_to_string(killed.join(".lock")).map_or(true, |t| t.trim() != holder)
+            && start.elapsed() < Duration::from_secs(60)
+        {
             std::thread::sleep(Duration::from_millis(2));
         }
         let (ok, log) = east(&as_strs(&args));
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(!ok && log.contains("in use by another east process"), "{log}");
+        assert!(
+            !ok && log.contains("in use by another east process"),
+            "{log}"
+        );
     }
-    interrupted += kill_when(&args, || line_count(&killed.join("round1/checkpoint/train_log.jsonl")) >= 2) as usize;
-    interrupted += kill_when(&args, || line_count(&killed.join("round1/eval/questions/predictions.jsonl")) >= 1) as usize;
-    interrupted += kill_when(&args, || line_count(&killed.join("round2/checkpoint/train_log.jsonl")) >= 1) as usize;
-    assert!(interrupted >= 3, "most kills should land mid-run ({interrupted} of 4 did)");
+    interrupted += kill_when(&args, || {
+        line_count(&killed.join("round1/checkpoint/train_log.jsonl")) >= 2
+    }) as usize;
+    interrupted += kill_when(&args, || {
+        line_count(&killed.join("round1/eval/questions/predictions.jsonl")) >= 1
+    }) as usize;
+    interrupted += kill_when(&args, || {
+        line_count(&killed.join("round2/checkpoint/train_log.jsonl")) >= 1
+    }) as usize;
+    assert!(
+        interrupted >= 3,
+        "most kills should land mid-run ({interrupted} of 4 did)"
+    );
     let (ok, log) = east(&as_strs(&args));
     assert!(ok, "{log}");
     let got = artifacts(&killed, 2);
-    assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
     for (name, bytes) in &expected {
-        assert!(got[name] == *bytes, "{name} differs between the killed-and-resumed run and the uninterrupted one");
+        assert!(
+            got[name] == *bytes,
+            "{name} differs between the killed-and-resumed run and the uninterrupted one"
+        );
     }
 
     // Rerunning a finished run does nothing.
     let (ok, log) = east(&as_strs(&args));
     assert!(ok, "{log}");
-    assert!(stage_outcomes(&killed).iter().all(|(_, _, o)| o == "skipped"), "{:?}", stage_outcomes(&killed));
+    assert!(
+        stage_outcomes(&killed)
+            .iter()
+            .all(|(_, _, o)| o == "skipped"),
+        "{:?}",
+        stage_outcomes(&killed)
+    );
 
     // A new exponent: round 1's sampling and clustering are reused, weight/train/eval rerun.
-    let one_round = run_args(cfg, full_dir.to_str().unwrap(), &["--set", "run.rounds=1", "--set", "weight.a=-1"]);
+    let one_round = run_args(
+        cfg,
+        full_dir.to_str().unwrap(),
+        &["--set", "run.rounds=1", "--set", "weight.a=-1"],
+    );
     let (ok, log) = east(&as_strs(&one_round));
     assert!(ok, "{log}");
     let outcomes: Vec<(u64, String, String)> = stage_outcomes(&full);
-    let expect = |round: u64, stage: &str, outcome: &str| (round, stage.to_string(), outcome.to_string());
+    let expect =
+        |round: u64, stage: &str, outcome: &str| (round, stage.to_string(), outcome.to_string());
     assert_eq!(
         outcomes,
         vec![
@@ -284,30 +417,84 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
     assert_ne!(reweighted, train_rows, "with other weights");
 
     // Another run in the same folder (an SFT/DPO/KTO comparison, a sweep) samples nothing.
-    let other = run_args(cfg, full_dir.to_str().unwrap(), &["--set", "run.rounds=1", "--set", "run.name=\"other\"", "--set", "run.eval_base=false"]);
+    let other = run_args(
+        cfg,
+        full_dir.to_str().unwrap(),
+        &[
+            "--set",
+            "run.rounds=1",
+            "--set",
+            "run.name=\"other\"",
+            "--set",
+            "run.eval_base=false",
+        ],
+    );
     let (ok, log) = east(&as_strs(&other));
     assert!(ok, "{log}");
-    assert_eq!(stage_outcomes(&full_dir.join("other"))[0], expect(1, "sample", "skipped"));
+    assert_eq!(
+        stage_outcomes(&full_dir.join("other"))[0],
+        expect(1, "sample", "skipped")
+    );
 
     // Samples made elsewhere (east merge, vLLM) feed round 1 directly.
     let external = std::fs::canonicalize(killed.join("round1/samples.jsonl")).unwrap();
     let set_samples = format!("run.samples={:?}", external.to_str().unwrap());
     let ext_dir = fx.root.join("external");
-    let ext = run_args(cfg, ext_dir.to_str().unwrap(), &["--set", "run.rounds=1", "--set", "run.eval_base=false", "--set", &set_samples]);
+    let ext = run_args(
+        cfg,
+        ext_dir.to_str().unwrap(),
+        &[
+            "--set",
+            "run.rounds=1",
+            "--set",
+            "run.eval_base=false",
+            "--set",
+            &set_samples,
+        ],
+    );
     let (ok, log) = east(&as_strs(&ext));
     assert!(ok, "{log}");
-    assert!(!ext_dir.join("_samples").read_dir().unwrap().any(|e| e.unwrap().path().extension().is_some_and(|x| x == "jsonl")), "nothing sampled");
-    assert_eq!(std::fs::read(ext_dir.join("tiny/round1/train.jsonl")).unwrap(), std::fs::read(killed.join("round1/train.jsonl")).unwrap());
+    assert!(
+        !ext_dir.join("_samples").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "jsonl")),
+        "nothing sampled"
+    );
+    assert_eq!(
+        std::fs::read(ext_dir.join("tiny/round1/train.jsonl")).unwrap(),
+        std::fs::read(killed.join("round1/train.jsonl")).unwrap()
+    );
 
     // The report covers both runs.
     let report_dir = fx.root.join("report");
-    let (ok, log) = east(&["report", full.to_str().unwrap(), full_dir.join("other").to_str().unwrap(), "--out", report_dir.to_str().unwrap()]);
+    let (ok, log) = east(&[
+        "report",
+        full.to_str().unwrap(),
+        full_dir.join("other").to_str().unwrap(),
+        "--out",
+        report_dir.to_str().unwrap(),
+    ]);
     assert!(ok, "{log}");
     let md = std::fs::read_to_string(report_dir.join("report.md")).unwrap();
-    assert!(md.contains("| tiny | base model | 0 |") && md.contains("| other | sft · entropy · power a=1.5 | 1 |"), "{md}");
-    for svg in ["accuracy_per_round.svg", "entropy_tiny.svg", "weights_tiny.svg", "weights_other.svg"] {
-        let text = std::fs::read_to_string(report_dir.join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
+    assert!(
+        md.contains("| tiny | base model | 0 |")
+            && md.contains("| other | sft · entropy · power a=1.5 | 1 |"),
+        "{md}"
+    );
+    for svg in [
+        "accuracy_per_round.svg",
+        "entropy_tiny.svg",
+        "weights_tiny.svg",
+        "weights_other.svg",
+    ] {
+        let text =
+            std::fs::read_to_string(report_dir.join(svg)).unwrap_or_else(|e| panic!("{svg}: {e}"));
         assert!(text.starts_with("<svg") && text.contains("</svg>"), "{svg}");
     }
-    assert!(!report_dir.join("entropy_other.svg").exists(), "runs sharing samples share one entropy plot");
+    assert!(
+        !report_dir.join("entropy_other.svg").exists(),
+        "runs sharing samples share one entropy plot"
+    );
 }

@@ -52,12 +52,25 @@ fn random_model_loads_and_is_reproducible() {
     assert_eq!(lm.tokenizer.get_vocab_size(true), 600);
     let norm = lm.model.norm.to_vec1::<f32>().unwrap();
     assert!(norm.iter().all(|x| (0.89..=1.11).contains(x)), "{norm:?}");
-    let w = lm.model.embed_tokens.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = lm
+        .model
+        .embed_tokens
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     assert!((0.018..0.022).contains(&std), "std {std}");
     let ids = Tensor::new(&[[5u32, 300, 599, 7]], &Device::Cpu).unwrap();
     let h = lm.model.forward_hidden(&ids, None).unwrap();
-    let logits = lm.model.logits(&h).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let logits = lm
+        .model
+        .logits(&h)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     assert_eq!(logits.len(), 4 * 600);
     assert!(logits.iter().all(|x| x.is_finite()));
 }

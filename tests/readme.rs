@@ -10,14 +10,27 @@ const README: &str = include_str!("../README.md");
 
 /// Rows of the table in the README's `## Config` section: (key, default cell).
 fn documented_keys() -> Vec<(String, String)> {
-    let section = README.split("\n## Config\n").nth(1).expect("README has a ## Config section");
+    let section = README
+        .split("\n## Config\n")
+        .nth(1)
+        .expect("README has a ## Config section");
     let section = section.split("\n## ").next().unwrap();
     section
         .lines()
         .filter_map(|line| {
-            let cells: Vec<&str> = line.trim().trim_matches('|').split(" | ").map(str::trim).collect();
+            let cells: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split(" | ")
+                .map(str::trim)
+                .collect();
             let key = cells.first()?.strip_prefix('`')?.strip_suffix('`')?;
-            key.contains('.').then(|| (key.to_string(), cells.get(1).copied().unwrap_or_default().to_string()))
+            key.contains('.').then(|| {
+                (
+                    key.to_string(),
+                    cells.get(1).copied().unwrap_or_default().to_string(),
+                )
+            })
         })
         .collect()
 }
@@ -33,7 +46,11 @@ fn leaf_keys(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
     match value {
         toml::Value::Table(t) => {
             for (k, v) in t {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 leaf_keys(&key, v, out);
             }
         }
@@ -57,22 +74,35 @@ const OPTIONAL_KEYS: &[(&str, &str)] = &[
 #[test]
 fn every_documented_key_exists_with_its_documented_default() {
     let documented = documented_keys();
-    assert!(documented.len() > 40, "found the table ({} rows)", documented.len());
+    assert!(
+        documented.len() > 40,
+        "found the table ({} rows)",
+        documented.len()
+    );
     let defaults = Config::default();
     for (key, default) in &documented {
         if default == "none" {
             let (_, example) = OPTIONAL_KEYS
                 .iter()
                 .find(|(k, _)| k == key)
-                .unwrap_or_else(|| panic!("README says `{key}` has no default, but it is not an optional key"));
+                .unwrap_or_else(|| {
+                    panic!("README says `{key}` has no default, but it is not an optional key")
+                });
             let config = Config::from_toml_str(&toml_setting(key, example), "README", &[])
                 .unwrap_or_else(|e| panic!("README key `{key}`: {e}"));
             assert_ne!(config, defaults, "`{key}` = {example} changes the config");
             continue;
         }
-        let value = default.strip_prefix('`').and_then(|d| d.strip_suffix('`')).unwrap_or_else(|| panic!("`{key}`: default `{default}` is not code"));
-        let config = Config::from_toml_str(&toml_setting(key, value), "README", &[]).unwrap_or_else(|e| panic!("README key `{key}` = {value}: {e}"));
-        assert_eq!(config, defaults, "README's default of `{key}` ({value}) is not the real default");
+        let value = default
+            .strip_prefix('`')
+            .and_then(|d| d.strip_suffix('`'))
+            .unwrap_or_else(|| panic!("`{key}`: default `{default}` is not code"));
+        let config = Config::from_toml_str(&toml_setting(key, value), "README", &[])
+            .unwrap_or_else(|e| panic!("README key `{key}` = {value}: {e}"));
+        assert_eq!(
+            config, defaults,
+            "README's default of `{key}` ({value}) is not the real default"
+        );
     }
 }
 
@@ -80,17 +110,30 @@ fn every_documented_key_exists_with_its_documented_default() {
 fn every_key_of_the_schema_is_documented() {
     let documented: BTreeSet<String> = documented_keys().into_iter().map(|(k, _)| k).collect();
     let mut schema = BTreeSet::new();
-    leaf_keys("", &toml::Value::try_from(Config::default()).unwrap(), &mut schema);
+    leaf_keys(
+        "",
+        &toml::Value::try_from(Config::default()).unwrap(),
+        &mut schema,
+    );
     schema.extend(OPTIONAL_KEYS.iter().map(|(k, _)| k.to_string()));
     let missing: Vec<&String> = schema.difference(&documented).collect();
-    assert!(missing.is_empty(), "config keys missing from the README's table: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "config keys missing from the README's table: {missing:?}"
+    );
     let extra: Vec<&String> = documented.difference(&schema).collect();
-    assert!(extra.is_empty(), "README documents keys the schema lacks: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "README documents keys the schema lacks: {extra:?}"
+    );
 }
 
 #[test]
 fn every_subcommand_has_a_readme_section() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_east")).arg("--help").output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_east"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     let commands: Vec<&str> = help
         .split("Commands:")
@@ -104,7 +147,10 @@ fn every_subcommand_has_a_readme_section() {
         .collect();
     assert!(commands.len() >= 9, "{commands:?}");
     for c in commands {
-        assert!(README.contains(&format!("### `east {c}`")), "README has no section for `east {c}`");
+        assert!(
+            README.contains(&format!("### `east {c}`")),
+            "README has no section for `east {c}`"
+        );
     }
 }
 
@@ -117,9 +163,19 @@ fn every_shipped_config_loads() {
             Config::load(Some(&path), &[]).unwrap_or_else(|e| panic!("{e}"));
             n += 1;
             // The variants documented in its comments (`--set key=value …`) load too.
-            for line in std::fs::read_to_string(&path).unwrap().lines().filter(|l| l.starts_with('#') && l.contains("--set ")) {
-                let sets: Vec<String> = line.split("--set ").skip(1).map(|s| s.split("  ").next().unwrap().trim().to_string()).collect();
-                Config::load(Some(&path), &sets).unwrap_or_else(|e| panic!("{}: documented variant `{line}`: {e}", path.display()));
+            for line in std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with('#') && l.contains("--set "))
+            {
+                let sets: Vec<String> = line
+                    .split("--set ")
+                    .skip(1)
+                    .map(|s| s.split("  ").next().unwrap().trim().to_string())
+                    .collect();
+                Config::load(Some(&path), &sets).unwrap_or_else(|e| {
+                    panic!("{}: documented variant `{line}`: {e}", path.display())
+                });
             }
         }
     }

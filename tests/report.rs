@@ -24,9 +24,15 @@ fn eval_json(correct: usize, n: usize) -> String {
 
 /// A finished run: config with `weight` settings, base and round-1 accuracies out of 200.
 fn make_run(dir: &Path, weight: &str, rounds: &[(usize, usize)]) {
-    write(&dir.join("config.toml"), &format!("[weight]\n{weight}\n[run]\nrounds = {}\n", rounds.len() - 1));
+    write(
+        &dir.join("config.toml"),
+        &format!("[weight]\n{weight}\n[run]\nrounds = {}\n", rounds.len() - 1),
+    );
     for (t, &(correct, _)) in rounds.iter().enumerate() {
-        write(&dir.join(format!("round{t}/eval/gsm8k/eval.json")), &eval_json(correct, 200));
+        write(
+            &dir.join(format!("round{t}/eval/gsm8k/eval.json")),
+            &eval_json(correct, 200),
+        );
     }
 }
 
@@ -34,9 +40,17 @@ fn make_run(dir: &Path, weight: &str, rounds: &[(usize, usize)]) {
 fn report_tables_and_plots_hold_the_runs_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    make_run(&runs.join("vanilla"), "metric = \"uniform\"", &[(92, 0), (100, 0)]);
+    make_run(
+        &runs.join("vanilla"),
+        "metric = \"uniform\"",
+        &[(92, 0), (100, 0)],
+    );
     make_run(&runs.join("a1"), "a = 1.0", &[(92, 0), (103, 0)]);
-    make_run(&runs.join("a1.5"), "a = 1.5", &[(92, 0), (104, 0), (109, 0)]);
+    make_run(
+        &runs.join("a1.5"),
+        "a = 1.5",
+        &[(92, 0), (104, 0), (109, 0)],
+    );
     // Round 1 of a1.5: three questions with known entropy/accuracy, two training rows per
     // question with weights 0.5, 1.0, 1.5 (one value per question).
     let clusters: String = [(0.0, 1.0, 0.0), (1.0, 0.5, 0.5), (1.585, 0.25, 0.5)]
@@ -60,9 +74,22 @@ fn report_tables_and_plots_hold_the_runs_numbers() {
     write(&runs.join("a1.5/round1/train.jsonl"), &rows);
 
     let out = dir.path().join("report");
-    let args: Vec<String> = ["vanilla", "a1", "a1.5"].iter().map(|r| runs.join(r).to_str().unwrap().to_string()).collect();
-    let status = Command::new(env!("CARGO_BIN_EXE_east")).arg("report").args(&args).arg("--out").arg(&out).output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let args: Vec<String> = ["vanilla", "a1", "a1.5"]
+        .iter()
+        .map(|r| runs.join(r).to_str().unwrap().to_string())
+        .collect();
+    let status = Command::new(env!("CARGO_BIN_EXE_east"))
+        .arg("report")
+        .args(&args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     for row in [
@@ -78,11 +105,27 @@ fn report_tables_and_plots_hold_the_runs_numbers() {
     // Accuracy against a: vanilla at a = 0, then 1 and 1.5, in order of a.
     let by_a = std::fs::read_to_string(out.join("accuracy_vs_a.svg")).unwrap();
     assert_eq!(by_a.matches("<circle").count(), 3);
-    let polyline = by_a.split("<polyline points=\"").nth(1).unwrap().split('"').next().unwrap();
-    let points: Vec<(f64, f64)> = polyline.split(' ').map(|p| p.split_once(',').unwrap()).map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap())).collect();
-    assert!(points.windows(2).all(|w| w[0].0 < w[1].0), "x increases with a: {points:?}");
+    let polyline = by_a
+        .split("<polyline points=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let points: Vec<(f64, f64)> = polyline
+        .split(' ')
+        .map(|p| p.split_once(',').unwrap())
+        .map(|(x, y)| (x.parse().unwrap(), y.parse().unwrap()))
+        .collect();
+    assert!(
+        points.windows(2).all(|w| w[0].0 < w[1].0),
+        "x increases with a: {points:?}"
+    );
     // Screen y grows downwards: 50.0 < 51.5 < 52.0 % means decreasing y.
-    assert!(points.windows(2).all(|w| w[0].1 > w[1].1), "higher accuracy is drawn higher: {points:?}");
+    assert!(
+        points.windows(2).all(|w| w[0].1 > w[1].1),
+        "higher accuracy is drawn higher: {points:?}"
+    );
     // Equal steps in a are equal steps in x: a = 0 → 1 is twice a = 1 → 1.5.
     let (d1, d2) = (points[1].0 - points[0].0, points[2].0 - points[1].0);
     assert!((d1 / d2 - 2.0).abs() < 0.02, "{d1} vs {d2}");
@@ -95,7 +138,10 @@ fn report_tables_and_plots_hold_the_runs_numbers() {
     // One scatter point per question, coloured from blue (0) to red (1) by dominant_wrong.
     let entropy = std::fs::read_to_string(out.join("entropy_a1.5.svg")).unwrap();
     assert_eq!(entropy.matches("fill-opacity=\"0.75\"").count(), 3);
-    assert!(entropy.contains("fill=\"rgb(40,60,220)\"") && entropy.contains("fill=\"rgb(140,60,130)\""), "{entropy}");
+    assert!(
+        entropy.contains("fill=\"rgb(40,60,220)\"") && entropy.contains("fill=\"rgb(140,60,130)\""),
+        "{entropy}"
+    );
 
     // Histogram of one weight per question: three questions in total over the bars.
     let weights = std::fs::read_to_string(out.join("weights_a1.5.svg")).unwrap();
@@ -106,7 +152,10 @@ fn report_tables_and_plots_hold_the_runs_numbers() {
 #[test]
 fn report_refuses_a_folder_that_is_not_a_run() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_east")).args(["report", dir.path().to_str().unwrap()]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(["report", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an east run directory"));
 }

@@ -10,9 +10,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use east::data::{east_messages, Question};
+use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::model::testing::write_tiny_model;
 use east::model::tokenizer::encode;
-use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 
 fn tiny_model(dir: &Path) -> PathBuf {
     tiny_model_seeded(dir, 7)
@@ -25,7 +25,11 @@ fn tiny_model_seeded(dir: &Path, seed: u64) -> PathBuf {
 }
 
 /// One request per question (ids q0, q1, …) with the EAST chat prompt and `samples` samples.
-fn chat_requests(lm: &east::model::LoadedModel, questions: &[&str], samples: usize) -> Vec<Request> {
+fn chat_requests(
+    lm: &east::model::LoadedModel,
+    questions: &[&str],
+    samples: usize,
+) -> Vec<Request> {
     questions
         .iter()
         .enumerate()
@@ -39,18 +43,49 @@ fn chat_requests(lm: &east::model::LoadedModel, questions: &[&str], samples: usi
 }
 
 fn east(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_east")).args(args).output().expect("east runs");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .output()
+        .expect("east runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn sample_args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
-        "sample", "--model", model, "--dataset", "gsm8k", "--limit", "12", "--n", "3", "--temperature", "1.0",
-        "--max-new-tokens", "24", "--batch-rows", "6", "--seed", "5", "--out", out,
+        "sample",
+        "--model",
+        model,
+        "--dataset",
+        "gsm8k",
+        "--limit",
+        "12",
+        "--n",
+        "3",
+        "--temperature",
+        "1.0",
+        "--max-new-tokens",
+        "24",
+        "--batch-rows",
+        "6",
+        "--seed",
+        "5",
+        "--out",
+        out,
     ];
     a.extend_from_slice(extra);
     a
@@ -60,7 +95,11 @@ fn sample_args<'a>(model: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a s
 fn sampling_is_deterministic_and_follows_the_schema() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    let (a, b, c) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"), dir.path().join("c.jsonl"));
+    let (a, b, c) = (
+        dir.path().join("a.jsonl"),
+        dir.path().join("b.jsonl"),
+        dir.path().join("c.jsonl"),
+    );
     let m = model.to_str().unwrap();
     let (ok, log) = east(&sample_args(m, a.to_str().unwrap(), &[]));
     assert!(ok, "{log}");
@@ -80,12 +119,20 @@ fn sampling_is_deterministic_and_follows_the_schema() {
         for (t, f) in tokens.iter().zip(finish) {
             let t = t.as_u64().unwrap();
             assert!(t <= 24);
-            assert_eq!(f == "length", t == 24, "length finish iff the budget is used up: {r}");
+            assert_eq!(
+                f == "length",
+                t == 24,
+                "length finish iff the budget is used up: {r}"
+            );
         }
     }
     // Three samples of one question are distinct streams.
-    assert!(la.iter().any(|r| r["completions"][0] != r["completions"][1]));
-    let meta: Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("a.meta.json")).unwrap()).unwrap();
+    assert!(la
+        .iter()
+        .any(|r| r["completions"][0] != r["completions"][1]));
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("a.meta.json")).unwrap())
+            .unwrap();
     assert_eq!(meta["complete"], true);
 }
 
@@ -96,19 +143,47 @@ fn a_killed_run_resumes_to_the_same_file_as_an_uninterrupted_one() {
     let m = model.to_str().unwrap();
     let full = dir.path().join("full.jsonl");
     let args = |out: &Path| -> Vec<String> {
-        ["sample", "--model", m, "--dataset", "gsm8k", "--limit", "40", "--n", "4", "--max-new-tokens", "48", "--batch-rows", "8", "--seed", "1", "--out"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([out.to_str().unwrap().to_string()])
-            .collect()
+        [
+            "sample",
+            "--model",
+            m,
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "40",
+            "--n",
+            "4",
+            "--max-new-tokens",
+            "48",
+            "--batch-rows",
+            "8",
+            "--seed",
+            "1",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.to_str().unwrap().to_string()])
+        .collect()
     };
-    assert!(Command::new(env!("CARGO_BIN_EXE_east")).args(args(&full)).status().unwrap().success());
+    assert!(Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args(&full))
+        .status()
+        .unwrap()
+        .success());
 
     let killed = dir.path().join("killed.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_east")).args(args(&killed)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let start = Instant::now();
     loop {
-        let n = std::fs::read_to_string(&killed).map(|t| t.lines().count()).unwrap_or(0);
+        let n = std::fs::read_to_string(&killed)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
         if n >= 3 || start.elapsed() > Duration::from_secs(60) {
             break;
         }
@@ -117,14 +192,26 @@ fn a_killed_run_resumes_to_the_same_file_as_an_uninterrupted_one() {
     child.kill().unwrap(); // SIGKILL: no cleanup runs
     child.wait().unwrap();
     let partial = lines(&killed).len();
-    assert!(partial < 40, "the run was killed before finishing ({partial} lines)");
+    assert!(
+        partial < 40,
+        "the run was killed before finishing ({partial} lines)"
+    );
     // A write cut mid-line by the kill.
     use std::io::Write;
-    std::fs::OpenOptions::new().append(true).open(&killed).unwrap().write_all(b"{\"id\":\"gsm8k/train/9").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&killed)
+        .unwrap()
+        .write_all(b"{\"id\":\"gsm8k/train/9")
+        .unwrap();
 
     let (ok, log) = east(&args(&killed).iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(ok, "{log}");
-    assert_eq!(std::fs::read(&killed).unwrap(), std::fs::read(&full).unwrap(), "resumed file equals the uninterrupted one");
+    assert_eq!(
+        std::fs::read(&killed).unwrap(),
+        std::fs::read(&full).unwrap(),
+        "resumed file equals the uninterrupted one"
+    );
 }
 
 #[test]
@@ -134,7 +221,11 @@ fn resuming_with_other_settings_is_refused() {
     let out = dir.path().join("s.jsonl");
     let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
     assert!(east(&sample_args(m, o, &["--limit", "2"])).0);
-    let (ok, log) = east(&sample_args(m, o, &["--limit", "2", "--temperature", "0.5"]));
+    let (ok, log) = east(&sample_args(
+        m,
+        o,
+        &["--limit", "2", "--temperature", "0.5"],
+    ));
     assert!(!ok && log.contains("other settings"), "{log}");
 }
 
@@ -145,7 +236,9 @@ fn shards_merge_into_the_unsharded_run() {
     let m = model.to_str().unwrap();
     let whole = dir.path().join("whole.jsonl");
     assert!(east(&sample_args(m, whole.to_str().unwrap(), &[])).0);
-    let shards: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("shard{i}.jsonl"))).collect();
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("shard{i}.jsonl")))
+        .collect();
     for (i, s) in shards.iter().enumerate() {
         let spec = format!("{i}/3");
         let (ok, log) = east(&sample_args(m, s.to_str().unwrap(), &["--shard", &spec]));
@@ -162,7 +255,13 @@ fn shards_merge_into_the_unsharded_run() {
     assert_eq!(lines(&merged), lines(&whole));
     // A missing shard is an error, not a silently shorter file.
     let merged2 = dir.path().join("merged2.jsonl");
-    let (ok, log) = east(&["merge", "--out", merged2.to_str().unwrap(), shards[0].to_str().unwrap(), shards[2].to_str().unwrap()]);
+    let (ok, log) = east(&[
+        "merge",
+        "--out",
+        merged2.to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+        shards[2].to_str().unwrap(),
+    ]);
     assert!(!ok && log.contains("missing"), "{log}");
     assert!(!merged2.exists());
 }
@@ -174,19 +273,39 @@ fn batched_greedy_decoding_matches_full_recomputation() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let lm = east::model::load(model.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
-    let questions = ["What is 2+2?", "A much longer question about apples and oranges, with more tokens in it?", "x"];
+    let questions = [
+        "What is 2+2?",
+        "A much longer question about apples and oranges, with more tokens in it?",
+        "x",
+    ];
     let requests = chat_requests(&lm, &questions, 1);
-    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: 12, seed: 0, stop: vec![], sampler: SamplerPlacement::Auto };
+    let settings = DecodeSettings {
+        sampling: Sampling::GREEDY,
+        max_new_tokens: 12,
+        seed: 0,
+        stop: vec![],
+        sampler: SamplerPlacement::Auto,
+    };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     for (r, g) in requests.iter().zip(&gens) {
         let mut ids = r.prompt_ids.clone();
         let mut expected = Vec::new();
         for _ in 0..12 {
-            let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             let hidden = lm.model.forward_hidden(&input, None).unwrap();
             let last = hidden.narrow(1, ids.len() - 1, 1).unwrap();
-            let logits: Vec<f32> = lm.model.logits(&last).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-            let next = east::sample::logits::argmax(&logits);
+            let logits: Vec<f32> = lm
+                .model
+                .logits(&last)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let next = east::decode::logits::argmax(&logits);
             if lm.eos_ids.contains(&next) {
                 break;
             }
@@ -204,18 +323,41 @@ fn the_device_sampler_decodes_like_the_host_sampler() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let lm = east::model::load(model.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
-    let requests = chat_requests(&lm, &["What is 2+2?", "Tom has 3 apples and buys 4 more. How many?"], 6);
-    for sampling in [Sampling { temperature: 0.9, top_p: 1.0 }, Sampling::GREEDY] {
+    let requests = chat_requests(
+        &lm,
+        &[
+            "What is 2+2?",
+            "Tom has 3 apples and buys 4 more. How many?",
+        ],
+        6,
+    );
+    for sampling in [
+        Sampling {
+            temperature: 0.9,
+            top_p: 1.0,
+        },
+        Sampling::GREEDY,
+    ] {
         let run = |sampler| {
-            let settings = DecodeSettings { sampling, max_new_tokens: 24, seed: 5, stop: vec![], sampler };
+            let settings = DecodeSettings {
+                sampling,
+                max_new_tokens: 24,
+                seed: 5,
+                stop: vec![],
+                sampler,
+            };
             generate_group(&lm, &requests, &settings, |_| {}).unwrap().0
         };
         let host = run(SamplerPlacement::Host);
         let device = run(SamplerPlacement::Device);
         assert_eq!(host, device, "{sampling:?}");
         if !sampling.is_greedy() {
-            let distinct: std::collections::HashSet<&Vec<u32>> = host[1].iter().map(|g| &g.token_ids).collect();
-            assert!(distinct.len() > 1, "temperature 0.9 gave six identical samples");
+            let distinct: std::collections::HashSet<&Vec<u32>> =
+                host[1].iter().map(|g| &g.token_ids).collect();
+            assert!(
+                distinct.len() > 1,
+                "temperature 0.9 gave six identical samples"
+            );
         }
     }
 }
@@ -232,7 +374,13 @@ fn eval_grades_greedy_predictions_and_resumes() {
     let qs: Vec<Question> = ["one", "two", "three", "four"]
         .iter()
         .enumerate()
-        .map(|(i, q)| Question { id: format!("q{i}"), question: format!("Question {q}?"), answer: "12345".into(), level: Some(format!("Level {}", i % 2 + 1)), subject: None })
+        .map(|(i, q)| Question {
+            id: format!("q{i}"),
+            question: format!("Question {q}?"),
+            answer: "12345".into(),
+            level: Some(format!("Level {}", i % 2 + 1)),
+            subject: None,
+        })
         .collect();
     let write = |qs: &[Question]| {
         let text: String = qs.iter().map(|q| format!("{}\n", serde_json::json!({"id": q.id, "question": q.question, "answer": q.answer, "level": q.level}))).collect();
@@ -241,7 +389,19 @@ fn eval_grades_greedy_predictions_and_resumes() {
     write(&qs);
     let m = model.to_str().unwrap();
     let first = dir.path().join("first");
-    let base = ["eval", "--model", m, "--dataset", data.to_str().unwrap(), "--max-new-tokens", "16", "--batch-size", "3", "--set", "data.fields.id=\"id\""];
+    let base = [
+        "eval",
+        "--model",
+        m,
+        "--dataset",
+        data.to_str().unwrap(),
+        "--max-new-tokens",
+        "16",
+        "--batch-size",
+        "3",
+        "--set",
+        "data.fields.id=\"id\"",
+    ];
     let mut args: Vec<&str> = base.to_vec();
     args.extend(["--out", first.to_str().unwrap()]);
     let (ok, log) = east(&args);
@@ -251,8 +411,15 @@ fn eval_grades_greedy_predictions_and_resumes() {
 
     // References: the extracted prediction where there is one (so it must grade correct),
     // except for q3, which keeps "12345".
-    let pred_of: std::collections::HashMap<String, Option<String>> =
-        preds.iter().map(|p| (p["id"].as_str().unwrap().to_string(), p["pred"].as_str().map(String::from))).collect();
+    let pred_of: std::collections::HashMap<String, Option<String>> = preds
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["pred"].as_str().map(String::from),
+            )
+        })
+        .collect();
     let mut expected_correct = 0;
     let qs2: Vec<Question> = qs
         .iter()
@@ -265,18 +432,28 @@ fn eval_grades_greedy_predictions_and_resumes() {
             q
         })
         .collect();
-    assert!(expected_correct >= 1, "the tiny model's greedy text should contain a number: {preds:?}");
+    assert!(
+        expected_correct >= 1,
+        "the tiny model's greedy text should contain a number: {preds:?}"
+    );
     write(&qs2);
     let second = dir.path().join("second");
     let mut args: Vec<&str> = base.to_vec();
     args.extend(["--out", second.to_str().unwrap()]);
     assert!(east(&args).0);
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
     assert_eq!(report["n"], 4);
     assert_eq!(report["correct"], expected_correct);
-    assert_eq!(report["accuracy"].as_f64().unwrap(), expected_correct as f64 / 4.0);
+    assert_eq!(
+        report["accuracy"].as_f64().unwrap(),
+        expected_correct as f64 / 4.0
+    );
     let levels = report["by_level"].as_object().unwrap();
-    assert_eq!(levels["Level 1"]["n"].as_u64().unwrap() + levels["Level 2"]["n"].as_u64().unwrap(), 4);
+    assert_eq!(
+        levels["Level 1"]["n"].as_u64().unwrap() + levels["Level 2"]["n"].as_u64().unwrap(),
+        4
+    );
 
     // Delete the report and one prediction: a rerun redoes only what is missing and agrees.
     let preds_path = second.join("predictions.jsonl");
@@ -285,10 +462,14 @@ fn eval_grades_greedy_predictions_and_resumes() {
     std::fs::write(&preds_path, kept).unwrap();
     std::fs::remove_file(second.join("eval.json")).unwrap();
     assert!(east(&args).0);
-    let again: Value = serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
+    let again: Value =
+        serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
     assert_eq!(again["correct"], report["correct"]);
     let mut a = lines(&preds_path);
-    let mut b: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut b: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     a.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
     b.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
     assert_eq!(a, b);

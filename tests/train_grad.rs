@@ -13,12 +13,15 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
 use east::model::testing::{write_tiny_model_with, TinySpec};
 use east::model::{load, Llama};
-use east::train::cpu::CpuEngine;
+use east::train::engine::cpu::CpuEngine;
 use east::train::{Engine, LoraSpec, Packed};
 
 fn tiny(seed: u64, tied: bool) -> (tempfile::TempDir, east::model::LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec { tie_word_embeddings: tied, ..TinySpec::default() };
+    let spec = TinySpec {
+        tie_word_embeddings: tied,
+        ..TinySpec::default()
+    };
     write_tiny_model_with(dir.path(), seed, &spec).unwrap();
     let m = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F64).unwrap();
     (dir, m)
@@ -72,7 +75,12 @@ fn probe_indices(name: &str, len: usize, hidden: usize) -> Vec<usize> {
 }
 
 fn engine_objective(e: &mut CpuEngine<f64>, b: &Packed) -> f64 {
-    e.score(b).unwrap().iter().zip(COEFS).map(|(s, c)| c * s.logp).sum()
+    e.score(b)
+        .unwrap()
+        .iter()
+        .zip(COEFS)
+        .map(|(s, c)| c * s.logp)
+        .sum()
 }
 
 #[test]
@@ -85,7 +93,10 @@ fn cpu_engine_gradients_match_finite_differences_for_every_parameter_kind() {
         e.backward(Some(&COEFS)).unwrap();
         let h = m.config.hidden_size;
         for name in kinds(&m.config) {
-            let g = e.grad(&name).unwrap_or_else(|| panic!("{name} has no gradient")).to_vec();
+            let g = e
+                .grad(&name)
+                .unwrap_or_else(|| panic!("{name} has no gradient"))
+                .to_vec();
             assert!(g.iter().any(|&x| x != 0.0), "{name}: gradient is all zero");
             for i in probe_indices(&name, g.len(), h) {
                 let orig = e.param(&name).unwrap()[i];
@@ -96,7 +107,11 @@ fn cpu_engine_gradients_match_finite_differences_for_every_parameter_kind() {
                 let down = engine_objective(&mut e, &b);
                 e.param_mut(&name).unwrap()[i] = orig;
                 let fd = (up - down) / (2.0 * eps);
-                assert!((fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()), "tied={tied} {name}[{i}]: analytic {} vs finite difference {fd}", g[i]);
+                assert!(
+                    (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
+                    "tied={tied} {name}[{i}]: analytic {} vs finite difference {fd}",
+                    g[i]
+                );
             }
         }
     }
@@ -120,7 +135,10 @@ fn autograd_logps(model: &Llama, b: &Packed) -> Tensor {
     let mask = Tensor::from_vec(mask, (rows, t), &dev).unwrap();
     let hidden = model.forward_hidden(&ids, Some(&mask)).unwrap();
     let logits = model.logits(&hidden).unwrap();
-    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap().flatten_to(1).unwrap(); // (B·T, V)
+    let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .flatten_to(1)
+        .unwrap(); // (B·T, V)
     let mut sel = Vec::new();
     let mut onehot_rows = vec![0f64; b.targets.len() * rows];
     for (k, tg) in b.targets.iter().enumerate() {
@@ -130,9 +148,17 @@ fn autograd_logps(model: &Llama, b: &Packed) -> Tensor {
         onehot_rows[k * rows + r] = 1.0;
     }
     let flat = lp.flatten_all().unwrap();
-    let picked = flat.index_select(&Tensor::new(sel.as_slice(), &dev).unwrap(), 0).unwrap(); // (targets)
+    let picked = flat
+        .index_select(&Tensor::new(sel.as_slice(), &dev).unwrap(), 0)
+        .unwrap(); // (targets)
     let assign = Tensor::from_vec(onehot_rows, (b.targets.len(), rows), &dev).unwrap();
-    picked.unsqueeze(0).unwrap().matmul(&assign).unwrap().squeeze(0).unwrap() // (rows)
+    picked
+        .unsqueeze(0)
+        .unwrap()
+        .matmul(&assign)
+        .unwrap()
+        .squeeze(0)
+        .unwrap() // (rows)
 }
 
 fn varmap_model(dir: &std::path::Path, cfg: &east::model::LlamaConfig) -> (VarMap, Llama) {
@@ -141,7 +167,8 @@ fn varmap_model(dir: &std::path::Path, cfg: &east::model::LlamaConfig) -> (VarMa
     let model = Llama::load(VarBuilder::from_varmap(&varmap, DType::F64, &dev), cfg).unwrap();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &dev).unwrap();
     for (name, var) in varmap.data().lock().unwrap().iter() {
-        var.set(&weights[name].to_dtype(DType::F64).unwrap()).unwrap();
+        var.set(&weights[name].to_dtype(DType::F64).unwrap())
+            .unwrap();
     }
     (varmap, model)
 }
@@ -152,24 +179,41 @@ fn forward_hidden_autograd_matches_finite_differences_for_every_parameter_kind()
     let (varmap, model) = varmap_model(d.path(), &m.config);
     let b = batch();
     let coefs = Tensor::new(&COEFS, &Device::Cpu).unwrap();
-    let objective = |model: &Llama| (autograd_logps(model, &b) * &coefs).unwrap().sum_all().unwrap();
+    let objective = |model: &Llama| {
+        (autograd_logps(model, &b) * &coefs)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
     let grads = objective(&model).backward().unwrap();
     let data = varmap.data().lock().unwrap();
     for name in kinds(&m.config) {
         let var = &data[&name];
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}")).flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let orig: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
         for i in probe_indices(&name, g.len(), m.config.hidden_size) {
             let eps = 1e-5;
             let eval = |delta: f64| {
                 let mut v = orig.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
                 objective(&model).to_scalar::<f64>().unwrap()
             };
             let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap()).unwrap();
-            assert!((fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()), "{name}[{i}]: autograd {} vs finite difference {fd}", g[i]);
+            var.set(&Tensor::from_vec(orig.clone(), var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            assert!(
+                (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
+                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                g[i]
+            );
         }
     }
 }
@@ -182,7 +226,12 @@ fn cpu_engine_matches_candle_autograd_tensor_by_tensor() {
         let b = batch();
         let lp = autograd_logps(&model, &b);
         let coefs = Tensor::new(&COEFS, &Device::Cpu).unwrap();
-        let grads = (&lp * &coefs).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = (&lp * &coefs)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
         let want_lp: Vec<f64> = lp.to_vec1().unwrap();
 
         let mut e = CpuEngine::<f64>::new(&m.model, None, 0).unwrap();
@@ -193,11 +242,23 @@ fn cpu_engine_matches_candle_autograd_tensor_by_tensor() {
         }
         let data = varmap.data().lock().unwrap();
         for name in kinds(&m.config) {
-            let want: Vec<f64> = grads.get(data[&name].as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let want: Vec<f64> = grads
+                .get(data[&name].as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let got = e.grad(&name).unwrap();
             let scale = want.iter().fold(0f64, |a, &x| a.max(x.abs()));
-            let diff = want.iter().zip(got).fold(0f64, |a, (x, y)| a.max((x - y).abs()));
-            assert!(diff <= 1e-9 * scale.max(1.0), "tied={tied} {name}: max |Δ| {diff} (max |g| {scale})");
+            let diff = want
+                .iter()
+                .zip(got)
+                .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
+            assert!(
+                diff <= 1e-9 * scale.max(1.0),
+                "tied={tied} {name}: max |Δ| {diff} (max |g| {scale})"
+            );
         }
     }
 }
@@ -215,13 +276,19 @@ fn coefficients_in_the_forward_give_the_same_gradients_as_in_the_backward() {
     c.backward(Some(&COEFS)).unwrap();
     for name in kinds(&m.config) {
         let (x, y) = (a.grad(&name).unwrap(), c.grad(&name).unwrap());
-        let diff = x.iter().zip(y).fold(0f64, |acc, (p, q)| acc.max((p - q).abs()));
+        let diff = x
+            .iter()
+            .zip(y)
+            .fold(0f64, |acc, (p, q)| acc.max((p - q).abs()));
         assert!(diff < 1e-12, "{name}: {diff}");
     }
     // gradients accumulate over micro-batches
     c.forward(&b, None, 0).unwrap();
     c.backward(Some(&COEFS)).unwrap();
-    let (x, y) = (a.grad("model.norm.weight").unwrap(), c.grad("model.norm.weight").unwrap());
+    let (x, y) = (
+        a.grad("model.norm.weight").unwrap(),
+        c.grad("model.norm.weight").unwrap(),
+    );
     for (p, q) in x.iter().zip(y) {
         assert!((2.0 * p - q).abs() < 1e-12);
     }
@@ -234,12 +301,20 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
         rank: 4,
         alpha: 8.0,
         dropout: 0.2,
-        targets: vec!["q_proj".into(), "v_proj".into(), "o_proj".into(), "up_proj".into(), "down_proj".into()],
+        targets: vec![
+            "q_proj".into(),
+            "v_proj".into(),
+            "o_proj".into(),
+            "up_proj".into(),
+            "down_proj".into(),
+        ],
     };
     let mut e = CpuEngine::<f64>::new(&m.model, Some(spec), 7).unwrap();
     let names: Vec<String> = e.trainable().into_iter().map(|p| p.name).collect();
     assert_eq!(names.len(), 2 * 5 * 2, "A and B for 5 targets × 2 layers");
-    assert!(names.iter().all(|n| n.starts_with("base_model.model.model.layers.")));
+    assert!(names
+        .iter()
+        .all(|n| n.starts_with("base_model.model.model.layers.")));
     // B starts at 0 (then A gets no gradient): give B values so both are tested
     for n in names.iter().filter(|n| n.contains("lora_B")) {
         for (i, x) in e.param_mut(n).unwrap().iter_mut().enumerate() {
@@ -250,7 +325,10 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
     let seed = 99;
     e.forward(&b, None, seed).unwrap();
     e.backward(Some(&COEFS)).unwrap();
-    assert!(e.grad("model.layers.0.self_attn.q_proj.weight").is_none(), "frozen base weight has no gradient buffer");
+    assert!(
+        e.grad("model.layers.0.self_attn.q_proj.weight").is_none(),
+        "frozen base weight has no gradient buffer"
+    );
     assert!(e.grad("model.embed_tokens.weight").is_none());
     let objective = |e: &mut CpuEngine<f64>| {
         let s = e.forward(&b, None, seed).unwrap();
@@ -269,7 +347,11 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
             let down = objective(&mut e);
             e.param_mut(name).unwrap()[i] = orig;
             let fd = (up - down) / (2.0 * eps);
-            assert!((fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()), "{name}[{i}]: analytic {} vs finite difference {fd}", g[i]);
+            assert!(
+                (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
+                "{name}[{i}]: analytic {} vs finite difference {fd}",
+                g[i]
+            );
         }
     }
     // scoring (reference log-probs) runs without dropout: deterministic and equal to the
@@ -286,7 +368,7 @@ fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
 
 #[test]
 fn autograd_engine_matches_the_cpu_engine() {
-    use east::train::autograd::AutogradEngine;
+    use east::train::engine::autograd::AutogradEngine;
     for tied in [false, true] {
         let (_d, m) = tiny(17, tied);
         let b = batch();
@@ -297,17 +379,31 @@ fn autograd_engine_matches_the_cpu_engine() {
         let sa = a.forward(&b, Some(&COEFS), 0).unwrap();
         a.backward(None).unwrap();
         for (x, y) in sc.iter().zip(&sa) {
-            assert!((x.logp - y.logp).abs() < 1e-10 && (x.wpo - y.wpo).abs() < 1e-9 && x.tokens == y.tokens, "{x:?} vs {y:?}");
+            assert!(
+                (x.logp - y.logp).abs() < 1e-10
+                    && (x.wpo - y.wpo).abs() < 1e-9
+                    && x.tokens == y.tokens,
+                "{x:?} vs {y:?}"
+            );
         }
         assert_eq!(c.trainable(), a.trainable());
         for p in c.trainable() {
-            let g: Vec<f64> = a.grad(&p.name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let g: Vec<f64> = a
+                .grad(&p.name)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
             assert!(d < 1e-9, "tied={tied} {}: relative difference {d}", p.name);
         }
         // two AdamW steps each (the second on the gradients of the updated weights, with the
         // moments of the first): same parameters and moments after each
-        let opt = east::train::optim::AdamW { weight_decay: 0.01, ..Default::default() };
+        let opt = east::train::optim::AdamW {
+            weight_decay: 0.01,
+            ..Default::default()
+        };
         for step in 1..=2 {
             if step == 2 {
                 let sc = c.forward(&b, None, 0).unwrap();
@@ -315,17 +411,27 @@ fn autograd_engine_matches_the_cpu_engine() {
                 let sa = a.forward(&b, Some(&COEFS), 0).unwrap();
                 a.backward(None).unwrap();
                 for (x, y) in sc.iter().zip(&sa) {
-                    assert!((x.logp - y.logp).abs() < 1e-9, "after a step: {x:?} vs {y:?}");
+                    assert!(
+                        (x.logp - y.logp).abs() < 1e-9,
+                        "after a step: {x:?} vs {y:?}"
+                    );
                 }
             }
             c.step(&opt, 1e-3, 0.5).unwrap();
             a.step(&opt, 1e-3, 0.5).unwrap();
             let (sc, sa) = (c.state().unwrap(), a.state().unwrap());
-            for (what, xs, ys) in [("parameter", &sc.params, &sa.params), ("first moment", &sc.exp_avg, &sa.exp_avg), ("second moment", &sc.exp_avg_sq, &sa.exp_avg_sq)] {
+            for (what, xs, ys) in [
+                ("parameter", &sc.params, &sa.params),
+                ("first moment", &sc.exp_avg, &sa.exp_avg),
+                ("second moment", &sc.exp_avg_sq, &sa.exp_avg_sq),
+            ] {
                 for ((n, x), (_, y)) in xs.iter().zip(ys) {
                     let x: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
                     let y: Vec<f64> = y.flatten_all().unwrap().to_vec1().unwrap();
-                    assert!(max_rel_diff(&x, &y) < 1e-9, "tied={tied} {n}: {what} after step {step}");
+                    assert!(
+                        max_rel_diff(&x, &y) < 1e-9,
+                        "tied={tied} {n}: {what} after step {step}"
+                    );
                 }
             }
         }
@@ -334,13 +440,23 @@ fn autograd_engine_matches_the_cpu_engine() {
 
 #[test]
 fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
-    use east::train::autograd::AutogradEngine;
+    use east::train::engine::autograd::AutogradEngine;
     let (_d, m) = tiny(19, false);
-    let spec = LoraSpec { rank: 3, alpha: 6.0, dropout: 0.25, targets: east::train::engine::PROJECTIONS.map(String::from).to_vec() };
+    let spec = LoraSpec {
+        rank: 3,
+        alpha: 6.0,
+        dropout: 0.25,
+        targets: east::train::engine::PROJECTIONS.map(String::from).to_vec(),
+    };
     let mut c = CpuEngine::<f64>::new(&m.model, Some(spec.clone()), 5).unwrap();
     let mut a = AutogradEngine::new(&m.model, Some(spec), 5).unwrap();
     // same initialisation; give B values on both through a state round trip
-    for n in c.trainable().into_iter().map(|p| p.name).filter(|n| n.contains("lora_B")) {
+    for n in c
+        .trainable()
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n.contains("lora_B"))
+    {
         for (i, x) in c.param_mut(&n).unwrap().iter_mut().enumerate() {
             *x = ((i as f64) * 0.11).cos() * 0.1;
         }
@@ -361,7 +477,13 @@ fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
     a.forward(&b, None, 77).unwrap();
     a.backward(Some(&COEFS)).unwrap();
     for p in c.trainable() {
-        let g: Vec<f64> = a.grad(&p.name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f64> = a
+            .grad(&p.name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
         assert!(d < 1e-9, "{}: relative difference {d}", p.name);
     }
@@ -370,7 +492,7 @@ fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
 
 #[test]
 fn autograd_engine_in_bf16_keeps_f32_masters_and_close_gradients() {
-    use east::train::autograd::AutogradEngine;
+    use east::train::engine::autograd::AutogradEngine;
     let dir = tempfile::tempdir().unwrap();
     write_tiny_model_with(dir.path(), 23, &TinySpec::default()).unwrap();
     let m32 = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
@@ -383,14 +505,34 @@ fn autograd_engine_in_bf16_keeps_f32_masters_and_close_gradients() {
     let s16 = a.forward(&b, Some(&COEFS), 0).unwrap();
     a.backward(None).unwrap();
     for (x, y) in s32.iter().zip(&s16) {
-        assert!((x.logp - y.logp).abs() < 0.05 * x.logp.abs() + 0.5, "{x:?} vs {y:?}");
+        assert!(
+            (x.logp - y.logp).abs() < 0.05 * x.logp.abs() + 0.5,
+            "{x:?} vs {y:?}"
+        );
     }
     let st = a.state().unwrap();
-    assert!(st.params.iter().all(|(_, t)| t.dtype() == DType::F32), "masters are f32");
-    for name in ["model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"] {
-        let g: Vec<f32> = a.grad(name).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert!(
+        st.params.iter().all(|(_, t)| t.dtype() == DType::F32),
+        "masters are f32"
+    );
+    for name in [
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ] {
+        let g: Vec<f32> = a
+            .grad(name)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let want = c.grad(name).unwrap();
-        let dot: f64 = g.iter().zip(want).map(|(x, y)| (*x as f64) * (*y as f64)).sum();
+        let dot: f64 = g
+            .iter()
+            .zip(want)
+            .map(|(x, y)| (*x as f64) * (*y as f64))
+            .sum();
         let n1: f64 = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         let n2: f64 = want.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
         assert!(dot / (n1 * n2) > 0.99, "{name}: cosine {}", dot / (n1 * n2));
@@ -404,7 +546,13 @@ fn autograd_engine_in_bf16_keeps_f32_masters_and_close_gradients() {
     let t16 = a.forward(&b, Some(&COEFS), 1).unwrap();
     for (((x0, y0), x1), y1) in s32.iter().zip(&s16).zip(&t32).zip(&t16) {
         let (d32, d16) = (x1.logp - x0.logp, y1.logp - y0.logp);
-        assert!(d32.abs() > 0.05, "the step moves the f32 log-probability: {d32}");
-        assert!((d16 - d32).abs() < 0.25 * d32.abs(), "bf16 moved by {d16}, f32 by {d32}");
+        assert!(
+            d32.abs() > 0.05,
+            "the step moves the f32 log-probability: {d32}"
+        );
+        assert!(
+            (d16 - d32).abs() < 0.25 * d32.abs(),
+            "bf16 moved by {d16}, f32 by {d32}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use east::model::testing::write_tiny_model;
 use east::model::{load, LinearAdapter};
-use east::train::autograd::LoraAdapter;
+use east::train::engine::autograd::LoraAdapter;
 
 /// Bytes of all tensors in the gradient store of one LoRA backward, and the bytes of the
 /// frozen projection weights.
@@ -27,8 +27,14 @@ fn grad_store_bytes(plain: bool) -> (usize, usize) {
         if !name.starts_with("model.layers.0.self_attn.") || name.ends_with("o_proj") {
             frozen_bytes += layer.weight().elem_count() * 4;
         }
-        let a = candle_core::Var::from_tensor(&Tensor::ones((2, layer.in_dim()), DType::F32, &Device::Cpu).unwrap()).unwrap();
-        let b = candle_core::Var::from_tensor(&Tensor::ones((layer.out_dim(), 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        let a = candle_core::Var::from_tensor(
+            &Tensor::ones((2, layer.in_dim()), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+        let b = candle_core::Var::from_tensor(
+            &Tensor::ones((layer.out_dim(), 2), DType::F32, &Device::Cpu).unwrap(),
+        )
+        .unwrap();
         let ad = LoraAdapter {
             a: a.as_tensor().clone(),
             b: b.as_tensor().clone(),
@@ -47,9 +53,15 @@ fn grad_store_bytes(plain: bool) -> (usize, usize) {
     let loss = m.model.logits(&h).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     for v in &vars {
-        assert!(grads.get(v.as_tensor()).is_some(), "LoRA matrices get gradients");
+        assert!(
+            grads.get(v.as_tensor()).is_some(),
+            "LoRA matrices get gradients"
+        );
     }
-    let total: usize = grads.get_ids().map(|id| grads.get_id(*id).unwrap().elem_count() * 4).sum();
+    let total: usize = grads
+        .get_ids()
+        .map(|id| grads.get_id(*id).unwrap().elem_count() * 4)
+        .sum();
     (total, frozen_bytes)
 }
 
@@ -59,6 +71,10 @@ fn frozen_matmul_keeps_no_weight_sized_gradients() {
     let (custom, _) = grad_store_bytes(false);
     // The plain matmul leaves one weight-sized gradient per frozen weight on the backward path;
     // the custom op none.
-    assert_eq!(plain - custom, frozen, "plain {plain} B, custom op {custom} B, frozen weights {frozen} B");
+    assert_eq!(
+        plain - custom,
+        frozen,
+        "plain {plain} B, custom op {custom} B, frozen weights {frozen} B"
+    );
     assert!(custom < plain);
 }

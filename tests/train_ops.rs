@@ -8,7 +8,11 @@ use east::model::train_ops::{attention_probs, rms_norm, rope, softmax_masked, sw
 
 /// Deterministic, uneven test values.
 fn values(n: usize, seed: usize) -> Vec<f64> {
-    (0..n).map(|i| ((i * 37 + seed * 11) % 17) as f64 / 8.0 - 1.0 + ((i + seed) as f64 * 0.7).sin() * 0.3).collect()
+    (0..n)
+        .map(|i| {
+            ((i * 37 + seed * 11) % 17) as f64 / 8.0 - 1.0 + ((i + seed) as f64 * 0.7).sin() * 0.3
+        })
+        .collect()
 }
 
 fn var(v: &[f64], shape: &[usize]) -> Var {
@@ -16,13 +20,21 @@ fn var(v: &[f64], shape: &[usize]) -> Var {
 }
 
 fn flat(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: lengths");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}[{i}]: {g} vs {w}"
+        );
     }
 }
 
@@ -49,7 +61,10 @@ fn rms_norm_host(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
     x.chunks(n)
         .flat_map(|row| {
             let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / n as f64 + eps).sqrt();
-            row.iter().zip(w).map(move |(v, wi)| v * r * wi).collect::<Vec<_>>()
+            row.iter()
+                .zip(w)
+                .map(move |(v, wi)| v * r * wi)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -77,7 +92,12 @@ fn rms_norm_of_a_constant_weight_leaves_it_without_a_gradient() {
     let x = var(&xs, &[4, 6]);
     let w = Tensor::from_vec(ws.clone(), 6, &Device::Cpu).unwrap();
     let c = Tensor::from_vec(cs.clone(), (4, 6), &Device::Cpu).unwrap();
-    let grads = (rms_norm(x.as_tensor(), &w, 1e-6).unwrap() * c).unwrap().sum_all().unwrap().backward().unwrap();
+    let grads = (rms_norm(x.as_tensor(), &w, 1e-6).unwrap() * c)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert!(grads.get(&w).is_none());
     let dx = finite_differences(&xs, &|x| weighted(&rms_norm_host(x, &ws, 1e-6), &cs));
     assert_close(&flat(grads.get(x.as_tensor()).unwrap()), &dx, 1e-7, "∂x");
@@ -91,21 +111,41 @@ fn rms_norm_in_f32_and_bf16_matches_the_host_formula() {
     let (xs, ws) = (values(rows * n, 7), values(n, 8));
     let want = rms_norm_host(&xs, &ws, 1e-5);
     for (dtype, tol) in [(DType::F32, 1e-6), (DType::BF16, 2e-2)] {
-        let x = Tensor::from_vec(xs.clone(), (rows, n), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        let w = Tensor::from_vec(ws.clone(), n, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
-        assert_close(&flat(&rms_norm(&x, &w, 1e-5).unwrap()), &want, tol, &format!("{dtype:?}"));
+        let x = Tensor::from_vec(xs.clone(), (rows, n), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let w = Tensor::from_vec(ws.clone(), n, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        assert_close(
+            &flat(&rms_norm(&x, &w, 1e-5).unwrap()),
+            &want,
+            tol,
+            &format!("{dtype:?}"),
+        );
     }
 }
 
 /// Host `rotate_half` RoPE of `x` `(b, h, t, d)` with tables `(b, t, d/2)`, times `scale`.
-fn rope_host(x: &[f64], cos: &[f64], sin: &[f64], (b, h, t, d): (usize, usize, usize, usize), scale: f64) -> Vec<f64> {
+fn rope_host(
+    x: &[f64],
+    cos: &[f64],
+    sin: &[f64],
+    (b, h, t, d): (usize, usize, usize, usize),
+    scale: f64,
+) -> Vec<f64> {
     let mut y = vec![0.0; x.len()];
     for bi in 0..b {
         for hi in 0..h {
             for ti in 0..t {
                 let row = ((bi * h + hi) * t + ti) * d;
                 for i in 0..d / 2 {
-                    let (c, s) = (cos[(bi * t + ti) * d / 2 + i], sin[(bi * t + ti) * d / 2 + i]);
+                    let (c, s) = (
+                        cos[(bi * t + ti) * d / 2 + i],
+                        sin[(bi * t + ti) * d / 2 + i],
+                    );
                     let (x1, x2) = (x[row + i], x[row + i + d / 2]);
                     y[row + i] = scale * (x1 * c - x2 * s);
                     y[row + i + d / 2] = scale * (x1 * s + x2 * c);
@@ -130,11 +170,23 @@ fn rope_backward_is_the_finite_difference_of_the_host_formula() {
         let tables = RopeTables::new(&table(&cos), &table(&sin), scale).unwrap();
         let x = var(&xs, &[b, h, t, d]);
         let y = rope(x.as_tensor(), &tables).unwrap();
-        assert_close(&flat(&y), &rope_host(&xs, &cos, &sin, shape, scale), 1e-12, "rope");
+        assert_close(
+            &flat(&y),
+            &rope_host(&xs, &cos, &sin, shape, scale),
+            1e-12,
+            "rope",
+        );
         let c = Tensor::from_vec(cs.clone(), (b, h, t, d), &Device::Cpu).unwrap();
         let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
-        let dx = finite_differences(&xs, &|x| weighted(&rope_host(x, &cos, &sin, shape, scale), &cs));
-        assert_close(&flat(grads.get(x.as_tensor()).unwrap()), &dx, 1e-7, &format!("∂x (scale {scale})"));
+        let dx = finite_differences(&xs, &|x| {
+            weighted(&rope_host(x, &cos, &sin, shape, scale), &cs)
+        });
+        assert_close(
+            &flat(grads.get(x.as_tensor()).unwrap()),
+            &dx,
+            1e-7,
+            &format!("∂x (scale {scale})"),
+        );
     }
 }
 
@@ -148,7 +200,9 @@ fn softmax_host(x: &[f64], mask: &[f64], n: usize) -> Vec<f64> {
             let z: Vec<f64> = row.iter().zip(m).map(|(a, b)| a + b).collect();
             let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let s: f64 = z.iter().map(|v| (v - mx).exp()).sum();
-            z.into_iter().map(move |v| (v - mx).exp() / s).collect::<Vec<_>>()
+            z.into_iter()
+                .map(move |v| (v - mx).exp() / s)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -158,7 +212,9 @@ fn masked_softmax_backward_is_the_finite_difference_of_the_host_formula() {
     // (b, h, t, l) = (1, 2, 3, 3): a causal mask shared by both heads
     let (h, t) = (2, 3);
     let inf = f64::NEG_INFINITY;
-    let mask: Vec<f64> = (0..t).flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { inf })).collect();
+    let mask: Vec<f64> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { inf }))
+        .collect();
     let (xs, cs) = (values(h * t * t, 11), values(h * t * t, 12));
     let x = var(&xs, &[1, h, t, t]);
     let m = Tensor::from_vec(mask.clone(), (1, 1, t, t), &Device::Cpu).unwrap();
@@ -176,22 +232,39 @@ fn masked_softmax_backward_is_the_finite_difference_of_the_host_formula() {
     let x = var(&xs, &[h * t, t]);
     let y = softmax_masked(x.as_tensor(), None).unwrap();
     let zeros = vec![0.0; t];
-    assert_close(&flat(&y), &softmax_host(&xs, &zeros, t), 1e-12, "softmax without a mask");
+    assert_close(
+        &flat(&y),
+        &softmax_host(&xs, &zeros, t),
+        1e-12,
+        "softmax without a mask",
+    );
     let c = Tensor::from_vec(cs.clone(), (h * t, t), &Device::Cpu).unwrap();
     let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
     let dx = finite_differences(&xs, &|x| weighted(&softmax_host(x, &zeros, t), &cs));
-    assert_close(&flat(grads.get(x.as_tensor()).unwrap()), &dx, 1e-7, "∂x without a mask");
+    assert_close(
+        &flat(grads.get(x.as_tensor()).unwrap()),
+        &dx,
+        1e-7,
+        "∂x without a mask",
+    );
 }
 
 /// Host attention probabilities for `q` `(1, h, t, d)`, `k` `(1, kv, l, d)`: query head `i`
 /// uses key head `i / (h / kv)`; `mask` `(t, l)`.
-fn attention_host(q: &[f64], k: &[f64], mask: &[f64], (h, kv, t, l, d): (usize, usize, usize, usize, usize)) -> Vec<f64> {
+fn attention_host(
+    q: &[f64],
+    k: &[f64],
+    mask: &[f64],
+    (h, kv, t, l, d): (usize, usize, usize, usize, usize),
+) -> Vec<f64> {
     let mut scores = vec![0.0; h * t * l];
     for hi in 0..h {
         let kh = hi / (h / kv);
         for i in 0..t {
             for j in 0..l {
-                scores[(hi * t + i) * l + j] = (0..d).map(|e| q[(hi * t + i) * d + e] * k[(kh * l + j) * d + e]).sum();
+                scores[(hi * t + i) * l + j] = (0..d)
+                    .map(|e| q[(hi * t + i) * d + e] * k[(kh * l + j) * d + e])
+                    .sum();
             }
         }
     }
@@ -205,24 +278,42 @@ fn attention_probs_backward_is_the_finite_difference_of_the_host_formula() {
     let dims = (4, 2, 3, 3, 5);
     let (h, kv, t, l, d) = dims;
     let inf = f64::NEG_INFINITY;
-    let mask: Vec<f64> = (0..t).flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { inf })).collect();
-    let (qs, ks, cs) = (values(h * t * d, 18), values(kv * l * d, 19), values(h * t * l, 20));
+    let mask: Vec<f64> = (0..t)
+        .flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { inf }))
+        .collect();
+    let (qs, ks, cs) = (
+        values(h * t * d, 18),
+        values(kv * l * d, 19),
+        values(h * t * l, 20),
+    );
     let q = var(&qs, &[1, h, t, d]);
     let k = var(&ks, &[1, kv, l, d]);
     let m = Tensor::from_vec(mask.clone(), (1, 1, t, l), &Device::Cpu).unwrap();
     let y = attention_probs(q.as_tensor(), k.as_tensor(), Some(&m)).unwrap();
-    assert_close(&flat(&y), &attention_host(&qs, &ks, &mask, dims), 1e-12, "probabilities");
+    assert_close(
+        &flat(&y),
+        &attention_host(&qs, &ks, &mask, dims),
+        1e-12,
+        "probabilities",
+    );
     let c = Tensor::from_vec(cs.clone(), (1, h, t, l), &Device::Cpu).unwrap();
     let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
-    let dq = finite_differences(&qs, &|q| weighted(&attention_host(q, &ks, &mask, dims), &cs));
-    let dk = finite_differences(&ks, &|k| weighted(&attention_host(&qs, k, &mask, dims), &cs));
+    let dq = finite_differences(&qs, &|q| {
+        weighted(&attention_host(q, &ks, &mask, dims), &cs)
+    });
+    let dk = finite_differences(&ks, &|k| {
+        weighted(&attention_host(&qs, k, &mask, dims), &cs)
+    });
     assert_close(&flat(grads.get(q.as_tensor()).unwrap()), &dq, 1e-7, "∂q");
     assert_close(&flat(grads.get(k.as_tensor()).unwrap()), &dk, 1e-7, "∂k");
     assert!(grads.get(&m).is_none(), "the mask is a constant");
 }
 
 fn swiglu_host(gate: &[f64], up: &[f64]) -> Vec<f64> {
-    gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+    gate.iter()
+        .zip(up)
+        .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+        .collect()
 }
 
 #[test]
@@ -238,7 +329,12 @@ fn swiglu_backward_is_the_finite_difference_of_the_host_formula() {
     let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
     let dg = finite_differences(&gs, &|g| weighted(&swiglu_host(g, &us), &cs));
     let du = finite_differences(&us, &|u| weighted(&swiglu_host(&gs, u), &cs));
-    assert_close(&flat(grads.get(gate.as_tensor()).unwrap()), &dg, 1e-7, "∂gate");
+    assert_close(
+        &flat(grads.get(gate.as_tensor()).unwrap()),
+        &dg,
+        1e-7,
+        "∂gate",
+    );
     assert_close(&flat(grads.get(up.as_tensor()).unwrap()), &du, 1e-7, "∂up");
 }
 
@@ -248,7 +344,11 @@ fn untracked_inputs_give_plain_values() {
     let xs = values(12, 16);
     let x = Tensor::from_vec(xs.clone(), (3, 4), &Device::Cpu).unwrap();
     let w = Tensor::from_vec(values(4, 17), 4, &Device::Cpu).unwrap();
-    for y in [rms_norm(&x, &w, 1e-5).unwrap(), softmax_masked(&x, None).unwrap(), swiglu(&x, &x).unwrap()] {
+    for y in [
+        rms_norm(&x, &w, 1e-5).unwrap(),
+        softmax_masked(&x, None).unwrap(),
+        swiglu(&x, &x).unwrap(),
+    ] {
         assert!(!y.track_op());
     }
 }

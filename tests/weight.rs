@@ -10,8 +10,15 @@ use serde_json::{json, Value};
 use east::weight::{map_weights, Mapping};
 
 fn east(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_east")).args(args).output().expect("east runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .output()
+        .expect("east runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn write_lines(path: &Path, lines: &[Value]) {
@@ -20,7 +27,11 @@ fn write_lines(path: &Path, lines: &[Value]) {
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn p(path: &Path) -> &str {
@@ -56,13 +67,24 @@ fn fixture() -> Fixture {
     write_lines(&samples, &sample_lines());
     let clusters = dir.path().join("clusters.jsonl");
     let train = dir.path().join("train.jsonl");
-    Fixture { samples, clusters, train, _dir: dir }
+    Fixture {
+        samples,
+        clusters,
+        train,
+        _dir: dir,
+    }
 }
 
 #[test]
 fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     let f = fixture();
-    let (ok, _, err) = east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters)]);
+    let (ok, _, err) = east(&[
+        "cluster",
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&f.clusters),
+    ]);
     assert!(ok, "{err}");
     let clusters = read_lines(&f.clusters);
     assert_eq!(clusters.len(), 4);
@@ -76,54 +98,136 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     assert!((clusters[3]["entropy"].as_f64().unwrap() - h4).abs() < 1e-12);
     assert_eq!(clusters[3]["dominant_wrong"], json!(0.75));
 
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--loss", "sft", "--a", "1", "--out", p(&f.train)]);
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--loss",
+        "sft",
+        "--a",
+        "1",
+        "--out",
+        p(&f.train),
+    ]);
     assert!(ok, "{err}");
     let rows = read_lines(&f.train);
     // q2 (all correct, h = 0) and q3 (all wrong) are dropped; q1 and q4 weigh h / mean(h).
-    assert_eq!(rows.iter().map(|r| r["id"].as_str().unwrap()).collect::<Vec<_>>(), vec!["q1", "q4"]);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["q1", "q4"]
+    );
     let mean = (1.5 + h4) / 2.0;
     assert!((rows[0]["weight"].as_f64().unwrap() - 1.5 / mean).abs() < 1e-12);
     assert!((rows[1]["weight"].as_f64().unwrap() - h4 / mean).abs() < 1e-12);
     assert_eq!(rows[0]["prompt"][0]["role"], "system");
-    assert_eq!(rows[0]["prompt"][0]["content"], "Please reason step by step, and put your final answer within \\boxed{}.");
-    assert_eq!(rows[0]["prompt"][1], json!({"role": "user", "content": "1/2?"}));
+    assert_eq!(
+        rows[0]["prompt"][0]["content"],
+        "Please reason step by step, and put your final answer within \\boxed{}."
+    );
+    assert_eq!(
+        rows[0]["prompt"][1],
+        json!({"role": "user", "content": "1/2?"})
+    );
     let chosen = rows[0]["completion"][0]["content"].as_str().unwrap();
-    assert!(chosen == "so \\boxed{0.5}" || chosen == "\\boxed{\\frac{1}{2}}", "{chosen}");
+    assert!(
+        chosen == "so \\boxed{0.5}" || chosen == "\\boxed{\\frac{1}{2}}",
+        "{chosen}"
+    );
     assert_eq!(rows[1]["completion"][0]["content"], "\\boxed{8}");
 
-    let summary: Value = serde_json::from_str(&std::fs::read_to_string(f.train.with_file_name("train.summary.json")).unwrap()).unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(f.train.with_file_name("train.summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(summary["kept"], 2);
-    assert_eq!(summary["dropped"], json!({"all_wrong": 1, "zero_metric": 1}));
+    assert_eq!(
+        summary["dropped"],
+        json!({"all_wrong": 1, "zero_metric": 1})
+    );
     assert!((summary["weight_stats"]["mean"].as_f64().unwrap() - 1.0).abs() < 1e-12);
 }
 
 #[test]
 fn dpo_and_kto_rows_follow_trl_conventions() {
     let f = fixture();
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters)]).0);
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--loss", "dpo", "--out", p(&f.train)]);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--loss",
+        "dpo",
+        "--out",
+        p(&f.train),
+    ]);
     assert!(ok, "{err}");
     let rows = read_lines(&f.train);
     assert_eq!(rows.len(), 2);
     // q4: the only wrong cluster is "9"; q1's wrong clusters tie at one completion each, so the
     // first seen ("3") is rejected.
     assert_eq!(rows[0]["rejected"][0]["content"], "\\boxed{3}");
-    assert_eq!(rows[1]["chosen"][0], json!({"role": "assistant", "content": "\\boxed{8}"}));
+    assert_eq!(
+        rows[1]["chosen"][0],
+        json!({"role": "assistant", "content": "\\boxed{8}"})
+    );
     assert_eq!(rows[1]["rejected"][0]["content"], "\\boxed{9}");
 
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--loss", "kto", "--metric", "uniform", "--out", p(&f.train)]);
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--loss",
+        "kto",
+        "--metric",
+        "uniform",
+        "--out",
+        p(&f.train),
+    ]);
     assert!(ok, "{err}");
     let rows = read_lines(&f.train);
     // Uniform keeps q2 only for SFT: KTO needs an undesirable completion, q2 has none.
     assert_eq!(rows.len(), 4);
-    assert_eq!(rows.iter().map(|r| r["label"].as_bool().unwrap()).collect::<Vec<_>>(), vec![true, false, true, false]);
+    assert_eq!(
+        rows.iter()
+            .map(|r| r["label"].as_bool().unwrap())
+            .collect::<Vec<_>>(),
+        vec![true, false, true, false]
+    );
     assert!(rows.iter().all(|r| r["weight"] == json!(1.0)));
 }
 
 #[test]
 fn string_clustering_separates_equal_values() {
     let f = fixture();
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--by", "string"]).0);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters),
+            "--by",
+            "string"
+        ])
+        .0
+    );
     let clusters = read_lines(&f.clusters);
     // "0.5" and "\frac{1}{2}" are distinct strings: p = (1/4, 1/4, 1/4, 1/4) → 2 bits.
     assert!((clusters[0]["entropy"].as_f64().unwrap() - 2.0).abs() < 1e-12);
@@ -133,12 +237,50 @@ fn string_clustering_separates_equal_values() {
 #[test]
 fn invalid_mapping_is_a_clear_error_and_writes_nothing() {
     let f = fixture();
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--by", "string"]).0);
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--metric", "accuracy", "--a", "-1", "--out", p(&f.train)]);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters),
+            "--by",
+            "string"
+        ])
+        .0
+    );
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--metric",
+        "accuracy",
+        "--a",
+        "-1",
+        "--out",
+        p(&f.train),
+    ]);
     assert!(!ok);
-    assert!(err.contains("a = -1") && err.contains("metric value of 0") || err.contains("undefined"), "{err}");
+    assert!(
+        err.contains("a = -1") && err.contains("metric value of 0") || err.contains("undefined"),
+        "{err}"
+    );
     assert!(!f.train.exists());
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--mapping", "linear", "--range", "100", "--out", p(&f.train)]);
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--mapping",
+        "linear",
+        "--range",
+        "100",
+        "--out",
+        p(&f.train),
+    ]);
     assert!(!ok && err.contains("R must be"), "{err}");
     assert!(!f.train.exists());
 }
@@ -151,8 +293,15 @@ fn cluster_error(lines: &str) -> String {
     let (ok, _, err) = east(&["cluster", "--samples", p(&samples), "--out", p(&out)]);
     assert!(!ok, "bad input must fail");
     assert!(!out.exists(), "no output under the final name");
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(leftovers.len(), 1, "temporary output removed: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "temporary output removed: {leftovers:?}"
+    );
     err
 }
 
@@ -160,37 +309,93 @@ fn cluster_error(lines: &str) -> String {
 fn bad_samples_are_clear_errors_naming_file_line_and_field() {
     let good = r#"{"id":"a","question":"q","answer":"1","completions":["\\boxed{1}"]}"#;
     let err = cluster_error(&format!("{good}\n{{\"id\":\"b\",\"question\":\n"));
-    assert!(err.contains("bad.jsonl:2:") && err.contains("malformed JSON"), "{err}");
-    let err = cluster_error(&format!("{good}\n{{\"id\":\"b\",\"question\":\"q\",\"completions\":[\"x\"]}}\n"));
-    assert!(err.contains("bad.jsonl:2:") && err.contains("`answer`"), "{err}");
-    let err = cluster_error(&format!("{good}\n{{\"id\":\"b\",\"question\":\"q\",\"answer\":\"1\",\"completions\":[]}}\n"));
-    assert!(err.contains("bad.jsonl:2:") && err.contains("`completions`") && err.contains("no completions"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2:") && err.contains("malformed JSON"),
+        "{err}"
+    );
+    let err = cluster_error(&format!(
+        "{good}\n{{\"id\":\"b\",\"question\":\"q\",\"completions\":[\"x\"]}}\n"
+    ));
+    assert!(
+        err.contains("bad.jsonl:2:") && err.contains("`answer`"),
+        "{err}"
+    );
+    let err = cluster_error(&format!(
+        "{good}\n{{\"id\":\"b\",\"question\":\"q\",\"answer\":\"1\",\"completions\":[]}}\n"
+    ));
+    assert!(
+        err.contains("bad.jsonl:2:")
+            && err.contains("`completions`")
+            && err.contains("no completions"),
+        "{err}"
+    );
     let err = cluster_error(&format!("{good}\n{good}\n"));
-    assert!(err.contains("bad.jsonl:2:") && err.contains("duplicate id `a`"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:2:") && err.contains("duplicate id `a`"),
+        "{err}"
+    );
     let err = cluster_error("");
     assert!(err.contains("bad.jsonl") && err.contains("empty"), "{err}");
     let err = cluster_error("{\"id\":\"a\",\"question\":\"q\",\"answer\":\"1\",\"completions\":[\"x\"],\"finish\":[\"stop\",\"stop\"]}\n");
-    assert!(err.contains("bad.jsonl:1:") && err.contains("`finish`"), "{err}");
-    let err = cluster_error("{\"id\":\"a\",\"question\":\"q\",\"answer\":1,\"completions\":[\"x\"]}\n");
-    assert!(err.contains("bad.jsonl:1:") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("bad.jsonl:1:") && err.contains("`finish`"),
+        "{err}"
+    );
+    let err =
+        cluster_error("{\"id\":\"a\",\"question\":\"q\",\"answer\":1,\"completions\":[\"x\"]}\n");
+    assert!(
+        err.contains("bad.jsonl:1:") && err.contains("invalid type"),
+        "{err}"
+    );
 }
 
 #[test]
 fn weight_rejects_mismatched_inputs() {
     let f = fixture();
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters)]).0);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
     // Samples lacking a question that clusters.jsonl has.
     let partial = f.samples.with_file_name("partial.jsonl");
     write_lines(&partial, &sample_lines()[..1]);
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&partial), "--out", p(&f.train)]);
-    assert!(!ok && err.contains("q4") && err.contains("missing"), "{err}");
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&partial),
+        "--out",
+        p(&f.train),
+    ]);
+    assert!(
+        !ok && err.contains("q4") && err.contains("missing"),
+        "{err}"
+    );
     assert!(!f.train.exists());
     // A duplicated cluster line.
     let text = std::fs::read_to_string(&f.clusters).unwrap();
     let first = text.lines().next().unwrap();
     std::fs::write(&f.clusters, format!("{text}{first}\n")).unwrap();
-    let (ok, _, err) = east(&["weight", "--clusters", p(&f.clusters), "--samples", p(&f.samples), "--out", p(&f.train)]);
-    assert!(!ok && err.contains("clusters.jsonl:5:") && err.contains("duplicate id `q1`"), "{err}");
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&f.train),
+    ]);
+    assert!(
+        !ok && err.contains("clusters.jsonl:5:") && err.contains("duplicate id `q1`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -198,13 +403,48 @@ fn config_file_and_set_drive_the_stage_flags() {
     let f = fixture();
     let config = f.samples.with_file_name("c.toml");
     std::fs::write(&config, "[cluster]\nby = \"string\"\n").unwrap();
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--config", p(&config)]).0);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters),
+            "--config",
+            p(&config)
+        ])
+        .0
+    );
     assert!((read_lines(&f.clusters)[0]["entropy"].as_f64().unwrap() - 2.0).abs() < 1e-12);
-    assert!(east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--config", p(&config), "--set", "cluster.by=\"equivalence\""]).0);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters),
+            "--config",
+            p(&config),
+            "--set",
+            "cluster.by=\"equivalence\""
+        ])
+        .0
+    );
     assert!((read_lines(&f.clusters)[0]["entropy"].as_f64().unwrap() - 1.5).abs() < 1e-12);
     std::fs::write(&config, "[cluster]\nbye = \"string\"\n").unwrap();
-    let (ok, _, err) = east(&["cluster", "--samples", p(&f.samples), "--out", p(&f.clusters), "--config", p(&config)]);
-    assert!(!ok && err.contains("c.toml") && err.contains("bye"), "{err}");
+    let (ok, _, err) = east(&[
+        "cluster",
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&f.clusters),
+        "--config",
+        p(&config),
+    ]);
+    assert!(
+        !ok && err.contains("c.toml") && err.contains("bye"),
+        "{err}"
+    );
 }
 
 proptest! {

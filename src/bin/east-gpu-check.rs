@@ -25,14 +25,18 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use east::config::{ModelConfig, TrainConfig};
+use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::model::testing::{published_shape, write_random_model, write_tiny_model_with, TinySpec};
-use east::model::{east_messages, tokenizer::encode, KvCache, LoadedModel, RopeScaling};
-use east::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
-use east::train::{train, TrainJob};
+use east::model::{
+    east_messages, tokenizer::encode, DTypeChoice, KvCache, LoadedModel, ModelConfig, RopeScaling,
+};
+use east::train::{train, EngineChoice, TrainConfig, TrainJob};
 
 #[derive(Parser)]
-#[command(name = "east-gpu-check", about = "CPU/GPU agreement and GPU throughput checks for east (see scripts/gpu-check.sh)")]
+#[command(
+    name = "east-gpu-check",
+    about = "CPU/GPU agreement and GPU throughput checks for east (see scripts/gpu-check.sh)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,8 +135,8 @@ enum Cmd {
         lora_rank: usize,
         #[arg(long, default_value_t = 16.0)]
         lora_alpha: f64,
-        #[arg(long, default_value = "auto")]
-        engine: String,
+        #[arg(long, value_enum, default_value = "auto")]
+        engine: EngineChoice,
         /// Also time the engine's phases (each waits for the GPU: the run gets slower), as
         /// "phases" in the output.
         #[arg(long)]
@@ -148,22 +152,95 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let line = match cli.cmd {
         Cmd::MakeModel { shape, seed, out } => make_model(&shape, seed, &out)?,
-        Cmd::Logits { model, device, dtype, greedy_tokens, out, reference } => {
-            logits(&model, &device, &dtype, greedy_tokens, out.as_deref(), reference.as_deref())?
-        }
-        Cmd::SampleBench { model, device, dtype, n, tokens, prompt_len, temperature, batch_rows, sampler } => {
+        Cmd::Logits {
+            model,
+            device,
+            dtype,
+            greedy_tokens,
+            out,
+            reference,
+        } => logits(
+            &model,
+            &device,
+            &dtype,
+            greedy_tokens,
+            out.as_deref(),
+            reference.as_deref(),
+        )?,
+        Cmd::SampleBench {
+            model,
+            device,
+            dtype,
+            n,
+            tokens,
+            prompt_len,
+            temperature,
+            batch_rows,
+            sampler,
+        } => {
             let sampler = match sampler.as_str() {
                 "auto" => SamplerPlacement::Auto,
                 "host" => SamplerPlacement::Host,
                 "device" => SamplerPlacement::Device,
                 other => bail!("--sampler {other}: expected auto, host or device"),
             };
-            sample_bench(&model, &device, &dtype, n, tokens, prompt_len, temperature, batch_rows, sampler)?
+            sample_bench(
+                &model,
+                &device,
+                &dtype,
+                n,
+                tokens,
+                prompt_len,
+                temperature,
+                batch_rows,
+                sampler,
+            )?
         }
-        Cmd::OpBench { device, dtype, rows, len } => op_bench(&device, &dtype, rows, len)?,
-        Cmd::TrainBench { model, device, dtype, work, steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, profile, out, reference } => {
-            let spec = TrainSpec { steps, batch, micro_batch, len, lr, lora, lora_rank, lora_alpha, engine, profile };
-            train_bench(&model, &device, &dtype, &work, &spec, out.as_deref(), reference.as_deref())?
+        Cmd::OpBench {
+            device,
+            dtype,
+            rows,
+            len,
+        } => op_bench(&device, &dtype, rows, len)?,
+        Cmd::TrainBench {
+            model,
+            device,
+            dtype,
+            work,
+            steps,
+            batch,
+            micro_batch,
+            len,
+            lr,
+            lora,
+            lora_rank,
+            lora_alpha,
+            engine,
+            profile,
+            out,
+            reference,
+        } => {
+            let spec = TrainSpec {
+                steps,
+                batch,
+                micro_batch,
+                len,
+                lr,
+                lora,
+                lora_rank,
+                lora_alpha,
+                engine,
+                profile,
+            };
+            train_bench(
+                &model,
+                &device,
+                &dtype,
+                &work,
+                &spec,
+                out.as_deref(),
+                reference.as_deref(),
+            )?
         }
     };
     println!("{line}");
@@ -218,7 +295,8 @@ fn make_model(shape: &str, seed: u64, out: &Path) -> anyhow::Result<Value> {
             cfg
         }
         s => {
-            let cfg = published_shape(s).with_context(|| format!("--shape {s}: expected tiny, mini, 1b or 8b"))?;
+            let cfg = published_shape(s)
+                .with_context(|| format!("--shape {s}: expected tiny, mini, 1b or 8b"))?;
             write_random_model(out, &cfg, seed)?;
             cfg
         }
@@ -232,8 +310,8 @@ fn make_model(shape: &str, seed: u64, out: &Path) -> anyhow::Result<Value> {
 
 fn load(model: &Path, device: &str, dtype: &str) -> anyhow::Result<(LoadedModel, f64)> {
     let t = Instant::now();
-    let dev = east::runtime::device(device)?;
-    let dt = east::runtime::dtype(dtype, &dev)?;
+    let dev = east::model::runtime::device(device)?;
+    let dt = east::model::runtime::dtype(dtype, &dev)?;
     let lm = east::model::load(&model.to_string_lossy(), &dev, dt)?;
     Ok((lm, t.elapsed().as_secs_f64()))
 }
@@ -243,7 +321,10 @@ fn dtype_name(d: DType) -> String {
 }
 
 fn max_abs_delta(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max)
 }
 
 fn max_abs(a: &[f32]) -> f64 {
@@ -259,11 +340,21 @@ fn floats(v: &Value, key: &str) -> anyhow::Result<Vec<f32>> {
         .collect()
 }
 
-fn logits(model: &Path, device: &str, dtype: &str, greedy_tokens: usize, out: Option<&Path>, reference: Option<&Path>) -> anyhow::Result<Value> {
+fn logits(
+    model: &Path,
+    device: &str,
+    dtype: &str,
+    greedy_tokens: usize,
+    out: Option<&Path>,
+    reference: Option<&Path>,
+) -> anyhow::Result<Value> {
     let (mut lm, load_s) = load(model, device, dtype)?;
     lm.eos_ids.clear();
     let dev = lm.model.device().clone();
-    let prompts = ["What is 2 + 3? Put the answer in \\boxed{}.", "A train travels 60 km in 1.5 hours. How fast is it?"];
+    let prompts = [
+        "What is 2 + 3? Put the answer in \\boxed{}.",
+        "A train travels 60 km in 1.5 hours. How fast is it?",
+    ];
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(p))))
@@ -273,19 +364,42 @@ fn logits(model: &Path, device: &str, dtype: &str, greedy_tokens: usize, out: Op
     // Prefill (KV-cached inference path): last column's logits.
     let mut cache = KvCache::new(&lm.config, 1, p0.len() + 1, vec![0], lm.model.dtype(), &dev)?;
     let input = Tensor::new(p0.as_slice(), &dev)?.unsqueeze(0)?;
-    let prefill: Vec<f32> = lm.model.forward_step(&input, &mut cache)?.flatten_all()?.to_vec1()?;
+    let prefill: Vec<f32> = lm
+        .model
+        .forward_step(&input, &mut cache)?
+        .flatten_all()?
+        .to_vec1()?;
     // Training path: every position's logits.
     let hidden = lm.model.forward_hidden(&input, None)?;
-    let all: Vec<f32> = lm.model.logits(&hidden)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let all: Vec<f32> = lm
+        .model
+        .logits(&hidden)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?;
     // Greedy continuations of both prompts in one left-padded batch, two rows each.
     let requests: Vec<Request> = ids
         .iter()
         .enumerate()
-        .map(|(i, p)| Request { prompt_ids: p.clone(), id: format!("p{i}"), first_sample: 0, samples: 2 })
+        .map(|(i, p)| Request {
+            prompt_ids: p.clone(),
+            id: format!("p{i}"),
+            first_sample: 0,
+            samples: 2,
+        })
         .collect();
-    let settings = DecodeSettings { sampling: Sampling::GREEDY, max_new_tokens: greedy_tokens, seed: 0, stop: vec![], sampler: SamplerPlacement::Auto };
+    let settings = DecodeSettings {
+        sampling: Sampling::GREEDY,
+        max_new_tokens: greedy_tokens,
+        seed: 0,
+        stop: vec![],
+        sampler: SamplerPlacement::Auto,
+    };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {})?;
-    let greedy: Vec<Vec<u32>> = gens.iter().flat_map(|g| g.iter().map(|x| x.token_ids.clone())).collect();
+    let greedy: Vec<Vec<u32>> = gens
+        .iter()
+        .flat_map(|g| g.iter().map(|x| x.token_ids.clone()))
+        .collect();
 
     let sha = file_sha256(&model.join("model.safetensors"))?;
     let mut line = json!({
@@ -297,10 +411,14 @@ fn logits(model: &Path, device: &str, dtype: &str, greedy_tokens: usize, out: Op
             "device": device, "dtype": dtype_name(lm.model.dtype()), "model_sha256": sha, "prompt_ids": ids,
             "prefill_logits": prefill, "all_logits": all, "greedy": greedy,
         });
-        std::fs::write(out, serde_json::to_string(&full)?).with_context(|| format!("writing {}", out.display()))?;
+        std::fs::write(out, serde_json::to_string(&full)?)
+            .with_context(|| format!("writing {}", out.display()))?;
     }
     if let Some(rpath) = reference {
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(rpath).with_context(|| format!("reading {}", rpath.display()))?)?;
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(rpath)
+                .with_context(|| format!("reading {}", rpath.display()))?,
+        )?;
         if r.get("model_sha256").and_then(Value::as_str) != Some(sha.as_str()) {
             bail!("{}: made from another model file (sha256 differs): the seeded weights are not reproduced", rpath.display());
         }
@@ -314,12 +432,17 @@ fn logits(model: &Path, device: &str, dtype: &str, greedy_tokens: usize, out: Op
         let d_all = max_abs_delta(&all, &ra);
         let scale = max_abs(&ra).max(1.0);
         let same_rows = greedy.iter().zip(&rg).filter(|(a, b)| a == b).count();
-        let common: Vec<usize> = greedy.iter().zip(&rg).map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count()).collect();
+        let common: Vec<usize> = greedy
+            .iter()
+            .zip(&rg)
+            .map(|(a, b)| a.iter().zip(b).take_while(|(x, y)| x == y).count())
+            .collect();
         // f32 must agree to float rounding and decode the same tokens; bf16 (8-bit mantissa)
         // is reported, with a loose bound that only catches a broken kernel.
         let f32_run = lm.model.dtype() == DType::F32;
         let tol = if f32_run { 1e-3 } else { 0.25 };
-        let agree = d_prefill <= tol * scale && d_all <= tol * scale && (!f32_run || same_rows == rg.len());
+        let agree =
+            d_prefill <= tol * scale && d_all <= tol * scale && (!f32_run || same_rows == rg.len());
         line["reference"] = json!(r.get("device"));
         line["reference_dtype"] = json!(r.get("dtype"));
         line["max_abs_logit"] = json!(scale);
@@ -339,15 +462,38 @@ fn median(v: &[f64]) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize, prompt_len: usize, temperature: f64, batch_rows: usize, sampler: SamplerPlacement) -> anyhow::Result<Value> {
+fn sample_bench(
+    model: &Path,
+    device: &str,
+    dtype: &str,
+    n: usize,
+    tokens: usize,
+    prompt_len: usize,
+    temperature: f64,
+    batch_rows: usize,
+    sampler: SamplerPlacement,
+) -> anyhow::Result<Value> {
     let (mut lm, load_s) = load(model, device, dtype)?;
     lm.eos_ids.clear(); // every sample runs to `tokens`
     let vocab = lm.config.vocab_size as u32;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1234);
     // random ids above the special and byte tokens (any token would do)
-    let prompt: Vec<u32> = (0..prompt_len).map(|_| rng.random_range(259.min(vocab - 1)..vocab)).collect();
-    let settings = DecodeSettings { sampling: Sampling { temperature, top_p: 1.0 }, max_new_tokens: tokens, seed: 42, stop: vec![], sampler };
-    let run = |samples: usize, settings: &DecodeSettings| -> anyhow::Result<(f64, usize, usize, Vec<f64>)> {
+    let prompt: Vec<u32> = (0..prompt_len)
+        .map(|_| rng.random_range(259.min(vocab - 1)..vocab))
+        .collect();
+    let settings = DecodeSettings {
+        sampling: Sampling {
+            temperature,
+            top_p: 1.0,
+        },
+        max_new_tokens: tokens,
+        seed: 42,
+        stop: vec![],
+        sampler,
+    };
+    let run = |samples: usize,
+               settings: &DecodeSettings|
+     -> anyhow::Result<(f64, usize, usize, Vec<f64>)> {
         let mut gens_total = 0;
         let mut steps = 0;
         let mut step_times = Vec::new();
@@ -355,7 +501,12 @@ fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize
         let mut first = 0;
         while first < samples {
             let take = batch_rows.min(samples - first);
-            let req = Request { prompt_ids: prompt.clone(), id: "bench".into(), first_sample: first, samples: take };
+            let req = Request {
+                prompt_ids: prompt.clone(),
+                id: "bench".into(),
+                first_sample: first,
+                samples: take,
+            };
             let mut last = Instant::now();
             let (gens, stats) = generate_group(&lm, &[req], settings, |_| {
                 step_times.push(last.elapsed().as_secs_f64());
@@ -363,15 +514,25 @@ fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize
             })?;
             gens_total += stats.generated;
             steps += stats.steps;
-            if let Some(g) = gens[0].iter().find(|g| g.token_ids.len() != settings.max_new_tokens) {
-                bail!("a sample has {} tokens, not {}", g.token_ids.len(), settings.max_new_tokens);
+            if let Some(g) = gens[0]
+                .iter()
+                .find(|g| g.token_ids.len() != settings.max_new_tokens)
+            {
+                bail!(
+                    "a sample has {} tokens, not {}",
+                    g.token_ids.len(),
+                    settings.max_new_tokens
+                );
             }
             first += take;
         }
         Ok((t.elapsed().as_secs_f64(), gens_total, steps, step_times))
     };
     // Warm-up: loads the kernels (the driver compiles candle's PTX on first use) and cuBLAS.
-    let warm = DecodeSettings { max_new_tokens: 4, ..settings.clone() };
+    let warm = DecodeSettings {
+        max_new_tokens: 4,
+        ..settings.clone()
+    };
     let (warm_s, _, _, _) = run(n.min(8), &warm)?;
     let (secs, generated, steps, step_times) = run(n, &settings)?;
     let decode_times = &step_times[1.min(step_times.len())..];
@@ -390,68 +551,118 @@ fn sample_bench(model: &Path, device: &str, dtype: &str, n: usize, tokens: usize
 /// MLP 8192, vocabulary 128256.
 fn op_bench(device: &str, dtype: &str, rows: usize, len: usize) -> anyhow::Result<Value> {
     use candle_core::{Module, Var, D};
-    let dev = east::runtime::device(device)?;
-    let dt = east::runtime::dtype(dtype, &dev)?;
-    let (h, heads, kv, hd, mlp, vocab) = (2048usize, 32usize, 8usize, 64usize, 8192usize, 128256usize);
+    let dev = east::model::runtime::device(device)?;
+    let dt = east::model::runtime::dtype(dtype, &dev)?;
+    let (h, heads, kv, hd, mlp, vocab) =
+        (2048usize, 32usize, 8usize, 64usize, 8192usize, 128256usize);
     let n = rows * len;
-    let var = |shape: &[usize]| -> anyhow::Result<Var> { Ok(Var::from_tensor(&(Tensor::randn(0f32, 0.02, shape, &dev)?.to_dtype(dt)?))?) };
+    let var = |shape: &[usize]| -> anyhow::Result<Var> {
+        Ok(Var::from_tensor(
+            &(Tensor::randn(0f32, 0.02, shape, &dev)?.to_dtype(dt)?),
+        )?)
+    };
     // (name, forward ms, backward ms): median of 3 after one warm-up, waiting for the device
     let mut out = serde_json::Map::new();
-    let mut time = |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
-        let (mut fw, mut bw) = (vec![], vec![]);
-        for rep in 0..4 {
-            dev.synchronize()?;
-            let t0 = Instant::now();
-            let y = f()?;
-            dev.synchronize()?;
-            let t1 = Instant::now();
-            // rows first: candle sums a whole tensor in one thread block, which would be timed too
-            let grads = y.to_dtype(DType::F32)?.sum(D::Minus1)?.sum_all()?.backward()?;
-            dev.synchronize()?;
-            let t2 = Instant::now();
-            drop(grads);
-            if rep > 0 {
-                fw.push((t1 - t0).as_secs_f64() * 1e3);
-                bw.push((t2 - t1).as_secs_f64() * 1e3);
+    let mut time =
+        |name: &str, f: &dyn Fn() -> candle_core::Result<Tensor>| -> anyhow::Result<()> {
+            let (mut fw, mut bw) = (vec![], vec![]);
+            for rep in 0..4 {
+                dev.synchronize()?;
+                let t0 = Instant::now();
+                let y = f()?;
+                dev.synchronize()?;
+                let t1 = Instant::now();
+                // rows first: candle sums a whole tensor in one thread block, which would be timed too
+                let grads = y
+                    .to_dtype(DType::F32)?
+                    .sum(D::Minus1)?
+                    .sum_all()?
+                    .backward()?;
+                dev.synchronize()?;
+                let t2 = Instant::now();
+                drop(grads);
+                if rep > 0 {
+                    fw.push((t1 - t0).as_secs_f64() * 1e3);
+                    bw.push((t2 - t1).as_secs_f64() * 1e3);
+                }
             }
-        }
-        out.insert(name.into(), json!({"fwd_ms": median(&fw), "bwd_ms": median(&bw)}));
-        Ok(())
-    };
+            out.insert(
+                name.into(),
+                json!({"fwd_ms": median(&fw), "bwd_ms": median(&bw)}),
+            );
+            Ok(())
+        };
     let x = var(&[rows, len, h])?;
     let w_mlp = var(&[mlp, h])?;
     let w_q = var(&[heads * hd, h])?;
     let norm_w = var(&[h])?;
-    time("linear 2048->8192 (gate/up)", &|| east::model::LinearLayer::new(w_mlp.as_tensor().clone()).forward(x.as_tensor()))?;
-    time("linear 2048->2048 (q/o)", &|| east::model::LinearLayer::new(w_q.as_tensor().clone()).forward(x.as_tensor()))?;
-    time("rms_norm", &|| east::model::train_ops::rms_norm(x.as_tensor(), norm_w.as_tensor(), 1e-5))?;
+    time("linear 2048->8192 (gate/up)", &|| {
+        east::model::LinearLayer::new(w_mlp.as_tensor().clone()).forward(x.as_tensor())
+    })?;
+    time("linear 2048->2048 (q/o)", &|| {
+        east::model::LinearLayer::new(w_q.as_tensor().clone()).forward(x.as_tensor())
+    })?;
+    time("rms_norm", &|| {
+        east::model::train_ops::rms_norm(x.as_tensor(), norm_w.as_tensor(), 1e-5)
+    })?;
     let a = var(&[rows, len, mlp])?;
     let b = var(&[rows, len, mlp])?;
-    time("swiglu(gate, up)", &|| east::model::train_ops::swiglu(a.as_tensor(), b.as_tensor()))?;
+    time("swiglu(gate, up)", &|| {
+        east::model::train_ops::swiglu(a.as_tensor(), b.as_tensor())
+    })?;
     let q = var(&[rows, heads, len, hd])?;
     let pos = Tensor::arange(0u32, len as u32, &dev)?.to_dtype(DType::F32)?;
-    let inv: Vec<f32> = (0..hd / 2).map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / hd as f32)).collect();
-    let ang = pos.unsqueeze(1)?.broadcast_mul(&Tensor::new(inv.as_slice(), &dev)?.unsqueeze(0)?)?;
+    let inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / 500000f32.powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let ang = pos
+        .unsqueeze(1)?
+        .broadcast_mul(&Tensor::new(inv.as_slice(), &dev)?.unsqueeze(0)?)?;
     let (cos, sin) = (ang.cos()?.to_dtype(dt)?, ang.sin()?.to_dtype(dt)?); // (T, D/2)
     let tables = east::model::train_ops::RopeTables::new(&cos, &sin, 1.0 / (hd as f64).sqrt())?;
-    time("rope (q, scaled)", &|| east::model::train_ops::rope(q.as_tensor(), &tables))?;
+    time("rope (q, scaled)", &|| {
+        east::model::train_ops::rope(q.as_tensor(), &tables)
+    })?;
     let k = var(&[rows, kv, len, hd])?;
     let mask = Tensor::zeros((rows, 1, len, len), dt, &dev)?;
-    time("attention probs (q·kᵀ GQA, mask, softmax)", &|| east::model::train_ops::attention_probs(q.as_tensor(), k.as_tensor(), Some(&mask)))?;
+    time("attention probs (q·kᵀ GQA, mask, softmax)", &|| {
+        east::model::train_ops::attention_probs(q.as_tensor(), k.as_tensor(), Some(&mask))
+    })?;
     let s = var(&[rows, heads, len, len])?;
-    time("softmax (+mask)", &|| east::model::train_ops::softmax_masked(s.as_tensor(), Some(&mask)))?;
-    time("transpose+contiguous (b,t,h,d)->(b,h,t,d)", &|| x.as_tensor().reshape((rows, len, heads, hd))?.transpose(1, 2)?.contiguous())?;
+    time("softmax (+mask)", &|| {
+        east::model::train_ops::softmax_masked(s.as_tensor(), Some(&mask))
+    })?;
+    time("transpose+contiguous (b,t,h,d)->(b,h,t,d)", &|| {
+        x.as_tensor()
+            .reshape((rows, len, heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()
+    })?;
     let emb = var(&[vocab, h])?;
-    let ids = Tensor::from_vec((0..n as u32).map(|i| (i * 7919) % vocab as u32).collect::<Vec<u32>>(), n, &dev)?;
-    time("embedding index_select", &|| emb.as_tensor().index_select(&ids, 0))?;
+    let ids = Tensor::from_vec(
+        (0..n as u32)
+            .map(|i| (i * 7919) % vocab as u32)
+            .collect::<Vec<u32>>(),
+        n,
+        &dev,
+    )?;
+    time("embedding index_select", &|| {
+        emb.as_tensor().index_select(&ids, 0)
+    })?;
     let master = Var::from_tensor(&Tensor::randn(0f32, 0.02, (vocab, h), &dev)?)?;
-    time("cast f32->bf16 of the embedding", &|| master.as_tensor().to_dtype(dt))?;
+    time("cast f32->bf16 of the embedding", &|| {
+        master.as_tensor().to_dtype(dt)
+    })?;
     let hc = Tensor::randn(0f32, 1.0, (n.min(1024), h), &dev)?;
     let wh = master.as_tensor().detach();
     time("head chunk f32 (1024 rows)", &|| hc.matmul(&wh.t()?))?;
     let (hcb, whb) = (hc.to_dtype(dt)?, wh.to_dtype(dt)?);
-    time("head chunk in the model dtype (1024 rows)", &|| hcb.matmul(&whb.t()?))?;
-    Ok(json!({"check": "op-bench", "device": device, "dtype": format!("{dt:?}").to_lowercase(), "rows": rows, "len": len, "ops": out}))
+    time("head chunk in the model dtype (1024 rows)", &|| {
+        hcb.matmul(&whb.t()?)
+    })?;
+    Ok(
+        json!({"check": "op-bench", "device": device, "dtype": format!("{dt:?}").to_lowercase(), "rows": rows, "len": len, "ops": out}),
+    )
 }
 
 struct TrainSpec {
@@ -463,7 +674,7 @@ struct TrainSpec {
     lora: bool,
     lora_rank: usize,
     lora_alpha: f64,
-    engine: String,
+    engine: EngineChoice,
     profile: bool,
 }
 
@@ -481,7 +692,15 @@ fn random_text(rng: &mut impl Rng, chars: usize) -> String {
     s
 }
 
-fn train_bench(model: &Path, device: &str, dtype: &str, work: &Path, spec: &TrainSpec, out: Option<&Path>, reference: Option<&Path>) -> anyhow::Result<Value> {
+fn train_bench(
+    model: &Path,
+    device: &str,
+    dtype: &str,
+    work: &Path,
+    spec: &TrainSpec,
+    out: Option<&Path>,
+    reference: Option<&Path>,
+) -> anyhow::Result<Value> {
     std::fs::create_dir_all(work)?;
     let data = work.join("train.jsonl");
     let ckpt = work.join("checkpoint");
@@ -499,37 +718,64 @@ fn train_bench(model: &Path, device: &str, dtype: &str, work: &Path, spec: &Trai
         text.push('\n');
     }
     std::fs::write(&data, text)?;
+    let model = ModelConfig {
+        path: model.to_string_lossy().into_owned(),
+        adapter: None,
+        device: device
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--device: {e}"))?,
+        dtype: <DTypeChoice as clap::ValueEnum>::from_str(dtype, false)
+            .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+    };
+    let train_config = TrainConfig {
+        batch_size: spec.batch,
+        micro_batch_size: spec.micro_batch,
+        lr: spec.lr,
+        max_steps: Some(spec.steps),
+        max_length: spec.len,
+        lora: spec.lora,
+        lora_rank: spec.lora_rank,
+        lora_alpha: spec.lora_alpha,
+        engine: spec.engine,
+        save_steps: 0,
+        ..TrainConfig::default()
+    };
     let job = TrainJob {
-        model: ModelConfig { path: model.to_string_lossy().into_owned(), adapter: None, device: device.into(), dtype: dtype.into() },
-        data: data.clone(),
-        out: ckpt.clone(),
-        train: TrainConfig {
-            batch_size: spec.batch,
-            micro_batch_size: spec.micro_batch,
-            lr: spec.lr,
-            max_steps: Some(spec.steps),
-            max_length: spec.len,
-            lora: spec.lora,
-            lora_rank: spec.lora_rank,
-            lora_alpha: spec.lora_alpha,
-            engine: spec.engine.clone(),
-            save_steps: 0,
-            ..TrainConfig::default()
-        },
-        beta: 0.01,
         progress: false,
         profile: spec.profile,
+        ..TrainJob::new(model, train_config, data.clone(), ckpt.clone())
     };
     let t = Instant::now();
     let report = train(&job)?;
     let total_s = t.elapsed().as_secs_f64();
-    let log = std::fs::read_to_string(ckpt.join("train_log.jsonl")).context("reading train_log.jsonl")?;
-    let steps: Vec<Value> = log.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    let get = |k: &str| -> Vec<f64> { steps.iter().map(|s| s[k].as_f64().unwrap_or(f64::NAN)).collect() };
-    let (losses, norms, toks, tps) = (get("loss"), get("grad_norm"), get("tokens"), get("tokens_per_s"));
+    let log =
+        std::fs::read_to_string(ckpt.join("train_log.jsonl")).context("reading train_log.jsonl")?;
+    let steps: Vec<Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let get = |k: &str| -> Vec<f64> {
+        steps
+            .iter()
+            .map(|s| s[k].as_f64().unwrap_or(f64::NAN))
+            .collect()
+    };
+    let (losses, norms, toks, tps) = (
+        get("loss"),
+        get("grad_norm"),
+        get("tokens"),
+        get("tokens_per_s"),
+    );
     let step_s: Vec<f64> = toks.iter().zip(&tps).map(|(t, r)| t / r).collect();
     // steady state: every step after the first (which loads kernels and grows the allocator)
-    let (later_tok, later_s) = if step_s.len() > 1 { (toks[1..].iter().sum::<f64>(), step_s[1..].iter().sum::<f64>()) } else { (toks.iter().sum(), step_s.iter().sum()) };
+    let (later_tok, later_s) = if step_s.len() > 1 {
+        (
+            toks[1..].iter().sum::<f64>(),
+            step_s[1..].iter().sum::<f64>(),
+        )
+    } else {
+        (toks.iter().sum(), step_s.iter().sum())
+    };
     let mut line = json!({
         "check": if spec.lora { "train-lora" } else { "train-full" }, "device": device, "engine": report.engine,
         "steps": steps.len(), "batch": spec.batch, "micro_batch": spec.micro_batch, "len": spec.len,
@@ -538,16 +784,28 @@ fn train_bench(model: &Path, device: &str, dtype: &str, work: &Path, spec: &Trai
         "losses": losses, "grad_norms": norms, "seconds_total": total_s,
     });
     if !report.phases.is_empty() {
-        line["phases"] = json!(report.phases.iter().map(|(k, (s, n))| (k.clone(), json!({"s": s, "calls": n}))).collect::<serde_json::Map<_, _>>());
+        line["phases"] = json!(report
+            .phases
+            .iter()
+            .map(|(k, (s, n))| (k.clone(), json!({"s": s, "calls": n})))
+            .collect::<serde_json::Map<_, _>>());
     }
     if let Some(o) = out {
         std::fs::write(o, line.to_string())?;
     }
     if let Some(rpath) = reference {
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(rpath).with_context(|| format!("reading {}", rpath.display()))?)?;
+        let r: Value = serde_json::from_str(
+            &std::fs::read_to_string(rpath)
+                .with_context(|| format!("reading {}", rpath.display()))?,
+        )?;
         let rl: Vec<f64> = serde_json::from_value(r["losses"].clone())?;
         let rn: Vec<f64> = serde_json::from_value(r["grad_norms"].clone())?;
-        let rel = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| (x - y).abs() / y.abs().max(1e-6)).fold(0.0, f64::max);
+        let rel = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs() / y.abs().max(1e-6))
+                .fold(0.0, f64::max)
+        };
         let (dl, dn) = (rel(&losses, &rl), rel(&norms, &rn));
         line["reference"] = r["device"].clone();
         line["reference_engine"] = r["engine"].clone();

@@ -51,7 +51,10 @@ impl DatasetSpec {
             DatasetSpec::Gsm8k => "gsm8k".into(),
             DatasetSpec::Math => "math".into(),
             DatasetSpec::Math500 => "math500".into(),
-            DatasetSpec::File(p) => p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            DatasetSpec::File(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         }
     }
 }
@@ -95,8 +98,76 @@ pub struct FieldMap {
 
 impl Default for FieldMap {
     fn default() -> Self {
-        Self { question: "question".into(), answer: "answer".into(), answer_format: AnswerFormat::Auto, id: None }
+        Self {
+            question: "question".into(),
+            answer: "answer".into(),
+            answer_format: AnswerFormat::Auto,
+            id: None,
+        }
     }
+}
+
+/// `[data]`: the training questions that are sampled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// `gsm8k`, `math`, `math500` or a path to a JSONL file.
+    pub dataset: String,
+    /// `train` or `test` (a JSONL file has no splits: ignored).
+    pub split: String,
+    /// Use only the first `limit` questions.
+    pub limit: Option<usize>,
+    /// Field names of a custom JSONL file.
+    pub fields: FieldMap,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: "gsm8k".into(),
+            split: "train".into(),
+            limit: None,
+            fields: FieldMap::default(),
+        }
+    }
+}
+
+impl DataConfig {
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.limit == Some(0) {
+            return Err(("limit", "must be at least 1 when set".into()));
+        }
+        if !matches!(self.split.as_str(), "train" | "test") && !self.dataset.ends_with(".jsonl") {
+            return Err((
+                "split",
+                format!("must be train or test, got `{}`", self.split),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The questions this section selects.
+    pub fn questions(&self) -> anyhow::Result<Vec<Question>> {
+        load_questions(&self.dataset, &self.split, self.limit, &self.fields)
+    }
+}
+
+/// The first `limit` questions of a dataset split; an empty selection is an error.
+pub fn load_questions(
+    dataset: &str,
+    split: &str,
+    limit: Option<usize>,
+    fields: &FieldMap,
+) -> anyhow::Result<Vec<Question>> {
+    let mut questions = load(&DatasetSpec::parse(dataset), split, fields)?;
+    if let Some(limit) = limit {
+        questions.truncate(limit);
+    }
+    if questions.is_empty() {
+        anyhow::bail!("dataset {dataset} ({split}) has no questions");
+    }
+    Ok(questions)
 }
 
 /// Errors of dataset loading.
@@ -105,7 +176,11 @@ pub enum DataError {
     #[error(transparent)]
     Input(#[from] InputError),
     #[error("dataset {dataset} has no split `{split}` (available: {available})")]
-    NoSplit { dataset: String, split: String, available: &'static str },
+    NoSplit {
+        dataset: String,
+        split: String,
+        available: &'static str,
+    },
 }
 
 const GSM8K_TRAIN: &str = include_str!("../../data/gsm8k/train.jsonl");
@@ -116,18 +191,34 @@ const MATH500_TEST: &str = include_str!("../../data/math/test500.jsonl");
 
 /// Loads the questions of a dataset split. Bundled datasets are compiled into the binary, so
 /// `east` finds them wherever it is installed.
-pub fn load(spec: &DatasetSpec, split: &str, fields: &FieldMap) -> Result<Vec<Question>, DataError> {
+pub fn load(
+    spec: &DatasetSpec,
+    split: &str,
+    fields: &FieldMap,
+) -> Result<Vec<Question>, DataError> {
     let (text, origin, style) = match (spec, split) {
         (DatasetSpec::Gsm8k, "train") => (GSM8K_TRAIN, "data/gsm8k/train.jsonl", Bundled::Gsm8k),
         (DatasetSpec::Gsm8k, "test") => (GSM8K_TEST, "data/gsm8k/test.jsonl", Bundled::Gsm8k),
         (DatasetSpec::Math, "train") => (MATH_TRAIN, "data/math/train.jsonl", Bundled::Math),
         (DatasetSpec::Math, "test") => (MATH_TEST, "data/math/test.jsonl", Bundled::Math),
-        (DatasetSpec::Math500, "test") => (MATH500_TEST, "data/math/test500.jsonl", Bundled::Math500),
+        (DatasetSpec::Math500, "test") => {
+            (MATH500_TEST, "data/math/test500.jsonl", Bundled::Math500)
+        }
         (DatasetSpec::File(path), _) => return load_file(path, fields),
         (DatasetSpec::Math500, _) => {
-            return Err(DataError::NoSplit { dataset: spec.name(), split: split.into(), available: "test" })
+            return Err(DataError::NoSplit {
+                dataset: spec.name(),
+                split: split.into(),
+                available: "test",
+            })
         }
-        _ => return Err(DataError::NoSplit { dataset: spec.name(), split: split.into(), available: "train, test" }),
+        _ => {
+            return Err(DataError::NoSplit {
+                dataset: spec.name(),
+                split: split.into(),
+                available: "train, test",
+            })
+        }
     };
     parse_bundled(text, Path::new(origin), &spec.name(), split, style)
 }
@@ -139,16 +230,28 @@ enum Bundled {
     Math500,
 }
 
-fn parse_bundled(text: &str, origin: &Path, name: &str, split: &str, style: Bundled) -> Result<Vec<Question>, DataError> {
+fn parse_bundled(
+    text: &str,
+    origin: &Path,
+    name: &str,
+    split: &str,
+    style: Bundled,
+) -> Result<Vec<Question>, DataError> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
-        let record: Value = serde_json::from_str(line).map_err(|e| InputError::line(origin, number, e.to_string()))?;
+        let record: Value = serde_json::from_str(line)
+            .map_err(|e| InputError::line(origin, number, e.to_string()))?;
         let get = |field: &str| -> Result<String, InputError> {
             match record.get(field) {
                 Some(Value::String(s)) => Ok(s.clone()),
                 Some(Value::Number(n)) => Ok(n.to_string()),
-                _ => Err(InputError::field(origin, number, field, "missing or not a string")),
+                _ => Err(InputError::field(
+                    origin,
+                    number,
+                    field,
+                    "missing or not a string",
+                )),
             }
         };
         let id = format!("{name}/{split}/{index}");
@@ -158,8 +261,9 @@ fn parse_bundled(text: &str, origin: &Path, name: &str, split: &str, style: Bund
                 Question {
                     id,
                     question: get("question")?,
-                    answer: grade::gsm8k_reference(&answer)
-                        .ok_or_else(|| InputError::field(origin, number, "answer", "no `#### N` final answer"))?,
+                    answer: grade::gsm8k_reference(&answer).ok_or_else(|| {
+                        InputError::field(origin, number, "answer", "no `#### N` final answer")
+                    })?,
                     level: None,
                     subject: None,
                 }
@@ -169,8 +273,9 @@ fn parse_bundled(text: &str, origin: &Path, name: &str, split: &str, style: Bund
                 Question {
                     id,
                     question: get("problem")?,
-                    answer: grade::math_reference(&solution)
-                        .ok_or_else(|| InputError::field(origin, number, "solution", "no \\boxed{} answer"))?,
+                    answer: grade::math_reference(&solution).ok_or_else(|| {
+                        InputError::field(origin, number, "solution", "no \\boxed{} answer")
+                    })?,
                     level: get("level").ok(),
                     subject: get("type").ok(),
                 }
@@ -202,18 +307,40 @@ fn load_file(path: &Path, fields: &FieldMap) -> Result<Vec<Question>, DataError>
             }
         };
         let question = text_field(&fields.question)
-            .or_else(|| if fields.question == "question" { text_field("problem") } else { None })
-            .ok_or_else(|| InputError::field(path, number, &fields.question, "missing or not a string"))?;
-        let raw_answer = text_field(&fields.answer)
-            .ok_or_else(|| InputError::field(path, number, &fields.answer, "missing or not a string"))?;
-        let answer = reference_answer(&raw_answer, fields.answer_format)
-            .ok_or_else(|| InputError::field(path, number, &fields.answer, "no final answer could be read from it"))?;
+            .or_else(|| {
+                if fields.question == "question" {
+                    text_field("problem")
+                } else {
+                    None
+                }
+            })
+            .ok_or_else(|| {
+                InputError::field(path, number, &fields.question, "missing or not a string")
+            })?;
+        let raw_answer = text_field(&fields.answer).ok_or_else(|| {
+            InputError::field(path, number, &fields.answer, "missing or not a string")
+        })?;
+        let answer = reference_answer(&raw_answer, fields.answer_format).ok_or_else(|| {
+            InputError::field(
+                path,
+                number,
+                &fields.answer,
+                "no final answer could be read from it",
+            )
+        })?;
         let id = match &fields.id {
-            Some(f) => text_field(f).ok_or_else(|| InputError::field(path, number, f, "missing or not a string"))?,
+            Some(f) => text_field(f)
+                .ok_or_else(|| InputError::field(path, number, f, "missing or not a string"))?,
             None => format!("{stem}/{index}"),
         };
         if !seen.insert(id.clone()) {
-            return Err(InputError::field(path, number, fields.id.as_deref().unwrap_or("id"), format!("duplicate id `{id}`")).into());
+            return Err(InputError::field(
+                path,
+                number,
+                fields.id.as_deref().unwrap_or("id"),
+                format!("duplicate id `{id}`"),
+            )
+            .into());
         }
         out.push(Question {
             id,
@@ -247,7 +374,12 @@ pub fn reference_answer(raw: &str, format: AnswerFormat) -> Option<String> {
 /// Keeps the questions of shard `index` of `count` (0-based), by position: question j goes to
 /// shard j mod count, so shards are balanced and their union is the whole set with no duplicates.
 pub fn shard<T>(items: Vec<T>, index: usize, count: usize) -> Vec<T> {
-    items.into_iter().enumerate().filter(|(j, _)| j % count == index).map(|(_, q)| q).collect()
+    items
+        .into_iter()
+        .enumerate()
+        .filter(|(j, _)| j % count == index)
+        .map(|(_, q)| q)
+        .collect()
 }
 
 #[cfg(test)]
@@ -265,7 +397,10 @@ mod tests {
         assert_eq!(m500.len(), 500);
         assert_eq!(m500[0].answer, "\\left( 3, \\frac{\\pi}{2} \\right)");
         assert_eq!(m500[0].level.as_deref(), Some("Level 2"));
-        assert!(matches!(load(&DatasetSpec::Math500, "train", &f), Err(DataError::NoSplit { .. })));
+        assert!(matches!(
+            load(&DatasetSpec::Math500, "train", &f),
+            Err(DataError::NoSplit { .. })
+        ));
     }
 
     #[test]
@@ -289,15 +424,28 @@ mod tests {
     fn custom_file_with_field_names_and_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mine.jsonl");
-        std::fs::write(&path, "{\"q\":\"1+1?\",\"a\":\"so #### 2\"}\n{\"q\":\"2+2?\",\"a\":\"$\\\\boxed{4}$\"}\n").unwrap();
-        let fields = FieldMap { question: "q".into(), answer: "a".into(), ..FieldMap::default() };
+        std::fs::write(
+            &path,
+            "{\"q\":\"1+1?\",\"a\":\"so #### 2\"}\n{\"q\":\"2+2?\",\"a\":\"$\\\\boxed{4}$\"}\n",
+        )
+        .unwrap();
+        let fields = FieldMap {
+            question: "q".into(),
+            answer: "a".into(),
+            ..FieldMap::default()
+        };
         let qs = load(&DatasetSpec::File(path.clone()), "train", &fields).unwrap();
         assert_eq!(qs[0].answer, "2");
         assert_eq!(qs[1].answer, "4");
         assert_eq!(qs[1].id, "mine/1");
 
         std::fs::write(&path, "{\"q\":\"1+1?\",\"a\":\"2\"}\n{\"q\":\"2+2?\"}\n").unwrap();
-        let err = load(&DatasetSpec::File(path.clone()), "train", &fields).unwrap_err().to_string();
-        assert!(err.contains("mine.jsonl:2:") && err.contains("`a`"), "{err}");
+        let err = load(&DatasetSpec::File(path.clone()), "train", &fields)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mine.jsonl:2:") && err.contains("`a`"),
+            "{err}"
+        );
     }
 }

@@ -10,14 +10,60 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{east_messages, Question};
+use crate::data::Question;
+use crate::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use crate::grade::{extract_answer, Answer, GradeOptions};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::tokenizer::encode;
-use crate::model::LoadedModel;
+use crate::model::{east_messages, LoadedModel};
 use crate::progress::{self, MetricsLog};
-use crate::sample::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use crate::schema::Finish;
+
+/// `[eval]`: greedy accuracy on benchmark splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Benchmarks to evaluate on: `gsm8k`, `math`, `math500` or JSONL files.
+    pub datasets: Vec<String>,
+    pub split: String,
+    /// Use only the first `limit` questions of each.
+    pub limit: Option<usize>,
+    /// Most tokens generated per answer.
+    pub max_new_tokens: usize,
+    /// Questions decoded together.
+    pub batch_size: usize,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            datasets: vec!["gsm8k".into()],
+            split: "test".into(),
+            limit: None,
+            max_new_tokens: 2048,
+            batch_size: 32,
+        }
+    }
+}
+
+impl EvalConfig {
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.datasets.is_empty() {
+            return Err(("datasets", "must name at least one dataset".into()));
+        }
+        if self.limit == Some(0) {
+            return Err(("limit", "must be at least 1 when set".into()));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(("max_new_tokens", "must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(("batch_size", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
 
 /// What decides an evaluation (must match to resume into an existing folder).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,9 +77,8 @@ pub struct EvalSettings {
 }
 
 impl EvalSettings {
-    /// The `[eval]` settings of `config` for one dataset and the model named `model`.
-    pub fn from_config(config: &crate::config::Config, model: String, dataset: &str) -> Self {
-        let e = &config.eval;
+    /// The `[eval]` settings for one dataset and the model named `model`.
+    pub fn new(e: &EvalConfig, model: String, dataset: &str) -> Self {
         EvalSettings {
             model,
             dataset: dataset.to_string(),
@@ -110,7 +155,9 @@ fn settings_path(dir: &Path) -> PathBuf {
 
 /// Whether `dir` holds a finished evaluation with these settings.
 pub fn is_complete(dir: &Path, settings: &EvalSettings) -> bool {
-    let Ok(text) = std::fs::read_to_string(report_path(dir)) else { return false };
+    let Ok(text) = std::fs::read_to_string(report_path(dir)) else {
+        return false;
+    };
     serde_json::from_str::<EvalReport>(&text).is_ok_and(|r| &r.settings == settings)
 }
 
@@ -127,12 +174,19 @@ pub fn grade(completion: &str, reference: &Answer, opts: &GradeOptions) -> (Opti
 }
 
 /// Evaluates `questions` greedily and writes predictions.jsonl and eval.json into `dir`.
-pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSettings, dir: &Path) -> anyhow::Result<EvalReport> {
+pub fn evaluate(
+    lm: &LoadedModel,
+    questions: &[Question],
+    settings: &EvalSettings,
+    dir: &Path,
+) -> anyhow::Result<EvalReport> {
     std::fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
     let preds_file = predictions_path(dir);
     let settings_file = settings_path(dir);
     if preds_file.exists() {
-        let old: Option<EvalSettings> = std::fs::read_to_string(&settings_file).ok().and_then(|t| serde_json::from_str(&t).ok());
+        let old: Option<EvalSettings> = std::fs::read_to_string(&settings_file)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
         if old.as_ref() != Some(settings) {
             anyhow::bail!(
                 "{} holds predictions made with other settings (see {}); remove the folder or choose another --out",
@@ -148,7 +202,12 @@ pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSetting
 
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&q.question))))
+        .map(|q| {
+            encode(
+                &lm.tokenizer,
+                &lm.chat.render_prompt(&east_messages(&q.question)),
+            )
+        })
         .collect::<Result<_, _>>()?;
     // Batches of similar length waste little on padding; the order is fixed by the data, so a
     // resumed run forms the same batches.
@@ -174,12 +233,20 @@ pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSetting
         }
         let requests: Vec<Request> = batch
             .iter()
-            .map(|&i| Request { prompt_ids: prompts[i].clone(), id: questions[i].id.clone(), first_sample: 0, samples: 1 })
+            .map(|&i| Request {
+                prompt_ids: prompts[i].clone(),
+                id: questions[i].id.clone(),
+                first_sample: 0,
+                samples: 1,
+            })
             .collect();
         let t = Instant::now();
         let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
             generated += k;
-            bar.set_message(format!("{:.0} tok/s", generated as f64 / started.elapsed().as_secs_f64().max(1e-9)));
+            bar.set_message(format!(
+                "{:.0} tok/s",
+                generated as f64 / started.elapsed().as_secs_f64().max(1e-9)
+            ));
         })?;
         for (&i, mut g) in batch.iter().zip(gens) {
             let q = &questions[i];
@@ -233,16 +300,30 @@ pub fn evaluate(lm: &LoadedModel, questions: &[Question], settings: &EvalSetting
         generated_tokens: generated,
     };
     for q in questions {
-        let p = by_id.get(&q.id).ok_or_else(|| anyhow::anyhow!("prediction for `{}` missing from {}", q.id, preds_file.display()))?;
+        let p = by_id.get(&q.id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "prediction for `{}` missing from {}",
+                q.id,
+                preds_file.display()
+            )
+        })?;
         report.n += 1;
         report.correct += usize::from(p.correct);
         report.no_answer += usize::from(p.pred.is_none());
         report.truncated += usize::from(p.finish == Finish::Length);
         if let Some(level) = &q.level {
-            report.by_level.entry(level.clone()).or_default().add(p.correct);
+            report
+                .by_level
+                .entry(level.clone())
+                .or_default()
+                .add(p.correct);
         }
         if let Some(subject) = &q.subject {
-            report.by_type.entry(subject.clone()).or_default().add(p.correct);
+            report
+                .by_type
+                .entry(subject.clone())
+                .or_default()
+                .add(p.correct);
         }
     }
     report.accuracy = report.correct as f64 / report.n.max(1) as f64;

@@ -603,7 +603,11 @@ impl Llama {
             None
         };
         let ctx = TrainCtx {
-            q_rope: train_ops::RopeTables::new(&cos, &sin, 1.0 / (self.cfg.head_dim as f64).sqrt())?,
+            q_rope: train_ops::RopeTables::new(
+                &cos,
+                &sin,
+                1.0 / (self.cfg.head_dim as f64).sqrt(),
+            )?,
             k_rope: train_ops::RopeTables::new(&cos, &sin, 1.0)?,
             mask,
         };

@@ -17,7 +17,15 @@ use super::error::{read_json, ModelError, Result};
 use super::llama::Llama;
 
 /// The projections east applies LoRA to.
-pub const LORA_TARGETS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const LORA_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// A LoRA adapter read from disk.
 #[derive(Debug, Clone)]
@@ -40,21 +48,36 @@ pub fn is_adapter_dir(dir: &Path) -> bool {
 }
 
 fn invalid(dir: &Path, msg: impl Into<String>) -> ModelError {
-    ModelError::InvalidConfig { msg: msg.into(), origin: dir.join("adapter_config.json").display().to_string() }
+    ModelError::InvalidConfig {
+        msg: msg.into(),
+        origin: dir.join("adapter_config.json").display().to_string(),
+    }
 }
 
 /// Reads a PEFT LoRA adapter folder.
 pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
     let cfg_path = dir.join("adapter_config.json");
     if !cfg_path.is_file() {
-        return Err(ModelError::MissingFile { path: cfg_path, hint: " (a PEFT adapter folder needs adapter_config.json)".into() });
+        return Err(ModelError::MissingFile {
+            path: cfg_path,
+            hint: " (a PEFT adapter folder needs adapter_config.json)".into(),
+        });
     }
     let cfg = read_json(&cfg_path)?;
-    let peft_type = cfg.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+    let peft_type = cfg
+        .get("peft_type")
+        .and_then(Value::as_str)
+        .unwrap_or("LORA");
     if !peft_type.eq_ignore_ascii_case("lora") {
-        return Err(invalid(dir, format!("peft_type `{peft_type}` is not supported (LORA only)")));
+        return Err(invalid(
+            dir,
+            format!("peft_type `{peft_type}` is not supported (LORA only)"),
+        ));
     }
-    let rank = cfg.get("r").and_then(Value::as_u64).ok_or_else(|| invalid(dir, "`r` is missing"))? as usize;
+    let rank = cfg
+        .get("r")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid(dir, "`r` is missing"))? as usize;
     if rank == 0 {
         return Err(invalid(dir, "`r` must be at least 1"));
     }
@@ -64,28 +87,59 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
         return Err(invalid(dir, "DoRA adapters (use_dora) are not supported"));
     }
     if flag("fan_in_fan_out") {
-        return Err(invalid(dir, "fan_in_fan_out adapters are not supported (Llama projections are nn.Linear)"));
+        return Err(invalid(
+            dir,
+            "fan_in_fan_out adapters are not supported (Llama projections are nn.Linear)",
+        ));
     }
     if let Some(b) = cfg.get("bias").and_then(Value::as_str) {
         if b != "none" {
-            return Err(invalid(dir, format!("bias `{b}` is not supported (none only)")));
+            return Err(invalid(
+                dir,
+                format!("bias `{b}` is not supported (none only)"),
+            ));
         }
     }
     for k in ["rank_pattern", "alpha_pattern"] {
-        if cfg.get(k).and_then(Value::as_object).is_some_and(|m| !m.is_empty()) {
-            return Err(invalid(dir, format!("`{k}` (per-module rank or alpha) is not supported")));
+        if cfg
+            .get(k)
+            .and_then(Value::as_object)
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(invalid(
+                dir,
+                format!("`{k}` (per-module rank or alpha) is not supported"),
+            ));
         }
     }
-    if cfg.get("modules_to_save").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
-        return Err(invalid(dir, "`modules_to_save` (fully trained extra modules) is not supported"));
+    if cfg
+        .get("modules_to_save")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Err(invalid(
+            dir,
+            "`modules_to_save` (fully trained extra modules) is not supported",
+        ));
     }
-    let scale = if flag("use_rslora") { alpha / (rank as f64).sqrt() } else { alpha / rank as f64 };
+    let scale = if flag("use_rslora") {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    };
     let targets: Vec<String> = match cfg.get("target_modules") {
-        Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     };
-    let base_model = cfg.get("base_model_name_or_path").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let base_model = cfg
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
 
     let st_path = dir.join("adapter_model.safetensors");
     if !st_path.is_file() {
@@ -94,16 +148,25 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
         } else {
             ""
         };
-        return Err(ModelError::MissingFile { path: st_path, hint: hint.into() });
+        return Err(ModelError::MissingFile {
+            path: st_path,
+            hint: hint.into(),
+        });
     }
     let tensors = candle_core::safetensors::load(&st_path, &Device::Cpu)?;
     let mut halves: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
     let origin = st_path.display().to_string();
     for (name, t) in tensors {
         let rest = name.strip_prefix("base_model.model.").unwrap_or(&name);
-        let (module, ab) = if let Some(m) = rest.strip_suffix(".lora_A.weight").or_else(|| rest.strip_suffix(".lora_A.default.weight")) {
+        let (module, ab) = if let Some(m) = rest
+            .strip_suffix(".lora_A.weight")
+            .or_else(|| rest.strip_suffix(".lora_A.default.weight"))
+        {
             (m, 'A')
-        } else if let Some(m) = rest.strip_suffix(".lora_B.weight").or_else(|| rest.strip_suffix(".lora_B.default.weight")) {
+        } else if let Some(m) = rest
+            .strip_suffix(".lora_B.weight")
+            .or_else(|| rest.strip_suffix(".lora_B.default.weight"))
+        {
             (m, 'B')
         } else {
             return Err(ModelError::UnexpectedTensor {
@@ -112,9 +175,16 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
                 origin,
             });
         };
-        let ok = module.starts_with("model.layers.") && LORA_TARGETS.iter().any(|p| module.ends_with(&format!(".{p}")));
+        let ok = module.starts_with("model.layers.")
+            && LORA_TARGETS
+                .iter()
+                .any(|p| module.ends_with(&format!(".{p}")));
         if !ok {
-            return Err(ModelError::UnexpectedTensor { name, why: "LoRA on a module other than a decoder projection".into(), origin });
+            return Err(ModelError::UnexpectedTensor {
+                name,
+                why: "LoRA on a module other than a decoder projection".into(),
+                origin,
+            });
         }
         let t = t.to_dtype(DType::F32)?;
         let e = halves.entry(module.to_string()).or_default();
@@ -142,7 +212,10 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
             }
             (a, _) => {
                 return Err(ModelError::MissingTensor {
-                    name: format!("base_model.model.{module}.lora_{}.weight", if a.is_none() { "A" } else { "B" }),
+                    name: format!(
+                        "base_model.model.{module}.lora_{}.weight",
+                        if a.is_none() { "A" } else { "B" }
+                    ),
                     origin: origin.clone(),
                 })
             }
@@ -151,23 +224,70 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
     if weights.is_empty() {
         return Err(invalid(dir, "the adapter holds no LoRA weights"));
     }
-    Ok(PeftAdapter { dir: dir.to_path_buf(), rank, alpha, scale, targets, base_model, weights })
+    Ok(PeftAdapter {
+        dir: dir.to_path_buf(),
+        rank,
+        alpha,
+        scale,
+        targets,
+        base_model,
+        weights,
+    })
 }
 
 /// The merged weight `W + scale·B·A` (computed in f32, returned in `w`'s dtype and device).
-pub fn merged_weight(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+pub fn merged_weight(
+    w: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
     let dev = w.device();
-    let delta = (b.to_device(dev)?.to_dtype(DType::F32)?.matmul(&a.to_device(dev)?.to_dtype(DType::F32)?)? * scale)?;
+    let delta = (b
+        .to_device(dev)?
+        .to_dtype(DType::F32)?
+        .matmul(&a.to_device(dev)?.to_dtype(DType::F32)?)?
+        * scale)?;
     (w.to_dtype(DType::F32)? + delta)?.to_dtype(w.dtype())
+}
+
+/// Merges LoRA matrices under their PEFT names (`base_model.model.{module}.lora_A.weight`, `…lora_B…`)
+/// into base weights under their HF names (`{module}.weight`): `W ← W + scale·B·A`. Returns how
+/// many weights were merged.
+pub fn merge_named(
+    base: &mut [(String, Tensor)],
+    lora: &[(String, Tensor)],
+    scale: f64,
+) -> candle_core::Result<usize> {
+    let find = |name: String| lora.iter().find(|(n, _)| *n == name).map(|(_, t)| t);
+    let mut merged = 0;
+    for (name, w) in base.iter_mut() {
+        let Some(module) = name.strip_suffix(".weight") else {
+            continue;
+        };
+        let a = find(format!("base_model.model.{module}.lora_A.weight"));
+        let b = find(format!("base_model.model.{module}.lora_B.weight"));
+        if let (Some(a), Some(b)) = (a, b) {
+            *w = merged_weight(w, a, b, scale)?;
+            merged += 1;
+        }
+    }
+    Ok(merged)
 }
 
 /// Merges `adapter` into `model`'s projection weights; returns how many were merged.
 pub fn merge_adapter(model: &mut Llama, adapter: &PeftAdapter) -> Result<usize> {
-    let mut left: BTreeMap<&str, &(Tensor, Tensor)> = adapter.weights.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut left: BTreeMap<&str, &(Tensor, Tensor)> = adapter
+        .weights
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
     let origin = adapter.dir.display().to_string();
     let mut merged = 0;
     for (name, layer) in model.linear_layers_mut() {
-        let Some((a, b)) = left.remove(name.as_str()) else { continue };
+        let Some((a, b)) = left.remove(name.as_str()) else {
+            continue;
+        };
         let (out_dim, in_dim) = layer.weight().dims2()?;
         if a.dims() != [adapter.rank, in_dim] || b.dims() != [out_dim, adapter.rank] {
             return Err(ModelError::ShapeMismatch {
@@ -182,7 +302,11 @@ pub fn merge_adapter(model: &mut Llama, adapter: &PeftAdapter) -> Result<usize> 
         merged += 1;
     }
     if let Some((name, _)) = left.into_iter().next() {
-        return Err(ModelError::UnexpectedTensor { name: name.to_string(), why: "the model has no such projection".into(), origin });
+        return Err(ModelError::UnexpectedTensor {
+            name: name.to_string(),
+            why: "the model has no such projection".into(),
+            origin,
+        });
     }
     Ok(merged)
 }
@@ -198,16 +322,27 @@ pub fn write_adapter(
     targets: &[String],
     base_model: &str,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let map: std::collections::HashMap<String, Tensor> = tensors
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.to_dtype(DType::F32)?.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
     let tmp = dir.join("adapter_model.safetensors.tmp");
     candle_core::safetensors::save(&map, &tmp)?;
-    std::fs::rename(&tmp, dir.join("adapter_model.safetensors"))
-        .map_err(|source| ModelError::Io { path: dir.join("adapter_model.safetensors"), source })?;
-    let alpha_json = if alpha.fract() == 0.0 { json!(alpha as i64) } else { json!(alpha) };
+    std::fs::rename(&tmp, dir.join("adapter_model.safetensors")).map_err(|source| {
+        ModelError::Io {
+            path: dir.join("adapter_model.safetensors"),
+            source,
+        }
+    })?;
+    let alpha_json = if alpha.fract() == 0.0 {
+        json!(alpha as i64)
+    } else {
+        json!(alpha)
+    };
     let cfg = json!({
         "alpha_pattern": {},
         "auto_mapping": null,

@@ -31,6 +31,8 @@
 //!     through a matmul whose backward skips the weight gradient.
 //!   - [`Llama::trainable_copy`] (VarMap-backed copy for full fine-tuning),
 //!     [`Llama::named_tensors`] (HF names, for checkpoints), [`Llama::expected_tensors`].
+//! * [`ModelConfig`] (`runtime.rs`): the `[model]` section, [`DeviceChoice`], [`DTypeChoice`],
+//!   [`load_model`] (a `[model]` section → weights with adapters merged, on its device).
 //! * [`KvCache`] (`cache.rs`): preallocated `(B, n_kv, capacity, D)` per layer, shared column
 //!   count, per-row left padding, `select_rows` / `repeat_rows`, `bytes_needed`; f32 or f16.
 //! * [`chat`]: [`ChatFormat`] (ChatML, Llama 3, Llama 2), [`EAST_SYSTEM_PROMPT`],
@@ -61,6 +63,7 @@ pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod runtime;
 pub mod testing;
 pub mod tokenizer;
 pub mod train_ops;
@@ -71,6 +74,7 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use error::ModelError;
 pub use llama::{LinearAdapter, LinearLayer, Llama};
 pub use load::{load, LoadedModel, ModelSource};
+pub use runtime::{load_model, DTypeChoice, DeviceChoice, ModelConfig};
 pub use tokenizer::Tokenizer;
 
 /// The device east runs on: CUDA 0 when built with `--features cuda` and a GPU is present,

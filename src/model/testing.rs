@@ -371,15 +371,23 @@ pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()
     use std::io::Write;
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| ModelError::Io { path: path.clone(), source }
+        move |source| ModelError::Io {
+            path: path.clone(),
+            source,
+        }
     };
     cfg.validate("random model")?;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let pretty = |v: &Value| serde_json::to_string_pretty(v).expect("json");
-    write_atomic(&dir.join("config.json"), pretty(&cfg.to_hf_json(Some("bfloat16"))).as_bytes())?;
+    write_atomic(
+        &dir.join("config.json"),
+        pretty(&cfg.to_hf_json(Some("bfloat16"))).as_bytes(),
+    )?;
     write_atomic(
         &dir.join("tokenizer.json"),
-        serde_json::to_string(&synthetic_tokenizer_json(cfg.vocab_size)).expect("json").as_bytes(),
+        serde_json::to_string(&synthetic_tokenizer_json(cfg.vocab_size))
+            .expect("json")
+            .as_bytes(),
     )?;
     write_chatml_sidecars(dir, cfg.max_position_embeddings)?;
 
@@ -403,7 +411,8 @@ pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()
     let tmp = dir.join("model.safetensors.tmp");
     let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 24, file);
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
+    w.write_all(&(header.len() as u64).to_le_bytes())
+        .map_err(io_err(&tmp))?;
     w.write_all(&header).map_err(io_err(&tmp))?;
     const BLOCK: usize = 1 << 20;
     for (ti, (name, shape)) in tensors.iter().enumerate() {

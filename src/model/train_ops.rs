@@ -27,14 +27,22 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D,
+};
 
 /// A hand-written backward pass: the gradients of an op's inputs given the inputs (detached),
 /// which of them need one (`wants[i]`; the others may be `None`), the op's output and the
 /// output's gradient.
 trait Backward: Send + Sync {
     const NAME: &'static str;
-    fn backward(&self, inputs: &[&Tensor], wants: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>>;
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>>;
 }
 
 /// The graph node of an op: `inputs… → out`, where `out` was computed outside the graph from
@@ -48,13 +56,25 @@ struct Node<B: Backward> {
 
 impl<B: Backward> Node<B> {
     fn new(out: Tensor, bwd: B) -> Self {
-        Self { out: Mutex::new(Some(out)), bwd }
+        Self {
+            out: Mutex::new(Some(out)),
+            bwd,
+        }
     }
 
     /// The forward on either backend: the handed output, copied, and dropped.
-    fn take_out<S: BackendStorage>(&self, storage: impl Fn(&Storage) -> Option<&S>) -> Result<(S, Shape)> {
-        let out = self.out.lock().map_err(|_| candle_core::Error::Msg("training op: poisoned".into()))?.take();
-        let Some(out) = out else { candle_core::bail!("{}: forward run twice", B::NAME) };
+    fn take_out<S: BackendStorage>(
+        &self,
+        storage: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("training op: poisoned".into()))?
+            .take();
+        let Some(out) = out else {
+            candle_core::bail!("{}: forward run twice", B::NAME)
+        };
         let (s, layout) = out.storage_and_layout();
         // a copy of the whole storage: `out` must be a tensor of its own (an op's fresh result)
         if !layout.is_contiguous() || layout.start_offset() != 0 {
@@ -62,11 +82,19 @@ impl<B: Backward> Node<B> {
         }
         match storage(&s) {
             Some(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
-            None => candle_core::bail!("{}: the output is on another device than the input", B::NAME),
+            None => candle_core::bail!(
+                "{}: the output is on another device than the input",
+                B::NAME
+            ),
         }
     }
 
-    fn grads(&self, inputs: &[&Tensor], res: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn grads(
+        &self,
+        inputs: &[&Tensor],
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
         let refs: Vec<&Tensor> = detached.iter().collect();
         let wants: Vec<bool> = inputs.iter().map(|t| t.track_op()).collect();
@@ -104,7 +132,11 @@ impl<B: Backward> CustomOp1 for Node<B> {
         self.take_out(cpu_of)
     }
 
-    fn cuda_fwd(&self, _: &candle_core::CudaStorage, _: &Layout) -> Result<(candle_core::CudaStorage, Shape)> {
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
         self.take_out(cuda_of)
     }
 
@@ -118,7 +150,13 @@ impl<B: Backward> CustomOp2 for Node<B> {
         B::NAME
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.take_out(cpu_of)
     }
 
@@ -132,7 +170,13 @@ impl<B: Backward> CustomOp2 for Node<B> {
         self.take_out(cuda_of)
     }
 
-    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let mut g = self.grads(&[a, b], res, grad)?.into_iter();
         Ok((g.next().flatten(), g.next().flatten()))
     }
@@ -189,8 +233,12 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     } else {
         let acc = accumulation_dtype(dtype);
         let xf = xd.to_dtype(acc)?;
-        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-        xf.broadcast_mul(&r)?.to_dtype(dtype)?.broadcast_mul(&w.detach())?
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+            .sqrt()?
+            .recip()?;
+        xf.broadcast_mul(&r)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&w.detach())?
     };
     attach2(&x, w, y, RmsNormBackward { eps })
 }
@@ -202,12 +250,20 @@ struct RmsNormBackward {
 impl Backward for RmsNormBackward {
     const NAME: &'static str = "east-rms-norm";
 
-    fn backward(&self, inputs: &[&Tensor], wants: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let (x, w) = (inputs[0], inputs[1]);
         let acc = accumulation_dtype(x.dtype());
         let xf = x.to_dtype(acc)?;
         let g = grad.to_dtype(acc)?;
-        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let r = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
+            .sqrt()?
+            .recip()?;
         let xhat = xf.broadcast_mul(&r)?;
         let dx = if wants[0] {
             let gw = g.broadcast_mul(&w.to_dtype(acc)?)?;
@@ -217,7 +273,11 @@ impl Backward for RmsNormBackward {
         } else {
             None
         };
-        let dw = if wants[1] { Some(sum_rows(&(&g * &xhat)?)?.to_dtype(w.dtype())?) } else { None };
+        let dw = if wants[1] {
+            Some(sum_rows(&(&g * &xhat)?)?.to_dtype(w.dtype())?)
+        } else {
+            None
+        };
         Ok(vec![dx, dw])
     }
 }
@@ -239,9 +299,17 @@ pub struct RopeTables {
 impl RopeTables {
     /// Tables from `cos` and `sin` `(B, T, D/2)`, both multiplied by `scale`.
     pub fn new(cos: &Tensor, sin: &Tensor, scale: f64) -> Result<Self> {
-        let (cos, sin) = if scale == 1.0 { (cos.clone(), sin.clone()) } else { ((cos * scale)?, (sin * scale)?) };
+        let (cos, sin) = if scale == 1.0 {
+            (cos.clone(), sin.clone())
+        } else {
+            ((cos * scale)?, (sin * scale)?)
+        };
         let (cos, sin) = (cos.contiguous()?, sin.contiguous()?);
-        Ok(Self { neg_sin: sin.neg()?, cos, sin })
+        Ok(Self {
+            neg_sin: sin.neg()?,
+            cos,
+            sin,
+        })
     }
 }
 
@@ -258,9 +326,19 @@ struct RopeBackward(RopeTables);
 impl Backward for RopeBackward {
     const NAME: &'static str = "east-rope";
 
-    fn backward(&self, _: &[&Tensor], _: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        _: &[&Tensor],
+        _: &[bool],
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let t = &self.0;
-        Ok(vec![Some(candle_nn::rotary_emb::rope(&grad.contiguous()?, &t.cos, &t.neg_sin)?)])
+        Ok(vec![Some(candle_nn::rotary_emb::rope(
+            &grad.contiguous()?,
+            &t.cos,
+            &t.neg_sin,
+        )?)])
     }
 }
 
@@ -270,7 +348,11 @@ impl Backward for RopeBackward {
 fn masked_softmax_values(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let dtype = scores.dtype();
     let s = scores.detach();
-    let s = if s.device().is_cuda() { s } else { s.to_dtype(accumulation_dtype(dtype))? };
+    let s = if s.device().is_cuda() {
+        s
+    } else {
+        s.to_dtype(accumulation_dtype(dtype))?
+    };
     let s = match mask {
         Some(m) => s.broadcast_add(&m.to_dtype(s.dtype())?)?,
         None => s.contiguous()?,
@@ -300,7 +382,13 @@ struct SoftmaxBackward;
 impl Backward for SoftmaxBackward {
     const NAME: &'static str = "east-softmax";
 
-    fn backward(&self, _: &[&Tensor], _: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        _: &[&Tensor],
+        _: &[bool],
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(softmax_grad(out, grad)?)])
     }
 }
@@ -318,7 +406,11 @@ pub fn attention_probs(q: &Tensor, k: &Tensor, mask: Option<&Tensor>) -> Result<
     let (b, h, t, d) = q.dims4()?;
     let (kb, kv, l, kd) = k.dims4()?;
     if kb != b || kd != d || kv == 0 || h % kv != 0 {
-        candle_core::bail!("attention: queries {:?} and keys {:?} do not match", q.dims(), k.dims())
+        candle_core::bail!(
+            "attention: queries {:?} and keys {:?} do not match",
+            q.dims(),
+            k.dims()
+        )
     }
     let qg = q.detach().reshape((b, kv, h / kv * t, d))?;
     let scores = qg.matmul(&k.detach().t()?)?.reshape((b, h, t, l))?;
@@ -332,13 +424,27 @@ struct AttentionBackward;
 impl Backward for AttentionBackward {
     const NAME: &'static str = "east-attention-probs";
 
-    fn backward(&self, inputs: &[&Tensor], wants: &[bool], out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+        out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let (q, k) = (inputs[0], inputs[1]);
         let (b, h, t, d) = q.dims4()?;
         let (kv, l) = (k.dim(1)?, k.dim(2)?);
         let ds = softmax_grad(out, grad)?.reshape((b, kv, h / kv * t, l))?;
-        let dq = if wants[0] { Some(ds.matmul(k)?.reshape((b, h, t, d))?) } else { None };
-        let dk = if wants[1] { Some(ds.t()?.matmul(&q.reshape((b, kv, h / kv * t, d))?)?) } else { None };
+        let dq = if wants[0] {
+            Some(ds.matmul(k)?.reshape((b, h, t, d))?)
+        } else {
+            None
+        };
+        let dk = if wants[1] {
+            Some(ds.t()?.matmul(&q.reshape((b, kv, h / kv * t, d))?)?)
+        } else {
+            None
+        };
         Ok(vec![dq, dk])
     }
 }
@@ -357,11 +463,21 @@ struct SwigluBackward;
 impl Backward for SwigluBackward {
     const NAME: &'static str = "east-swiglu";
 
-    fn backward(&self, inputs: &[&Tensor], wants: &[bool], _out: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
         let (gate, up) = (inputs[0], inputs[1]);
         let s = candle_nn::ops::sigmoid(gate)?;
         let silu = (gate * &s)?;
-        let d_up = if wants[1] { Some((grad * &silu)?) } else { None };
+        let d_up = if wants[1] {
+            Some((grad * &silu)?)
+        } else {
+            None
+        };
         let d_gate = if wants[0] {
             let slope = ((&s + &silu)? - (&silu * &s)?)?;
             Some(((grad * up)? * slope)?)

@@ -7,59 +7,116 @@
 //! the questions still missing; since a unit always decodes the same way, sharded, resumed and
 //! uninterrupted runs give identical samples.
 
-pub mod engine;
-pub mod logits;
-pub mod on_device;
-
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-pub use engine::{generate_group, DecodeSettings, Generation, Request, StepStats};
-pub use logits::{sample_one, sample_rows, Sampling};
-pub use on_device::SamplerPlacement;
-
-use crate::data::{east_messages, Question};
+use crate::data::{DataConfig, Question};
+use crate::decode::{
+    generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
+};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::tokenizer::encode;
-use crate::model::LoadedModel;
+use crate::model::{east_messages, LoadedModel};
 use crate::progress::{self, MetricsLog};
 use crate::schema::SampleRecord;
 
-/// Everything that decides the samples (and so must match to resume into an existing file).
+/// `[sample]`: n completions per question from the current policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SampleConfig {
+    /// Completions per question.
+    pub n: usize,
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p.
+    pub top_p: f64,
+    /// Most tokens generated per completion.
+    pub max_new_tokens: usize,
+    /// Seeds every (question, sample) stream.
+    pub seed: u64,
+    /// Most sequences decoded together (several questions share a batch when n is small).
+    pub batch_rows: usize,
+    /// Extra stop strings besides the model's EOS tokens.
+    pub stop: Vec<String>,
+}
+
+impl Default for SampleConfig {
+    fn default() -> Self {
+        Self {
+            n: 128,
+            temperature: 0.7,
+            top_p: 1.0,
+            max_new_tokens: 2048,
+            seed: 42,
+            batch_rows: 128,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SampleConfig {
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.n == 0 {
+            return Err(("n", "must be at least 1".into()));
+        }
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err((
+                "temperature",
+                format!("must be a finite number ≥ 0, got {}", self.temperature),
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(("top_p", format!("must be in (0, 1], got {}", self.top_p)));
+        }
+        if self.max_new_tokens == 0 {
+            return Err(("max_new_tokens", "must be at least 1".into()));
+        }
+        if self.batch_rows == 0 {
+            return Err(("batch_rows", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// How the decoder draws these samples.
+    pub fn decode_settings(&self) -> DecodeSettings {
+        DecodeSettings {
+            sampling: Sampling {
+                temperature: self.temperature,
+                top_p: self.top_p,
+            },
+            max_new_tokens: self.max_new_tokens,
+            seed: self.seed,
+            stop: self.stop.clone(),
+            sampler: SamplerPlacement::Auto,
+        }
+    }
+}
+
+/// Everything that decides the samples (and so must match to resume into an existing file):
+/// the model, the questions and the `[sample]` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleSettings {
     pub model: String,
     pub dataset: String,
     pub split: String,
     pub limit: Option<usize>,
-    pub n: usize,
-    pub temperature: f64,
-    pub top_p: f64,
-    pub max_new_tokens: usize,
-    pub seed: u64,
-    pub batch_rows: usize,
-    pub stop: Vec<String>,
+    #[serde(flatten)]
+    pub sample: SampleConfig,
 }
 
 impl SampleSettings {
-    /// The `[data]` and `[sample]` settings of `config`, for the model named `model`.
-    pub fn from_config(config: &crate::config::Config, model: String) -> Self {
-        let (d, s) = (&config.data, &config.sample);
+    /// The settings of sampling `data`'s questions from the model named `model`.
+    pub fn new(model: String, data: &DataConfig, sample: &SampleConfig) -> Self {
         SampleSettings {
             model,
-            dataset: d.dataset.clone(),
-            split: d.split.clone(),
-            limit: d.limit,
-            n: s.n,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            max_new_tokens: s.max_new_tokens,
-            seed: s.seed,
-            batch_rows: s.batch_rows,
-            stop: s.stop.clone(),
+            dataset: data.dataset.clone(),
+            split: data.split.clone(),
+            limit: data.limit,
+            sample: sample.clone(),
         }
     }
 }
@@ -74,9 +131,17 @@ pub struct Shard {
 impl std::str::FromStr for Shard {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (i, n) = s.split_once('/').ok_or_else(|| format!("`{s}`: expected i/N, e.g. 0/4"))?;
-        let index: usize = i.trim().parse().map_err(|_| format!("`{s}`: shard index `{i}` is not a number"))?;
-        let count: usize = n.trim().parse().map_err(|_| format!("`{s}`: shard count `{n}` is not a number"))?;
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}`: expected i/N, e.g. 0/4"))?;
+        let index: usize = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: shard index `{i}` is not a number"))?;
+        let count: usize = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}`: shard count `{n}` is not a number"))?;
         if count == 0 || index >= count {
             return Err(format!("`{s}`: need 0 ≤ i < N"));
         }
@@ -103,14 +168,20 @@ pub fn log_path(out: &Path) -> PathBuf {
 }
 
 fn sidecar(out: &Path, ext: &str) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.with_file_name(format!("{stem}.{ext}"))
 }
 
 /// Groups of question indices decoded together.
 pub fn units(questions: usize, n: usize, batch_rows: usize) -> Vec<std::ops::Range<usize>> {
     let per_unit = (batch_rows / n.max(1)).max(1);
-    (0..questions).step_by(per_unit).map(|s| s..(s + per_unit).min(questions)).collect()
+    (0..questions)
+        .step_by(per_unit)
+        .map(|s| s..(s + per_unit).min(questions))
+        .collect()
 }
 
 /// What a sampling run did.
@@ -132,7 +203,8 @@ pub fn sample_questions(
     shard: Option<Shard>,
     out: &Path,
 ) -> anyhow::Result<SampleReport> {
-    let all_units = units(questions.len(), settings.n, settings.batch_rows);
+    let cfg = &settings.sample;
+    let all_units = units(questions.len(), cfg.n, cfg.batch_rows);
     let my_units: Vec<std::ops::Range<usize>> = all_units
         .into_iter()
         .enumerate()
@@ -142,7 +214,12 @@ pub fn sample_questions(
     let mine: usize = my_units.iter().map(|r| r.len()).sum();
 
     let meta_file = meta_path(out);
-    let mut meta = SampleMeta { settings: settings.clone(), shard, questions: mine, complete: false };
+    let mut meta = SampleMeta {
+        settings: settings.clone(),
+        shard,
+        questions: mine,
+        complete: false,
+    };
     if out.exists() {
         match std::fs::read_to_string(&meta_file) {
             Ok(text) => {
@@ -173,15 +250,12 @@ pub fn sample_questions(
     bar.set_position(resumed as u64);
     let started = Instant::now();
     let mut generated = 0usize;
-    let decode = DecodeSettings {
-        sampling: Sampling { temperature: settings.temperature, top_p: settings.top_p },
-        max_new_tokens: settings.max_new_tokens,
-        seed: settings.seed,
-        stop: settings.stop.clone(),
-        sampler: SamplerPlacement::Auto,
-    };
+    let decode = cfg.decode_settings();
     for unit in my_units {
-        let todo: Vec<usize> = unit.clone().filter(|&i| !done.contains(&questions[i].id)).collect();
+        let todo: Vec<usize> = unit
+            .clone()
+            .filter(|&i| !done.contains(&questions[i].id))
+            .collect();
         if todo.is_empty() {
             continue;
         }
@@ -189,18 +263,29 @@ pub fn sample_questions(
         // samples depend on which rows share the batch.
         let prompts: Vec<Vec<u32>> = unit
             .clone()
-            .map(|i| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(&questions[i].question))))
+            .map(|i| {
+                encode(
+                    &lm.tokenizer,
+                    &lm.chat
+                        .render_prompt(&east_messages(&questions[i].question)),
+                )
+            })
             .collect::<Result<_, _>>()?;
         let mut per_question: Vec<Vec<Generation>> = vec![Vec::new(); unit.len()];
         // n larger than a batch: the question's samples are decoded in chunks of batch_rows.
-        let chunk = settings.batch_rows.min(settings.n).max(1);
+        let chunk = cfg.batch_rows.min(cfg.n).max(1);
         let mut first = 0;
-        while first < settings.n {
-            let take = chunk.min(settings.n - first);
+        while first < cfg.n {
+            let take = chunk.min(cfg.n - first);
             let requests: Vec<Request> = unit
                 .clone()
                 .zip(&prompts)
-                .map(|(i, p)| Request { prompt_ids: p.clone(), id: questions[i].id.clone(), first_sample: first, samples: take })
+                .map(|(i, p)| Request {
+                    prompt_ids: p.clone(),
+                    id: questions[i].id.clone(),
+                    first_sample: first,
+                    samples: take,
+                })
                 .collect();
             let unit_start = Instant::now();
             let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
@@ -255,12 +340,15 @@ pub fn sample_questions(
     })
 }
 
-
 /// Whether `out` is a complete samples file made with `settings` (what `east run` checks to skip
 /// sampling).
 pub fn is_complete(out: &Path, settings: &SampleSettings) -> bool {
-    let Ok(text) = std::fs::read_to_string(meta_path(out)) else { return false };
-    let Ok(meta) = serde_json::from_str::<SampleMeta>(&text) else { return false };
+    let Ok(text) = std::fs::read_to_string(meta_path(out)) else {
+        return false;
+    };
+    let Ok(meta) = serde_json::from_str::<SampleMeta>(&text) else {
+        return false;
+    };
     meta.complete && meta.shard.is_none() && &meta.settings == settings && out.exists()
 }
 
@@ -271,22 +359,37 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     let mut counts: Option<(SampleSettings, usize)> = None;
     for input in inputs {
         let meta: SampleMeta = serde_json::from_str(
-            &std::fs::read_to_string(meta_path(input)).map_err(|e| InputError::io(&meta_path(input), e))?,
+            &std::fs::read_to_string(meta_path(input))
+                .map_err(|e| InputError::io(&meta_path(input), e))?,
         )
         .map_err(|e| InputError::file(&meta_path(input), format!("unreadable: {e}")))?;
         if !meta.complete {
-            anyhow::bail!("{} is not complete (its sampling run has not finished)", input.display());
+            anyhow::bail!(
+                "{} is not complete (its sampling run has not finished)",
+                input.display()
+            );
         }
         match &counts {
             None => counts = Some((meta.settings.clone(), meta.shard.map_or(1, |s| s.count))),
             Some((settings, _)) if *settings != meta.settings => {
-                anyhow::bail!("{} was sampled with other settings than {}", input.display(), inputs[0].display())
+                anyhow::bail!(
+                    "{} was sampled with other settings than {}",
+                    input.display(),
+                    inputs[0].display()
+                )
             }
             _ => {}
         }
         for (line, r) in read_jsonl::<SampleRecord>(input)? {
             r.validate(input, line)?;
-            let index = r.index.ok_or_else(|| InputError::field(input, line, "index", "missing: only files written by east sample can be merged"))?;
+            let index = r.index.ok_or_else(|| {
+                InputError::field(
+                    input,
+                    line,
+                    "index",
+                    "missing: only files written by east sample can be merged",
+                )
+            })?;
             all.push((index, r));
         }
     }
@@ -294,7 +397,10 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     let mut seen = HashSet::new();
     for (i, r) in &all {
         if !seen.insert(*i) {
-            anyhow::bail!("question `{}` (index {i}) appears in more than one input", r.id);
+            anyhow::bail!(
+                "question `{}` (index {i}) appears in more than one input",
+                r.id
+            );
         }
     }
     if let Some(gap) = (0..all.len()).find(|&k| all[k].0 != k) {
@@ -305,7 +411,15 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     for (_, r) in &all {
         writer.write_json_line(r)?;
     }
-    write_json_atomic(&meta_path(out), &SampleMeta { settings, shard: None, questions: all.len(), complete: true })?;
+    write_json_atomic(
+        &meta_path(out),
+        &SampleMeta {
+            settings,
+            shard: None,
+            questions: all.len(),
+            complete: true,
+        },
+    )?;
     writer.commit()?;
     Ok(all.len())
 }

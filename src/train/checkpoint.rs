@@ -50,7 +50,12 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
 pub fn write_tokenizer_files(dir: &Path, meta: &ModelMeta) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let have = |name: &str| -> anyhow::Result<bool> {
-        if let Some(src) = meta.dir.as_ref().map(|d| d.join(name)).filter(|p| p.is_file()) {
+        if let Some(src) = meta
+            .dir
+            .as_ref()
+            .map(|d| d.join(name))
+            .filter(|p| p.is_file())
+        {
             let dst = dir.join(name);
             if src.canonicalize().ok() != dst.canonicalize().ok() {
                 std::fs::copy(&src, &dst).map_err(io_err(&dst))?;
@@ -64,7 +69,10 @@ pub fn write_tokenizer_files(dir: &Path, meta: &ModelMeta) -> anyhow::Result<()>
         crate::io::write_json_atomic(&path, v).map_err(io_err(&path))
     };
     if !have("tokenizer.json")? {
-        let tj = meta.tokenizer_json.as_ref().context("the source model has no tokenizer.json to copy")?;
+        let tj = meta
+            .tokenizer_json
+            .as_ref()
+            .context("the source model has no tokenizer.json to copy")?;
         write_json("tokenizer.json", tj)?;
     }
     let tok = |id: u32| meta.tokenizer.id_to_token(id);
@@ -104,9 +112,17 @@ pub fn write_tokenizer_files(dir: &Path, meta: &ModelMeta) -> anyhow::Result<()>
 }
 
 /// Writes a full model folder from HF-named weights, stored as `dtype`.
-pub fn write_model_dir(dir: &Path, meta: &ModelMeta, weights: Vec<(String, Tensor)>, dtype: DType) -> anyhow::Result<()> {
+pub fn write_model_dir(
+    dir: &Path,
+    meta: &ModelMeta,
+    weights: Vec<(String, Tensor)>,
+    dtype: DType,
+) -> anyhow::Result<()> {
     let map: HashMap<String, Tensor> = weights.into_iter().collect();
-    let model = Llama::load(VarBuilder::from_tensors(map, dtype, &Device::Cpu), &meta.config)?;
+    let model = Llama::load(
+        VarBuilder::from_tensors(map, dtype, &Device::Cpu),
+        &meta.config,
+    )?;
     crate::model::load::save_checkpoint(&model, dir, Some(torch_dtype(dtype)))?;
     write_tokenizer_files(dir, meta)
 }
@@ -130,13 +146,21 @@ pub fn resume_dir(out: &Path) -> PathBuf {
 }
 
 fn save_tensors(path: &Path, list: &[(String, Tensor)]) -> anyhow::Result<()> {
-    let map: HashMap<String, Tensor> = list.iter().map(|(n, t)| Ok((n.clone(), t.contiguous()?))).collect::<candle_core::Result<_>>()?;
+    let map: HashMap<String, Tensor> = list
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .collect::<candle_core::Result<_>>()?;
     candle_core::safetensors::save(&map, path)?;
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(io_err(path))
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
 }
 
 fn load_tensors(path: &Path) -> anyhow::Result<Vec<(String, Tensor)>> {
-    Ok(candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("reading {}", path.display()))?.into_iter().collect())
+    Ok(candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?
+        .into_iter()
+        .collect())
 }
 
 fn sync_dir(dir: &Path) {
@@ -181,7 +205,9 @@ pub fn load_resume(out: &Path) -> anyhow::Result<Option<(ResumeState, EngineStat
         if let Ok(entries) = std::fs::read_dir(out) {
             let prefix = format!(".{RESUME}.old-");
             for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(&prefix) && e.path().join("state.json").is_file() {
+                if e.file_name().to_string_lossy().starts_with(&prefix)
+                    && e.path().join("state.json").is_file()
+                {
                     std::fs::rename(e.path(), &dst).map_err(io_err(&dst))?;
                     break;
                 }
@@ -193,9 +219,14 @@ pub fn load_resume(out: &Path) -> anyhow::Result<Option<(ResumeState, EngineStat
         return Ok(None);
     }
     let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
-    let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", state_path.display()))?;
-    let state: ResumeState = serde_json::from_value(v.clone()).with_context(|| format!("{}: not a resume state", state_path.display()))?;
-    let step = v.get("optimizer_step").and_then(Value::as_u64).unwrap_or(state.step as u64);
+    let v: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: invalid JSON", state_path.display()))?;
+    let state: ResumeState = serde_json::from_value(v.clone())
+        .with_context(|| format!("{}: not a resume state", state_path.display()))?;
+    let step = v
+        .get("optimizer_step")
+        .and_then(Value::as_u64)
+        .unwrap_or(state.step as u64);
     let engine = EngineState {
         step,
         params: load_tensors(&dst.join("params.safetensors"))?,

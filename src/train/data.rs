@@ -19,7 +19,7 @@ use super::engine::Packed;
 use crate::io::{InputError, JsonlBatches};
 use crate::model::tokenizer::encode;
 use crate::model::{ChatFormat, Message, Tokenizer};
-use crate::weight::Loss;
+use crate::schema::Loss;
 
 /// One training example, tokenised.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +45,10 @@ pub struct Example {
 impl Example {
     /// Tokens the policy processes for this example (prompt repeated per completion).
     pub fn tokens(&self) -> usize {
-        self.completions.iter().map(|c| self.prompt.len() + c.len()).sum()
+        self.completions
+            .iter()
+            .map(|c| self.prompt.len() + c.len())
+            .sum()
     }
 }
 
@@ -84,7 +87,12 @@ fn parse_text(v: &Value, field: &str, path: &Path, line: usize) -> Result<Text, 
         Value::String(s) => Ok(Text::Plain(s.clone())),
         Value::Array(items) => {
             if items.is_empty() {
-                return Err(InputError::field(path, line, field, "is an empty list of messages"));
+                return Err(InputError::field(
+                    path,
+                    line,
+                    field,
+                    "is an empty list of messages",
+                ));
             }
             let mut out = Vec::with_capacity(items.len());
             for (i, m) in items.iter().enumerate() {
@@ -97,7 +105,9 @@ fn parse_text(v: &Value, field: &str, path: &Path, line: usize) -> Result<Text, 
                             path,
                             line,
                             field,
-                            format!("message {i} must be an object with string `role` and `content`"),
+                            format!(
+                                "message {i} must be an object with string `role` and `content`"
+                            ),
                         ))
                     }
                 }
@@ -109,7 +119,10 @@ fn parse_text(v: &Value, field: &str, path: &Path, line: usize) -> Result<Text, 
             path,
             line,
             field,
-            format!("must be a string or a list of messages, got {}", type_name(other)),
+            format!(
+                "must be a string or a list of messages, got {}",
+                type_name(other)
+            ),
         )),
     }
 }
@@ -136,14 +149,29 @@ struct Rendered {
     weight: f64,
 }
 
-fn render_row(v: &Value, loss: Loss, tk: &Tokenizing, path: &Path, line: usize) -> Result<Rendered, InputError> {
-    let obj = v.as_object().ok_or_else(|| InputError::line(path, line, "expected a JSON object"))?;
+fn render_row(
+    v: &Value,
+    loss: Loss,
+    tk: &Tokenizing,
+    path: &Path,
+    line: usize,
+) -> Result<Rendered, InputError> {
+    let obj = v
+        .as_object()
+        .ok_or_else(|| InputError::line(path, line, "expected a JSON object"))?;
     let get = |k: &str| obj.get(k).unwrap_or(&Value::Null);
     let id = match get("id") {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Null => format!("line {line}"),
-        other => return Err(InputError::field(path, line, "id", format!("must be a string, got {}", type_name(other)))),
+        other => {
+            return Err(InputError::field(
+                path,
+                line,
+                "id",
+                format!("must be a string, got {}", type_name(other)),
+            ))
+        }
     };
     if obj.contains_key("messages") && !obj.contains_key("prompt") {
         return Err(InputError::field(
@@ -170,7 +198,12 @@ fn render_row(v: &Value, loss: Loss, tk: &Tokenizing, path: &Path, line: usize) 
             (Text::Plain(_), Text::Plain(s)) => s,
             (Text::Messages(pm), Text::Messages(cm)) => {
                 if let Some(bad) = cm.iter().find(|m| m.role != "assistant") {
-                    return Err(InputError::field(path, line, f, format!("messages must have role `assistant`, got `{}`", bad.role)));
+                    return Err(InputError::field(
+                        path,
+                        line,
+                        f,
+                        format!("messages must have role `assistant`, got `{}`", bad.role),
+                    ));
                 }
                 let mut all = pm.clone();
                 all.extend(cm);
@@ -183,10 +216,20 @@ fn render_row(v: &Value, loss: Loss, tk: &Tokenizing, path: &Path, line: usize) 
                 }
             }
             (Text::Plain(_), Text::Messages(_)) => {
-                return Err(InputError::field(path, line, f, "is a list of messages but `prompt` is a string (use one form per row)"))
+                return Err(InputError::field(
+                    path,
+                    line,
+                    f,
+                    "is a list of messages but `prompt` is a string (use one form per row)",
+                ))
             }
             (Text::Messages(_), Text::Plain(_)) => {
-                return Err(InputError::field(path, line, f, "is a string but `prompt` is a list of messages (use one form per row)"))
+                return Err(InputError::field(
+                    path,
+                    line,
+                    f,
+                    "is a string but `prompt` is a list of messages (use one form per row)",
+                ))
             }
         };
         if text.is_empty() {
@@ -200,8 +243,22 @@ fn render_row(v: &Value, loss: Loss, tk: &Tokenizing, path: &Path, line: usize) 
     let label = if loss == Loss::Kto {
         match get("label") {
             Value::Bool(b) => Some(*b),
-            Value::Null => return Err(InputError::field(path, line, "label", "is missing (KTO rows need `label`: true or false)")),
-            other => return Err(InputError::field(path, line, "label", format!("must be true or false, got {}", type_name(other)))),
+            Value::Null => {
+                return Err(InputError::field(
+                    path,
+                    line,
+                    "label",
+                    "is missing (KTO rows need `label`: true or false)",
+                ))
+            }
+            other => {
+                return Err(InputError::field(
+                    path,
+                    line,
+                    "label",
+                    format!("must be true or false, got {}", type_name(other)),
+                ))
+            }
         }
     } else {
         None
@@ -225,7 +282,15 @@ fn render_row(v: &Value, loss: Loss, tk: &Tokenizing, path: &Path, line: usize) 
         }
         other => return Err(InputError::field(path, line, "weight", format!("must be a number, got {}", type_name(other)))),
     };
-    Ok(Rendered { id, line, prompt: prompt_text, completions, standard, label, weight })
+    Ok(Rendered {
+        id,
+        line,
+        prompt: prompt_text,
+        completions,
+        standard,
+        label,
+        weight,
+    })
 }
 
 /// Cuts `prompt ++ completion` to `max_length`: the completion is kept whole while the prompt
@@ -236,7 +301,11 @@ pub fn truncate_prompt(prompt: &[u32], longest: usize, max_length: usize) -> (Ve
     if prompt.len() + longest <= max_length {
         return (prompt.to_vec(), false);
     }
-    let keep = prompt.len().min((max_length / 2).max(max_length.saturating_sub(longest))).min(max_length - 1).max(1);
+    let keep = prompt
+        .len()
+        .min((max_length / 2).max(max_length.saturating_sub(longest)))
+        .min(max_length - 1)
+        .max(1);
     (prompt[prompt.len() - keep..].to_vec(), keep < prompt.len())
 }
 
@@ -248,7 +317,8 @@ fn tokenize(r: Rendered, tk: &Tokenizing, path: &Path) -> Result<(Example, bool)
     }
     let mut completions = Vec::new();
     for (i, c) in r.completions.iter().enumerate() {
-        let mut ids = encode(tk.tokenizer, c).map_err(|e| err(if i == 0 { "completion" } else { "rejected" }, e))?;
+        let mut ids = encode(tk.tokenizer, c)
+            .map_err(|e| err(if i == 0 { "completion" } else { "rejected" }, e))?;
         if r.standard && ids.last() != Some(&tk.end_of_turn) {
             ids.push(tk.end_of_turn);
         }
@@ -287,13 +357,24 @@ pub fn load(path: &Path, loss: Loss, tk: &Tokenizing) -> anyhow::Result<TrainDat
     let mut raw = Vec::new();
     while let Some(batch) = lines.next_batch()? {
         for l in batch {
-            let v: Value = serde_json::from_str(&l.text)
-                .map_err(|e| InputError::line(path, l.number, format!("malformed JSON at column {}: {e}", e.column())))?;
+            let v: Value = serde_json::from_str(&l.text).map_err(|e| {
+                InputError::line(
+                    path,
+                    l.number,
+                    format!("malformed JSON at column {}: {e}", e.column()),
+                )
+            })?;
             raw.push((l.number, v));
         }
     }
-    let rendered: Vec<Rendered> = raw.iter().map(|(n, v)| render_row(v, loss, tk, path, *n)).collect::<Result<_, _>>()?;
-    let tokenized: Vec<(Example, bool)> = rendered.into_par_iter().map(|r| tokenize(r, tk, path)).collect::<Result<_, _>>()?;
+    let rendered: Vec<Rendered> = raw
+        .iter()
+        .map(|(n, v)| render_row(v, loss, tk, path, *n))
+        .collect::<Result<_, _>>()?;
+    let tokenized: Vec<(Example, bool)> = rendered
+        .into_par_iter()
+        .map(|r| tokenize(r, tk, path))
+        .collect::<Result<_, _>>()?;
     let standard = tokenized.iter().filter(|(_, s)| *s).count();
     let mut examples: Vec<Example> = tokenized.into_iter().map(|(e, _)| e).collect();
     if loss == Loss::Kto {
@@ -320,10 +401,16 @@ pub fn kl_partners(examples: &mut [Example], max_length: usize) {
     let n = examples.len();
     let partners: Vec<usize> = (0..n)
         .map(|i| {
-            (1..n).map(|d| (i + n - d) % n).find(|&j| examples[j].prompt != examples[i].prompt).unwrap_or((i + n - 1) % n)
+            (1..n)
+                .map(|d| (i + n - d) % n)
+                .find(|&j| examples[j].prompt != examples[i].prompt)
+                .unwrap_or((i + n - 1) % n)
         })
         .collect();
-    let completions: Vec<Vec<u32>> = partners.iter().map(|&j| examples[j].completions[0].clone()).collect();
+    let completions: Vec<Vec<u32>> = partners
+        .iter()
+        .map(|&j| examples[j].completions[0].clone())
+        .collect();
     for (e, c) in examples.iter_mut().zip(completions) {
         let (p, _) = truncate_prompt(&e.prompt, c.len(), max_length);
         let room = max_length - p.len();
@@ -351,7 +438,10 @@ pub fn pack(examples: &[&Example]) -> Packed {
 pub fn pack_kl(examples: &[&Example]) -> Packed {
     let mut p = Packed::new();
     for e in examples {
-        p.push(e.kl_prompt.as_ref().expect("KTO examples have KL rows"), e.kl_completion.as_ref().expect("KTO examples have KL rows"));
+        p.push(
+            e.kl_prompt.as_ref().expect("KTO examples have KL rows"),
+            e.kl_completion.as_ref().expect("KTO examples have KL rows"),
+        );
     }
     p
 }
@@ -405,7 +495,17 @@ mod tests {
         assert_eq!(p.tokens, vec![1, 2, 3, 4, 6, 7, 1, 2, 5, 6, 8, 9]);
         assert_eq!(p.rows, vec![0, 4, 6, 9, 12]);
         let t: Vec<(usize, u32, usize)> = p.targets.iter().map(|t| (t.pos, t.id, t.row)).collect();
-        assert_eq!(t, vec![(1, 3, 0), (2, 4, 0), (4, 7, 1), (7, 5, 2), (9, 8, 3), (10, 9, 3)]);
+        assert_eq!(
+            t,
+            vec![
+                (1, 3, 0),
+                (2, 4, 0),
+                (4, 7, 1),
+                (7, 5, 2),
+                (9, 8, 3),
+                (10, 9, 3)
+            ]
+        );
         assert_eq!(p.positions(), vec![0, 1, 2, 3, 0, 1, 0, 1, 2, 0, 1, 2]);
     }
 

@@ -1,15 +1,26 @@
 //! `east train`: the entropy-weighted SFT/DPO/KTO training stage.
+//!
+//! * [`trainer`]: the training loop (`train`), read top to bottom.
+//! * [`loss`]: the weighted losses and their gradient coefficients, as pure functions.
+//! * [`data`]: train.jsonl → tokenised examples → packed micro-batches.
+//! * [`optim`]: AdamW hyperparameters, learning-rate schedules, gradient clipping.
+//! * [`engine`]: the [`Engine`] trait and its two implementations (the CPU engine with
+//!   hand-written backward passes, and candle autograd for CUDA).
+//! * [`checkpoint`]: final checkpoints (HF folder or PEFT adapter) and resume checkpoints.
+//! * [`reference`]: DPO/KTO's frozen reference log-probabilities, cached beside the data.
+//! * [`identity`]: the fingerprints that decide whether a rerun resumes, skips or refuses.
+//! * [`config`]: the `[train]` section.
 
-pub mod autograd;
 pub mod checkpoint;
-pub mod cpu;
+pub mod config;
 pub mod data;
 pub mod engine;
-pub mod inplace_adamw;
+pub mod identity;
 pub mod loss;
 pub mod optim;
-pub mod profile;
+pub mod reference;
 pub mod trainer;
 
-pub use engine::{Engine, LoraSpec, Packed, RowStats};
+pub use config::TrainConfig;
+pub use engine::{Engine, EngineChoice, LoraSpec, Packed, RowStats};
 pub use trainer::{train, TrainJob, TrainReport};

@@ -1,28 +1,32 @@
-//! The training loop of `east train`: epochs of seeded shuffles, batches of `batch_size`
-//! examples accumulated from micro-batches, the weighted loss, global gradient-norm clipping,
-//! AdamW with warmup and linear (or cosine) decay, a JSON-lines log, resume checkpoints, and
-//! the final checkpoint (a Hugging Face folder, or a PEFT adapter with LoRA).
+//! The training loop of `east train`, read top to bottom in [`train`]: prepare (model, data,
+//! engine, reference log-probabilities, resume), then per optimiser step the micro-batches
+//! (forward, weighted loss, backward), the clipped AdamW step with warmup and decay, a JSON line
+//! in `train_log.jsonl` and a resume checkpoint every `save_steps`; finally the checkpoint (a
+//! Hugging Face folder, or a PEFT adapter with LoRA, merged on request).
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use candle_core::{DType, Device};
+use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use super::autograd::AutogradEngine;
 use super::checkpoint::{self, ModelMeta, ResumeState};
-use super::cpu::CpuEngine;
-use super::data::{self, Example, TrainData, Tokenizing};
-use super::engine::{Engine, LoraSpec, Packed};
-use super::loss::{LossConfig, Metrics, Weighting};
-use super::optim::{clip_scale, lr_at, warmup_steps, AdamW, Schedule};
-use crate::config::{ModelConfig, TrainConfig};
-use crate::model::{LoadedModel, ModelSource};
-use crate::weight::Loss;
+use super::config::TrainConfig;
+use super::data::{self, Example, Tokenizing, TrainData};
+use super::engine::autograd::AutogradEngine;
+use super::engine::cpu::CpuEngine;
+use super::engine::{Engine, EngineChoice, LoraSpec};
+use super::identity::{model_fingerprint, reference_key, run_fingerprint};
+use super::loss::{KtoRows, LossConfig, LossOut, Metrics, Rows, Weighting};
+use super::optim::{clip_scale, lr_at, warmup_steps, AdamW};
+use super::reference::{reference_logps, RefLogps};
+use crate::model::{LoadedModel, ModelConfig, ModelSource};
+use crate::schema::Loss;
 
 /// One `east train` run.
 #[derive(Debug, Clone)]
@@ -31,13 +35,26 @@ pub struct TrainJob {
     pub data: PathBuf,
     pub out: PathBuf,
     pub train: TrainConfig,
-    /// The DPO/KTO β in force.
-    pub beta: f64,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
     /// Time the autograd engine's phases (forward, head, backward, optimizer…) into
     /// [`TrainReport::phases`]; each phase waits for the GPU, which slows training down.
     pub profile: bool,
+}
+
+impl TrainJob {
+    /// A job with a progress bar when stderr is a terminal, and no profiling.
+    pub fn new(model: ModelConfig, train: TrainConfig, data: PathBuf, out: PathBuf) -> Self {
+        let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        TrainJob {
+            model,
+            data,
+            out,
+            train,
+            progress,
+            profile: false,
+        }
+    }
 }
 
 /// What a run did.
@@ -61,502 +78,670 @@ pub struct TrainReport {
     pub phases: std::collections::BTreeMap<String, (f64, u64)>,
 }
 
-/// (size, modification time) of the files that make up a model, for fingerprints.
-fn files_fingerprint(h: &mut Sha256, path: &Path) {
-    let mut files: Vec<PathBuf> = if path.is_dir() {
-        std::fs::read_dir(path)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
-            .unwrap_or_default()
-    } else {
-        vec![path.to_path_buf()]
-    };
-    files.sort();
-    for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        if !(name.ends_with(".json") || name.ends_with(".safetensors") || name.ends_with(".gguf")) {
-            continue;
-        }
-        let meta = std::fs::metadata(&f).ok();
-        let mtime = meta.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-        h.update(name.as_bytes());
-        h.update(meta.map(|m| m.len()).unwrap_or(0).to_le_bytes());
-        h.update(mtime.to_le_bytes());
-    }
-}
-
-/// Identifies the starting model: where it came from and its files' sizes and times.
-pub fn model_fingerprint(lm: &LoadedModel, adapter: Option<&str>, dtype: DType) -> String {
-    let mut h = Sha256::new();
-    h.update(lm.spec.as_bytes());
-    match &lm.source {
-        ModelSource::Gguf(p) | ModelSource::Folder(p) => {
-            h.update(p.canonicalize().unwrap_or_else(|_| p.clone()).to_string_lossy().as_bytes());
-            files_fingerprint(&mut h, p);
-        }
-        ModelSource::Hub { repo, revision } => {
-            h.update(repo.as_bytes());
-            h.update(revision.clone().unwrap_or_default().as_bytes());
-            if let Some(d) = &lm.dir {
-                files_fingerprint(&mut h, d);
-            }
-        }
-    }
-    if let Some(a) = adapter {
-        h.update(b"adapter");
-        files_fingerprint(&mut h, Path::new(a));
-    }
-    h.update(format!("{dtype:?}").as_bytes());
-    format!("{:x}", h.finalize())
-}
-
-fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
-    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    z ^ (z >> 33)
-}
-
-/// Reference log-probabilities of every example's rows (DPO: chosen, rejected; KTO:
-/// completion, KL row), from the starting model, cached beside the data file.
-pub struct RefLogps {
-    pub values: Vec<Vec<f64>>,
-    pub cache: Option<PathBuf>,
-    pub computed: bool,
-}
-
-fn ref_rows(loss: Loss) -> usize {
-    match loss {
-        Loss::Sft => 0,
-        Loss::Dpo => 2,
-        Loss::Kto => 2,
-    }
-}
-
-/// Reads the cache or scores the examples with `engine` (which must hold the starting
-/// weights) and writes the cache.
-pub fn reference_logps(engine: &mut dyn Engine, data: &TrainData, key: &str, progress: bool) -> anyhow::Result<RefLogps> {
-    let name = data.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "train.jsonl".into());
-    let cache = data.path.with_file_name(format!("{name}.ref-{}.json", &key[..16]));
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        if let Ok(v) = serde_json::from_str::<Value>(&text) {
-            if v.get("key").and_then(Value::as_str) == Some(key) {
-                let values: Option<Vec<Vec<f64>>> = v.get("logps").and_then(|l| serde_json::from_value(l.clone()).ok());
-                if let Some(values) = values.filter(|vals| vals.len() == data.examples.len()) {
-                    return Ok(RefLogps { values, cache: Some(cache), computed: false });
-                }
-            }
-        }
-    }
-    // Score in groups of similar length (bounded tokens per forward).
-    let mut order: Vec<usize> = (0..data.examples.len()).collect();
-    order.sort_by_key(|&i| data.examples[i].tokens());
-    let budget = 8192usize;
-    let mut values = vec![Vec::new(); data.examples.len()];
-    let bar = progress.then(|| crate::progress::items_bar(data.examples.len() as u64, "reference"));
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        let mut tokens = 0;
-        while j < order.len() && (j == i || tokens + data.examples[order[j]].tokens() <= budget) {
-            tokens += data.examples[order[j]].tokens();
-            j += 1;
-        }
-        let exs: Vec<&Example> = order[i..j].iter().map(|&k| &data.examples[k]).collect();
-        let main = engine.score(&data::pack(&exs))?;
-        let m = exs.len();
-        for (k, &idx) in order[i..j].iter().enumerate() {
-            values[idx] = match data.loss {
-                Loss::Dpo => vec![main[k].logp, main[m + k].logp],
-                _ => vec![main[k].logp],
-            };
-        }
-        if data.loss == Loss::Kto {
-            let kl = engine.score(&data::pack_kl(&exs))?;
-            for (k, &idx) in order[i..j].iter().enumerate() {
-                values[idx].push(kl[k].logp);
-            }
-        }
-        if let Some(b) = &bar {
-            b.inc((j - i) as u64);
-        }
-        i = j;
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    for (v, e) in values.iter().zip(&data.examples) {
-        if v.len() != ref_rows(data.loss) || v.iter().any(|x| !x.is_finite()) {
-            bail!("{}:{}: the reference log-probability is not finite", data.path.display(), e.line);
-        }
-    }
-    let doc = json!({"key": key, "data": data.path, "loss": data.loss, "logps": values});
-    let written = crate::io::write_json_atomic(&cache, &doc).is_ok();
-    Ok(RefLogps { values, cache: written.then_some(cache), computed: true })
-}
-
-/// Keeps the first `lines` lines of the log (the steps a resume checkpoint covers).
-fn truncate_log(path: &Path, lines: usize) -> anyhow::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let kept: String = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).take(lines).collect();
-    std::fs::write(path, kept).with_context(|| format!("writing {}", path.display()))
-}
-
-fn make_engine(model: &crate::model::Llama, lora: Option<LoraSpec>, seed: u64, choice: &str, profile: bool) -> anyhow::Result<(Box<dyn Engine>, String)> {
-    let cpu = matches!(model.device(), Device::Cpu);
-    let dtype = model.dtype();
-    let cpu_ok = cpu && matches!(dtype, DType::F32 | DType::F64);
-    match (choice, cpu_ok) {
-        ("cpu", false) => bail!("train.engine = cpu needs the CPU and f32 or f64 weights (model is {dtype:?} on {:?})", model.device()),
-        ("auto" | "cpu", true) if dtype == DType::F64 => Ok((Box::new(CpuEngine::<f64>::new(model, lora, seed)?), "cpu-f64".into())),
-        ("auto" | "cpu", true) => Ok((Box::new(CpuEngine::<f32>::new(model, lora, seed)?), "cpu".into())),
-        _ => {
-            let mut engine = AutogradEngine::new(model, lora, seed)?;
-            if profile {
-                engine.profile = super::profile::PhaseProfile::enabled();
-            }
-            Ok((Box::new(engine), format!("autograd-{}", format!("{dtype:?}").to_lowercase())))
-        }
-    }
-}
-
 /// Runs `east train`.
 pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     let started = Instant::now();
-    let t = &job.train;
-    let loss_cfg = LossConfig {
-        loss: t.loss,
-        beta: job.beta,
-        desirable_weight: t.desirable_weight,
-        undesirable_weight: t.undesirable_weight,
-        weighting: Weighting::parse(&t.weighting)?,
+    let mut run = match Run::prepare(job)? {
+        Prepared::AlreadyDone(report) => return Ok(report),
+        Prepared::Ready(run) => run,
     };
-    let schedule = Schedule::parse(&t.schedule)?;
-    let out = &job.out;
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let train_started = Instant::now();
+    for step in run.start..run.total {
+        let t0 = Instant::now();
+        let step_out = run.accumulate_gradients(step)?;
+        let (lr, grad_norm) = run.optimizer_step(step)?;
+        run.log_step(step, &step_out, lr, grad_norm, t0.elapsed().as_secs_f64())?;
+        run.save_if_due(step + 1)?;
+    }
+    run.finish(started, train_started.elapsed().as_secs_f64())
+}
 
-    let lm = crate::runtime::load_model(&job.model)?;
-    let dtype = lm.model.dtype();
-    let end_of_turn = lm.tokenizer.token_to_id(lm.chat.end_of_turn()).unwrap_or(lm.eos_ids[0]);
+/// Either the output already holds this run, finished, or everything needed to train.
+enum Prepared {
+    AlreadyDone(TrainReport),
+    Ready(Box<Run>),
+}
+
+/// A training run in progress: the data, the engine, the schedule and the log.
+struct Run {
+    job: TrainJob,
+    data: TrainData,
+    loss: LossConfig,
+    engine: Box<dyn Engine>,
+    engine_name: String,
+    refs: Option<RefLogps>,
+    /// What the final checkpoint needs of the source model.
+    meta: ModelMeta,
+    base_spec: String,
+    dtype: DType,
+    lora: Option<LoraSpec>,
+    fingerprint: String,
+    opt: AdamW,
+    /// Steps: the first to run (after a resume), the total, per epoch, of warmup.
+    start: usize,
+    total: usize,
+    per_epoch: usize,
+    warmup: usize,
+    /// The current epoch's shuffle.
+    order: (usize, Vec<usize>),
+    log: StepLog,
+    bar: Option<ProgressBar>,
+    last_loss: Option<f64>,
+    last_saved: usize,
+    tokens_done: usize,
+}
+
+/// What one optimiser step's micro-batches added up to.
+struct StepOut {
+    loss: f64,
+    tokens: usize,
+    metrics: Metrics,
+}
+
+impl Run {
+    /// Loads the model and data, refuses an output folder of another run, builds the engine,
+    /// computes the reference log-probabilities and restores a resume checkpoint.
+    fn prepare(job: &TrainJob) -> anyhow::Result<Prepared> {
+        let t = &job.train;
+        std::fs::create_dir_all(&job.out)
+            .with_context(|| format!("creating {}", job.out.display()))?;
+        let lm = crate::model::load_model(&job.model)?;
+        let dtype = lm.model.dtype();
+        let loss = LossConfig {
+            loss: t.loss,
+            beta: t.beta(),
+            desirable_weight: t.desirable_weight,
+            undesirable_weight: t.undesirable_weight,
+            weighting: t.weighting,
+        };
+        let data = load_data(&lm, job)?;
+        let model_fp = model_fingerprint(&lm, job.model.adapter.as_deref(), dtype);
+        let fingerprint = run_fingerprint(&model_fp, &data.sha256, t, &job.model);
+        if let Some(report) = finished_run(job, &fingerprint, &data)? {
+            return Ok(Prepared::AlreadyDone(report));
+        }
+        let resume = checkpoint::load_resume(&job.out)?;
+        if resume
+            .as_ref()
+            .is_some_and(|(r, _)| r.fingerprint != fingerprint)
+        {
+            bail!(
+                "{} holds a resume checkpoint of a run with other settings (model, data or [train] keys differ); rerun with the same settings to resume, or use another --out",
+                checkpoint::resume_dir(&job.out).display()
+            );
+        }
+
+        let base_spec = match &lm.source {
+            ModelSource::Gguf(p) | ModelSource::Folder(p) => p
+                .canonicalize()
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+            ModelSource::Hub { .. } => lm.spec.clone(),
+        };
+        let LoadedModel {
+            model,
+            tokenizer,
+            config,
+            chat_template,
+            eos_ids,
+            bos_id,
+            pad_id,
+            dir,
+            tokenizer_json,
+            ..
+        } = lm;
+        let meta = ModelMeta {
+            config,
+            tokenizer,
+            tokenizer_json,
+            dir,
+            chat_template,
+            eos_ids,
+            bos_id,
+            pad_id,
+        };
+        let lora = t.lora.then(|| LoraSpec {
+            rank: t.lora_rank,
+            alpha: t.lora_alpha,
+            dropout: t.lora_dropout,
+            targets: t.lora_targets.clone(),
+        });
+        let (mut engine, engine_name) =
+            make_engine(&model, lora.clone(), t.seed, t.engine, job.profile)?;
+        drop(model);
+
+        // Reference log-probabilities come from the starting weights, before a resume loads others.
+        let refs = match t.loss.needs_rejected() {
+            true => {
+                let key =
+                    reference_key(&model_fp, &data.sha256, t.loss, t.max_length, &engine_name);
+                Some(reference_logps(engine.as_mut(), &data, &key, job.progress)?)
+            }
+            false => None,
+        };
+
+        let per_epoch = data.examples.len().div_ceil(t.batch_size);
+        let total = t.max_steps.unwrap_or(t.epochs * per_epoch);
+        let (start, log) = match resume {
+            Some((r, state)) => {
+                engine.load_state(state)?;
+                (r.step, StepLog::reopen(&job.out, r.log_lines)?)
+            }
+            None => (0, StepLog::create(&job.out)?),
+        };
+        if job.progress {
+            eprintln!(
+                "east train: {} examples ({} truncated), {total} steps of {} ({per_epoch} per epoch), {} loss, {engine_name} engine{}",
+                data.examples.len(),
+                data.truncated,
+                t.batch_size,
+                t.loss.name(),
+                if t.lora { format!(", LoRA r={} α={}", t.lora_rank, t.lora_alpha) } else { String::new() }
+            );
+        }
+        let bar = job.progress.then(|| {
+            let b = crate::progress::items_bar(total as u64, "train");
+            b.set_position(start as u64);
+            b
+        });
+        Ok(Prepared::Ready(Box::new(Run {
+            job: job.clone(),
+            data,
+            loss,
+            engine,
+            engine_name,
+            refs,
+            meta,
+            base_spec,
+            dtype,
+            lora,
+            fingerprint,
+            opt: AdamW {
+                weight_decay: t.weight_decay,
+                ..AdamW::default()
+            },
+            start,
+            total,
+            per_epoch,
+            warmup: warmup_steps(total, t.warmup_ratio),
+            order: (usize::MAX, Vec::new()),
+            log,
+            bar,
+            last_loss: None,
+            last_saved: start,
+            tokens_done: 0,
+        })))
+    }
+
+    /// The examples of optimiser step `step`: the next `batch_size` of the epoch's shuffle.
+    fn batch(&mut self, step: usize) -> Vec<usize> {
+        let t = &self.job.train;
+        let epoch = step / self.per_epoch;
+        if self.order.0 != epoch {
+            self.order = (
+                epoch,
+                data::epoch_order(self.data.examples.len(), t.seed, epoch),
+            );
+        }
+        let k = step % self.per_epoch;
+        let n = self.data.examples.len();
+        self.order.1[k * t.batch_size..((k + 1) * t.batch_size).min(n)].to_vec()
+    }
+
+    /// Forward, loss and backward of every micro-batch of step `step`; the gradients add up.
+    fn accumulate_gradients(&mut self, step: usize) -> anyhow::Result<StepOut> {
+        let batch = self.batch(step);
+        let mut out = StepOut {
+            loss: 0.0,
+            tokens: 0,
+            metrics: Metrics::default(),
+        };
+        for (mi, micro) in batch.chunks(self.job.train.micro_batch_size).enumerate() {
+            let seed = dropout_seed(self.job.train.seed, step, mi);
+            let (lo, tokens) = self.micro_batch(step, micro, batch.len(), seed)?;
+            out.loss += lo.loss;
+            out.tokens += tokens;
+            out.metrics.add(&lo.metrics);
+        }
+        Ok(out)
+    }
+
+    /// One micro-batch (`micro`: example indices) of a step of `batch_examples` examples.
+    /// Returns its loss and the tokens it processed.
+    fn micro_batch(
+        &mut self,
+        step: usize,
+        micro: &[usize],
+        batch_examples: usize,
+        seed: u64,
+    ) -> anyhow::Result<(LossOut, usize)> {
+        let loss_kind = self.job.train.loss;
+        let exs: Vec<&Example> = micro.iter().map(|&i| &self.data.examples[i]).collect();
+        let packed = data::pack(&exs);
+        let weights: Vec<f64> = exs.iter().map(|e| e.weight).collect();
+        let resp_tokens: Vec<usize> = exs.iter().map(|e| e.completions[0].len()).collect();
+        // SFT with fixed weights: the coefficients are known before the forward, which then
+        // computes the output layer's gradient in the same pass.
+        let known = self
+            .loss
+            .known_coefs(&weights, &resp_tokens, batch_examples);
+        let refs = self.refs.as_ref().map(|r| r.rows(micro, loss_kind));
+        let kl = match (loss_kind, &self.refs) {
+            (Loss::Kto, Some(r)) => {
+                let policy: Vec<f64> = self
+                    .engine
+                    .score(&data::pack_kl(&exs))?
+                    .iter()
+                    .map(|s| s.logp)
+                    .collect();
+                Some((policy, r.kl_rows(micro)))
+            }
+            _ => None,
+        };
+        let labels: Vec<bool> = exs.iter().map(|e| e.label.unwrap_or(true)).collect();
+        let stats = self.engine.forward(&packed, known.as_deref(), seed)?;
+        let rows = match (loss_kind, &refs, &kl) {
+            (Loss::Sft, _, _) => Rows::Sft(&stats),
+            (Loss::Dpo, Some(r), _) => Rows::dpo(&stats, r),
+            (Loss::Kto, Some(r), Some((kp, kr))) => Rows::Kto(KtoRows {
+                policy: &stats,
+                reference: r,
+                desirable: &labels,
+                kl_policy: kp,
+                kl_reference: kr,
+            }),
+            _ => bail!("{} needs reference log-probabilities", loss_kind.name()),
+        };
+        let lo = self.loss.compute(&rows, &weights, batch_examples)?;
+        if !lo.loss.is_finite() || lo.coefs.iter().any(|c| !c.is_finite()) {
+            self.engine.discard();
+            let ids: Vec<&str> = exs.iter().map(|e| e.id.as_str()).collect();
+            bail!(
+                "step {}: the loss is not finite ({}) on examples {ids:?}; training stopped. {}",
+                step + 1,
+                lo.loss,
+                self.resume_note()
+            );
+        }
+        self.engine.backward(if known.is_some() {
+            None
+        } else {
+            Some(&lo.coefs)
+        })?;
+        Ok((lo, packed.tokens.len()))
+    }
+
+    /// Clips the accumulated gradients to `max_grad_norm` and takes the AdamW step at the
+    /// scheduled learning rate. Returns (learning rate, gradient norm before clipping).
+    fn optimizer_step(&mut self, step: usize) -> anyhow::Result<(f64, f64)> {
+        let t = &self.job.train;
+        let grad_norm = self.engine.grad_sq_norm()?.sqrt();
+        if !grad_norm.is_finite() {
+            bail!(
+                "step {}: the gradient norm is not finite; training stopped before the update. {}",
+                step + 1,
+                self.resume_note()
+            );
+        }
+        let lr = lr_at(t.lr, step, self.total, self.warmup, t.schedule);
+        self.engine
+            .step(&self.opt, lr, clip_scale(grad_norm, t.max_grad_norm))?;
+        Ok((lr, grad_norm))
+    }
+
+    /// Appends the step's line to `train_log.jsonl` and advances the progress bar.
+    fn log_step(
+        &mut self,
+        step: usize,
+        s: &StepOut,
+        lr: f64,
+        grad_norm: f64,
+        seconds: f64,
+    ) -> anyhow::Result<()> {
+        let epoch = (step + 1) as f64 / self.per_epoch as f64;
+        let line = step_line(
+            step + 1,
+            epoch,
+            s,
+            lr,
+            grad_norm,
+            seconds,
+            self.job.train.loss,
+        );
+        self.log.append(&line)?;
+        self.tokens_done += s.tokens;
+        self.last_loss = Some(s.loss);
+        if let Some(b) = &self.bar {
+            b.set_message(format!(
+                "loss {:.4} · {:.0} tok/s",
+                s.loss,
+                s.tokens as f64 / seconds
+            ));
+            b.inc(1);
+        }
+        Ok(())
+    }
+
+    /// Writes a resume checkpoint every `save_steps` optimiser steps (not after the last one:
+    /// the final checkpoint follows).
+    fn save_if_due(&mut self, done: usize) -> anyhow::Result<()> {
+        let every = self.job.train.save_steps;
+        if every == 0 || !done.is_multiple_of(every) || done >= self.total {
+            return Ok(());
+        }
+        self.log.sync();
+        let state = ResumeState {
+            fingerprint: self.fingerprint.clone(),
+            step: done,
+            total_steps: self.total,
+            log_lines: self.log.lines,
+        };
+        checkpoint::save_resume(&self.job.out, &state, &self.engine.state()?)?;
+        self.last_saved = done;
+        Ok(())
+    }
+
+    /// What survives a failure now, for error messages.
+    fn resume_note(&self) -> String {
+        match self.last_saved {
+            0 => "No checkpoint had been written yet.".to_string(),
+            s => format!(
+                "The resume checkpoint of step {s} in {} is intact.",
+                checkpoint::resume_dir(&self.job.out).display()
+            ),
+        }
+    }
+
+    /// Writes the final checkpoint and `trainer_state.json`, removes the resume checkpoint.
+    fn finish(mut self, started: Instant, train_seconds: f64) -> anyhow::Result<TrainReport> {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+        self.log.sync();
+        let (job, t) = (&self.job, &self.job.train);
+        self.engine.release_training_state();
+        let merge = t.lora && (t.merge || job.model.adapter.is_some());
+        match (self.engine.lora_weights()?, &self.lora) {
+            (Some(lw), Some(spec)) => {
+                crate::model::lora::write_adapter(
+                    &job.out,
+                    &lw,
+                    spec.rank,
+                    spec.alpha,
+                    spec.dropout,
+                    &spec.targets,
+                    &self.base_spec,
+                )?;
+                checkpoint::write_tokenizer_files(&job.out, &self.meta)?;
+                if merge {
+                    let mut base = self.engine.base_weights()?;
+                    crate::model::lora::merge_named(&mut base, &lw, spec.scale())?;
+                    checkpoint::write_model_dir(
+                        &job.out.join("merged"),
+                        &self.meta,
+                        base,
+                        self.dtype,
+                    )?;
+                }
+            }
+            _ => checkpoint::write_model_dir(
+                &job.out,
+                &self.meta,
+                self.engine.base_weights()?,
+                self.dtype,
+            )?,
+        }
+        let trained = self.total.saturating_sub(self.start);
+        let n = self.data.examples.len();
+        let state = json!({
+            "complete": true,
+            "fingerprint": self.fingerprint,
+            "global_step": self.total,
+            "epochs": self.total as f64 / self.per_epoch as f64,
+            "final_loss": self.last_loss,
+            "engine": self.engine_name,
+            "model": job.model.path,
+            "adapter": job.model.adapter,
+            "data": job.data,
+            "data_sha256": self.data.sha256,
+            "examples": n,
+            "truncated_examples": self.data.truncated,
+            "reference_cache": self.refs.as_ref().and_then(|r| r.cache.clone()),
+            "lora": t.lora,
+            "merged": merge,
+            "train": t,
+            "beta": t.beta(),
+        });
+        let state_path = job.out.join("trainer_state.json");
+        crate::io::write_json_atomic(&state_path, &state)
+            .with_context(|| format!("writing {}", state_path.display()))?;
+        checkpoint::remove_resume(&job.out)?;
+        Ok(TrainReport {
+            out: job.out.clone(),
+            examples: n,
+            steps: self.total,
+            total_steps: self.total,
+            resumed_from: self.start,
+            already_done: false,
+            final_loss: self.last_loss,
+            seconds: started.elapsed().as_secs_f64(),
+            tokens_per_s: if train_seconds > 0.0 && trained > 0 {
+                self.tokens_done as f64 / train_seconds
+            } else {
+                0.0
+            },
+            engine: self.engine_name.clone(),
+            truncated: self.data.truncated,
+            phases: self
+                .engine
+                .phase_times()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })
+    }
+}
+
+/// Tokenises the training file with the model's chat format.
+fn load_data(lm: &LoadedModel, job: &TrainJob) -> anyhow::Result<TrainData> {
+    let t = &job.train;
+    let end_of_turn = lm
+        .tokenizer
+        .token_to_id(lm.chat.end_of_turn())
+        .unwrap_or(lm.eos_ids[0]);
     let tk = Tokenizing {
         tokenizer: &lm.tokenizer,
         chat: lm.chat,
         end_of_turn,
         max_length: t.max_length,
-        require_weight: loss_cfg.weighting == Weighting::Data,
+        require_weight: t.weighting == Weighting::Data,
     };
     let data = data::load(&job.data, t.loss, &tk)?;
     if data.examples.is_empty() {
         bail!("{}: no training examples", job.data.display());
     }
-    let model_fp = model_fingerprint(&lm, job.model.adapter.as_deref(), dtype);
-    let mut settings = serde_json::to_value(t)?;
-    if let Some(o) = settings.as_object_mut() {
-        o.remove("save_steps");
-    }
-    let fingerprint = {
-        let mut h = Sha256::new();
-        h.update(b"east-train-v1");
-        h.update(model_fp.as_bytes());
-        h.update(data.sha256.as_bytes());
-        h.update(settings.to_string().as_bytes());
-        h.update(job.beta.to_le_bytes());
-        h.update(job.model.device.as_bytes());
-        format!("{:x}", h.finalize())
+    Ok(data)
+}
+
+/// A finished run in the output folder: its report when it is this run; an error when it is
+/// another one (never overwritten).
+fn finished_run(
+    job: &TrainJob,
+    fingerprint: &str,
+    data: &TrainData,
+) -> anyhow::Result<Option<TrainReport>> {
+    let Ok(text) = std::fs::read_to_string(job.out.join("trainer_state.json")) else {
+        return Ok(None);
     };
-
-    // A finished run with the same settings is not redone; another run's output is not overwritten.
-    let state_path = out.join("trainer_state.json");
-    if let Ok(text) = std::fs::read_to_string(&state_path) {
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if v.get("complete").and_then(Value::as_bool) == Some(true) {
-            if v.get("fingerprint").and_then(Value::as_str) == Some(fingerprint.as_str()) {
-                return Ok(TrainReport {
-                    out: out.clone(),
-                    examples: data.examples.len(),
-                    steps: v.get("global_step").and_then(Value::as_u64).unwrap_or(0) as usize,
-                    total_steps: v.get("global_step").and_then(Value::as_u64).unwrap_or(0) as usize,
-                    resumed_from: 0,
-                    already_done: true,
-                    final_loss: v.get("final_loss").and_then(Value::as_f64),
-                    seconds: started.elapsed().as_secs_f64(),
-                    tokens_per_s: 0.0,
-                    engine: v.get("engine").and_then(Value::as_str).unwrap_or("").into(),
-                    truncated: data.truncated,
-                    phases: Default::default(),
-                });
-            }
-            bail!(
-                "{} holds a finished training run with other settings (model, data or [train] keys differ); use another --out or remove it",
-                out.display()
-            );
-        }
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if v.get("complete").and_then(Value::as_bool) != Some(true) {
+        return Ok(None);
     }
-    let resume = checkpoint::load_resume(out)?;
-    if let Some((r, _)) = &resume {
-        if r.fingerprint != fingerprint {
-            bail!(
-                "{} holds a resume checkpoint of a run with other settings (model, data or [train] keys differ); rerun with the same settings to resume, or use another --out",
-                checkpoint::resume_dir(out).display()
-            );
-        }
-    }
-
-    let LoadedModel { model, tokenizer, config, chat_template, eos_ids, bos_id, pad_id, dir, tokenizer_json, spec, source, .. } = lm;
-    let meta = ModelMeta { config: config.clone(), tokenizer, tokenizer_json, dir, chat_template, eos_ids, bos_id, pad_id };
-    let lora = t.lora.then(|| LoraSpec { rank: t.lora_rank, alpha: t.lora_alpha, dropout: t.lora_dropout, targets: t.lora_targets.clone() });
-    let (mut engine, engine_name) = make_engine(&model, lora.clone(), t.seed, &t.engine, job.profile)?;
-    drop(model);
-
-    // Reference log-probabilities from the starting weights (before a resume loads others).
-    let refs = if t.loss.needs_rejected() {
-        let key = {
-            let mut h = Sha256::new();
-            h.update(b"east-ref-v1");
-            h.update(model_fp.as_bytes());
-            h.update(data.sha256.as_bytes());
-            h.update(t.loss.name().as_bytes());
-            h.update(t.max_length.to_le_bytes());
-            h.update(engine_name.as_bytes());
-            format!("{:x}", h.finalize())
-        };
-        Some(reference_logps(engine.as_mut(), &data, &key, job.progress)?)
-    } else {
-        None
-    };
-
-    let n = data.examples.len();
-    let per_epoch = n.div_ceil(t.batch_size);
-    let total = t.max_steps.unwrap_or(t.epochs * per_epoch);
-    let warmup = warmup_steps(total, t.warmup_ratio);
-    if job.progress {
-        eprintln!(
-            "east train: {n} examples ({} truncated), {total} steps of {} ({per_epoch} per epoch), {} loss, {} engine{}",
-            data.truncated,
-            t.batch_size,
-            t.loss.name(),
-            engine_name,
-            if t.lora { format!(", LoRA r={} α={}", t.lora_rank, t.lora_alpha) } else { String::new() }
+    if v.get("fingerprint").and_then(Value::as_str) != Some(fingerprint) {
+        bail!(
+            "{} holds a finished training run with other settings (model, data or [train] keys differ); use another --out or remove it",
+            job.out.display()
         );
     }
-    let opt = AdamW { weight_decay: t.weight_decay, ..AdamW::default() };
-    let log_path = out.join("train_log.jsonl");
-    let mut start = 0;
-    let mut log_lines = 0;
-    match resume {
-        Some((r, st)) => {
-            engine.load_state(st)?;
-            start = r.step;
-            log_lines = r.log_lines;
-            truncate_log(&log_path, log_lines)?;
-        }
-        None => {
-            std::fs::write(&log_path, "").with_context(|| format!("writing {}", log_path.display()))?;
-        }
-    }
-    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).with_context(|| format!("opening {}", log_path.display()))?;
-    let bar = job.progress.then(|| {
-        let b = crate::progress::items_bar(total as u64, "train");
-        b.set_position(start as u64);
-        b
-    });
-    let mut order_epoch = usize::MAX;
-    let mut order = Vec::new();
-    let mut last_loss = None;
-    let mut tokens_done = 0usize;
-    let train_started = Instant::now();
-    let mut last_saved = start;
-    for step in start..total {
-        let t0 = Instant::now();
-        let epoch = step / per_epoch;
-        if epoch != order_epoch {
-            order = data::epoch_order(n, t.seed, epoch);
-            order_epoch = epoch;
-        }
-        let k = step % per_epoch;
-        let idx = &order[k * t.batch_size..((k + 1) * t.batch_size).min(n)];
-        let b = idx.len();
-        let mut step_loss = 0.0;
-        let mut metrics = Metrics::default();
-        let mut tokens = 0;
-        for (mi, micro) in idx.chunks(t.micro_batch_size).enumerate() {
-            let exs: Vec<&Example> = micro.iter().map(|&i| &data.examples[i]).collect();
-            let packed: Packed = data::pack(&exs);
-            tokens += packed.tokens.len();
-            let weights: Vec<f64> = exs.iter().map(|e| e.weight).collect();
-            let resp_tokens: Vec<usize> = exs.iter().map(|e| e.completions[0].len()).collect();
-            let known = loss_cfg.known_coefs(&weights, &resp_tokens, b);
-            let row_refs: Option<Vec<f64>> = refs.as_ref().map(|r| match t.loss {
-                Loss::Dpo => micro.iter().map(|&i| r.values[i][0]).chain(micro.iter().map(|&i| r.values[i][1])).collect(),
-                _ => micro.iter().map(|&i| r.values[i][0]).collect(),
-            });
-            let kl = if t.loss == Loss::Kto {
-                let kp: Vec<f64> = engine.score(&data::pack_kl(&exs))?.iter().map(|s| s.logp).collect();
-                let kr: Vec<f64> = micro.iter().map(|&i| refs.as_ref().expect("kto has refs").values[i][1]).collect();
-                Some((kp, kr))
-            } else {
-                None
-            };
-            let labels: Option<Vec<bool>> = (t.loss == Loss::Kto).then(|| exs.iter().map(|e| e.label.unwrap_or(true)).collect());
-            let stats = engine.forward(&packed, known.as_deref(), mix(t.seed, (step as u64) << 16 | mi as u64))?;
-            let lo = loss_cfg.compute(
-                &stats,
-                row_refs.as_deref(),
-                &weights,
-                labels.as_deref(),
-                kl.as_ref().map(|(a, b)| (a.as_slice(), b.as_slice())),
-                b,
-            )?;
-            if !lo.loss.is_finite() || lo.coefs.iter().any(|c| !c.is_finite()) {
-                engine.discard();
-                let ids: Vec<&str> = exs.iter().map(|e| e.id.as_str()).collect();
-                bail!(
-                    "step {}: the loss is not finite ({}) on examples {ids:?}; training stopped. {}",
-                    step + 1,
-                    lo.loss,
-                    if last_saved > 0 {
-                        format!("The resume checkpoint of step {last_saved} in {} is intact.", checkpoint::resume_dir(out).display())
-                    } else {
-                        "No checkpoint had been written yet.".to_string()
-                    }
-                );
-            }
-            engine.backward(if known.is_some() { None } else { Some(&lo.coefs) })?;
-            step_loss += lo.loss;
-            metrics.add(&lo.metrics);
-        }
-        let grad_norm = engine.grad_sq_norm()?.sqrt();
-        if !grad_norm.is_finite() {
-            bail!(
-                "step {}: the gradient norm is not finite; training stopped before the update. {}",
-                step + 1,
-                if last_saved > 0 {
-                    format!("The resume checkpoint of step {last_saved} in {} is intact.", checkpoint::resume_dir(out).display())
-                } else {
-                    "No checkpoint had been written yet.".to_string()
-                }
-            );
-        }
-        let lr = lr_at(t.lr, step, total, warmup, schedule);
-        engine.step(&opt, lr, clip_scale(grad_norm, t.max_grad_norm))?;
-        let dt = t0.elapsed().as_secs_f64();
-        tokens_done += tokens;
-        last_loss = Some(step_loss);
-        let mut line = json!({
-            "step": step + 1,
-            "epoch": (step + 1) as f64 / per_epoch as f64,
-            "loss": step_loss,
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens": tokens,
-            "tokens_per_s": tokens as f64 / dt,
-            "weight_mean": metrics.weight_sum / metrics.examples.max(1) as f64,
-        });
-        let mean = |s: f64, c: usize| if c > 0 { json!(s / c as f64) } else { Value::Null };
-        match t.loss {
-            Loss::Dpo => {
-                let c = mean(metrics.chosen_reward_sum, metrics.chosen_count);
-                let r = mean(metrics.rejected_reward_sum, metrics.rejected_count);
-                line["rewards/chosen"] = c;
-                line["rewards/rejected"] = r;
-                line["rewards/margins"] = mean(metrics.chosen_reward_sum - metrics.rejected_reward_sum, metrics.chosen_count);
-                line["rewards/accuracies"] = mean(metrics.correct_pairs as f64, metrics.chosen_count);
-            }
-            Loss::Kto => {
-                line["rewards/chosen"] = mean(metrics.chosen_reward_sum, metrics.chosen_count);
-                line["rewards/rejected"] = mean(metrics.rejected_reward_sum, metrics.rejected_count);
-                line["kl"] = mean(metrics.kl_sum, metrics.kl_count);
-            }
-            Loss::Sft => {}
-        }
-        writeln!(log, "{line}").with_context(|| format!("writing {}", log_path.display()))?;
-        log.flush()?;
-        log_lines += 1;
-        if let Some(b) = &bar {
-            b.set_message(format!("loss {step_loss:.4} · {:.0} tok/s", tokens as f64 / dt));
-            b.inc(1);
-        }
-        let done = step + 1;
-        if t.save_steps > 0 && done % t.save_steps == 0 && done < total {
-            log.sync_data().ok();
-            checkpoint::save_resume(out, &ResumeState { fingerprint: fingerprint.clone(), step: done, total_steps: total, log_lines }, &engine.state()?)?;
-            last_saved = done;
-        }
-        // Testing aid: die here like a killed process (tests/train.rs checks the resume).
-        if std::env::var("EAST_TRAIN_EXIT_AFTER_STEP").ok().and_then(|v| v.parse::<usize>().ok()) == Some(done) {
-            std::process::exit(137);
-        }
-    }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    log.sync_data().ok();
-    let train_seconds = train_started.elapsed().as_secs_f64();
-
-    // final checkpoint
-    engine.release_training_state();
-    let base_spec = match &source {
-        ModelSource::Gguf(p) | ModelSource::Folder(p) => p.canonicalize().unwrap_or_else(|_| p.clone()).display().to_string(),
-        ModelSource::Hub { .. } => spec.clone(),
-    };
-    let merge = t.lora && (t.merge || job.model.adapter.is_some());
-    match engine.lora_weights()? {
-        None => checkpoint::write_model_dir(out, &meta, engine.base_weights()?, dtype)?,
-        Some(lw) => {
-            let spec = lora.as_ref().expect("lora weights imply a spec");
-            crate::model::lora::write_adapter(out, &lw, spec.rank, spec.alpha, spec.dropout, &spec.targets, &base_spec)?;
-            checkpoint::write_tokenizer_files(out, &meta)?;
-            if merge {
-                let mut base = engine.base_weights()?;
-                let scale = spec.scale();
-                for (name, w) in base.iter_mut() {
-                    let Some(module) = name.strip_suffix(".weight") else { continue };
-                    let a = lw.iter().find(|(n, _)| n == &format!("base_model.model.{module}.lora_A.weight"));
-                    let bb = lw.iter().find(|(n, _)| n == &format!("base_model.model.{module}.lora_B.weight"));
-                    if let (Some((_, a)), Some((_, bm))) = (a, bb) {
-                        *w = crate::model::lora::merged_weight(w, a, bm, scale)?;
-                    }
-                }
-                checkpoint::write_model_dir(&out.join("merged"), &meta, base, dtype)?;
-            }
-        }
-    }
-    let trained = total.saturating_sub(start);
-    let report = TrainReport {
-        out: out.clone(),
-        examples: n,
-        steps: total,
-        total_steps: total,
-        resumed_from: start,
-        already_done: false,
-        final_loss: last_loss,
-        seconds: started.elapsed().as_secs_f64(),
-        tokens_per_s: if train_seconds > 0.0 && trained > 0 { tokens_done as f64 / train_seconds } else { 0.0 },
-        engine: engine_name.clone(),
+    let steps = v.get("global_step").and_then(Value::as_u64).unwrap_or(0) as usize;
+    Ok(Some(TrainReport {
+        out: job.out.clone(),
+        examples: data.examples.len(),
+        steps,
+        total_steps: steps,
+        resumed_from: 0,
+        already_done: true,
+        final_loss: v.get("final_loss").and_then(Value::as_f64),
+        seconds: 0.0,
+        tokens_per_s: 0.0,
+        engine: v.get("engine").and_then(Value::as_str).unwrap_or("").into(),
         truncated: data.truncated,
-        phases: engine.phase_times().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-    };
-    let state = json!({
-        "complete": true,
-        "fingerprint": fingerprint,
-        "global_step": total,
-        "epochs": total as f64 / per_epoch as f64,
-        "final_loss": last_loss,
-        "engine": engine_name,
-        "model": job.model.path,
-        "adapter": job.model.adapter,
-        "data": job.data,
-        "data_sha256": data.sha256,
-        "examples": n,
-        "truncated_examples": data.truncated,
-        "reference_cache": refs.as_ref().and_then(|r| r.cache.clone()),
-        "lora": t.lora,
-        "merged": merge,
-        "train": t,
-        "beta": job.beta,
+        phases: Default::default(),
+    }))
+}
+
+/// The engine `choice` asks for, on the model's device and dtype, and its name for logs.
+fn make_engine(
+    model: &crate::model::Llama,
+    lora: Option<LoraSpec>,
+    seed: u64,
+    choice: EngineChoice,
+    profile: bool,
+) -> anyhow::Result<(Box<dyn Engine>, String)> {
+    let dtype = model.dtype();
+    let cpu_ok = matches!(model.device(), Device::Cpu) && matches!(dtype, DType::F32 | DType::F64);
+    match (choice, cpu_ok) {
+        (EngineChoice::Cpu, false) => bail!(
+            "train.engine = cpu needs the CPU and f32 or f64 weights (model is {dtype:?} on {:?})",
+            model.device()
+        ),
+        (EngineChoice::Auto | EngineChoice::Cpu, true) if dtype == DType::F64 => Ok((
+            Box::new(CpuEngine::<f64>::new(model, lora, seed)?),
+            "cpu-f64".into(),
+        )),
+        (EngineChoice::Auto | EngineChoice::Cpu, true) => Ok((
+            Box::new(CpuEngine::<f32>::new(model, lora, seed)?),
+            "cpu".into(),
+        )),
+        _ => {
+            let mut engine = AutogradEngine::new(model, lora, seed)?;
+            if profile {
+                engine.profile = super::engine::profile::PhaseProfile::enabled();
+            }
+            Ok((
+                Box::new(engine),
+                format!("autograd-{}", format!("{dtype:?}").to_lowercase()),
+            ))
+        }
+    }
+}
+
+/// The LoRA dropout stream of micro-batch `micro` of step `step`.
+fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
+    let b = (step as u64) << 16 | micro as u64;
+    let mut z = seed ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29);
+    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    z ^ (z >> 33)
+}
+
+/// The `train_log.jsonl` line of one step (TRL's names for the DPO/KTO reward statistics).
+fn step_line(
+    step: usize,
+    epoch: f64,
+    s: &StepOut,
+    lr: f64,
+    grad_norm: f64,
+    seconds: f64,
+    loss: Loss,
+) -> Value {
+    let m = &s.metrics;
+    let mut line = json!({
+        "step": step,
+        "epoch": epoch,
+        "loss": s.loss,
+        "lr": lr,
+        "grad_norm": grad_norm,
+        "tokens": s.tokens,
+        "tokens_per_s": s.tokens as f64 / seconds,
+        "weight_mean": m.weight_sum / m.examples.max(1) as f64,
     });
-    crate::io::write_json_atomic(&state_path, &state).with_context(|| format!("writing {}", state_path.display()))?;
-    checkpoint::remove_resume(out)?;
-    Ok(report)
+    let mean = |sum: f64, count: usize| {
+        if count > 0 {
+            json!(sum / count as f64)
+        } else {
+            Value::Null
+        }
+    };
+    match loss {
+        Loss::Dpo => {
+            line["rewards/chosen"] = mean(m.chosen_reward_sum, m.chosen_count);
+            line["rewards/rejected"] = mean(m.rejected_reward_sum, m.rejected_count);
+            line["rewards/margins"] =
+                mean(m.chosen_reward_sum - m.rejected_reward_sum, m.chosen_count);
+            line["rewards/accuracies"] = mean(m.correct_pairs as f64, m.chosen_count);
+        }
+        Loss::Kto => {
+            line["rewards/chosen"] = mean(m.chosen_reward_sum, m.chosen_count);
+            line["rewards/rejected"] = mean(m.rejected_reward_sum, m.rejected_count);
+            line["kl"] = mean(m.kl_sum, m.kl_count);
+        }
+        Loss::Sft => {}
+    }
+    line
+}
+
+/// `train_log.jsonl`, one line per optimiser step; `lines` counts them so that a resume
+/// checkpoint knows how much of the log it covers.
+struct StepLog {
+    file: File,
+    path: PathBuf,
+    lines: usize,
+}
+
+impl StepLog {
+    fn create(out: &Path) -> anyhow::Result<StepLog> {
+        let path = out.join("train_log.jsonl");
+        std::fs::write(&path, "").with_context(|| format!("writing {}", path.display()))?;
+        Self::open(path, 0)
+    }
+
+    /// Keeps the first `lines` lines (the steps a resume checkpoint covers) and appends after them.
+    fn reopen(out: &Path, lines: usize) -> anyhow::Result<StepLog> {
+        let path = out.join("train_log.jsonl");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("reading {}", path.display())))
+            }
+        };
+        let kept: String = text
+            .split_inclusive('\n')
+            .filter(|l| l.ends_with('\n'))
+            .take(lines)
+            .collect();
+        std::fs::write(&path, kept).with_context(|| format!("writing {}", path.display()))?;
+        Self::open(path, lines)
+    }
+
+    fn open(path: PathBuf, lines: usize) -> anyhow::Result<StepLog> {
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(StepLog { file, path, lines })
+    }
+
+    fn append(&mut self, line: &Value) -> anyhow::Result<()> {
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn sync(&self) {
+        self.file.sync_data().ok();
+    }
 }

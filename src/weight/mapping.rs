@@ -75,7 +75,12 @@ pub enum MappingError {
 }
 
 /// Maps metric values to weights that are ≥ 0 and average exactly 1.
-pub fn map_weights(values: &[f64], mapping: Mapping, a: f64, range: f64) -> Result<Vec<f64>, MappingError> {
+pub fn map_weights(
+    values: &[f64],
+    mapping: Mapping,
+    a: f64,
+    range: f64,
+) -> Result<Vec<f64>, MappingError> {
     if values.is_empty() {
         return Err(MappingError::Empty);
     }
@@ -106,7 +111,10 @@ pub fn map_weights(values: &[f64], mapping: Mapping, a: f64, range: f64) -> Resu
             }
             let slope = range / (max - min);
             let intercept = 1.0 - slope * mean;
-            values.iter().map(|v| (slope * v + intercept).max(0.0)).collect()
+            values
+                .iter()
+                .map(|v| (slope * v + intercept).max(0.0))
+                .collect()
         }
     };
     Ok(renormalise(weights))
@@ -123,7 +131,16 @@ fn power(values: &[f64], a: f64) -> Result<Vec<f64>, MappingError> {
         return Err(MappingError::NegativeExponentAtZero { a });
     }
     // With a > 0 a zero value has weight exactly 0 (log = -inf, exp(-inf) = 0).
-    let logs: Vec<f64> = values.iter().map(|&v| if v == 0.0 { f64::NEG_INFINITY } else { a * v.ln() }).collect();
+    let logs: Vec<f64> = values
+        .iter()
+        .map(|&v| {
+            if v == 0.0 {
+                f64::NEG_INFINITY
+            } else {
+                a * v.ln()
+            }
+        })
+        .collect();
     let max = logs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return Err(MappingError::AllZero { mapping: "power" });
@@ -162,7 +179,10 @@ mod tests {
         let w = map_weights(&[1.0, 2.0, 3.0], Mapping::Power, -1.0, 1.0).unwrap();
         assert!(close(&w, &[18.0 / 11.0, 9.0 / 11.0, 6.0 / 11.0]), "{w:?}");
         // a = 0 is vanilla training.
-        assert_eq!(map_weights(&[0.3, 2.0, 7.0], Mapping::Power, 0.0, 1.0).unwrap(), vec![1.0; 3]);
+        assert_eq!(
+            map_weights(&[0.3, 2.0, 7.0], Mapping::Power, 0.0, 1.0).unwrap(),
+            vec![1.0; 3]
+        );
     }
 
     #[test]
@@ -173,7 +193,10 @@ mod tests {
             map_weights(&[0.0, 1.0], Mapping::Power, -0.5, 1.0),
             Err(MappingError::NegativeExponentAtZero { a: -0.5 })
         );
-        assert_eq!(map_weights(&[0.0, 0.0], Mapping::Power, 2.0, 1.0), Err(MappingError::AllZero { mapping: "power" }));
+        assert_eq!(
+            map_weights(&[0.0, 0.0], Mapping::Power, 2.0, 1.0),
+            Err(MappingError::AllZero { mapping: "power" })
+        );
         // (1e-3)^-300 overflows f64 without the log-space normalisation.
         let w = map_weights(&[1e-3, 1.0], Mapping::Power, -300.0, 1.0).unwrap();
         assert!(w.iter().all(|x| x.is_finite()));
@@ -199,13 +222,25 @@ mod tests {
             Err(MappingError::RangeTooLarge { limit, .. }) => assert!((limit - 2.5).abs() < 1e-12),
             other => panic!("{other:?}"),
         }
-        assert_eq!(map_weights(&[2.0, 2.0], Mapping::Linear, 0.0, 1.0), Err(MappingError::Constant { value: 2.0 }));
+        assert_eq!(
+            map_weights(&[2.0, 2.0], Mapping::Linear, 0.0, 1.0),
+            Err(MappingError::Constant { value: 2.0 })
+        );
     }
 
     #[test]
     fn bad_values_are_rejected() {
-        assert!(matches!(map_weights(&[1.0, f64::NAN], Mapping::Power, 1.0, 1.0), Err(MappingError::BadValue { .. })));
-        assert!(matches!(map_weights(&[-1.0], Mapping::Mean, 1.0, 1.0), Err(MappingError::BadValue { .. })));
-        assert_eq!(map_weights(&[], Mapping::Power, 1.0, 1.0), Err(MappingError::Empty));
+        assert!(matches!(
+            map_weights(&[1.0, f64::NAN], Mapping::Power, 1.0, 1.0),
+            Err(MappingError::BadValue { .. })
+        ));
+        assert!(matches!(
+            map_weights(&[-1.0], Mapping::Mean, 1.0, 1.0),
+            Err(MappingError::BadValue { .. })
+        ));
+        assert_eq!(
+            map_weights(&[], Mapping::Power, 1.0, 1.0),
+            Err(MappingError::Empty)
+        );
     }
 }

@@ -1,11 +1,73 @@
-//! Everything of an EAST round between sampling and training that needs no model: grading and
-//! clustering completions ([`cluster`]), turning uncertainty into weights ([`mapping`]) and
-//! building the weighted training set ([`trainset`]).
+//! `east weight`, the stage between clustering and training: decide which questions train, turn
+//! each one's uncertainty into a weight ([`mapping`]), pick its chosen and rejected completions
+//! ([`pairs`]) and write the weighted training set ([`trainset`]). It needs no model.
 
-pub mod cluster;
 pub mod mapping;
+pub mod pairs;
 pub mod trainset;
 
-pub use cluster::{cluster_file, cluster_question, ClusterBy, ClusterOptions, ClusterSummary};
+use serde::{Deserialize, Serialize};
+
 pub use mapping::{map_weights, Mapping, MappingError, Metric};
-pub use trainset::{pick_pair, weight_files, DropReason, Loss, PairStrategy, TrainRow, WeightOptions, WeightSummary};
+pub use pairs::{pick_pair, DropReason, PairStrategy, Pick};
+pub use trainset::{weight_files, WeightSummary};
+
+use crate::schema::Loss;
+
+/// `[weight]`: from uncertainty to per-question weights and training examples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WeightConfig {
+    /// Per-question uncertainty fed to the mapping.
+    pub metric: Metric,
+    /// Mapping from uncertainty to weight.
+    pub mapping: Mapping,
+    /// Exponent of the power mapping.
+    pub a: f64,
+    /// Output range R of the linear mapping.
+    pub range: f64,
+    /// How chosen/rejected completions are picked.
+    pub pairs: PairStrategy,
+    pub seed: u64,
+    /// Chosen completions must contain `\boxed` (the authors' filter; turn off for models that
+    /// state answers another way).
+    pub require_boxed: bool,
+}
+
+impl Default for WeightConfig {
+    fn default() -> Self {
+        Self {
+            metric: Metric::Entropy,
+            mapping: Mapping::Power,
+            a: 1.0,
+            range: 1.0,
+            pairs: PairStrategy::Authors,
+            seed: 42,
+            require_boxed: true,
+        }
+    }
+}
+
+impl WeightConfig {
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        for (key, v) in [("a", self.a), ("range", self.range)] {
+            if !v.is_finite() {
+                return Err((key, format!("must be finite, got {v}")));
+            }
+        }
+        if self.range <= 0.0 {
+            return Err(("range", format!("must be > 0, got {}", self.range)));
+        }
+        Ok(())
+    }
+}
+
+/// Everything that decides `train.jsonl`: the `[weight]` section and the rows the training
+/// objective needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WeightOptions {
+    pub loss: Loss,
+    #[serde(flatten)]
+    pub weight: WeightConfig,
+}

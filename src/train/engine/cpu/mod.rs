@@ -23,12 +23,16 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-pub use kernels::Float;
 use kernels::*;
 
-use super::engine::{peft_name, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
-use super::optim::AdamW;
+pub use super::shared::Float;
+use super::shared::{adamw_update, dropout, layer_seed};
+use super::{
+    peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats,
+    PROJECTIONS,
+};
 use crate::model::{Llama, LlamaConfig};
+use crate::train::optim::AdamW;
 
 /// Where the tensors of one decoder layer live in the parameter list.
 #[derive(Debug, Clone)]
@@ -95,7 +99,9 @@ fn size_class(n: usize) -> usize {
 
 impl<T: Float> Pool<T> {
     fn new() -> Self {
-        Pool { free: Default::default() }
+        Pool {
+            free: Default::default(),
+        }
     }
 
     /// A buffer of `n` values with unspecified contents.
@@ -187,12 +193,6 @@ fn dims_of(cfg: &LlamaConfig, which: usize) -> (usize, usize) {
     }
 }
 
-fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    z ^ (z >> 33)
-}
-
 impl<T: Float> CpuEngine<T> {
     /// Copies the weights of `model` (any dtype, any device) into the engine. Without `lora`
     /// every weight trains; with it only the LoRA matrices do (initialised from `seed` as PEFT
@@ -215,16 +215,25 @@ impl<T: Float> CpuEngine<T> {
             shapes.push(t.dims().to_vec());
             data.push(v);
         }
-        let get = |n: &str| -> anyhow::Result<usize> { index.get(n).copied().with_context(|| format!("model has no {n}")) };
+        let get = |n: &str| -> anyhow::Result<usize> {
+            index
+                .get(n)
+                .copied()
+                .with_context(|| format!("model has no {n}"))
+        };
         let embed = get("model.embed_tokens.weight")?;
-        let lm_head = if cfg.tie_word_embeddings { embed } else { get("lm_head.weight")? };
+        let lm_head = if cfg.tie_word_embeddings {
+            embed
+        } else {
+            get("lm_head.weight")?
+        };
         let norm = get("model.norm.weight")?;
         let mut layers = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mut lin = [0usize; 7];
             for (w, slot) in lin.iter_mut().enumerate() {
-                *slot = get(&format!("{}.weight", super::engine::projection_path(l, w)))?;
+                *slot = get(&format!("{}.weight", projection_path(l, w)))?;
             }
             layers.push(LayerIdx {
                 ln1: get(&format!("{p}.input_layernorm.weight"))?,
@@ -247,7 +256,9 @@ impl<T: Float> CpuEngine<T> {
                     }
                     let (in_dim, out_dim) = dims_of(&cfg, w);
                     let bound = 1.0 / (in_dim as f64).sqrt();
-                    let a: Vec<T> = (0..spec.rank * in_dim).map(|_| T::from_f64c(rng.random_range(-bound..bound))).collect();
+                    let a: Vec<T> = (0..spec.rank * in_dim)
+                        .map(|_| T::from_f64c(rng.random_range(-bound..bound)))
+                        .collect();
                     let ai = names.len();
                     names.push(peft_name(l, w, "A"));
                     shapes.push(vec![spec.rank, in_dim]);
@@ -262,10 +273,35 @@ impl<T: Float> CpuEngine<T> {
             }
         }
         let order: Vec<usize> = (0..names.len()).filter(|&i| trainable[i]).collect();
-        let grads = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
-        let exp_avg = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
-        let exp_avg_sq = (0..names.len()).map(|i| if trainable[i] { vec![T::zero(); data[i].len()] } else { Vec::new() }).collect();
-        let head_chunk = ((64usize << 20) / (cfg.vocab_size * std::mem::size_of::<T>()).max(1)).clamp(16, 1024);
+        let grads = (0..names.len())
+            .map(|i| {
+                if trainable[i] {
+                    vec![T::zero(); data[i].len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let exp_avg = (0..names.len())
+            .map(|i| {
+                if trainable[i] {
+                    vec![T::zero(); data[i].len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let exp_avg_sq = (0..names.len())
+            .map(|i| {
+                if trainable[i] {
+                    vec![T::zero(); data[i].len()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let head_chunk =
+            ((64usize << 20) / (cfg.vocab_size * std::mem::size_of::<T>()).max(1)).clamp(16, 1024);
         Ok(CpuEngine {
             cfg,
             names,
@@ -365,7 +401,20 @@ impl<T: Float> CpuEngine<T> {
     }
 
     fn recycle_acts(&self, a: LayerActs<T>) {
-        let LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u } = a;
+        let LayerActs {
+            x_in,
+            rstd1,
+            q,
+            k,
+            v,
+            lse,
+            att,
+            x_mid,
+            rstd2,
+            gate,
+            up,
+            lora_u,
+        } = a;
         for b in [x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up] {
             self.recycle(b);
         }
@@ -380,7 +429,15 @@ impl<T: Float> CpuEngine<T> {
     }
 
     /// `y = x·Wᵀ (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
-    fn lin_fwd(&self, layer: usize, which: usize, x: &[T], y: &mut [T], n: usize, seed: Option<u64>) -> Option<Vec<T>> {
+    fn lin_fwd(
+        &self,
+        layer: usize,
+        which: usize,
+        x: &[T],
+        y: &mut [T],
+        n: usize,
+        seed: Option<u64>,
+    ) -> Option<Vec<T>> {
         let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let li = &self.layers[layer];
         linear_fwd(x, &self.data[li.lin[which]], y, n, in_dim, out_dim, false);
@@ -390,14 +447,30 @@ impl<T: Float> CpuEngine<T> {
         let mut u = self.buf(n * r);
         if let (true, Some(seed)) = (spec.dropout > 0.0, seed) {
             let mut xd = self.buf(n * in_dim);
-            dropout(&x[..n * in_dim], &mut xd, mix_seed(seed, (layer * 8 + which) as u64), spec.dropout);
+            dropout(
+                &x[..n * in_dim],
+                &mut xd,
+                layer_seed(seed, layer, which),
+                spec.dropout,
+            );
             linear_fwd(&xd, &self.data[ai], &mut u, n, in_dim, r, false);
             self.recycle(xd);
         } else {
             linear_fwd(x, &self.data[ai], &mut u, n, in_dim, r, false);
         }
         unsafe {
-            gemm_raw(n, out_dim, r, y.as_mut_ptr(), out_dim, true, View::rows(&u, r), View::t(&self.data[bi], r), T::from_f64c(spec.scale()), true);
+            gemm_raw(
+                n,
+                out_dim,
+                r,
+                y.as_mut_ptr(),
+                out_dim,
+                true,
+                View::rows(&u, r),
+                View::t(&self.data[bi], r),
+                T::from_f64c(spec.scale()),
+                true,
+            );
         }
         Some(u)
     }
@@ -405,27 +478,71 @@ impl<T: Float> CpuEngine<T> {
     /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight and LoRA gradients
     /// accumulated when they train.
     #[allow(clippy::too_many_arguments)]
-    fn lin_bwd(&mut self, layer: usize, which: usize, x: &[T], dy: &[T], dx: &mut [T], accumulate: bool, u: Option<&[T]>, n: usize, seed: u64) {
+    fn lin_bwd(
+        &mut self,
+        layer: usize,
+        which: usize,
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        accumulate: bool,
+        u: Option<&[T]>,
+        n: usize,
+        seed: u64,
+    ) {
         let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let wi = self.layers[layer].lin[which];
         if self.trainable[wi] {
             linear_bwd_w(dy, x, &mut self.grads[wi], n, in_dim, out_dim, T::one());
         }
-        linear_bwd_x(dy, &self.data[wi], dx, n, in_dim, out_dim, accumulate, T::one());
-        let Some((ai, bi)) = self.layers[layer].lora[which] else { return };
+        linear_bwd_x(
+            dy,
+            &self.data[wi],
+            dx,
+            n,
+            in_dim,
+            out_dim,
+            accumulate,
+            T::one(),
+        );
+        let Some((ai, bi)) = self.layers[layer].lora[which] else {
+            return;
+        };
         let spec = self.lora.clone().expect("lora indices imply a spec");
         let (r, scale) = (spec.rank, T::from_f64c(spec.scale()));
         let u = u.expect("LoRA forward kept its intermediate");
         // dB += scale · dyᵀ·u
         unsafe {
-            gemm_raw(out_dim, r, n, self.grads[bi].as_mut_ptr(), r, true, View::t(dy, out_dim), View::rows(u, r), scale, true);
+            gemm_raw(
+                out_dim,
+                r,
+                n,
+                self.grads[bi].as_mut_ptr(),
+                r,
+                true,
+                View::t(dy, out_dim),
+                View::rows(u, r),
+                scale,
+                true,
+            );
         }
         // du = scale · dy·B
         let mut du = self.buf(n * r);
         unsafe {
-            gemm_raw(n, r, out_dim, du.as_mut_ptr(), r, false, View::rows(dy, out_dim), View::rows(&self.data[bi], r), scale, true);
+            gemm_raw(
+                n,
+                r,
+                out_dim,
+                du.as_mut_ptr(),
+                r,
+                false,
+                View::rows(dy, out_dim),
+                View::rows(&self.data[bi], r),
+                scale,
+                true,
+            );
         }
-        let dseed = mix_seed(seed, (layer * 8 + which) as u64);
+        let dseed = layer_seed(seed, layer, which);
         if spec.dropout > 0.0 {
             let mut xd = self.buf(n * in_dim);
             dropout(&x[..n * in_dim], &mut xd, dseed, spec.dropout);
@@ -446,7 +563,13 @@ impl<T: Float> CpuEngine<T> {
 
     /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
     /// (training) with this stream, off when None.
-    fn run(&mut self, batch: &Packed, keep: bool, coefs: Option<&[f64]>, seed: Option<u64>) -> anyhow::Result<Vec<RowStats>> {
+    fn run(
+        &mut self,
+        batch: &Packed,
+        keep: bool,
+        coefs: Option<&[f64]>,
+        seed: Option<u64>,
+    ) -> anyhow::Result<Vec<RowStats>> {
         if batch.tokens.is_empty() {
             bail!("empty batch");
         }
@@ -468,9 +591,11 @@ impl<T: Float> CpuEngine<T> {
         let mut x = self.buf(n * h);
         {
             let e = &self.data[self.embed];
-            x.par_chunks_mut(h).zip(batch.tokens.par_iter()).for_each(|(row, &t)| {
-                row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
-            });
+            x.par_chunks_mut(h)
+                .zip(batch.tokens.par_iter())
+                .for_each(|(row, &t)| {
+                    row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
+                });
         }
         let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
         let mut hbuf = self.buf(n * h);
@@ -484,8 +609,24 @@ impl<T: Float> CpuEngine<T> {
             let uq = self.lin_fwd(l, 0, &hbuf, &mut q, n, seed);
             let uk = self.lin_fwd(l, 1, &hbuf, &mut k, n, seed);
             let uv = self.lin_fwd(l, 2, &hbuf, &mut v, n, seed);
-            rope_inplace(&mut q, cfg.num_attention_heads, cfg.head_dim, &pos, &cos, &sin, false);
-            rope_inplace(&mut k, cfg.num_key_value_heads, cfg.head_dim, &pos, &cos, &sin, false);
+            rope_inplace(
+                &mut q,
+                cfg.num_attention_heads,
+                cfg.head_dim,
+                &pos,
+                &cos,
+                &sin,
+                false,
+            );
+            rope_inplace(
+                &mut k,
+                cfg.num_key_value_heads,
+                cfg.head_dim,
+                &pos,
+                &cos,
+                &sin,
+                false,
+            );
             let mut att = self.buf(n * qw);
             let mut lse = self.buf(n * cfg.num_attention_heads);
             let ta = Instant::now();
@@ -507,7 +648,20 @@ impl<T: Float> CpuEngine<T> {
             self.recycle(s);
             add_assign(&mut x_out, &x_mid);
             let x_in = std::mem::replace(&mut x, x_out);
-            let acts = LayerActs { x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up, lora_u: [uq, uk, uv, uo, ug, uu, ud] };
+            let acts = LayerActs {
+                x_in,
+                rstd1,
+                q,
+                k,
+                v,
+                lse,
+                att,
+                x_mid,
+                rstd2,
+                gate,
+                up,
+                lora_u: [uq, uk, uv, uo, ug, uu, ud],
+            };
             if keep {
                 layers.push(acts);
             } else {
@@ -520,7 +674,9 @@ impl<T: Float> CpuEngine<T> {
         let mut ht = self.buf(nt * h);
         let mut rstd_t = self.buf(nt);
         let mut xt = self.buf(nt * h);
-        xt.par_chunks_mut(h).zip(batch.targets.par_iter()).for_each(|(row, t)| row.copy_from_slice(&x[t.pos * h..(t.pos + 1) * h]));
+        xt.par_chunks_mut(h)
+            .zip(batch.targets.par_iter())
+            .for_each(|(row, t)| row.copy_from_slice(&x[t.pos * h..(t.pos + 1) * h]));
         self.recycle(x);
         rms_norm_fwd(&xt, &self.data[self.norm], eps, &mut ht, &mut rstd_t, h);
         self.timings.forward += t0.elapsed().as_secs_f64();
@@ -551,7 +707,12 @@ impl<T: Float> CpuEngine<T> {
     /// Log-probabilities of the targets from the final hidden states `ht` (one row per target),
     /// chunk by chunk; with `coefs`, also the gradient w.r.t. `ht` (returned) and the output
     /// layer's gradient (accumulated).
-    fn head(&mut self, ht: &[T], batch: &Packed, coefs: Option<&[f64]>) -> anyhow::Result<(Vec<RowStats>, Option<Vec<T>>)> {
+    fn head(
+        &mut self,
+        ht: &[T],
+        batch: &Packed,
+        coefs: Option<&[f64]>,
+    ) -> anyhow::Result<(Vec<RowStats>, Option<Vec<T>>)> {
         let h = self.cfg.hidden_size;
         let vocab = self.cfg.vocab_size;
         let nt = batch.targets.len();
@@ -571,7 +732,9 @@ impl<T: Float> CpuEngine<T> {
                 .par_chunks_mut(vocab)
                 .zip(targets.par_iter())
                 .map(|(row, t)| {
-                    let m = row.iter().fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
+                    let m = row
+                        .iter()
+                        .fold(T::neg_infinity(), |a, &b| num_traits::Float::max(a, b));
                     let zy = row[t.id as usize].to_f64c();
                     // exp in place; sums over 16 lanes (vectorisable), then in f64
                     let (mut a1, mut a2) = ([T::zero(); 16], [T::zero(); 16]);
@@ -615,9 +778,26 @@ impl<T: Float> CpuEngine<T> {
                 s.tokens += 1;
             }
             if let Some(d) = dht.as_mut() {
-                linear_bwd_x(lg, &self.data[self.lm_head], &mut d[c0 * h..(c0 + nc) * h], nc, h, vocab, false, T::one());
+                linear_bwd_x(
+                    lg,
+                    &self.data[self.lm_head],
+                    &mut d[c0 * h..(c0 + nc) * h],
+                    nc,
+                    h,
+                    vocab,
+                    false,
+                    T::one(),
+                );
                 if head_trains {
-                    linear_bwd_w(lg, hc, &mut self.grads[self.lm_head], nc, h, vocab, T::one());
+                    linear_bwd_w(
+                        lg,
+                        hc,
+                        &mut self.grads[self.lm_head],
+                        nc,
+                        h,
+                        vocab,
+                        T::one(),
+                    );
                 }
             }
         }
@@ -638,47 +818,171 @@ impl<T: Float> CpuEngine<T> {
         let mut dup = self.buf(n * ff);
         swiglu_fwd_sig(&a.gate, &a.up, &mut sw, &mut dup); // dup holds σ(gate) for now
         let mut ds = self.buf(n * ff);
-        self.lin_bwd(l, 6, &sw, dx, &mut ds, false, a.lora_u[6].as_deref(), n, seed);
+        self.lin_bwd(
+            l,
+            6,
+            &sw,
+            dx,
+            &mut ds,
+            false,
+            a.lora_u[6].as_deref(),
+            n,
+            seed,
+        );
         swiglu_bwd_sig(&mut ds, &mut dup, &a.gate, &a.up); // ds: dgate, dup: dup
         std::mem::swap(&mut sw, &mut ds); // sw: dgate
         self.recycle(ds);
         let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
         let mut dh = self.buf(n * h);
-        self.lin_bwd(l, 4, &hb, &sw, &mut dh, false, a.lora_u[4].as_deref(), n, seed);
-        self.lin_bwd(l, 5, &hb, &dup, &mut dh, true, a.lora_u[5].as_deref(), n, seed);
+        self.lin_bwd(
+            l,
+            4,
+            &hb,
+            &sw,
+            &mut dh,
+            false,
+            a.lora_u[4].as_deref(),
+            n,
+            seed,
+        );
+        self.lin_bwd(
+            l,
+            5,
+            &hb,
+            &dup,
+            &mut dh,
+            true,
+            a.lora_u[5].as_deref(),
+            n,
+            seed,
+        );
         self.recycle(sw);
         self.recycle(dup);
         {
             let ln2 = li.ln2;
-            let mut dw = if self.trainable[ln2] { Some(std::mem::take(&mut self.grads[ln2])) } else { None };
-            rms_norm_bwd(&dh, &a.x_mid, &self.data[ln2], &a.rstd2, dx, true, dw.as_deref_mut(), h);
+            let mut dw = if self.trainable[ln2] {
+                Some(std::mem::take(&mut self.grads[ln2]))
+            } else {
+                None
+            };
+            rms_norm_bwd(
+                &dh,
+                &a.x_mid,
+                &self.data[ln2],
+                &a.rstd2,
+                dx,
+                true,
+                dw.as_deref_mut(),
+                h,
+            );
             if let Some(dw) = dw {
                 self.grads[ln2] = dw;
             }
         }
         // attention
         let mut datt = self.buf(n * qw);
-        self.lin_bwd(l, 3, &a.att, dx, &mut datt, false, a.lora_u[3].as_deref(), n, seed);
+        self.lin_bwd(
+            l,
+            3,
+            &a.att,
+            dx,
+            &mut datt,
+            false,
+            a.lora_u[3].as_deref(),
+            n,
+            seed,
+        );
         let mut dq = self.buf(n * qw);
         let mut dk = self.buf(n * kw);
         let mut dv = self.buf(n * kw);
         let ta = Instant::now();
-        attention_bwd(&a.q, &a.k, &a.v, &a.att, &a.lse, &datt, &s.batch.rows, self.attn_shape(), &mut dq, &mut dk, &mut dv);
+        attention_bwd(
+            &a.q,
+            &a.k,
+            &a.v,
+            &a.att,
+            &a.lse,
+            &datt,
+            &s.batch.rows,
+            self.attn_shape(),
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
         self.timings.attention_backward += ta.elapsed().as_secs_f64();
         self.recycle(datt);
-        rope_inplace(&mut dq, cfg.num_attention_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
-        rope_inplace(&mut dk, cfg.num_key_value_heads, cfg.head_dim, &s.pos, &s.cos, &s.sin, true);
+        rope_inplace(
+            &mut dq,
+            cfg.num_attention_heads,
+            cfg.head_dim,
+            &s.pos,
+            &s.cos,
+            &s.sin,
+            true,
+        );
+        rope_inplace(
+            &mut dk,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            &s.pos,
+            &s.cos,
+            &s.sin,
+            true,
+        );
         rms_norm_apply(&a.x_in, &self.data[li.ln1], &a.rstd1, &mut hb, h);
-        self.lin_bwd(l, 0, &hb, &dq, &mut dh, false, a.lora_u[0].as_deref(), n, seed);
-        self.lin_bwd(l, 1, &hb, &dk, &mut dh, true, a.lora_u[1].as_deref(), n, seed);
-        self.lin_bwd(l, 2, &hb, &dv, &mut dh, true, a.lora_u[2].as_deref(), n, seed);
+        self.lin_bwd(
+            l,
+            0,
+            &hb,
+            &dq,
+            &mut dh,
+            false,
+            a.lora_u[0].as_deref(),
+            n,
+            seed,
+        );
+        self.lin_bwd(
+            l,
+            1,
+            &hb,
+            &dk,
+            &mut dh,
+            true,
+            a.lora_u[1].as_deref(),
+            n,
+            seed,
+        );
+        self.lin_bwd(
+            l,
+            2,
+            &hb,
+            &dv,
+            &mut dh,
+            true,
+            a.lora_u[2].as_deref(),
+            n,
+            seed,
+        );
         for b in [dq, dk, dv, hb] {
             self.recycle(b);
         }
         let ln1 = li.ln1;
-        let mut dw = if self.trainable[ln1] { Some(std::mem::take(&mut self.grads[ln1])) } else { None };
-        rms_norm_bwd(&dh, &a.x_in, &self.data[ln1], &a.rstd1, dx, true, dw.as_deref_mut(), h);
+        let mut dw = if self.trainable[ln1] {
+            Some(std::mem::take(&mut self.grads[ln1]))
+        } else {
+            None
+        };
+        rms_norm_bwd(
+            &dh,
+            &a.x_in,
+            &self.data[ln1],
+            &a.rstd1,
+            dx,
+            true,
+            dw.as_deref_mut(),
+            h,
+        );
         if let Some(dw) = dw {
             self.grads[ln1] = dw;
         }
@@ -687,7 +991,10 @@ impl<T: Float> CpuEngine<T> {
     }
 
     fn backward_impl(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
-        let mut s = self.saved.take().context("backward without a training forward")?;
+        let mut s = self
+            .saved
+            .take()
+            .context("backward without a training forward")?;
         let h = self.cfg.hidden_size;
         let n = s.batch.tokens.len();
         let dht = match (s.dht.take(), coefs) {
@@ -706,8 +1013,21 @@ impl<T: Float> CpuEngine<T> {
         let nt = s.batch.targets.len();
         let mut dxt = self.buf(nt * h);
         let norm = self.norm;
-        let mut dw = if self.trainable[norm] { Some(std::mem::take(&mut self.grads[norm])) } else { None };
-        rms_norm_bwd(&dht, &s.xt, &self.data[norm], &s.rstd_t, &mut dxt, false, dw.as_deref_mut(), h);
+        let mut dw = if self.trainable[norm] {
+            Some(std::mem::take(&mut self.grads[norm]))
+        } else {
+            None
+        };
+        rms_norm_bwd(
+            &dht,
+            &s.xt,
+            &self.data[norm],
+            &s.rstd_t,
+            &mut dxt,
+            false,
+            dw.as_deref_mut(),
+            h,
+        );
         if let Some(dw) = dw {
             self.grads[norm] = dw;
         }
@@ -740,7 +1060,11 @@ impl<T: Float> CpuEngine<T> {
     }
 
     fn tensor_of(&self, i: usize, v: &[T]) -> anyhow::Result<Tensor> {
-        Ok(Tensor::from_slice(v, self.shapes[i].as_slice(), &Device::Cpu)?)
+        Ok(Tensor::from_slice(
+            v,
+            self.shapes[i].as_slice(),
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -749,7 +1073,12 @@ impl<T: Float> Engine for CpuEngine<T> {
         self.run(batch, false, None, None)
     }
 
-    fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>> {
+    fn forward(
+        &mut self,
+        batch: &Packed,
+        coefs: Option<&[f64]>,
+        dropout_seed: u64,
+    ) -> anyhow::Result<Vec<RowStats>> {
         if let Some(c) = coefs {
             if c.len() != batch.num_rows() {
                 bail!("{} coefficients for {} rows", c.len(), batch.num_rows());
@@ -778,7 +1107,10 @@ impl<T: Float> Engine for CpuEngine<T> {
             .map(|&i| {
                 // fixed chunks summed in order: the same value on every run (resume reproduces
                 // clipping exactly)
-                let parts: Vec<f64> = self.grads[i].par_chunks(1 << 15).map(|c| c.iter().map(|&g| g.to_f64c() * g.to_f64c()).sum::<f64>()).collect();
+                let parts: Vec<f64> = self.grads[i]
+                    .par_chunks(1 << 15)
+                    .map(|c| c.iter().map(|&g| g.to_f64c() * g.to_f64c()).sum::<f64>())
+                    .collect();
                 parts.iter().sum::<f64>()
             })
             .sum())
@@ -789,8 +1121,13 @@ impl<T: Float> Engine for CpuEngine<T> {
         self.steps += 1;
         let t = self.steps;
         for &i in &self.order.clone() {
-            let (p, g, m, v) = (&mut self.data[i], &self.grads[i], &mut self.exp_avg[i], &mut self.exp_avg_sq[i]);
-            opt.update(t, lr, grad_scale, p, g, m, v);
+            let (p, g, m, v) = (
+                &mut self.data[i],
+                &self.grads[i],
+                &mut self.exp_avg[i],
+                &mut self.exp_avg_sq[i],
+            );
+            adamw_update(opt, t, lr, grad_scale, p, g, m, v);
         }
         self.zero_grads();
         self.timings.optimizer += t0.elapsed().as_secs_f64();
@@ -798,29 +1135,57 @@ impl<T: Float> Engine for CpuEngine<T> {
     }
 
     fn trainable(&self) -> Vec<ParamInfo> {
-        self.order.iter().map(|&i| ParamInfo { name: self.names[i].clone(), shape: self.shapes[i].clone() }).collect()
+        self.order
+            .iter()
+            .map(|&i| ParamInfo {
+                name: self.names[i].clone(),
+                shape: self.shapes[i].clone(),
+            })
+            .collect()
     }
 
     fn state(&self) -> anyhow::Result<EngineState> {
-        let mut s = EngineState { step: self.steps, params: vec![], exp_avg: vec![], exp_avg_sq: vec![] };
+        let mut s = EngineState {
+            step: self.steps,
+            params: vec![],
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+        };
         for &i in &self.order {
-            s.params.push((self.names[i].clone(), self.tensor_of(i, &self.data[i])?));
-            s.exp_avg.push((self.names[i].clone(), self.tensor_of(i, &self.exp_avg[i])?));
-            s.exp_avg_sq.push((self.names[i].clone(), self.tensor_of(i, &self.exp_avg_sq[i])?));
+            s.params
+                .push((self.names[i].clone(), self.tensor_of(i, &self.data[i])?));
+            s.exp_avg
+                .push((self.names[i].clone(), self.tensor_of(i, &self.exp_avg[i])?));
+            s.exp_avg_sq.push((
+                self.names[i].clone(),
+                self.tensor_of(i, &self.exp_avg_sq[i])?,
+            ));
         }
         Ok(s)
     }
 
     fn load_state(&mut self, state: EngineState) -> anyhow::Result<()> {
         let find = |list: &[(String, Tensor)], name: &str| -> anyhow::Result<Vec<T>> {
-            let t = list.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("resume state has no {name}"))?;
+            let t = list
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .with_context(|| format!("resume state has no {name}"))?;
             Ok(t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?)
         };
         for &i in &self.order.clone() {
             let name = self.names[i].clone();
-            let (p, m, v) = (find(&state.params, &name)?, find(&state.exp_avg, &name)?, find(&state.exp_avg_sq, &name)?);
+            let (p, m, v) = (
+                find(&state.params, &name)?,
+                find(&state.exp_avg, &name)?,
+                find(&state.exp_avg_sq, &name)?,
+            );
             if p.len() != self.data[i].len() || m.len() != p.len() || v.len() != p.len() {
-                bail!("resume state: {name} has {} values, the model {}", p.len(), self.data[i].len());
+                bail!(
+                    "resume state: {name} has {} values, the model {}",
+                    p.len(),
+                    self.data[i].len()
+                );
             }
             self.data[i] = p;
             self.exp_avg[i] = m;
@@ -842,7 +1207,12 @@ impl<T: Float> Engine for CpuEngine<T> {
     }
 
     fn release_training_state(&mut self) {
-        for v in self.grads.iter_mut().chain(self.exp_avg.iter_mut()).chain(self.exp_avg_sq.iter_mut()) {
+        for v in self
+            .grads
+            .iter_mut()
+            .chain(self.exp_avg.iter_mut())
+            .chain(self.exp_avg_sq.iter_mut())
+        {
             *v = Vec::new();
         }
     }

@@ -12,9 +12,29 @@
 //! The vocabulary projection is computed in chunks of positions and only at the positions that
 //! predict a response token, so `tokens × vocab` logits are never materialised.
 
+pub mod autograd;
+pub mod cpu;
+pub mod inplace_adamw;
+pub mod profile;
+pub mod shared;
+
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
+
+/// Which engine trains (`train.engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// The CPU engine for f32/f64 weights on the CPU, else candle autograd.
+    #[default]
+    Auto,
+    /// The CPU engine (hand-written backward passes; f32 or f64 on the CPU only).
+    Cpu,
+    /// Candle autograd with east's training ops (CUDA, or any dtype).
+    Autograd,
+}
 
 /// One predicted token: the hidden state at packed position `pos` predicts token `id` of row `row`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,19 +55,30 @@ pub struct Packed {
 
 impl Packed {
     pub fn new() -> Self {
-        Packed { tokens: Vec::new(), rows: vec![0], targets: Vec::new() }
+        Packed {
+            tokens: Vec::new(),
+            rows: vec![0],
+            targets: Vec::new(),
+        }
     }
 
     /// Appends a row `prompt ++ response` whose response tokens are the targets.
     /// The prompt must not be empty (the first response token needs a position to predict it).
     pub fn push(&mut self, prompt: &[u32], response: &[u32]) {
-        assert!(!prompt.is_empty(), "a packed row needs at least one prompt token");
+        assert!(
+            !prompt.is_empty(),
+            "a packed row needs at least one prompt token"
+        );
         let row = self.rows.len() - 1;
         let base = self.tokens.len();
         self.tokens.extend_from_slice(prompt);
         self.tokens.extend_from_slice(response);
         for (i, &id) in response.iter().enumerate() {
-            self.targets.push(Target { pos: base + prompt.len() - 1 + i, id, row });
+            self.targets.push(Target {
+                pos: base + prompt.len() - 1 + i,
+                id,
+                row,
+            });
         }
         self.rows.push(self.tokens.len());
     }
@@ -61,7 +92,10 @@ impl Packed {
     }
 
     pub fn max_row_len(&self) -> usize {
-        (0..self.num_rows()).map(|r| self.row_len(r)).max().unwrap_or(0)
+        (0..self.num_rows())
+            .map(|r| self.row_len(r))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Position of every token within its row.
@@ -102,7 +136,15 @@ impl LoraSpec {
 }
 
 /// The projections of a decoder layer, in the order engines index them.
-pub const PROJECTIONS: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const PROJECTIONS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// HF module path of projection `which` (index into [`PROJECTIONS`]) of layer `layer`.
 pub fn projection_path(layer: usize, which: usize) -> String {
@@ -112,7 +154,10 @@ pub fn projection_path(layer: usize, which: usize) -> String {
 
 /// PEFT's name of a LoRA matrix: `base_model.model.{module}.lora_A.weight` (`ab` = "A" or "B").
 pub fn peft_name(layer: usize, which: usize, ab: &str) -> String {
-    format!("base_model.model.{}.lora_{ab}.weight", projection_path(layer, which))
+    format!(
+        "base_model.model.{}.lora_{ab}.weight",
+        projection_path(layer, which)
+    )
 }
 
 /// A trainable tensor's name and shape.
@@ -138,7 +183,12 @@ pub trait Engine {
     /// Forward pass keeping what [`Engine::backward`] needs. With `coefs` (one per row) the
     /// output layer's gradient is computed now and `backward` must be called with `None`.
     /// `dropout_seed` seeds LoRA dropout (ignored without it).
-    fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>>;
+    fn forward(
+        &mut self,
+        batch: &Packed,
+        coefs: Option<&[f64]>,
+        dropout_seed: u64,
+    ) -> anyhow::Result<Vec<RowStats>>;
 
     /// Accumulates into the gradients `d/dθ Σ_r c_r · logp_r` for the last forward.
     fn backward(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()>;

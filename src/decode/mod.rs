@@ -1,4 +1,5 @@
-//! The batched decoder behind `east sample` and `east eval`.
+//! The batched decoder behind `east sample` (n temperature samples per question) and `east eval`
+//! (one greedy completion per question): prompts in, completions out, nothing written to disk.
 //!
 //! A *group* of prompts is decoded together: the prompts are left-padded and prefilled once
 //! (one prefill per question, however many samples it gets), the cache rows are then repeated
@@ -10,16 +11,21 @@
 //! (seed, question id, sample index). Given the same group, the same rows come out, so a
 //! resumed or sharded run that forms the same groups reproduces a whole run exactly.
 
+pub mod logits;
+pub mod on_device;
+
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
-use super::logits::Sampling;
-use super::on_device::{next_tokens, SamplerPlacement};
+pub use logits::{sample_one, sample_rows, Sampling};
+pub use on_device::SamplerPlacement;
+
 use crate::model::tokenizer::decode;
 use crate::model::{KvCache, LoadedModel};
 use crate::schema::Finish;
+use on_device::next_tokens;
 
 /// One prompt of a group and how many samples it gets.
 #[derive(Debug, Clone)]
@@ -103,9 +109,16 @@ pub fn generate_group(
     }
 
     // Prefill every distinct prompt once, left-padded to the longest.
-    let longest = requests.iter().map(|r| r.prompt_ids.len()).max().unwrap_or(0);
+    let longest = requests
+        .iter()
+        .map(|r| r.prompt_ids.len())
+        .max()
+        .unwrap_or(0);
     let capacity = longest + settings.max_new_tokens;
-    let left_pad: Vec<usize> = requests.iter().map(|r| longest - r.prompt_ids.len()).collect();
+    let left_pad: Vec<usize> = requests
+        .iter()
+        .map(|r| longest - r.prompt_ids.len())
+        .collect();
     let mut prompt = Vec::with_capacity(requests.len() * longest);
     for (r, &pad) in requests.iter().zip(&left_pad) {
         prompt.extend(std::iter::repeat_n(lm.pad_id, pad));
@@ -113,7 +126,14 @@ pub fn generate_group(
     }
     stats.prompt_tokens = requests.iter().map(|r| r.prompt_ids.len()).sum();
     let prompt = Tensor::from_vec(prompt, (requests.len(), longest), &device)?;
-    let mut cache = KvCache::new(model.config(), requests.len(), capacity, left_pad, model.dtype(), &device)?;
+    let mut cache = KvCache::new(
+        model.config(),
+        requests.len(),
+        capacity,
+        left_pad,
+        model.dtype(),
+        &device,
+    )?;
     let prefill_logits = model.forward_step(&prompt, &mut cache)?;
 
     // One row per sample; the cache rows of a prompt are repeated for its samples.
@@ -132,7 +152,8 @@ pub fn generate_group(
     }
     cache.repeat_rows(&counts)?;
     let row_of_prompt: Vec<u32> = rows.iter().map(|r| r.request as u32).collect();
-    let mut logits = prefill_logits.index_select(&Tensor::new(row_of_prompt.as_slice(), &device)?, 0)?;
+    let mut logits =
+        prefill_logits.index_select(&Tensor::new(row_of_prompt.as_slice(), &device)?, 0)?;
 
     // `live[b]` = index into `rows` of cache row b.
     let mut live: Vec<usize> = (0..rows.len()).collect();
@@ -179,7 +200,9 @@ pub fn generate_group(
         stats.steps += 1;
         on_step(produced);
 
-        let still: Vec<usize> = (0..live.len()).filter(|&b| rows[live[b]].finish.is_none()).collect();
+        let still: Vec<usize> = (0..live.len())
+            .filter(|&b| rows[live[b]].finish.is_none())
+            .collect();
         if still.is_empty() {
             break;
         }
@@ -190,12 +213,18 @@ pub fn generate_group(
             cache.select_rows(&still)?;
             live = still.iter().map(|&b| live[b]).collect();
         }
-        let feed: Vec<u32> = live.iter().map(|&i| rows[i].ids.last().copied().unwrap_or(lm.pad_id)).collect();
+        let feed: Vec<u32> = live
+            .iter()
+            .map(|&i| rows[i].ids.last().copied().unwrap_or(lm.pad_id))
+            .collect();
         let feed = Tensor::from_vec(feed, (live.len(), 1), &device)?;
         logits = model.forward_step(&feed, &mut cache)?;
     }
 
-    let mut out: Vec<Vec<Generation>> = requests.iter().map(|r| Vec::with_capacity(r.samples)).collect();
+    let mut out: Vec<Vec<Generation>> = requests
+        .iter()
+        .map(|r| Vec::with_capacity(r.samples))
+        .collect();
     for row in rows {
         let mut text = decode(&lm.tokenizer, &row.ids, true)?;
         if let Some(cut) = row.cut {
@@ -212,7 +241,12 @@ pub fn generate_group(
 
 /// Looks for a stop string in the text of the last few tokens; returns where the full text
 /// must be cut. Only the tail is decoded each step, so checking stays O(1) per token.
-fn find_stop(lm: &LoadedModel, ids: &[u32], stops: &[String], window: usize) -> anyhow::Result<Option<usize>> {
+fn find_stop(
+    lm: &LoadedModel,
+    ids: &[u32],
+    stops: &[String],
+    window: usize,
+) -> anyhow::Result<Option<usize>> {
     // A token decodes to at least one byte, so `window` tokens cover any stop string that ends
     // in the newest token; a few more absorb multi-byte characters split across tokens.
     let tail_len = (window + 4).min(ids.len());
@@ -235,7 +269,13 @@ mod tests {
         assert_eq!(a, b);
         let distinct: std::collections::HashSet<u64> = a.iter().cloned().collect();
         assert_eq!(distinct.len(), 4);
-        assert_ne!(stream_rng(1, "q", 0).random::<u64>(), stream_rng(2, "q", 0).random::<u64>());
-        assert_ne!(stream_rng(1, "q", 0).random::<u64>(), stream_rng(1, "r", 0).random::<u64>());
+        assert_ne!(
+            stream_rng(1, "q", 0).random::<u64>(),
+            stream_rng(2, "q", 0).random::<u64>()
+        );
+        assert_ne!(
+            stream_rng(1, "q", 0).random::<u64>(),
+            stream_rng(1, "r", 0).random::<u64>()
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! `east cluster`: extract and grade every completion, group a question's completions by final
-//! answer, and summarise the groups (entropy, accuracy, dominance of the most common wrong answer).
+//! `east cluster`, the stage after sampling: extract and grade every completion, group a
+//! question's completions by final answer, and summarise the groups (entropy, accuracy, dominance
+//! of the most common wrong answer) into `clusters.jsonl`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -22,8 +23,41 @@ pub enum ClusterBy {
     Equivalence,
 }
 
+/// `[cluster]`: how completions are graded and grouped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `equivalence` merges answers that grade as equal; `string` is the authors' exact match.
+    pub by: ClusterBy,
+    /// Qwen2.5-Math toolkit's rule that `pred` equals `ref×100` or `ref/100` (off, as in EAST).
+    pub percent_rule: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            by: ClusterBy::Equivalence,
+            percent_rule: false,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The grader's options these settings ask for.
+    pub fn grade_options(&self) -> GradeOptions {
+        GradeOptions {
+            percent_rule: self.percent_rule,
+            ..GradeOptions::default()
+        }
+    }
+}
+
 /// Grades and clusters one question's completions.
-pub fn cluster_question(record: &SampleRecord, by: ClusterBy, opts: &GradeOptions) -> ClusterRecord {
+pub fn cluster_question(
+    record: &SampleRecord,
+    by: ClusterBy,
+    opts: &GradeOptions,
+) -> ClusterRecord {
     let n = record.completions.len();
     let reference = Answer::parse(&record.answer);
 
@@ -51,7 +85,10 @@ pub fn cluster_question(record: &SampleRecord, by: ClusterBy, opts: &GradeOption
         }
         distinct_of.push(slot);
     }
-    let distinct_correct: Vec<bool> = distinct.iter().map(|a| a.equivalent(&reference, opts)).collect();
+    let distinct_correct: Vec<bool> = distinct
+        .iter()
+        .map(|a| a.equivalent(&reference, opts))
+        .collect();
 
     // Map distinct answers to clusters, in order of first appearance.
     let mut clusters: Vec<Cluster> = Vec::new();
@@ -71,7 +108,11 @@ pub fn cluster_question(record: &SampleRecord, by: ClusterBy, opts: &GradeOption
         let c = match found {
             Some(c) => c,
             None => {
-                clusters.push(Cluster { answer: Some(answer.normalized.clone()), count: 0, correct: distinct_correct[d] });
+                clusters.push(Cluster {
+                    answer: Some(answer.normalized.clone()),
+                    count: 0,
+                    correct: distinct_correct[d],
+                });
                 representative.push(d);
                 clusters.len() - 1
             }
@@ -84,18 +125,36 @@ pub fn cluster_question(record: &SampleRecord, by: ClusterBy, opts: &GradeOption
     }
     let no_answer = distinct_of.iter().filter(|s| s.is_none()).count();
     let none_cluster = if no_answer > 0 {
-        clusters.push(Cluster { answer: None, count: no_answer, correct: false });
+        clusters.push(Cluster {
+            answer: None,
+            count: no_answer,
+            correct: false,
+        });
         clusters.len() - 1
     } else {
         usize::MAX
     };
 
-    let cluster_of: Vec<usize> = distinct_of.iter().map(|s| s.map_or(none_cluster, |d| cluster_of_distinct[d])).collect();
-    let preds: Vec<Option<String>> = distinct_of.iter().map(|s| s.map(|d| distinct[d].normalized.clone())).collect();
-    let correct: Vec<bool> = distinct_of.iter().map(|s| s.is_some_and(|d| distinct_correct[d])).collect();
+    let cluster_of: Vec<usize> = distinct_of
+        .iter()
+        .map(|s| s.map_or(none_cluster, |d| cluster_of_distinct[d]))
+        .collect();
+    let preds: Vec<Option<String>> = distinct_of
+        .iter()
+        .map(|s| s.map(|d| distinct[d].normalized.clone()))
+        .collect();
+    let correct: Vec<bool> = distinct_of
+        .iter()
+        .map(|s| s.is_some_and(|d| distinct_correct[d]))
+        .collect();
     let n_correct = correct.iter().filter(|&&c| c).count();
     let entropy = entropy_bits(clusters.iter().map(|c| c.count), n);
-    let dominant = clusters.iter().filter(|c| !c.correct).map(|c| c.count).max().unwrap_or(0);
+    let dominant = clusters
+        .iter()
+        .filter(|c| !c.correct)
+        .map(|c| c.count)
+        .max()
+        .unwrap_or(0);
 
     ClusterRecord {
         id: record.id.clone(),
@@ -137,22 +196,22 @@ pub struct ClusterSummary {
     pub questions_all_correct: usize,
 }
 
-/// Options of `east cluster`.
-#[derive(Debug, Clone)]
-pub struct ClusterOptions {
-    pub by: ClusterBy,
-    pub grade: GradeOptions,
-    /// Reference answers by question id, overriding those in the samples (from `--dataset`).
-    pub references: Option<HashMap<String, String>>,
-}
-
 /// Lines parsed and graded in parallel per batch; batches are written in order, so memory stays
 /// bounded by one batch whatever the file size.
 const BATCH_LINES: usize = 256;
 
-/// Reads `samples`, writes `out` (atomically) and returns counts.
-pub fn cluster_file(samples: &Path, out: &Path, options: &ClusterOptions) -> anyhow::Result<ClusterSummary> {
-    let total_bytes = std::fs::metadata(samples).map_err(|e| InputError::io(samples, e))?.len();
+/// Reads `samples`, writes `out` (atomically) and returns counts. `references` (question id →
+/// answer, from `east cluster --dataset`) replace the reference answers of the samples file.
+pub fn cluster_file(
+    samples: &Path,
+    out: &Path,
+    config: &ClusterConfig,
+    references: Option<&HashMap<String, String>>,
+) -> anyhow::Result<ClusterSummary> {
+    let grade = config.grade_options();
+    let total_bytes = std::fs::metadata(samples)
+        .map_err(|e| InputError::io(samples, e))?
+        .len();
     let bar = progress::bytes_bar(total_bytes, "cluster");
     let mut batches = JsonlBatches::open(samples, BATCH_LINES)?;
     let mut writer = AtomicFile::create(out).map_err(|e| InputError::io(out, e))?;
@@ -173,18 +232,29 @@ pub fn cluster_file(samples: &Path, out: &Path, options: &ClusterOptions) -> any
             .map(|line| {
                 let mut record: SampleRecord = parse_line(samples, line)?;
                 record.validate(samples, line.number)?;
-                if let Some(refs) = &options.references {
+                if let Some(refs) = references {
                     record.answer = refs.get(&record.id).cloned().ok_or_else(|| {
-                        InputError::field(samples, line.number, "id", format!("`{}` is not in the dataset given by --dataset", record.id))
+                        InputError::field(
+                            samples,
+                            line.number,
+                            "id",
+                            format!("`{}` is not in the dataset given by --dataset", record.id),
+                        )
                     })?;
                 }
-                Ok(cluster_question(&record, options.by, &options.grade))
+                Ok(cluster_question(&record, config.by, &grade))
             })
             .collect();
         for (line, result) in batch.iter().zip(results) {
             let record = result?;
             if !seen.insert(record.id.clone()) {
-                return Err(InputError::field(samples, line.number, "id", format!("duplicate id `{}`", record.id)).into());
+                return Err(InputError::field(
+                    samples,
+                    line.number,
+                    "id",
+                    format!("duplicate id `{}`", record.id),
+                )
+                .into());
             }
             summary.questions += 1;
             summary.completions += record.n();
@@ -193,7 +263,9 @@ pub fn cluster_file(samples: &Path, out: &Path, options: &ClusterOptions) -> any
             summary.correct += c;
             summary.questions_all_wrong += usize::from(c == 0);
             summary.questions_all_correct += usize::from(c == record.n());
-            writer.write_json_line(&record).map_err(|e| InputError::io(out, e))?;
+            writer
+                .write_json_line(&record)
+                .map_err(|e| InputError::io(out, e))?;
             bar.inc(line.text.len() as u64 + 1);
         }
     }
@@ -229,11 +301,26 @@ mod tests {
 
     #[test]
     fn string_mode_splits_equal_values_written_differently() {
-        let r = record("1/2", &["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}", "no idea"]);
+        let r = record(
+            "1/2",
+            &[
+                "\\boxed{0.5}",
+                "\\boxed{\\frac{1}{2}}",
+                "\\boxed{3}",
+                "no idea",
+            ],
+        );
         let c = cluster_question(&r, ClusterBy::String, &GradeOptions::default());
         assert_eq!(c.correct, vec![true, true, false, false]);
         assert_eq!(c.clusters.len(), 4);
-        assert_eq!(c.clusters[3], Cluster { answer: None, count: 1, correct: false });
+        assert_eq!(
+            c.clusters[3],
+            Cluster {
+                answer: None,
+                count: 1,
+                correct: false
+            }
+        );
         assert!((c.entropy - 2.0).abs() < 1e-12);
         assert_eq!(c.accuracy, 0.5);
         assert_eq!(c.dominant_wrong, 0.25);
@@ -242,7 +329,16 @@ mod tests {
 
     #[test]
     fn equivalence_mode_merges_them() {
-        let r = record("1/2", &["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}", "\\boxed{3.0}", "no idea"]);
+        let r = record(
+            "1/2",
+            &[
+                "\\boxed{0.5}",
+                "\\boxed{\\frac{1}{2}}",
+                "\\boxed{3}",
+                "\\boxed{3.0}",
+                "no idea",
+            ],
+        );
         let c = cluster_question(&r, ClusterBy::Equivalence, &GradeOptions::default());
         assert_eq!(c.clusters.len(), 3);
         assert_eq!(c.clusters[0].count, 2);
@@ -262,7 +358,14 @@ mod tests {
         let c = cluster_question(&r, ClusterBy::Equivalence, &GradeOptions::default());
         assert_eq!(c.preds, vec![None, None, Some("7".into())]);
         assert_eq!(c.clusters.len(), 2);
-        assert_eq!(c.clusters[1], Cluster { answer: None, count: 2, correct: false });
+        assert_eq!(
+            c.clusters[1],
+            Cluster {
+                answer: None,
+                count: 2,
+                correct: false
+            }
+        );
         assert!((c.dominant_wrong - 2.0 / 3.0).abs() < 1e-12);
     }
 }

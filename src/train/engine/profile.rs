@@ -19,7 +19,10 @@ pub struct PhaseProfile {
 impl PhaseProfile {
     /// A profile that records.
     pub fn enabled() -> Self {
-        Self { on: true, totals: Arc::default() }
+        Self {
+            on: true,
+            totals: Arc::default(),
+        }
     }
 
     /// Times from now until the returned guard drops, as `name` (nothing when off). The guard
@@ -29,7 +32,12 @@ impl PhaseProfile {
             return None;
         }
         let _ = device.synchronize();
-        Some(Phase { totals: self.totals.clone(), device: device.clone(), name, start: Instant::now() })
+        Some(Phase {
+            totals: self.totals.clone(),
+            device: device.clone(),
+            name,
+            start: Instant::now(),
+        })
     }
 
     /// `{phase: {"s": seconds, "calls": n}}` so far.

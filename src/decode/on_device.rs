@@ -50,7 +50,12 @@ impl SamplerPlacement {
 
 /// The next token of every row of `logits` (`(rows, vocab)`, f32); `uniforms[r]` is row r's
 /// draw (ignored when greedy).
-pub fn next_tokens(logits: &Tensor, sampling: Sampling, uniforms: &[f64], placement: SamplerPlacement) -> Result<Vec<u32>> {
+pub fn next_tokens(
+    logits: &Tensor,
+    sampling: Sampling,
+    uniforms: &[f64],
+    placement: SamplerPlacement,
+) -> Result<Vec<u32>> {
     let (rows, vocab) = logits.dims2()?;
     if uniforms.len() != rows {
         candle_core::bail!("next_tokens: {} uniforms for {rows} rows", uniforms.len())
@@ -87,7 +92,12 @@ fn greedy(logits: &Tensor) -> Result<Vec<u32>> {
 
 /// Temperature sampling through per-block masses; `block` is a parameter so tests can make
 /// boundaries fall between a handful of tokens.
-pub(crate) fn sample_by_blocks(logits: &Tensor, sampling: Sampling, uniforms: &[f64], block: usize) -> Result<Vec<u32>> {
+pub(crate) fn sample_by_blocks(
+    logits: &Tensor,
+    sampling: Sampling,
+    uniforms: &[f64],
+    block: usize,
+) -> Result<Vec<u32>> {
     let (rows, vocab) = logits.dims2()?;
     let device = logits.device();
     let blocks = vocab.div_ceil(block);
@@ -165,7 +175,13 @@ pub(crate) fn sample_by_blocks(logits: &Tensor, sampling: Sampling, uniforms: &[
 /// Inverse transform inside one block, with the host sampler's weights `exp((l − max) / T)` in
 /// f64 (a NaN logit has none).
 fn draw_in_block(logits: &[f32], row_max: f32, inv_t: f64, residual: f64) -> Option<usize> {
-    let weights = logits.iter().map(|&l| if l.is_nan() { 0.0 } else { (((l - row_max) as f64) * inv_t).exp() });
+    let weights = logits.iter().map(|&l| {
+        if l.is_nan() {
+            0.0
+        } else {
+            (((l - row_max) as f64) * inv_t).exp()
+        }
+    });
     inverse_cdf(weights.enumerate(), residual)
 }
 
@@ -184,16 +200,34 @@ mod tests {
     fn draws_cross_block_boundaries_like_the_softmax() {
         // p = (0.1, 0.2, 0.7) in blocks of two tokens: {0.1, 0.2} | {0.7, padding}.
         let logits = [0.0f32, 2f32.ln(), 7f32.ln()];
-        let s = Sampling { temperature: 1.0, top_p: 1.0 };
-        let cases = [(0.05, 0), (0.15, 1), (0.29, 1), (0.31, 2), (0.999, 2), (0.0, 0)];
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+        };
+        let cases = [
+            (0.05, 0),
+            (0.15, 1),
+            (0.29, 1),
+            (0.31, 2),
+            (0.999, 2),
+            (0.0, 0),
+        ];
         let t = tensor(&vec![logits.to_vec(); cases.len()]);
         let uniforms: Vec<f64> = cases.iter().map(|c| c.0).collect();
         let want: Vec<u32> = cases.iter().map(|c| c.1).collect();
         assert_eq!(sample_by_blocks(&t, s, &uniforms, 2).unwrap(), want);
         // T = 0.5 squares the probabilities: (1, 4, 49)/54.
-        let s = Sampling { temperature: 0.5, top_p: 1.0 };
+        let s = Sampling {
+            temperature: 0.5,
+            top_p: 1.0,
+        };
         let t = tensor(&vec![logits.to_vec(); 4]);
-        let u = [1.0 / 54.0 - 1e-5, 1.0 / 54.0 + 1e-5, 5.0 / 54.0 - 1e-5, 5.0 / 54.0 + 1e-5];
+        let u = [
+            1.0 / 54.0 - 1e-5,
+            1.0 / 54.0 + 1e-5,
+            5.0 / 54.0 - 1e-5,
+            5.0 / 54.0 + 1e-5,
+        ];
         assert_eq!(sample_by_blocks(&t, s, &u, 2).unwrap(), vec![0, 1, 1, 2]);
     }
 
@@ -205,17 +239,36 @@ mod tests {
                 .map(|_| (0..vocab).map(|_| rng.random_range(-8.0f32..8.0)).collect())
                 .collect();
             let uniforms: Vec<f64> = (0..rows.len()).map(|_| rng.random()).collect();
-            let s = Sampling { temperature, top_p: 1.0 };
-            let host: Vec<u32> = rows.iter().zip(&uniforms).map(|(r, &u)| sample_one(r, s, u)).collect();
+            let s = Sampling {
+                temperature,
+                top_p: 1.0,
+            };
+            let host: Vec<u32> = rows
+                .iter()
+                .zip(&uniforms)
+                .map(|(r, &u)| sample_one(r, s, u))
+                .collect();
             let t = tensor(&rows);
-            assert_eq!(next_tokens(&t, s, &uniforms, SamplerPlacement::Device).unwrap(), host, "vocab {vocab}");
-            assert_eq!(sample_by_blocks(&t, s, &uniforms, 16).unwrap(), host, "vocab {vocab}, blocks of 16");
+            assert_eq!(
+                next_tokens(&t, s, &uniforms, SamplerPlacement::Device).unwrap(),
+                host,
+                "vocab {vocab}"
+            );
+            assert_eq!(
+                sample_by_blocks(&t, s, &uniforms, 16).unwrap(),
+                host,
+                "vocab {vocab}, blocks of 16"
+            );
         }
     }
 
     #[test]
     fn greedy_takes_the_first_maximum_and_skips_nan() {
-        let t = tensor(&[vec![0.0, 3.0, 3.0, -1.0], vec![f32::NAN, 1.0, 0.5, 2.0], vec![f32::NEG_INFINITY; 4]]);
+        let t = tensor(&[
+            vec![0.0, 3.0, 3.0, -1.0],
+            vec![f32::NAN, 1.0, 0.5, 2.0],
+            vec![f32::NEG_INFINITY; 4],
+        ]);
         let got = next_tokens(&t, Sampling::GREEDY, &[0.5; 3], SamplerPlacement::Device).unwrap();
         assert_eq!(got, vec![1, 3, 0]);
     }
@@ -223,13 +276,28 @@ mod tests {
     #[test]
     fn nan_rows_and_nucleus_fall_back_to_the_host_rules() {
         // A NaN token has no mass on the host; the rest of its row still samples normally.
-        let rows = vec![vec![f32::NAN, 0.0, 2f32.ln(), 7f32.ln()], vec![0.0, 2f32.ln(), 7f32.ln(), f32::NEG_INFINITY]];
-        let s = Sampling { temperature: 1.0, top_p: 1.0 };
+        let rows = vec![
+            vec![f32::NAN, 0.0, 2f32.ln(), 7f32.ln()],
+            vec![0.0, 2f32.ln(), 7f32.ln(), f32::NEG_INFINITY],
+        ];
+        let s = Sampling {
+            temperature: 1.0,
+            top_p: 1.0,
+        };
         let u = [0.15, 0.31];
         let got = next_tokens(&tensor(&rows), s, &u, SamplerPlacement::Device).unwrap();
         assert_eq!(got, vec![2, 2]);
-        let nucleus = Sampling { temperature: 1.0, top_p: 0.75 };
-        let got = next_tokens(&tensor(&rows), nucleus, &[0.9, 0.1], SamplerPlacement::Device).unwrap();
+        let nucleus = Sampling {
+            temperature: 1.0,
+            top_p: 0.75,
+        };
+        let got = next_tokens(
+            &tensor(&rows),
+            nucleus,
+            &[0.9, 0.1],
+            SamplerPlacement::Device,
+        )
+        .unwrap();
         assert_eq!(got, vec![2, 2]);
     }
 

@@ -27,19 +27,33 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 
-use super::engine::{peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats, PROJECTIONS};
-use super::optim::AdamW;
 use super::profile::PhaseProfile;
+use super::shared::{dropout_keep, layer_seed};
+use super::{
+    peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats,
+    PROJECTIONS,
+};
 use crate::model::{LinearAdapter, LinearLayer, Llama, LlamaConfig};
+use crate::train::optim::AdamW;
 
 /// A deterministic dropout mask (the CPU engine's hash), as a tensor of 0 and 1/(1−p), for
 /// `x` of shape `(…, features)`. Row `i` of `x` draws the stream of packed token
 /// `token_map[i]` (so both engines drop the same values); padding rows are zero.
-fn dropout_mask(shape: &[usize], token_map: &[u32], seed: u64, p: f64, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+fn dropout_mask(
+    shape: &[usize],
+    token_map: &[u32],
+    seed: u64,
+    p: f64,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let f = *shape.last().unwrap_or(&1);
     let rows: usize = shape[..shape.len() - 1].iter().product();
     if rows != token_map.len() {
-        candle_core::bail!("dropout mask: {rows} rows, {} mapped tokens", token_map.len())
+        candle_core::bail!(
+            "dropout mask: {rows} rows, {} mapped tokens",
+            token_map.len()
+        )
     }
     let scale = 1.0 / (1.0 - p);
     let mut v = vec![0f64; rows * f];
@@ -48,7 +62,7 @@ fn dropout_mask(shape: &[usize], token_map: &[u32], seed: u64, p: f64, dtype: DT
             continue;
         }
         for j in 0..f {
-            if super::cpu::kernels::dropout_keep(seed, (k as usize * f + j) as u64, p) {
+            if dropout_keep(seed, (k as usize * f + j) as u64, p) {
                 v[r * f + j] = scale;
             }
         }
@@ -56,7 +70,12 @@ fn dropout_mask(shape: &[usize], token_map: &[u32], seed: u64, p: f64, dtype: DT
     let t = if dtype == DType::F64 {
         Tensor::from_vec(v, shape, &Device::Cpu)?
     } else {
-        Tensor::from_vec(v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(), shape, &Device::Cpu)?.to_dtype(dtype)?
+        Tensor::from_vec(
+            v.into_iter().map(|x| x as f32).collect::<Vec<f32>>(),
+            shape,
+            &Device::Cpu,
+        )?
+        .to_dtype(dtype)?
     };
     t.to_device(device)
 }
@@ -82,7 +101,9 @@ impl LinearAdapter for LoraAdapter {
         let base = if self.plain {
             let dims = x.dims().to_vec();
             let n: usize = dims[..dims.len() - 1].iter().product();
-            let y = x.reshape((n, layer.in_dim()))?.matmul(&layer.weight().detach().t()?)?;
+            let y = x
+                .reshape((n, layer.in_dim()))?
+                .matmul(&layer.weight().detach().t()?)?;
             let mut out = dims[..dims.len() - 1].to_vec();
             out.push(layer.out_dim());
             y.reshape(out)?
@@ -91,7 +112,16 @@ impl LinearAdapter for LoraAdapter {
             layer.base_forward(x)?
         };
         let xd = match self.seed {
-            Some(seed) if self.dropout > 0.0 => (x * dropout_mask(x.dims(), &self.token_map, seed, self.dropout, x.dtype(), x.device())?)?,
+            Some(seed) if self.dropout > 0.0 => {
+                (x * dropout_mask(
+                    x.dims(),
+                    &self.token_map,
+                    seed,
+                    self.dropout,
+                    x.dtype(),
+                    x.device(),
+                )?)?
+            }
             _ => x.clone(),
         };
         // 2-D products: a broadcast_matmul over the leading dimensions would make A and B
@@ -150,14 +180,12 @@ pub struct AutogradEngine {
 /// row on a GPU) and then over the row sums.
 fn sum_of_squares(x: &Tensor) -> candle_core::Result<Tensor> {
     let x = x.to_dtype(DType::F64)?;
-    let rows = if x.rank() >= 2 { x.sqr()?.sum(D::Minus1)? } else { x.sqr()? };
+    let rows = if x.rank() >= 2 {
+        x.sqr()?.sum(D::Minus1)?
+    } else {
+        x.sqr()?
+    };
     rows.sum_all()
-}
-
-fn mix_seed(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17);
-    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    z ^ (z >> 33)
 }
 
 impl AutogradEngine {
@@ -166,7 +194,11 @@ impl AutogradEngine {
         let cfg = model.config().clone();
         let device = model.device().clone();
         let dtype = model.dtype();
-        let master_dtype = if dtype == DType::F64 { DType::F64 } else { DType::F32 };
+        let master_dtype = if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        };
         let mut names = Vec::new();
         let mut shapes = Vec::new();
         let mut vars = Vec::new();
@@ -191,8 +223,12 @@ impl AutogradEngine {
                         let wt = &frozen[&format!("{}.weight", projection_path(l, w))];
                         let (out_dim, in_dim) = wt.dims2()?;
                         let bound = 1.0 / (in_dim as f64).sqrt();
-                        let a: Vec<f64> = (0..spec.rank * in_dim).map(|_| rng.random_range(-bound..bound)).collect();
-                        let a = Tensor::from_vec(a, (spec.rank, in_dim), &Device::Cpu)?.to_dtype(master_dtype)?.to_device(&device)?;
+                        let a: Vec<f64> = (0..spec.rank * in_dim)
+                            .map(|_| rng.random_range(-bound..bound))
+                            .collect();
+                        let a = Tensor::from_vec(a, (spec.rank, in_dim), &Device::Cpu)?
+                            .to_dtype(master_dtype)?
+                            .to_device(&device)?;
                         let ai = vars.len();
                         names.push(peft_name(l, w, "A"));
                         shapes.push(vec![spec.rank, in_dim]);
@@ -205,13 +241,28 @@ impl AutogradEngine {
                 }
             }
         }
-        let exp_avg = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
-        let exp_avg_sq = vars.iter().map(|v| v.as_tensor().zeros_like()).collect::<candle_core::Result<Vec<_>>>()?;
+        let exp_avg = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let exp_avg_sq = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let grads = vec![None; vars.len()];
-        let head_name = if cfg.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" }.to_string();
+        let head_name = if cfg.tie_word_embeddings {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        }
+        .to_string();
         // rows of f32 logits per chunk of the vocabulary projection: 64 MiB on the CPU (cache
         // sized), 512 MiB on a GPU, where small matmuls leave most of it idle
-        let chunk_bytes: usize = if device.is_cuda() { 512 << 20 } else { 64 << 20 };
+        let chunk_bytes: usize = if device.is_cuda() {
+            512 << 20
+        } else {
+            64 << 20
+        };
         let head_chunk = (chunk_bytes / (cfg.vocab_size * 4).max(1)).clamp(16, 4096);
         Ok(AutogradEngine {
             cfg,
@@ -241,7 +292,9 @@ impl AutogradEngine {
     /// The gradient accumulated for a trainable tensor (HF or PEFT name), on the CPU.
     pub fn grad(&self, name: &str) -> Option<Tensor> {
         let i = self.names.iter().position(|n| n == name)?;
-        self.grads[i].as_ref().map(|g| g.to_device(&Device::Cpu).expect("copy to CPU"))
+        self.grads[i]
+            .as_ref()
+            .map(|g| g.to_device(&Device::Cpu).expect("copy to CPU"))
     }
 
     /// The trainable tensors in the compute dtype, as graph leaves: the masters themselves when
@@ -254,7 +307,9 @@ impl AutogradEngine {
                 if v.dtype() == self.dtype {
                     return Ok(v.as_tensor().clone());
                 }
-                Ok(Var::from_tensor(&v.as_tensor().to_dtype(self.dtype)?)?.as_tensor().clone())
+                Ok(Var::from_tensor(&v.as_tensor().to_dtype(self.dtype)?)?
+                    .as_tensor()
+                    .clone())
             };
             self.compute = Some(self.vars.iter().map(cast).collect::<anyhow::Result<_>>()?);
         }
@@ -263,19 +318,35 @@ impl AutogradEngine {
 
     /// The compute model: the compute weights, or the frozen base with LoRA adapters.
     /// `graph`: false for scoring (constant weights: no activations kept for a backward).
-    fn build(&mut self, dropout_seed: Option<u64>, batch: &Packed, graph: bool) -> anyhow::Result<Llama> {
+    fn build(
+        &mut self,
+        dropout_seed: Option<u64>,
+        batch: &Packed,
+        graph: bool,
+    ) -> anyhow::Result<Llama> {
         let _phase = self.profile.phase("build", &self.device);
         let weights = self.compute_weights()?;
         let fix = |t: &Tensor| if graph { t.clone() } else { t.detach() };
         let mut model = if self.lora.is_none() {
-            let map: HashMap<String, Tensor> = self.names.iter().zip(&weights).map(|(name, w)| (name.clone(), fix(w))).collect();
-            Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?
+            let map: HashMap<String, Tensor> = self
+                .names
+                .iter()
+                .zip(&weights)
+                .map(|(name, w)| (name.clone(), fix(w)))
+                .collect();
+            Llama::load(
+                VarBuilder::from_tensors(map, self.dtype, &self.device),
+                &self.cfg,
+            )?
         } else {
             // the frozen base never changes: load it once (on the CPU loading transposes every
             // projection) and hand out copies that share its tensors
             if self.frozen_model.is_none() {
                 let map = self.frozen.clone();
-                self.frozen_model = Some(Llama::load(VarBuilder::from_tensors(map, self.dtype, &self.device), &self.cfg)?);
+                self.frozen_model = Some(Llama::load(
+                    VarBuilder::from_tensors(map, self.dtype, &self.device),
+                    &self.cfg,
+                )?);
             }
             self.frozen_model.clone().expect("just loaded")
         };
@@ -297,7 +368,7 @@ impl AutogradEngine {
                         b: fix(&weights[bi]),
                         scale: spec.scale(),
                         dropout: spec.dropout,
-                        seed: dropout_seed.map(|s| mix_seed(s, (l * 8 + w) as u64)),
+                        seed: dropout_seed.map(|s| layer_seed(s, l, w)),
                         token_map: token_map.clone(),
                         plain: self.plain_frozen_matmul,
                     }) as Arc<dyn LinearAdapter>,
@@ -320,7 +391,11 @@ impl AutogradEngine {
                 Some(c) => c[i].detach(),
                 None => self.vars[i].as_tensor().detach(),
             },
-            None => self.frozen.get(&self.head_name).context("no output layer weight")?.detach(),
+            None => self
+                .frozen
+                .get(&self.head_name)
+                .context("no output layer weight")?
+                .detach(),
         };
         Ok(t.to_dtype(self.head_matmul_dtype())?)
     }
@@ -343,7 +418,10 @@ impl AutogradEngine {
         let mut ids = vec![0u32; rows * t];
         let mut mask = vec![0u32; rows * t];
         for r in 0..rows {
-            for (j, &tok) in batch.tokens[batch.rows[r]..batch.rows[r + 1]].iter().enumerate() {
+            for (j, &tok) in batch.tokens[batch.rows[r]..batch.rows[r + 1]]
+                .iter()
+                .enumerate()
+            {
                 ids[r * t + j] = tok;
                 mask[r * t + j] = 1;
             }
@@ -351,13 +429,24 @@ impl AutogradEngine {
         let ids = Tensor::from_vec(ids, (rows, t), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, t), &self.device)?;
         let hidden = model.forward_hidden(&ids, Some(&mask))?;
-        let sel: Vec<u32> = batch.targets.iter().map(|tg| (tg.row * t + tg.pos - batch.rows[tg.row]) as u32).collect();
+        let sel: Vec<u32> = batch
+            .targets
+            .iter()
+            .map(|tg| (tg.row * t + tg.pos - batch.rows[tg.row]) as u32)
+            .collect();
         let sel = Tensor::from_vec(sel, batch.targets.len(), &self.device)?;
-        Ok(hidden.reshape((rows * t, self.cfg.hidden_size))?.index_select(&sel, 0)?)
+        Ok(hidden
+            .reshape((rows * t, self.cfg.hidden_size))?
+            .index_select(&sel, 0)?)
     }
 
     /// Statistics and (with coefficients) `∂L/∂ht` and the output layer's gradient.
-    fn head(&self, ht: &Tensor, batch: &Packed, coefs: Option<&[f64]>) -> anyhow::Result<(Vec<RowStats>, Option<Tensor>, Option<Tensor>)> {
+    fn head(
+        &self,
+        ht: &Tensor,
+        batch: &Packed,
+        coefs: Option<&[f64]>,
+    ) -> anyhow::Result<(Vec<RowStats>, Option<Tensor>, Option<Tensor>)> {
         let _phase = self.profile.phase("head", &self.device);
         let w = self.head_weight()?;
         let mm = self.head_matmul_dtype();
@@ -379,14 +468,24 @@ impl AutogradEngine {
             let e = logits.broadcast_sub(&m)?.exp()?;
             let s1 = e.sum_keepdim(D::Minus1)?;
             let lse = (&m + s1.log()?)?;
-            let ids = Tensor::from_vec(targets.iter().map(|t| t.id).collect::<Vec<u32>>(), (nc, 1), &self.device)?;
+            let ids = Tensor::from_vec(
+                targets.iter().map(|t| t.id).collect::<Vec<u32>>(),
+                (nc, 1),
+                &self.device,
+            )?;
             logp_parts.push((logits.gather(&ids, 1)? - &lse)?);
-            log_sq_parts.push(((e.sqr()?.sum_keepdim(D::Minus1)?.log()? + (&m * 2.0)?)? - (&lse * 2.0)?)?);
+            log_sq_parts
+                .push(((e.sqr()?.sum_keepdim(D::Minus1)?.log()? + (&m * 2.0)?)? - (&lse * 2.0)?)?);
             if let Some(c) = coefs {
                 let cv: Vec<f64> = targets.iter().map(|t| c[t.row]).collect();
-                let cv = Tensor::from_vec(cv, (nc, 1), &Device::Cpu)?.to_dtype(self.master_dtype)?.to_device(&self.device)?;
+                let cv = Tensor::from_vec(cv, (nc, 1), &Device::Cpu)?
+                    .to_dtype(self.master_dtype)?
+                    .to_device(&self.device)?;
                 let p = e.broadcast_div(&s1)?;
-                let dlogits = p.broadcast_mul(&cv.neg()?)?.scatter_add(&ids, &cv, 1)?.to_dtype(mm)?;
+                let dlogits = p
+                    .broadcast_mul(&cv.neg()?)?
+                    .scatter_add(&ids, &cv, 1)?
+                    .to_dtype(mm)?;
                 dht_parts.push(dlogits.matmul(&w)?.to_dtype(self.master_dtype)?);
                 if head_trains {
                     let g = dlogits.t()?.matmul(&hc)?.to_dtype(self.master_dtype)?;
@@ -399,19 +498,31 @@ impl AutogradEngine {
         }
         if logp_parts.is_empty() {
             // no target tokens: nothing to learn from this batch
-            let dht = coefs.map(|_| Tensor::zeros((0, self.cfg.hidden_size), self.master_dtype, &self.device)).transpose()?;
+            let dht = coefs
+                .map(|_| Tensor::zeros((0, self.cfg.hidden_size), self.master_dtype, &self.device))
+                .transpose()?;
             return Ok((stats, dht, None));
         }
         // one copy to the host for all chunks (each copy waits for the GPU)
-        let lp: Vec<f64> = Tensor::cat(&logp_parts, 0)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
-        let lsq: Vec<f64> = Tensor::cat(&log_sq_parts, 0)?.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+        let lp: Vec<f64> = Tensor::cat(&logp_parts, 0)?
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1()?;
+        let lsq: Vec<f64> = Tensor::cat(&log_sq_parts, 0)?
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1()?;
         for ((t, a), b) in batch.targets.iter().zip(&lp).zip(&lsq) {
             let s = &mut stats[t.row];
             s.logp += a;
             s.wpo += a - b;
             s.tokens += 1;
         }
-        let dht = if coefs.is_some() { Some(Tensor::cat(&dht_parts, 0)?) } else { None };
+        let dht = if coefs.is_some() {
+            Some(Tensor::cat(&dht_parts, 0)?)
+        } else {
+            None
+        };
         Ok((stats, dht, dw))
     }
 
@@ -432,27 +543,47 @@ impl Engine for AutogradEngine {
         Ok(self.head(&ht, batch, None)?.0)
     }
 
-    fn forward(&mut self, batch: &Packed, coefs: Option<&[f64]>, dropout_seed: u64) -> anyhow::Result<Vec<RowStats>> {
+    fn forward(
+        &mut self,
+        batch: &Packed,
+        coefs: Option<&[f64]>,
+        dropout_seed: u64,
+    ) -> anyhow::Result<Vec<RowStats>> {
         self.pending = None;
         let model = self.build(Some(dropout_seed), batch, true)?;
         let ht = self.hidden_at_targets(&model, batch)?;
         let (stats, dht, dw) = self.head(&ht, batch, coefs)?;
         if let Some(dw) = dw {
-            let i = self.names.iter().position(|n| n == &self.head_name).expect("head trains");
+            let i = self
+                .names
+                .iter()
+                .position(|n| n == &self.head_name)
+                .expect("head trains");
             self.add_grad(i, &dw)?;
         }
-        self.pending = Some(Pending { ht, batch: batch.clone(), dht });
+        self.pending = Some(Pending {
+            ht,
+            batch: batch.clone(),
+            dht,
+        });
         Ok(stats)
     }
 
     fn backward(&mut self, coefs: Option<&[f64]>) -> anyhow::Result<()> {
-        let p = self.pending.take().context("backward without a training forward")?;
+        let p = self
+            .pending
+            .take()
+            .context("backward without a training forward")?;
         let dht = match (p.dht, coefs) {
             (Some(d), None) => d,
             (None, Some(c)) => {
                 let (_, d, dw) = self.head(&p.ht, &p.batch, Some(c))?;
                 if let Some(dw) = dw {
-                    let i = self.names.iter().position(|n| n == &self.head_name).expect("head trains");
+                    let i = self
+                        .names
+                        .iter()
+                        .position(|n| n == &self.head_name)
+                        .expect("head trains");
                     self.add_grad(i, &dw)?;
                 }
                 d.expect("coefficients give a gradient")
@@ -462,11 +593,16 @@ impl Engine for AutogradEngine {
         };
         let phase = self.profile.phase("backward", &self.device);
         // rows first (see sum_of_squares)
-        let surrogate = (p.ht.to_dtype(self.master_dtype)? * dht.detach())?.sum(D::Minus1)?.sum_all()?;
+        let surrogate = (p.ht.to_dtype(self.master_dtype)? * dht.detach())?
+            .sum(D::Minus1)?
+            .sum_all()?;
         let grads = surrogate.backward()?;
         drop(phase);
         let _phase = self.profile.phase("accumulate", &self.device);
-        let weights = self.compute.clone().context("backward without compute weights")?;
+        let weights = self
+            .compute
+            .clone()
+            .context("backward without compute weights")?;
         for (i, w) in weights.iter().enumerate() {
             if let Some(g) = grads.get(w) {
                 let g = g.clone();
@@ -485,7 +621,12 @@ impl Engine for AutogradEngine {
         // Summed on the device, with one wait for the GPU rather than one per tensor. Rows
         // first: candle reduces a whole tensor to a scalar in a single thread block, which for
         // the 1B's gradients took most of a second per step on an H200.
-        let sums = self.grads.iter().flatten().map(|g| sum_of_squares(g)?.reshape(1)).collect::<candle_core::Result<Vec<_>>>()?;
+        let sums = self
+            .grads
+            .iter()
+            .flatten()
+            .map(|g| sum_of_squares(g)?.reshape(1))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         if sums.is_empty() {
             return Ok(0.0);
         }
@@ -497,8 +638,18 @@ impl Engine for AutogradEngine {
         self.compute = None;
         self.steps += 1;
         for i in 0..self.vars.len() {
-            let Some(g) = self.grads[i].take() else { continue };
-            super::inplace_adamw::step(opt, self.steps, lr, grad_scale, self.vars[i].as_tensor(), &g, (&self.exp_avg[i], &self.exp_avg_sq[i]))?;
+            let Some(g) = self.grads[i].take() else {
+                continue;
+            };
+            super::inplace_adamw::step(
+                opt,
+                self.steps,
+                lr,
+                grad_scale,
+                self.vars[i].as_tensor(),
+                &g,
+                (&self.exp_avg[i], &self.exp_avg_sq[i]),
+            )?;
         }
         Ok(())
     }
@@ -508,29 +659,55 @@ impl Engine for AutogradEngine {
     }
 
     fn trainable(&self) -> Vec<ParamInfo> {
-        self.names.iter().zip(&self.shapes).map(|(n, s)| ParamInfo { name: n.clone(), shape: s.clone() }).collect()
+        self.names
+            .iter()
+            .zip(&self.shapes)
+            .map(|(n, s)| ParamInfo {
+                name: n.clone(),
+                shape: s.clone(),
+            })
+            .collect()
     }
 
     fn state(&self) -> anyhow::Result<EngineState> {
         let cpu = |t: &Tensor| -> anyhow::Result<Tensor> { Ok(t.to_device(&Device::Cpu)?) };
-        let mut s = EngineState { step: self.steps, params: vec![], exp_avg: vec![], exp_avg_sq: vec![] };
+        let mut s = EngineState {
+            step: self.steps,
+            params: vec![],
+            exp_avg: vec![],
+            exp_avg_sq: vec![],
+        };
         for i in 0..self.vars.len() {
-            s.params.push((self.names[i].clone(), cpu(self.vars[i].as_tensor())?));
-            s.exp_avg.push((self.names[i].clone(), cpu(&self.exp_avg[i])?));
-            s.exp_avg_sq.push((self.names[i].clone(), cpu(&self.exp_avg_sq[i])?));
+            s.params
+                .push((self.names[i].clone(), cpu(self.vars[i].as_tensor())?));
+            s.exp_avg
+                .push((self.names[i].clone(), cpu(&self.exp_avg[i])?));
+            s.exp_avg_sq
+                .push((self.names[i].clone(), cpu(&self.exp_avg_sq[i])?));
         }
         Ok(s)
     }
 
     fn load_state(&mut self, state: EngineState) -> anyhow::Result<()> {
-        let find = |list: &[(String, Tensor)], name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
-            let t = list.iter().find(|(n, _)| n == name).map(|(_, t)| t).with_context(|| format!("resume state has no {name}"))?;
-            if t.dims() != shape {
-                bail!("resume state: {name} has shape {:?}, the model {:?}", t.dims(), shape);
-            }
-            // a copy of its own: the optimiser updates it in place
-            Ok(t.to_dtype(self.master_dtype)?.to_device(&self.device)?.copy()?)
-        };
+        let find =
+            |list: &[(String, Tensor)], name: &str, shape: &[usize]| -> anyhow::Result<Tensor> {
+                let t = list
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| t)
+                    .with_context(|| format!("resume state has no {name}"))?;
+                if t.dims() != shape {
+                    bail!(
+                        "resume state: {name} has shape {:?}, the model {:?}",
+                        t.dims(),
+                        shape
+                    );
+                }
+                // a copy of its own: the optimiser updates it in place
+                Ok(t.to_dtype(self.master_dtype)?
+                    .to_device(&self.device)?
+                    .copy()?)
+            };
         for i in 0..self.vars.len() {
             let (name, shape) = (self.names[i].clone(), self.shapes[i].clone());
             self.vars[i].set(&find(&state.params, &name, &shape)?)?;
@@ -544,11 +721,19 @@ impl Engine for AutogradEngine {
 
     fn base_weights(&self) -> anyhow::Result<Vec<(String, Tensor)>> {
         if self.lora.is_none() {
-            return self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect();
+            return self
+                .names
+                .iter()
+                .zip(&self.vars)
+                .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?)))
+                .collect();
         }
         let mut out = Vec::new();
         for (name, _) in Llama::expected_tensors(&self.cfg) {
-            let t = self.frozen.get(&name).with_context(|| format!("no {name}"))?;
+            let t = self
+                .frozen
+                .get(&name)
+                .with_context(|| format!("no {name}"))?;
             out.push((name, t.detach().to_device(&Device::Cpu)?));
         }
         Ok(out)
@@ -565,7 +750,13 @@ impl Engine for AutogradEngine {
         if self.lora.is_none() {
             return Ok(None);
         }
-        Ok(Some(self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?))).collect::<anyhow::Result<_>>()?))
+        Ok(Some(
+            self.names
+                .iter()
+                .zip(&self.vars)
+                .map(|(n, v)| Ok((n.clone(), v.as_tensor().to_device(&Device::Cpu)?)))
+                .collect::<anyhow::Result<_>>()?,
+        ))
     }
 }
 
@@ -576,10 +767,19 @@ mod tests {
     #[test]
     fn sum_of_squares_by_rows_is_the_hand_sum() {
         let m = Tensor::new(&[[1f32, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
-        assert_eq!(sum_of_squares(&m).unwrap().to_scalar::<f64>().unwrap(), 91.0);
+        assert_eq!(
+            sum_of_squares(&m).unwrap().to_scalar::<f64>().unwrap(),
+            91.0
+        );
         let v = Tensor::new(&[3f32, 4.0], &Device::Cpu).unwrap();
-        assert_eq!(sum_of_squares(&v).unwrap().to_scalar::<f64>().unwrap(), 25.0);
+        assert_eq!(
+            sum_of_squares(&v).unwrap().to_scalar::<f64>().unwrap(),
+            25.0
+        );
         let t = Tensor::new(&[[[1f32], [2.0]], [[2.0], [4.0]]], &Device::Cpu).unwrap();
-        assert_eq!(sum_of_squares(&t).unwrap().to_scalar::<f64>().unwrap(), 25.0);
+        assert_eq!(
+            sum_of_squares(&t).unwrap().to_scalar::<f64>().unwrap(),
+            25.0
+        );
     }
 }

@@ -9,56 +9,7 @@
 
 use rayon::prelude::*;
 
-/// The element types the engine runs in.
-pub trait Float:
-    num_traits::Float
-    + candle_core::WithDType
-    + Default
-    + std::fmt::Debug
-    + std::iter::Sum
-    + std::ops::AddAssign
-    + std::ops::SubAssign
-    + std::ops::MulAssign
-    + Send
-    + Sync
-    + 'static
-{
-    fn from_f64c(x: f64) -> Self;
-    fn to_f64c(self) -> f64;
-    /// `exp(x)` (the standard library's; a branch-free polynomial measured no faster here,
-    /// since baseline x86-64 code does not vectorise it).
-    fn fexp(self) -> Self;
-}
-
-impl Float for f32 {
-    #[inline(always)]
-    fn from_f64c(x: f64) -> Self {
-        x as f32
-    }
-    #[inline(always)]
-    fn to_f64c(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn fexp(self) -> Self {
-        self.exp()
-    }
-}
-
-impl Float for f64 {
-    #[inline(always)]
-    fn from_f64c(x: f64) -> Self {
-        x
-    }
-    #[inline(always)]
-    fn to_f64c(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn fexp(self) -> Self {
-        self.exp()
-    }
-}
+use crate::train::engine::shared::Float;
 
 /// A raw pointer that may cross threads: tasks write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
@@ -93,14 +44,26 @@ pub(crate) struct View<T> {
 impl<T> View<T> {
     /// Row-major `(rows, ld)` matrix (any number of rows).
     pub fn rows(s: &[T], ld: usize) -> Self {
-        View { ptr: s.as_ptr(), rs: ld as isize, cs: 1 }
+        View {
+            ptr: s.as_ptr(),
+            rs: ld as isize,
+            cs: 1,
+        }
     }
     /// The transpose of a row-major matrix with leading dimension `ld`.
     pub fn t(s: &[T], ld: usize) -> Self {
-        View { ptr: s.as_ptr(), rs: 1, cs: ld as isize }
+        View {
+            ptr: s.as_ptr(),
+            rs: 1,
+            cs: ld as isize,
+        }
     }
     pub fn raw(ptr: *const T, rs: usize, cs: usize) -> Self {
-        View { ptr, rs: rs as isize, cs: cs as isize }
+        View {
+            ptr,
+            rs: rs as isize,
+            cs: cs as isize,
+        }
     }
 }
 
@@ -135,7 +98,11 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
         }
         return;
     }
-    let par = if parallel { parallelism() } else { gemm::Parallelism::None };
+    let par = if parallel {
+        parallelism()
+    } else {
+        gemm::Parallelism::None
+    };
     gemm::gemm(
         m,
         n,
@@ -160,26 +127,84 @@ pub(crate) unsafe fn gemm_raw<T: Float>(
 }
 
 /// `y (N×out) [+]= x (N×in) · Wᵀ`, `W` row-major `(out, in)`.
-pub fn linear_fwd<T: Float>(x: &[T], w: &[T], y: &mut [T], n: usize, in_dim: usize, out_dim: usize, accumulate: bool) {
+pub fn linear_fwd<T: Float>(
+    x: &[T],
+    w: &[T],
+    y: &mut [T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+    accumulate: bool,
+) {
     debug_assert!(x.len() >= n * in_dim && w.len() == out_dim * in_dim && y.len() >= n * out_dim);
     unsafe {
-        gemm_raw(n, out_dim, in_dim, y.as_mut_ptr(), out_dim, accumulate, View::rows(x, in_dim), View::t(w, in_dim), T::one(), true)
+        gemm_raw(
+            n,
+            out_dim,
+            in_dim,
+            y.as_mut_ptr(),
+            out_dim,
+            accumulate,
+            View::rows(x, in_dim),
+            View::t(w, in_dim),
+            T::one(),
+            true,
+        )
     }
 }
 
 /// `dx (N×in) [+]= beta · dy (N×out) · W (out×in)`.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_bwd_x<T: Float>(dy: &[T], w: &[T], dx: &mut [T], n: usize, in_dim: usize, out_dim: usize, accumulate: bool, beta: T) {
+pub fn linear_bwd_x<T: Float>(
+    dy: &[T],
+    w: &[T],
+    dx: &mut [T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+    accumulate: bool,
+    beta: T,
+) {
     unsafe {
-        gemm_raw(n, in_dim, out_dim, dx.as_mut_ptr(), in_dim, accumulate, View::rows(dy, out_dim), View::rows(w, in_dim), beta, true)
+        gemm_raw(
+            n,
+            in_dim,
+            out_dim,
+            dx.as_mut_ptr(),
+            in_dim,
+            accumulate,
+            View::rows(dy, out_dim),
+            View::rows(w, in_dim),
+            beta,
+            true,
+        )
     }
 }
 
 /// `dW (out×in) += beta · dyᵀ (out×N) · x (N×in)`.
 #[allow(clippy::too_many_arguments)]
-pub fn linear_bwd_w<T: Float>(dy: &[T], x: &[T], dw: &mut [T], n: usize, in_dim: usize, out_dim: usize, beta: T) {
+pub fn linear_bwd_w<T: Float>(
+    dy: &[T],
+    x: &[T],
+    dw: &mut [T],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+    beta: T,
+) {
     unsafe {
-        gemm_raw(out_dim, in_dim, n, dw.as_mut_ptr(), in_dim, true, View::t(dy, out_dim), View::rows(x, in_dim), beta, true)
+        gemm_raw(
+            out_dim,
+            in_dim,
+            n,
+            dw.as_mut_ptr(),
+            in_dim,
+            true,
+            View::t(dy, out_dim),
+            View::rows(x, in_dim),
+            beta,
+            true,
+        )
     }
 }
 
@@ -200,10 +225,13 @@ pub fn rms_norm_fwd<T: Float>(x: &[T], w: &[T], eps: f64, y: &mut [T], rstd: &mu
         .zip(x[..n * h].par_chunks(rpt * h))
         .for_each(|((yc, rc), xc)| {
             for ((yr, r), xr) in yc.chunks_mut(h).zip(rc.iter_mut()).zip(xc.chunks(h)) {
-                let ss: f64 = xr.iter().map(|&v| {
-                    let v = v.to_f64c();
-                    v * v
-                }).sum();
+                let ss: f64 = xr
+                    .iter()
+                    .map(|&v| {
+                        let v = v.to_f64c();
+                        v * v
+                    })
+                    .sum();
                 let rs = 1.0 / (ss / h as f64 + eps).sqrt();
                 let rst = T::from_f64c(rs);
                 *r = rst;
@@ -235,7 +263,12 @@ pub fn rms_norm_bwd<T: Float>(
         .zip(x[..n * h].par_chunks(rpt * h))
         .zip(rstd.par_chunks(rpt))
         .for_each(|(((dxc, dyc), xc), rc)| {
-            for (((dxr, dyr), xr), &r) in dxc.chunks_mut(h).zip(dyc.chunks(h)).zip(xc.chunks(h)).zip(rc) {
+            for (((dxr, dyr), xr), &r) in dxc
+                .chunks_mut(h)
+                .zip(dyc.chunks(h))
+                .zip(xc.chunks(h))
+                .zip(rc)
+            {
                 let mut dot = 0f64;
                 for ((&d, &xv), &wv) in dyr.iter().zip(xr).zip(w) {
                     dot += (d * wv * xv * r).to_f64c();
@@ -254,21 +287,24 @@ pub fn rms_norm_bwd<T: Float>(
     if let Some(dw) = dw {
         // Column sums over rows: split the features across tasks.
         let cols = (h / rayon::current_num_threads().max(1)).max(64).min(h);
-        dw[..h].par_chunks_mut(cols).enumerate().for_each(|(ci, dwc)| {
-            let c0 = ci * cols;
-            let mut acc = vec![0f64; dwc.len()];
-            for i in 0..n {
-                let r = rstd[i];
-                let dyr = &dy[i * h + c0..i * h + c0 + dwc.len()];
-                let xr = &x[i * h + c0..i * h + c0 + dwc.len()];
-                for ((a, &d), &xv) in acc.iter_mut().zip(dyr).zip(xr) {
-                    *a += (d * xv * r).to_f64c();
+        dw[..h]
+            .par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(ci, dwc)| {
+                let c0 = ci * cols;
+                let mut acc = vec![0f64; dwc.len()];
+                for i in 0..n {
+                    let r = rstd[i];
+                    let dyr = &dy[i * h + c0..i * h + c0 + dwc.len()];
+                    let xr = &x[i * h + c0..i * h + c0 + dwc.len()];
+                    for ((a, &d), &xv) in acc.iter_mut().zip(dyr).zip(xr) {
+                        *a += (d * xv * r).to_f64c();
+                    }
                 }
-            }
-            for (o, a) in dwc.iter_mut().zip(acc) {
-                *o += T::from_f64c(a);
-            }
-        });
+                for (o, a) in dwc.iter_mut().zip(acc) {
+                    *o += T::from_f64c(a);
+                }
+            });
     }
 }
 
@@ -293,25 +329,36 @@ pub fn rms_norm_apply<T: Float>(x: &[T], w: &[T], rstd: &[T], y: &mut [T], h: us
 /// Rotary embeddings in Hugging Face's `rotate_half` layout, in place, on a `(tokens, heads·D)`
 /// buffer. `cos`/`sin` are `(max_pos, D/2)`; `pos[t]` is token `t`'s position. `inverse`
 /// rotates by `-θ` (the backward).
-pub fn rope_inplace<T: Float>(x: &mut [T], heads: usize, d: usize, pos: &[u32], cos: &[T], sin: &[T], inverse: bool) {
+pub fn rope_inplace<T: Float>(
+    x: &mut [T],
+    heads: usize,
+    d: usize,
+    pos: &[u32],
+    cos: &[T],
+    sin: &[T],
+    inverse: bool,
+) {
     let half = d / 2;
     let width = heads * d;
     let rpt = rows_per_task(pos.len(), width);
-    x[..pos.len() * width].par_chunks_mut(rpt * width).zip(pos.par_chunks(rpt)).for_each(|(xc, pc)| {
-        for (xr, &p) in xc.chunks_mut(width).zip(pc) {
-            let c = &cos[p as usize * half..p as usize * half + half];
-            let s = &sin[p as usize * half..p as usize * half + half];
-            for head in xr.chunks_mut(d) {
-                let (a, b) = head.split_at_mut(half);
-                for i in 0..half {
-                    let (x1, x2) = (a[i], b[i]);
-                    let (ci, si) = (c[i], if inverse { -s[i] } else { s[i] });
-                    a[i] = x1 * ci - x2 * si;
-                    b[i] = x2 * ci + x1 * si;
+    x[..pos.len() * width]
+        .par_chunks_mut(rpt * width)
+        .zip(pos.par_chunks(rpt))
+        .for_each(|(xc, pc)| {
+            for (xr, &p) in xc.chunks_mut(width).zip(pc) {
+                let c = &cos[p as usize * half..p as usize * half + half];
+                let s = &sin[p as usize * half..p as usize * half + half];
+                for head in xr.chunks_mut(d) {
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x1, x2) = (a[i], b[i]);
+                        let (ci, si) = (c[i], if inverse { -s[i] } else { s[i] });
+                        a[i] = x1 * ci - x2 * si;
+                        b[i] = x2 * ci + x1 * si;
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 #[inline(always)]
@@ -322,36 +369,45 @@ fn sigmoid<T: Float>(x: T) -> T {
 /// `s = silu(gate) · up` and `sig = σ(gate)` (for the backward, one exp per element).
 pub fn swiglu_fwd_sig<T: Float>(gate: &[T], up: &[T], s: &mut [T], sig: &mut [T]) {
     let c = 1 << 14;
-    s.par_chunks_mut(c).zip(sig.par_chunks_mut(c)).zip(gate.par_chunks(c).zip(up.par_chunks(c))).for_each(|((sc, zc), (gc, uc))| {
-        for (((o, z), &g), &u) in sc.iter_mut().zip(zc.iter_mut()).zip(gc).zip(uc) {
-            let sg = sigmoid(g);
-            *z = sg;
-            *o = g * sg * u;
-        }
-    });
+    s.par_chunks_mut(c)
+        .zip(sig.par_chunks_mut(c))
+        .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
+        .for_each(|((sc, zc), (gc, uc))| {
+            for (((o, z), &g), &u) in sc.iter_mut().zip(zc.iter_mut()).zip(gc).zip(uc) {
+                let sg = sigmoid(g);
+                *z = sg;
+                *o = g * sg * u;
+            }
+        });
 }
 
 /// Backward of SwiGLU from `ds` and the stored `sig = σ(gate)`: writes `dgate` over `ds` and
 /// `dup` over `sig`.
 pub fn swiglu_bwd_sig<T: Float>(ds: &mut [T], sig: &mut [T], gate: &[T], up: &[T]) {
     let c = 1 << 14;
-    ds.par_chunks_mut(c).zip(sig.par_chunks_mut(c)).zip(gate.par_chunks(c).zip(up.par_chunks(c))).for_each(|((dc, zc), (gc, uc))| {
-        for (((d, z), &g), &u) in dc.iter_mut().zip(zc.iter_mut()).zip(gc).zip(uc) {
-            let sg = *z;
-            let dsv = *d;
-            *z = dsv * g * sg;
-            *d = dsv * u * sg * (T::one() + g * (T::one() - sg));
-        }
-    });
+    ds.par_chunks_mut(c)
+        .zip(sig.par_chunks_mut(c))
+        .zip(gate.par_chunks(c).zip(up.par_chunks(c)))
+        .for_each(|((dc, zc), (gc, uc))| {
+            for (((d, z), &g), &u) in dc.iter_mut().zip(zc.iter_mut()).zip(gc).zip(uc) {
+                let sg = *z;
+                let dsv = *d;
+                *z = dsv * g * sg;
+                *d = dsv * u * sg * (T::one() + g * (T::one() - sg));
+            }
+        });
 }
 
 /// `s = silu(gate) · up`.
 pub fn swiglu_fwd<T: Float>(gate: &[T], up: &[T], s: &mut [T]) {
-    s.par_chunks_mut(1 << 14).zip(gate.par_chunks(1 << 14)).zip(up.par_chunks(1 << 14)).for_each(|((sc, gc), uc)| {
-        for ((o, &g), &u) in sc.iter_mut().zip(gc).zip(uc) {
-            *o = g * sigmoid(g) * u;
-        }
-    });
+    s.par_chunks_mut(1 << 14)
+        .zip(gate.par_chunks(1 << 14))
+        .zip(up.par_chunks(1 << 14))
+        .for_each(|((sc, gc), uc)| {
+            for ((o, &g), &u) in sc.iter_mut().zip(gc).zip(uc) {
+                *o = g * sigmoid(g) * u;
+            }
+        });
 }
 
 /// Geometry of packed causal attention with grouped kv heads.
@@ -369,14 +425,24 @@ const QBLOCK: usize = 64;
 /// Causal softmax attention of every row (`rows[i]..rows[i+1]` of the packed tokens) and head.
 /// `q`: `(N, heads·D)`, `k`, `v`: `(N, kv·D)`; writes `out` `(N, heads·D)` and `lse`
 /// `(N, heads)` (log-sum-exp of each query's scaled scores, for the backward).
-pub fn attention_fwd<T: Float>(q: &[T], k: &[T], v: &[T], rows: &[usize], s: AttnShape, out: &mut [T], lse: &mut [T]) {
+pub fn attention_fwd<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    rows: &[usize],
+    s: AttnShape,
+    out: &mut [T],
+    lse: &mut [T],
+) {
     let (h, kv, d) = (s.heads, s.kv_heads, s.d);
     let group = h / kv;
     let (qw, kw) = (h * d, kv * d);
     let scale = T::from_f64c(s.scale);
     let out_p = SyncPtr(out.as_mut_ptr());
     let lse_p = SyncPtr(lse.as_mut_ptr());
-    let tasks: Vec<(usize, usize)> = (0..rows.len() - 1).flat_map(|r| (0..h).map(move |hh| (r, hh))).collect();
+    let tasks: Vec<(usize, usize)> = (0..rows.len() - 1)
+        .flat_map(|r| (0..h).map(move |hh| (r, hh)))
+        .collect();
     tasks.par_iter().for_each(|&(r, hh)| {
         let base = rows[r];
         let len = rows[r + 1] - base;
@@ -388,7 +454,18 @@ pub fn attention_fwd<T: Float>(q: &[T], k: &[T], v: &[T], rows: &[usize], s: Att
             unsafe {
                 let qv = View::raw(q.as_ptr().add((base + q0) * qw + hh * d), qw, 1);
                 let kt = View::raw(k.as_ptr().add(base * kw + g * d), 1, kw);
-                gemm_raw(nq, nk, d, sbuf.as_mut_ptr(), nk, false, qv, kt, scale, false);
+                gemm_raw(
+                    nq,
+                    nk,
+                    d,
+                    sbuf.as_mut_ptr(),
+                    nk,
+                    false,
+                    qv,
+                    kt,
+                    scale,
+                    false,
+                );
             }
             for i in 0..nq {
                 let row = &mut sbuf[i * nk..(i + 1) * nk];
@@ -414,7 +491,18 @@ pub fn attention_fwd<T: Float>(q: &[T], k: &[T], v: &[T], rows: &[usize], s: Att
             unsafe {
                 let pv = View::raw(sbuf.as_ptr(), nk, 1);
                 let vv = View::raw(v.as_ptr().add(base * kw + g * d), kw, 1);
-                gemm_raw(nq, d, nk, out_p.get().add((base + q0) * qw + hh * d), qw, false, pv, vv, T::one(), false);
+                gemm_raw(
+                    nq,
+                    d,
+                    nk,
+                    out_p.get().add((base + q0) * qw + hh * d),
+                    qw,
+                    false,
+                    pv,
+                    vv,
+                    T::one(),
+                    false,
+                );
             }
         }
     });
@@ -443,8 +531,14 @@ pub fn attention_bwd<T: Float>(
     let n = rows[rows.len() - 1];
     dk[..n * kw].iter_mut().for_each(|x| *x = T::zero());
     dv[..n * kw].iter_mut().for_each(|x| *x = T::zero());
-    let (dq_p, dk_p, dv_p) = (SyncPtr(dq.as_mut_ptr()), SyncPtr(dk.as_mut_ptr()), SyncPtr(dv.as_mut_ptr()));
-    let tasks: Vec<(usize, usize)> = (0..rows.len() - 1).flat_map(|r| (0..kv).map(move |g| (r, g))).collect();
+    let (dq_p, dk_p, dv_p) = (
+        SyncPtr(dq.as_mut_ptr()),
+        SyncPtr(dk.as_mut_ptr()),
+        SyncPtr(dv.as_mut_ptr()),
+    );
+    let tasks: Vec<(usize, usize)> = (0..rows.len() - 1)
+        .flat_map(|r| (0..kv).map(move |g| (r, g)))
+        .collect();
     tasks.par_iter().for_each(|&(r, g)| {
         let base = rows[r];
         let len = rows[r + 1] - base;
@@ -462,7 +556,18 @@ pub fn attention_bwd<T: Float>(
                     gemm_raw(nq, nk, d, p.as_mut_ptr(), nk, false, qv, kt, scale, false);
                     let dov = View::raw(dout.as_ptr().add((base + q0) * qw + hh * d), qw, 1);
                     let vt = View::raw(v.as_ptr().add(base * kw + g * d), 1, kw);
-                    gemm_raw(nq, nk, d, dp.as_mut_ptr(), nk, false, dov, vt, T::one(), false);
+                    gemm_raw(
+                        nq,
+                        nk,
+                        d,
+                        dp.as_mut_ptr(),
+                        nk,
+                        false,
+                        dov,
+                        vt,
+                        T::one(),
+                        false,
+                    );
                 }
                 for i in 0..nq {
                     let t = base + q0 + i;
@@ -490,15 +595,48 @@ pub fn attention_bwd<T: Float>(
                     // dq (head hh, rows q0..q1) = scale · dS · K
                     let dsv = View::raw(dp.as_ptr(), nk, 1);
                     let kv_ = View::raw(k.as_ptr().add(base * kw + g * d), kw, 1);
-                    gemm_raw(nq, d, nk, dq_p.get().add((base + q0) * qw + hh * d), qw, false, dsv, kv_, scale, false);
+                    gemm_raw(
+                        nq,
+                        d,
+                        nk,
+                        dq_p.get().add((base + q0) * qw + hh * d),
+                        qw,
+                        false,
+                        dsv,
+                        kv_,
+                        scale,
+                        false,
+                    );
                     // dk (group g, rows 0..nk) += scale · dSᵀ · Q
                     let dst = View::raw(dp.as_ptr(), 1, nk);
                     let qv = View::raw(q.as_ptr().add((base + q0) * qw + hh * d), qw, 1);
-                    gemm_raw(nk, d, nq, dk_p.get().add(base * kw + g * d), kw, true, dst, qv, scale, false);
+                    gemm_raw(
+                        nk,
+                        d,
+                        nq,
+                        dk_p.get().add(base * kw + g * d),
+                        kw,
+                        true,
+                        dst,
+                        qv,
+                        scale,
+                        false,
+                    );
                     // dv (group g) += Pᵀ · dO
                     let pt = View::raw(p.as_ptr(), 1, nk);
                     let dov = View::raw(dout.as_ptr().add((base + q0) * qw + hh * d), qw, 1);
-                    gemm_raw(nk, d, nq, dv_p.get().add(base * kw + g * d), kw, true, pt, dov, T::one(), false);
+                    gemm_raw(
+                        nk,
+                        d,
+                        nq,
+                        dv_p.get().add(base * kw + g * d),
+                        kw,
+                        true,
+                        pt,
+                        dov,
+                        T::one(),
+                        false,
+                    );
                 }
             }
         }
@@ -507,42 +645,25 @@ pub fn attention_bwd<T: Float>(
 
 /// Adds `src` to `dst` elementwise.
 pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
-    dst.par_chunks_mut(1 << 15).zip(src.par_chunks(1 << 15)).for_each(|(d, s)| {
-        for (a, &b) in d.iter_mut().zip(s) {
-            *a += b;
-        }
-    });
+    dst.par_chunks_mut(1 << 15)
+        .zip(src.par_chunks(1 << 15))
+        .for_each(|(d, s)| {
+            for (a, &b) in d.iter_mut().zip(s) {
+                *a += b;
+            }
+        });
 }
 
 /// `dst = a + b` elementwise.
 pub fn add_into<T: Float>(dst: &mut [T], a: &[T], b: &[T]) {
-    dst.par_chunks_mut(1 << 15).zip(a.par_chunks(1 << 15)).zip(b.par_chunks(1 << 15)).for_each(|((d, x), y)| {
-        for ((o, &p), &q) in d.iter_mut().zip(x).zip(y) {
-            *o = p + q;
-        }
-    });
-}
-
-/// A deterministic keep/drop decision for dropout element `i` of stream `seed`
-/// (SplitMix64 hash; the same mask is regenerated in the backward).
-#[inline(always)]
-pub fn dropout_keep(seed: u64, i: u64, p: f64) -> bool {
-    let mut z = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z >> 11) as f64 / (1u64 << 53) as f64) >= p
-}
-
-/// `out = x · mask / (1 − p)` with the mask of stream `seed`.
-pub fn dropout<T: Float>(x: &[T], out: &mut [T], seed: u64, p: f64) {
-    let scale = T::from_f64c(1.0 / (1.0 - p));
-    let c = 1 << 14;
-    out.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(ci, (o, xs))| {
-        for (j, (a, &b)) in o.iter_mut().zip(xs).enumerate() {
-            *a = if dropout_keep(seed, (ci * c + j) as u64, p) { b * scale } else { T::zero() };
-        }
-    });
+    dst.par_chunks_mut(1 << 15)
+        .zip(a.par_chunks(1 << 15))
+        .zip(b.par_chunks(1 << 15))
+        .for_each(|((d, x), y)| {
+            for ((o, &p), &q) in d.iter_mut().zip(x).zip(y) {
+                *o = p + q;
+            }
+        });
 }
 
 #[cfg(test)]
@@ -556,13 +677,19 @@ mod tests {
             let g = hh / (h / kv);
             for i in 0..len {
                 let scores: Vec<f64> = (0..=i)
-                    .map(|j| (0..d).map(|c| q[i * h * d + hh * d + c] * k[j * kv * d + g * d + c]).sum::<f64>() * s.scale)
+                    .map(|j| {
+                        (0..d)
+                            .map(|c| q[i * h * d + hh * d + c] * k[j * kv * d + g * d + c])
+                            .sum::<f64>()
+                            * s.scale
+                    })
                     .collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for c in 0..d {
-                    out[i * h * d + hh * d + c] = (0..=i).map(|j| e[j] / z * v[j * kv * d + g * d + c]).sum();
+                    out[i * h * d + hh * d + c] =
+                        (0..=i).map(|j| e[j] / z * v[j * kv * d + g * d + c]).sum();
                 }
             }
         }
@@ -570,12 +697,19 @@ mod tests {
     }
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f64> {
-        (0..n).map(|i| (i as f64 * 0.7361 + seed as f64 * 1.37).sin()).collect()
+        (0..n)
+            .map(|i| (i as f64 * 0.7361 + seed as f64 * 1.37).sin())
+            .collect()
     }
 
     #[test]
     fn attention_matches_naive_and_its_gradient_matches_finite_differences() {
-        let s = AttnShape { heads: 4, kv_heads: 2, d: 6, scale: 1.0 / 6f64.sqrt() };
+        let s = AttnShape {
+            heads: 4,
+            kv_heads: 2,
+            d: 6,
+            scale: 1.0 / 6f64.sqrt(),
+        };
         // two rows packed: lengths 70 (crosses a query block) and 5
         let rows = vec![0usize, 70, 75];
         let n = 75;
@@ -587,7 +721,13 @@ mod tests {
         attention_fwd(&q, &k, &v, &rows, s, &mut out, &mut lse);
         for (r0, r1) in [(0, 70), (70, 75)] {
             let len = r1 - r0;
-            let want = naive_attention(&q[r0 * 24..r1 * 24], &k[r0 * 12..r1 * 12], &v[r0 * 12..r1 * 12], len, s);
+            let want = naive_attention(
+                &q[r0 * 24..r1 * 24],
+                &k[r0 * 12..r1 * 12],
+                &v[r0 * 12..r1 * 12],
+                len,
+                s,
+            );
             for (a, b) in out[r0 * 24..r1 * 24].iter().zip(&want) {
                 assert!((a - b).abs() < 1e-12, "{a} vs {b}");
             }
@@ -601,9 +741,18 @@ mod tests {
             o.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
         };
         let (mut dq, mut dk, mut dv) = (vec![0.0; n * 24], vec![0.0; n * 12], vec![0.0; n * 12]);
-        attention_bwd(&q, &k, &v, &out, &lse, &w, &rows, s, &mut dq, &mut dk, &mut dv);
+        attention_bwd(
+            &q, &k, &v, &out, &lse, &w, &rows, s, &mut dq, &mut dk, &mut dv,
+        );
         let eps = 1e-6;
-        for (which, idx) in [(0, 5usize), (0, 69 * 24 + 7), (1, 3), (1, 71 * 12 + 2), (2, 0), (2, 40 * 12 + 11)] {
+        for (which, idx) in [
+            (0, 5usize),
+            (0, 69 * 24 + 7),
+            (1, 3),
+            (1, 71 * 12 + 2),
+            (2, 0),
+            (2, 40 * 12 + 11),
+        ] {
             let (mut qa, mut ka, mut va) = (q.clone(), k.clone(), v.clone());
             let (mut qb, mut kb, mut vb) = (q.clone(), k.clone(), v.clone());
             match which {
@@ -622,7 +771,10 @@ mod tests {
             }
             let fd = (loss(&qa, &ka, &va) - loss(&qb, &kb, &vb)) / (2.0 * eps);
             let an = [&dq, &dk, &dv][which][idx];
-            assert!((fd - an).abs() < 1e-7 * (1.0 + an.abs()), "{which}[{idx}]: {an} vs {fd}");
+            assert!(
+                (fd - an).abs() < 1e-7 * (1.0 + an.abs()),
+                "{which}[{idx}]: {an} vs {fd}"
+            );
         }
     }
 
@@ -652,12 +804,5 @@ mod tests {
             um[i] -= 1e-6;
             assert!(((f(&g, &up) - f(&g, &um)) / 2e-6 - sig[i]).abs() < 1e-7);
         }
-    }
-
-    #[test]
-    fn dropout_masks_are_reproducible_and_have_the_right_rate() {
-        let kept = (0..100_000u64).filter(|&i| dropout_keep(7, i, 0.25)).count();
-        assert!((kept as f64 / 1e5 - 0.75).abs() < 0.01, "{kept}");
-        assert!((0..1000u64).all(|i| dropout_keep(7, i, 0.25) == dropout_keep(7, i, 0.25)));
     }
 }

@@ -1,0 +1,217 @@
+//! `[train]`: the weighted loss, the optimiser and its schedule, LoRA, and the engine.
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::EngineChoice;
+use super::loss::Weighting;
+use super::optim::Schedule;
+use crate::schema::Loss;
+
+/// `[train]`: the weighted loss and its optimiser.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Training objective (decides the rows `east weight` writes).
+    pub loss: Loss,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Examples per optimiser step.
+    pub batch_size: usize,
+    /// Examples per forward pass (gradients accumulate up to `batch_size`).
+    pub micro_batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// DPO/KTO temperature; unset means the paper's 1B value for the loss (DPO 0.01, KTO 0.05).
+    pub beta: Option<f64>,
+    /// KTO weights of desirable and undesirable examples.
+    pub desirable_weight: f64,
+    pub undesirable_weight: f64,
+    /// Share of the steps spent warming the learning rate up from 0.
+    pub warmup_ratio: f64,
+    /// Learning-rate decay after warmup.
+    pub schedule: Schedule,
+    /// Decoupled AdamW weight decay.
+    pub weight_decay: f64,
+    /// Gradients are scaled down to this global norm.
+    pub max_grad_norm: f64,
+    /// Stop after this many optimiser steps (overrides `epochs`, as in Hugging Face).
+    pub max_steps: Option<usize>,
+    /// Truncate prompt + response to this many tokens.
+    pub max_length: usize,
+    /// Where example weights come from.
+    pub weighting: Weighting,
+    /// Train LoRA adapters instead of every weight.
+    pub lora: bool,
+    pub lora_rank: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    /// Projections that get adapters.
+    pub lora_targets: Vec<String>,
+    /// With LoRA, also write a merged full checkpoint (`out/merged/`).
+    pub merge: bool,
+    /// Seeds the epoch shuffles, LoRA initialisation and dropout.
+    pub seed: u64,
+    /// The training engine.
+    pub engine: EngineChoice,
+    /// Write a resume checkpoint every this many optimiser steps (0: never).
+    pub save_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            loss: Loss::Sft,
+            epochs: 3,
+            batch_size: 16,
+            micro_batch_size: 2,
+            lr: 2e-6,
+            beta: None,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
+            warmup_ratio: 0.1,
+            schedule: Schedule::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            max_steps: None,
+            max_length: 2048,
+            weighting: Weighting::Data,
+            lora: false,
+            lora_rank: 16,
+            lora_alpha: 16.0,
+            lora_dropout: 0.0,
+            lora_targets: super::engine::PROJECTIONS.map(String::from).to_vec(),
+            merge: false,
+            seed: 42,
+            engine: EngineChoice::Auto,
+            save_steps: 50,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The DPO/KTO β in force: the configured one or the paper's 1B default for the loss.
+    pub fn beta(&self) -> f64 {
+        self.beta.unwrap_or(match self.loss {
+            Loss::Kto => 0.05,
+            _ => 0.01,
+        })
+    }
+
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let finite = |key: &'static str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err((key, format!("must be finite, got {v}")))
+            }
+        };
+        if self.epochs == 0 {
+            return Err(("epochs", "must be at least 1".into()));
+        }
+        if self.batch_size == 0 || self.micro_batch_size == 0 {
+            return Err(("batch_size", "batch sizes must be at least 1".into()));
+        }
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
+            return Err((
+                "micro_batch_size",
+                format!(
+                    "must divide train.batch_size ({}), got {}",
+                    self.batch_size, self.micro_batch_size
+                ),
+            ));
+        }
+        finite("lr", self.lr)?;
+        if self.lr <= 0.0 {
+            return Err(("lr", format!("must be > 0, got {}", self.lr)));
+        }
+        if let Some(beta) = self.beta {
+            finite("beta", beta)?;
+            if beta <= 0.0 {
+                return Err(("beta", format!("must be > 0, got {beta}")));
+            }
+        }
+        for (key, v) in [
+            ("desirable_weight", self.desirable_weight),
+            ("undesirable_weight", self.undesirable_weight),
+        ] {
+            finite(key, v)?;
+            if v < 0.0 {
+                return Err((key, format!("must be ≥ 0, got {v}")));
+            }
+        }
+        if !(0.0..1.0).contains(&self.warmup_ratio) {
+            return Err((
+                "warmup_ratio",
+                format!("must be in [0, 1), got {}", self.warmup_ratio),
+            ));
+        }
+        finite("weight_decay", self.weight_decay)?;
+        if self.weight_decay < 0.0 {
+            return Err((
+                "weight_decay",
+                format!("must be ≥ 0, got {}", self.weight_decay),
+            ));
+        }
+        finite("max_grad_norm", self.max_grad_norm)?;
+        if self.max_grad_norm <= 0.0 {
+            return Err((
+                "max_grad_norm",
+                format!("must be > 0, got {}", self.max_grad_norm),
+            ));
+        }
+        if self.max_steps == Some(0) {
+            return Err(("max_steps", "must be at least 1 when set".into()));
+        }
+        if self.max_length < 2 {
+            return Err(("max_length", "must be at least 2".into()));
+        }
+        self.validate_lora()
+    }
+
+    fn validate_lora(&self) -> Result<(), (&'static str, String)> {
+        if self.lora_rank == 0 {
+            return Err(("lora_rank", "must be at least 1".into()));
+        }
+        if !self.lora_alpha.is_finite() || self.lora_alpha <= 0.0 {
+            return Err((
+                "lora_alpha",
+                format!("must be > 0, got {}", self.lora_alpha),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err((
+                "lora_dropout",
+                format!("must be in [0, 1), got {}", self.lora_dropout),
+            ));
+        }
+        if self.lora_targets.is_empty() {
+            return Err(("lora_targets", "must name at least one module".into()));
+        }
+        let known = super::engine::PROJECTIONS;
+        if let Some(bad) = self
+            .lora_targets
+            .iter()
+            .find(|m| !known.contains(&m.as_str()))
+        {
+            return Err((
+                "lora_targets",
+                format!("unknown module `{bad}` (known: {})", known.join(", ")),
+            ));
+        }
+        if self.merge && !self.lora {
+            return Err(("merge", "only applies with train.lora = true (full fine-tuning writes a full checkpoint anyway)".into()));
+        }
+        Ok(())
+    }
+
+    /// The settings that decide the trained weights (how often resume checkpoints are written
+    /// does not), for fingerprints.
+    pub fn identity(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("the train config serialises");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("save_steps");
+        }
+        v
+    }
+}
