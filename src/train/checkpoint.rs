@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::engine::EngineState;
-use crate::model::{Llama, LlamaConfig, Tokenizer};
+use crate::model::{Llama, LlamaConfig, LoadedModel, ModelSource, Tokenizer};
 
 /// Everything about the source model a checkpoint needs besides its weights.
 #[derive(Debug, Clone)]
@@ -29,6 +29,44 @@ pub struct ModelMeta {
     pub eos_ids: Vec<u32>,
     pub bos_id: Option<u32>,
     pub pad_id: u32,
+}
+
+impl ModelMeta {
+    /// Splits a loaded model into its weights (for the engine), what a checkpoint needs of it,
+    /// and the base model's name for adapter_config.json (an absolute path for local models).
+    pub fn split(lm: LoadedModel) -> (Llama, ModelMeta, String) {
+        let base_spec = match &lm.source {
+            ModelSource::Gguf(p) | ModelSource::Folder(p) => p
+                .canonicalize()
+                .unwrap_or_else(|_| p.clone())
+                .display()
+                .to_string(),
+            ModelSource::Hub { .. } => lm.spec.clone(),
+        };
+        let LoadedModel {
+            model,
+            tokenizer,
+            config,
+            chat_template,
+            eos_ids,
+            bos_id,
+            pad_id,
+            dir,
+            tokenizer_json,
+            ..
+        } = lm;
+        let meta = ModelMeta {
+            config,
+            tokenizer,
+            tokenizer_json,
+            dir,
+            chat_template,
+            eos_ids,
+            bos_id,
+            pad_id,
+        };
+        (model, meta, base_spec)
+    }
 }
 
 /// The `torch_dtype` string of a dtype.

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::EngineChoice;
-use super::loss::Weighting;
+use super::engine::{EngineChoice, LoraSpec};
+use super::loss::{LossConfig, Weighting};
 use super::optim::Schedule;
 use crate::schema::Loss;
 
@@ -94,6 +94,27 @@ impl TrainConfig {
         self.beta.unwrap_or(match self.loss {
             Loss::Kto => 0.05,
             _ => 0.01,
+        })
+    }
+
+    /// The loss's hyperparameters.
+    pub fn loss_config(&self) -> LossConfig {
+        LossConfig {
+            loss: self.loss,
+            beta: self.beta(),
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
+            weighting: self.weighting,
+        }
+    }
+
+    /// The adapters to train, with `lora = true`.
+    pub fn lora_spec(&self) -> Option<LoraSpec> {
+        self.lora.then(|| LoraSpec {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+            dropout: self.lora_dropout,
+            targets: self.lora_targets.clone(),
         })
     }
 

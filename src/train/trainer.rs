@@ -25,7 +25,7 @@ use super::identity::{model_fingerprint, reference_key, run_fingerprint};
 use super::loss::{KtoRows, LossConfig, LossOut, Metrics, Rows, Weighting};
 use super::optim::{clip_scale, lr_at, warmup_steps, AdamW};
 use super::reference::{reference_logps, RefLogps};
-use crate::model::{LoadedModel, ModelConfig, ModelSource};
+use crate::model::{LoadedModel, ModelConfig};
 use crate::schema::Loss;
 
 /// One `east train` run.
@@ -147,70 +147,19 @@ impl Run {
             .with_context(|| format!("creating {}", job.out.display()))?;
         let lm = crate::model::load_model(&job.model)?;
         let dtype = lm.model.dtype();
-        let loss = LossConfig {
-            loss: t.loss,
-            beta: t.beta(),
-            desirable_weight: t.desirable_weight,
-            undesirable_weight: t.undesirable_weight,
-            weighting: t.weighting,
-        };
         let data = load_data(&lm, job)?;
         let model_fp = model_fingerprint(&lm, job.model.adapter.as_deref(), dtype);
         let fingerprint = run_fingerprint(&model_fp, &data.sha256, t, &job.model);
         if let Some(report) = finished_run(job, &fingerprint, &data)? {
             return Ok(Prepared::AlreadyDone(report));
         }
-        let resume = checkpoint::load_resume(&job.out)?;
-        if resume
-            .as_ref()
-            .is_some_and(|(r, _)| r.fingerprint != fingerprint)
-        {
-            bail!(
-                "{} holds a resume checkpoint of a run with other settings (model, data or [train] keys differ); rerun with the same settings to resume, or use another --out",
-                checkpoint::resume_dir(&job.out).display()
-            );
-        }
+        let resume = resume_of(job, &fingerprint)?;
 
-        let base_spec = match &lm.source {
-            ModelSource::Gguf(p) | ModelSource::Folder(p) => p
-                .canonicalize()
-                .unwrap_or_else(|_| p.clone())
-                .display()
-                .to_string(),
-            ModelSource::Hub { .. } => lm.spec.clone(),
-        };
-        let LoadedModel {
-            model,
-            tokenizer,
-            config,
-            chat_template,
-            eos_ids,
-            bos_id,
-            pad_id,
-            dir,
-            tokenizer_json,
-            ..
-        } = lm;
-        let meta = ModelMeta {
-            config,
-            tokenizer,
-            tokenizer_json,
-            dir,
-            chat_template,
-            eos_ids,
-            bos_id,
-            pad_id,
-        };
-        let lora = t.lora.then(|| LoraSpec {
-            rank: t.lora_rank,
-            alpha: t.lora_alpha,
-            dropout: t.lora_dropout,
-            targets: t.lora_targets.clone(),
-        });
+        let (model, meta, base_spec) = ModelMeta::split(lm);
+        let lora = t.lora_spec();
         let (mut engine, engine_name) =
             make_engine(&model, lora.clone(), t.seed, t.engine, job.profile)?;
         drop(model);
-
         // Reference log-probabilities come from the starting weights, before a resume loads others.
         let refs = match t.loss.needs_rejected() {
             true => {
@@ -230,25 +179,11 @@ impl Run {
             }
             None => (0, StepLog::create(&job.out)?),
         };
-        if job.progress {
-            eprintln!(
-                "east train: {} examples ({} truncated), {total} steps of {} ({per_epoch} per epoch), {} loss, {engine_name} engine{}",
-                data.examples.len(),
-                data.truncated,
-                t.batch_size,
-                t.loss.name(),
-                if t.lora { format!(", LoRA r={} α={}", t.lora_rank, t.lora_alpha) } else { String::new() }
-            );
-        }
-        let bar = job.progress.then(|| {
-            let b = crate::progress::items_bar(total as u64, "train");
-            b.set_position(start as u64);
-            b
-        });
+        let bar = progress_bar(job, &data, &engine_name, (start, total, per_epoch));
         Ok(Prepared::Ready(Box::new(Run {
             job: job.clone(),
             data,
-            loss,
+            loss: t.loss_config(),
             engine,
             engine_name,
             refs,
@@ -459,67 +394,16 @@ impl Run {
             b.finish_and_clear();
         }
         self.log.sync();
-        let (job, t) = (&self.job, &self.job.train);
         self.engine.release_training_state();
-        let merge = t.lora && (t.merge || job.model.adapter.is_some());
-        match (self.engine.lora_weights()?, &self.lora) {
-            (Some(lw), Some(spec)) => {
-                crate::model::lora::write_adapter(
-                    &job.out,
-                    &lw,
-                    spec.rank,
-                    spec.alpha,
-                    spec.dropout,
-                    &spec.targets,
-                    &self.base_spec,
-                )?;
-                checkpoint::write_tokenizer_files(&job.out, &self.meta)?;
-                if merge {
-                    let mut base = self.engine.base_weights()?;
-                    crate::model::lora::merge_named(&mut base, &lw, spec.scale())?;
-                    checkpoint::write_model_dir(
-                        &job.out.join("merged"),
-                        &self.meta,
-                        base,
-                        self.dtype,
-                    )?;
-                }
-            }
-            _ => checkpoint::write_model_dir(
-                &job.out,
-                &self.meta,
-                self.engine.base_weights()?,
-                self.dtype,
-            )?,
-        }
-        let trained = self.total.saturating_sub(self.start);
-        let n = self.data.examples.len();
-        let state = json!({
-            "complete": true,
-            "fingerprint": self.fingerprint,
-            "global_step": self.total,
-            "epochs": self.total as f64 / self.per_epoch as f64,
-            "final_loss": self.last_loss,
-            "engine": self.engine_name,
-            "model": job.model.path,
-            "adapter": job.model.adapter,
-            "data": job.data,
-            "data_sha256": self.data.sha256,
-            "examples": n,
-            "truncated_examples": self.data.truncated,
-            "reference_cache": self.refs.as_ref().and_then(|r| r.cache.clone()),
-            "lora": t.lora,
-            "merged": merge,
-            "train": t,
-            "beta": t.beta(),
-        });
-        let state_path = job.out.join("trainer_state.json");
-        crate::io::write_json_atomic(&state_path, &state)
+        let merged = self.write_checkpoint()?;
+        let state_path = self.job.out.join("trainer_state.json");
+        crate::io::write_json_atomic(&state_path, &self.trainer_state(merged))
             .with_context(|| format!("writing {}", state_path.display()))?;
-        checkpoint::remove_resume(&job.out)?;
+        checkpoint::remove_resume(&self.job.out)?;
+        let trained = self.total.saturating_sub(self.start);
         Ok(TrainReport {
-            out: job.out.clone(),
-            examples: n,
+            out: self.job.out.clone(),
+            examples: self.data.examples.len(),
             steps: self.total,
             total_steps: self.total,
             resumed_from: self.start,
@@ -533,12 +417,64 @@ impl Run {
             },
             engine: self.engine_name.clone(),
             truncated: self.data.truncated,
-            phases: self
-                .engine
-                .phase_times()
-                .into_iter()
+            phases: (self.engine.phase_times().into_iter())
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+        })
+    }
+
+    /// The trained model: a Hugging Face folder, or with LoRA a PEFT adapter (and the merged
+    /// model in `merged/` when asked for, or when the run started from an adapter). Returns
+    /// whether a merged model was written.
+    fn write_checkpoint(&self) -> anyhow::Result<bool> {
+        let (job, t) = (&self.job, &self.job.train);
+        let (Some(lw), Some(spec)) = (self.engine.lora_weights()?, &self.lora) else {
+            let weights = self.engine.base_weights()?;
+            checkpoint::write_model_dir(&job.out, &self.meta, weights, self.dtype)?;
+            return Ok(false);
+        };
+        let (rank, alpha, dropout) = (spec.rank, spec.alpha, spec.dropout);
+        let base = &self.base_spec;
+        crate::model::lora::write_adapter(
+            &job.out,
+            &lw,
+            rank,
+            alpha,
+            dropout,
+            &spec.targets,
+            base,
+        )?;
+        checkpoint::write_tokenizer_files(&job.out, &self.meta)?;
+        let merge = t.merge || job.model.adapter.is_some();
+        if merge {
+            let mut weights = self.engine.base_weights()?;
+            crate::model::lora::merge_named(&mut weights, &lw, spec.scale())?;
+            checkpoint::write_model_dir(&job.out.join("merged"), &self.meta, weights, self.dtype)?;
+        }
+        Ok(merge)
+    }
+
+    /// `trainer_state.json`: the run is complete, and what it was.
+    fn trainer_state(&self, merged: bool) -> Value {
+        let (job, t) = (&self.job, &self.job.train);
+        json!({
+            "complete": true,
+            "fingerprint": self.fingerprint,
+            "global_step": self.total,
+            "epochs": self.total as f64 / self.per_epoch as f64,
+            "final_loss": self.last_loss,
+            "engine": self.engine_name,
+            "model": job.model.path,
+            "adapter": job.model.adapter,
+            "data": job.data,
+            "data_sha256": self.data.sha256,
+            "examples": self.data.examples.len(),
+            "truncated_examples": self.data.truncated,
+            "reference_cache": self.refs.as_ref().and_then(|r| r.cache.clone()),
+            "lora": t.lora,
+            "merged": merged,
+            "train": t,
+            "beta": t.beta(),
         })
     }
 }
@@ -599,6 +535,51 @@ fn finished_run(
         truncated: data.truncated,
         phases: Default::default(),
     }))
+}
+
+/// The resume checkpoint in the output folder, if any; one of another run is an error.
+fn resume_of(
+    job: &TrainJob,
+    fingerprint: &str,
+) -> anyhow::Result<Option<(ResumeState, super::engine::EngineState)>> {
+    let resume = checkpoint::load_resume(&job.out)?;
+    if resume
+        .as_ref()
+        .is_some_and(|(r, _)| r.fingerprint != fingerprint)
+    {
+        bail!(
+            "{} holds a resume checkpoint of a run with other settings (model, data or [train] keys differ); rerun with the same settings to resume, or use another --out",
+            checkpoint::resume_dir(&job.out).display()
+        );
+    }
+    Ok(resume)
+}
+
+/// On a terminal: one line saying what will run, and a bar over the steps.
+fn progress_bar(
+    job: &TrainJob,
+    data: &TrainData,
+    engine: &str,
+    (start, total, per_epoch): (usize, usize, usize),
+) -> Option<ProgressBar> {
+    if !job.progress {
+        return None;
+    }
+    let t = &job.train;
+    let lora = match t.lora {
+        true => format!(", LoRA r={} α={}", t.lora_rank, t.lora_alpha),
+        false => String::new(),
+    };
+    eprintln!(
+        "east train: {} examples ({} truncated), {total} steps of {} ({per_epoch} per epoch), {} loss, {engine} engine{lora}",
+        data.examples.len(),
+        data.truncated,
+        t.batch_size,
+        t.loss.name(),
+    );
+    let bar = crate::progress::items_bar(total as u64, "train");
+    bar.set_position(start as u64);
+    Some(bar)
 }
 
 /// The engine `choice` asks for, on the model's device and dtype, and its name for logs.

@@ -1,0 +1,129 @@
+//! The command line as a user meets it: the version, flags that would be ignored, and
+//! enumerated options that list their values. None of these calls gets as far as loading a model.
+
+use std::process::{Command, Output};
+
+fn east(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let o = east(&["--version"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("east {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn lora_only_flags_without_lora_are_errors() {
+    let base = [
+        "train",
+        "--model",
+        "no-such-model",
+        "--data",
+        "no.jsonl",
+        "--out",
+        "no-such-dir",
+    ];
+    for extra in [
+        &["--lora-rank", "8"][..],
+        &["--lora-alpha", "32"],
+        &["--lora-dropout", "0.1"],
+        &["--lora-targets", "q_proj"],
+        &["--merge"],
+    ] {
+        let o = east(&[&base[..], extra].concat());
+        assert!(!o.status.success(), "{extra:?} was accepted");
+        let e = stderr(&o);
+        assert!(
+            e.contains(extra[0]) && e.contains("add --lora"),
+            "{extra:?}: {e}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("no-such-dir").exists(),
+        "nothing is written"
+    );
+}
+
+#[test]
+fn cluster_split_needs_a_dataset() {
+    let o = east(&[
+        "cluster",
+        "--samples",
+        "s.jsonl",
+        "--out",
+        "c.jsonl",
+        "--split",
+        "test",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--dataset"), "{}", stderr(&o));
+}
+
+#[test]
+fn enumerated_options_name_their_values() {
+    let o = east(&[
+        "train",
+        "--data",
+        "d.jsonl",
+        "--out",
+        "o",
+        "--schedule",
+        "exponential",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("exponential")
+            && e.contains("linear")
+            && e.contains("cosine")
+            && e.contains("constant"),
+        "{e}"
+    );
+    let o = east(&["sample", "--out", "s.jsonl", "--device", "gpu"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("cpu, cuda or cuda:N"), "{}", stderr(&o));
+    let o = east(&[
+        "weight",
+        "--clusters",
+        "c",
+        "--samples",
+        "s",
+        "--out",
+        "t",
+        "--metric",
+        "variance",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("entropy"), "{}", stderr(&o));
+}
+
+#[test]
+fn help_shows_defaults_and_values() {
+    let o = east(&["sample", "--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    // the paper's sampling settings, as Config::default() holds them
+    assert!(
+        help.contains("Completions per question [default: 128]"),
+        "{help}"
+    );
+    assert!(help.contains("[default: 0.7]"), "{help}");
+    let o = east(&["weight", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        help.contains("power") && help.contains("linear") && help.contains("[default: entropy]"),
+        "{help}"
+    );
+}
