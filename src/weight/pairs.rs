@@ -116,13 +116,18 @@ pub fn pick_pair(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::HashSet;
 
     use super::*;
     use crate::schema::Cluster;
 
-    fn record(correct: &[bool], cluster_of: &[usize], clusters: &[(usize, bool)]) -> ClusterRecord {
+    /// A question's cluster record for tests: the `correct` flag and cluster of each completion.
+    pub(crate) fn record(
+        correct: &[bool],
+        cluster_of: &[usize],
+        clusters: &[(usize, bool)],
+    ) -> ClusterRecord {
         ClusterRecord {
             id: "q1".into(),
             answer: "1".into(),

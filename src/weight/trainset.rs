@@ -312,28 +312,7 @@ fn rows(kept: &Kept, question: &str, texts: &[String], loss: Loss) -> Vec<TrainR
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schema::Cluster;
-
-    fn record(correct: &[bool], cluster_of: &[usize], clusters: &[(usize, bool)]) -> ClusterRecord {
-        ClusterRecord {
-            id: "q1".into(),
-            answer: "1".into(),
-            preds: vec![Some("x".into()); correct.len()],
-            correct: correct.to_vec(),
-            clusters: clusters
-                .iter()
-                .map(|&(count, correct)| Cluster {
-                    answer: None,
-                    count,
-                    correct,
-                })
-                .collect(),
-            cluster_of: cluster_of.to_vec(),
-            entropy: 1.0,
-            accuracy: 0.5,
-            dominant_wrong: 0.25,
-        }
-    }
+    use crate::weight::pairs::tests::record;
 
     #[test]
     fn admission_rules() {
