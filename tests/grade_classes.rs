@@ -101,7 +101,16 @@ fn extract_answer_in_closing_sentence() {
         ex("Answer: The probability is $\\frac{3}{8}$.").as_deref(),
         Some("\\frac{3}{8}")
     );
+    assert_eq!(
+        ex("The final answer is: The largest $n$ is 34.").as_deref(),
+        Some("34")
+    );
+    assert_eq!(ex("So the answer is therefore 42.").as_deref(), Some("42"));
     // not a sentence: kept as written
+    assert_eq!(
+        ex("The final answer is 3.5 hours.").as_deref(),
+        Some("3.5 hours")
+    );
     assert_eq!(ex("Final Answer: Evelyn").as_deref(), Some("Evelyn"));
     assert_eq!(ex("Answer: y = 3x - 1").as_deref(), Some("y = 3x - 1"));
 }

@@ -14,7 +14,8 @@ const BOX_CMDS: [&str; 2] = ["\\boxed", "\\fbox"];
 ///    are parts of the same answer: `\boxed{1}, \boxed{2}` is returned as written (each part
 ///    re-boxed, duplicates dropped) and [`crate::grade::Answer::parse`] reads it as a set;
 /// 2. else the text after the last "he answer is" / "final answer is" (leading `:` and
-///    surrounding whitespace / `*` dropped), up to the end of its line or sentence;
+///    surrounding whitespace / `*` dropped), up to the end of its line or sentence; if that is
+///    itself a sentence ("The answer is: the largest $n$ is 34"), the answer inside it;
 /// 3. else the text after the last "Answer:" / "**Final Answer:**" / "**Answer**" header, up to
 ///    the end of its line (the next line if the header ends its line); if that text is a
 ///    sentence ("The largest $n$ is 34."), the answer inside it (step 4 or 5 on it);
@@ -285,7 +286,21 @@ fn answer_is(text: &str) -> Option<String> {
     }
     let ans = line[..cut].trim().trim_matches('*').trim();
     let ans = ans.trim_end_matches(['.', '/']).trim();
-    (!ans.is_empty()).then(|| ans.to_string())
+    if ans.is_empty() {
+        return None;
+    }
+    Some(sentence_answer(ans).unwrap_or_else(|| ans.to_string()))
+}
+
+/// If `s` is a sentence ("The largest $n$ is 34"), the answer inside it: its last math span if
+/// no digit follows it, else its last number.
+fn sentence_answer(s: &str) -> Option<String> {
+    if !is_sentence(s) {
+        return None;
+    }
+    final_math_span(s)
+        .map(str::to_string)
+        .or_else(|| last_number(s))
 }
 
 /// The answer after the last "Answer:" header (`Final Answer:`, `**Answer:**`, `**Final
@@ -335,15 +350,7 @@ fn answer_header(text: &str) -> Option<String> {
     if ans.is_empty() {
         return None;
     }
-    if is_sentence(ans) {
-        if let Some(m) = final_math_span(ans) {
-            return Some(m.to_string());
-        }
-        if let Some(n) = last_number(ans) {
-            return Some(n);
-        }
-    }
-    Some(ans.to_string())
+    Some(sentence_answer(ans).unwrap_or_else(|| ans.to_string()))
 }
 
 /// A sentence rather than an answer: starts with a word of two or more letters (not a
