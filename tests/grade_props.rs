@@ -194,6 +194,14 @@ proptest! {
     }
 
     #[test]
+    fn multibyte_text_before_boxes_is_safe(pre in "[é😀 ,a-z]{0,80}", n in 0i64..100) {
+        let c = format!("{pre}\\boxed{{{n}}}");
+        prop_assert_eq!(extract_answer(&c), Some(n.to_string()));
+        let c = format!("\\boxed{{1}}{pre}\\boxed{{{n}}}");
+        let _ = extract_answer(&c);
+    }
+
+    #[test]
     fn repeating_digit_is_ninths(d in 1u32..9, k in 0u32..100) {
         // k.ddd… = k + d/9
         let opts = GradeOptions::default();

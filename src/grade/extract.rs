@@ -58,6 +58,19 @@ fn boxed_answer(text: &str) -> Option<String> {
     };
     let mut parts = vec![last];
     while parts.len() < MAX_BOX_PARTS {
+        // cheap test first: an earlier part's closing brace, then only connectors, right before
+        // this box (so a single-box completion is not scanned again to its start)
+        let mut from = start.saturating_sub(66);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let window = &text[from..start];
+        if !window
+            .rfind('}')
+            .is_some_and(|q| is_connector(&window[q + 1..]))
+        {
+            break;
+        }
         let Some((pos, len)) = prev_box_cmd(text, start) else {
             break;
         };
