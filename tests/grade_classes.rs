@@ -153,6 +153,11 @@ fn unit_stripping_leaves_no_debris() {
     assert_eqv("125\\textnormal{ miles}", "125");
     assert_neq("150 \\mbox{ cm}^2", "1502");
     assert!(grades("The area is \\boxed{150 \\mbox{ cm}^2}.", "150"));
+    // the unit before a closing `$`: still trailing
+    assert_eq!(strip_string("$150 \\mbox{ cm}^2$"), "150");
+    assert!(grades("The answer is $150 \\mbox{ cm}^2$.", "150"));
+    assert!(grades("The answer is $150 \\text{ cm}^2$.", "150"));
+    assert!(!grades("The answer is $150 \\text{ cm}^2$.", "22500"));
 }
 
 // ------------------------------------------------------------------------- equivalences

@@ -84,6 +84,11 @@ fn strip_string_opts(input: &str, keep_lhs: bool) -> String {
         s = rep(s, "\\{", "{");
         s = rep(s, "\\}", "}");
     }
+    // DIFF: math delimiters around the whole answer go first, so that a unit before the closing
+    // `$` is still trailing (`$150 \mbox{ cm}^2$` -> `150`, not `150^2`)
+    if s.ends_with(['$', ')', ']']) {
+        s = strip_math_delimiters(s);
+    }
     // trailing `\text{...}` unit: `5\text{ cm}` -> `5`; DIFF: also `\text{ cm}^2`, `\mbox{ in}^2`
     if s.ends_with(['}', '2', '3']) {
         s = drop_trailing_text_unit(&s);
@@ -758,7 +763,22 @@ fn and_words(s: &str) -> String {
     out
 }
 
-/// `\mbox{...}` removed up to the first `}`, like the toolkit's non-greedy regex.
+/// `$x$`, `\(x\)`, `\[x\]` around the whole answer -> `x`.
+fn strip_math_delimiters(s: String) -> String {
+    let t = s.trim();
+    for (open, close) in [("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
+        if let Some(inner) = t.strip_prefix(open).and_then(|x| x.strip_suffix(close)) {
+            let inner = inner.trim_matches('$').trim();
+            if !inner.is_empty() {
+                return inner.to_string();
+            }
+        }
+    }
+    s
+}
+
+/// `\mbox{...}` removed up to the first `}`, like the toolkit's non-greedy regex; DIFF: with
+/// the power of an area or volume unit after it (`\mbox{ cm}^2`), which would be debris.
 fn drop_mbox(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -766,7 +786,16 @@ fn drop_mbox(s: &str) -> String {
         match rest[p + 6..].find('}') {
             Some(q) => {
                 out.push_str(&rest[..p]);
+                let unit = is_unit_text(&rest[p + 6..p + 6 + q]);
                 rest = &rest[p + 6 + q + 1..];
+                if unit {
+                    for pw in ["^{2}", "^{3}", "^2", "^3"] {
+                        if let Some(r) = rest.strip_prefix(pw) {
+                            rest = r;
+                            break;
+                        }
+                    }
+                }
             }
             None => break,
         }
@@ -981,6 +1010,9 @@ mod tests {
 
     #[test]
     fn drops_area_units() {
+        assert_eq!(strip_string("$150 \\mbox{ cm}^2$"), "150");
+        assert_eq!(strip_string("\\(150 \\text{ cm}^2\\)"), "150");
+        assert_eq!(strip_string("150 \\mbox{ cm}^2 + 1"), "150+1");
         assert_eq!(strip_string("864 \\mbox{ inches}^2"), "864");
         assert_eq!(strip_string("15\\mbox{ cm}^2"), "15");
         assert_eq!(strip_string("12\\text{ m}^3"), "12");
