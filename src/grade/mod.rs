@@ -46,10 +46,11 @@
 //! exactly when `b = a/100`, so it does not matter which side is the reference.
 //!
 //! # Differences from the Qwen2.5-Math toolkit (`parser.py` `strip_string`, `grader.py`)
-//! Kept: extraction order; `\boxed` brace matching; `strip_string`'s steps in its order
-//! (including `\frac12`, `\sqrt2`, `k =` prefixes of ≤ 2 characters, `a/b` → `\frac{a}{b}`,
-//! trailing `.0`, `j` → `i`, `\text{…}` at the end removed, `%`, `^\circ`, `$`); numeric
-//! relative tolerance 1e-4; element-wise tuples and matrices.
+//! Kept: box, then "the answer is", then the last number as the first and last extraction
+//! steps; `\boxed` brace matching; `strip_string`'s steps in its order (including `\frac12`,
+//! `\sqrt2`, `k =` prefixes of ≤ 2 characters, `a/b` → `\frac{a}{b}`, trailing `.0`, `j` → `i`,
+//! `\text{…}` at the end removed, `%`, `^\circ`, `$`); its numeric relative tolerance 1e-4 as
+//! the `approximate` option; element-wise tuples and matrices.
 //!
 //! Changed, deliberately:
 //! * percent rule (`pred == ref·100` or `ref/100`) is **off** by default ([`GradeOptions`]);
