@@ -203,7 +203,14 @@ fn fractions_and_decimals() {
     assert_eqv("\\frac{1}{2}", "\\dfrac12");
     assert_eqv("1/2", "\\frac{1}{2}");
     assert_eqv("\\frac{14}{3}", "\\frac{28}{6}");
-    assert_eqv("\\frac{3}{56}", "0.05357");
+    // a rounded decimal is not the exact fraction (issue 17), unless `approximate` is on
+    assert_neq("\\frac{3}{56}", "0.05357");
+    let approx = GradeOptions {
+        approximate: Some(1e-4),
+        ..GradeOptions::default()
+    };
+    assert!(is_equivalent("\\frac{3}{56}", "0.05357", &approx));
+    assert!(is_equivalent("0.05357", "\\frac{3}{56}", &approx));
     assert_neq("\\frac{1}{2}", "0.51");
     assert_neq("\\frac{1}{3}", "0.33");
 }
@@ -249,9 +256,15 @@ fn plain_numbers() {
     assert_neq("-3", "3");
     // integers are exact even within the relative tolerance
     assert_neq("123456", "123457");
-    // non-integers use the 1e-4 relative tolerance
-    assert_eqv("1000.05", "1000");
+    // exact rationals compare exactly (issue 17); the toolkit's 1e-4 only with `approximate`
+    assert_neq("1000.05", "1000");
     assert_neq("1.001", "1");
+    let approx = GradeOptions {
+        approximate: Some(1e-4),
+        ..GradeOptions::default()
+    };
+    assert!(is_equivalent("1000.05", "1000", &approx));
+    assert!(!is_equivalent("1.001", "1", &approx));
 }
 
 #[test]
@@ -277,7 +290,13 @@ fn pi_and_implicit_products() {
     assert_eqv("12 \\div 4", "3");
     assert_eqv("-\\frac{\\pi}{6}", "\\frac{-\\pi}{6}");
     assert_neq("3.14", "\\pi");
-    assert_eqv("3.14159", "\\pi");
+    // a rounded π is not π (issue 17) unless `approximate` is on
+    assert_neq("3.14159", "\\pi");
+    let approx = GradeOptions {
+        approximate: Some(1e-4),
+        ..GradeOptions::default()
+    };
+    assert!(is_equivalent("3.14159", "\\pi", &approx));
     assert_neq("2\\pi", "\\pi");
 }
 

@@ -93,6 +93,36 @@ const FRAGMENTS: &[&str] = &[
     "\\mathbb{R}",
     "52_8",
     "dollars",
+    // issue 17 syntax
+    "\\overline{",
+    "0.\\overline{6}",
+    "\\setminus",
+    "\\le",
+    "\\ge",
+    "<",
+    ">",
+    "≤",
+    "−",
+    "×",
+    "∞",
+    "e-4",
+    "3.5e",
+    "\\%",
+    "\\textnormal{",
+    "~",
+    "$",
+    "\\(",
+    "\\)",
+    "\\[",
+    "\\]",
+    "**Final Answer:** ",
+    "Answer:",
+    "\\boxed{1}, \\boxed{2}",
+    " and \\boxed{",
+    "(a,b)=",
+    "a=",
+    "x=",
+    "\\frac{10}{3+i}",
 ];
 
 fn latexish() -> impl Strategy<Value = String> {
@@ -144,6 +174,42 @@ proptest! {
         let c = format!("{pre} so the result is \\boxed{{{n}}}.");
         let got = extract_answer(&c).unwrap();
         prop_assert_eq!(got, n.to_string());
+    }
+
+    #[test]
+    fn boxed_parts_form_one_set_answer(v in prop::collection::vec(-50i64..50, 2..6)) {
+        let opts = GradeOptions::default();
+        let boxes: Vec<String> = v.iter().map(|n| format!("\\boxed{{{n}}}")).collect();
+        let pred = extract_answer(&format!("The values are {}.", boxes.join(", "))).unwrap();
+        let mut sorted = v.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let reference: Vec<String> = sorted.iter().rev().map(i64::to_string).collect();
+        if sorted.len() > 1 {
+            prop_assert!(is_equivalent(&pred, &reference.join(", "), &opts), "{pred} vs {reference:?}");
+            prop_assert!(!is_equivalent(&pred, &reference[0], &opts));
+        } else {
+            prop_assert!(is_equivalent(&pred, &reference[0], &opts));
+        }
+    }
+
+    #[test]
+    fn multibyte_text_before_boxes_is_safe(pre in "[é😀 ,a-z]{0,80}", n in 0i64..100) {
+        let c = format!("{pre}\\boxed{{{n}}}");
+        prop_assert_eq!(extract_answer(&c), Some(n.to_string()));
+        let c = format!("\\boxed{{1}}{pre}\\boxed{{{n}}}");
+        let _ = extract_answer(&c);
+    }
+
+    #[test]
+    fn repeating_digit_is_ninths(d in 1u32..9, k in 0u32..100) {
+        // k.ddd… = k + d/9
+        let opts = GradeOptions::default();
+        let a = format!("{k}.\\overline{{{d}}}");
+        let b = format!("\\frac{{{}}}{{9}}", 9 * k + d);
+        prop_assert!(is_equivalent(&a, &b, &opts));
+        let c = format!("\\frac{{{}}}{{9}}", 9 * k + d + 1);
+        prop_assert!(!is_equivalent(&a, &c, &opts));
     }
 
     #[test]

@@ -6,23 +6,172 @@
 
 const BOX_CMDS: [&str; 2] = ["\\boxed", "\\fbox"];
 
-/// Final answer of a model completion, in the Qwen2.5-Math toolkit's order:
+/// Final answer of a model completion:
 /// 1. the last `\boxed{…}` / `\fbox{…}` (brace-matched, nested braces allowed; `\boxed 5` without
 ///    braces takes the text up to the next `$` or line end). A box that never closes, or is
-///    empty, is skipped and the previous box is tried;
+///    empty, is skipped and the previous box is tried. Boxes just before it that are separated
+///    from it only by connectors (`,`, `;`, `and`, `or`, `\text{ and }`, `\quad`, `$`, spaces)
+///    are parts of the same answer: `\boxed{1}, \boxed{2}` is returned as written (each part
+///    re-boxed, duplicates dropped) and [`crate::grade::Answer::parse`] reads it as a set;
 /// 2. else the text after the last "he answer is" / "final answer is" (leading `:` and
-///    surrounding whitespace / `*` dropped), up to the end of its line or sentence;
-/// 3. else the last number in the text (`1,234` → `1234`, `-3.5`, `.5`, `3/4`).
+///    surrounding whitespace / `*` dropped), up to the end of its line or sentence; if that is
+///    itself a sentence ("The answer is: the largest $n$ is 34"), the answer inside it;
+/// 3. else the text after the last "Answer:" / "**Final Answer:**" / "**Answer**" header, up to
+///    the end of its line (the next line if the header ends its line); if that text is a
+///    sentence ("The largest $n$ is 34."), the answer inside it (step 4 or 5 on it);
+/// 4. else the last math span (`$…$`, `$$…$$`, `\(…\)`, `\[…\]`) if no digit follows it in
+///    the text; of a chain `a = b = c` whose last side has no letters, that side;
+/// 5. else the last number in the text (`1,234` → `1234`, `-3.5`, `.5`, `3/4`).
 ///
 /// Returns the raw (un-normalised) answer, or `None` if there is none.
 pub fn extract_answer(completion: &str) -> Option<String> {
-    if let Some(b) = last_box(completion, false) {
-        return Some(b.to_string());
+    if let Some(b) = boxed_answer(completion) {
+        return Some(b);
     }
     if let Some(a) = answer_is(completion) {
         return Some(a);
     }
+    if let Some(a) = answer_header(completion) {
+        return Some(a);
+    }
+    if let Some(a) = final_math_span(completion) {
+        return Some(a.to_string());
+    }
     last_number(completion)
+}
+
+/// At most this many boxes are joined into one multi-part answer.
+const MAX_BOX_PARTS: usize = 32;
+
+/// The last non-empty complete box, with the boxes joined to it by connectors (see
+/// [`extract_answer`]).
+fn boxed_answer(text: &str) -> Option<String> {
+    let mut limit = text.len();
+    let (mut start, last) = loop {
+        let (pos, len) = prev_box_cmd(text, limit)?;
+        if let Some((c, _)) = box_content_span(text, pos + len, limit) {
+            if !c.trim().is_empty() {
+                break (pos, c.trim());
+            }
+        }
+        limit = pos;
+    };
+    let mut parts = vec![last];
+    while parts.len() < MAX_BOX_PARTS {
+        // cheap test first: an earlier part's closing brace, then only connectors, right before
+        // this box (so a single-box completion is not scanned again to its start)
+        let mut from = start.saturating_sub(66);
+        while !text.is_char_boundary(from) {
+            from += 1;
+        }
+        let window = &text[from..start];
+        if !window
+            .rfind('}')
+            .is_some_and(|q| is_connector(&window[q + 1..]))
+        {
+            break;
+        }
+        let Some((pos, len)) = prev_box_cmd(text, start) else {
+            break;
+        };
+        let Some((c, end)) = box_content_span(text, pos + len, start) else {
+            break;
+        };
+        if c.trim().is_empty() || !is_connector(&text[end..start]) {
+            break;
+        }
+        parts.push(c.trim());
+        start = pos;
+    }
+    parts.reverse();
+    let mut uniq: Vec<&str> = Vec::with_capacity(parts.len());
+    for p in parts {
+        if !uniq.contains(&p) {
+            uniq.push(p);
+        }
+    }
+    if uniq.len() == 1 {
+        return Some(uniq[0].to_string());
+    }
+    let mut out = String::new();
+    for (k, p) in uniq.iter().enumerate() {
+        if k > 0 {
+            out.push_str(", ");
+        }
+        out.push_str("\\boxed{");
+        out.push_str(p);
+        out.push('}');
+    }
+    Some(out)
+}
+
+/// Text between two boxes that makes them parts of one answer: only separators (`,` `;` `&`
+/// `$` `=` brackets, spaces), the words `and` / `or`, single letters (`x = \boxed{2}, x =
+/// \boxed{-3}`), and spacing or text commands around them.
+fn is_connector(t: &str) -> bool {
+    t.len() <= 64
+        && t.split(|c: char| " \t\r\n$,;&{}\\()[]=".contains(c))
+            .all(|w| {
+                // a single letter: the variable of `x = \boxed{2} or x = \boxed{-3}`
+                (w.len() == 1 && w.as_bytes()[0].is_ascii_alphabetic())
+                    || matches!(
+                        w,
+                        "" | "and"
+                            | "or"
+                            | "text"
+                            | "textnormal"
+                            | "textrm"
+                            | "mbox"
+                            | "quad"
+                            | "qquad"
+                            | "hspace"
+                            | "1em"
+                            | "!"
+                            | ":"
+                    )
+            })
+}
+
+/// `Some(parts)` when `s` (trimmed, `$` around allowed) is two or more boxes separated only by
+/// connectors, as [`extract_answer`] returns a multi-part answer.
+pub(crate) fn split_boxes(s: &str) -> Option<Vec<&str>> {
+    let t = s.trim();
+    if t.len() < 16 || !t.ends_with(['}', '$']) {
+        return None;
+    }
+    let first = t.find("\\boxed")?;
+    t[first + 6..].find("\\boxed")?;
+    if !is_connector(&t[..first]) {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut pos = first;
+    loop {
+        let (c, end) = box_content_span(t, pos + 6, t.len())?;
+        // a box inside a part: not a list this function made (and no recursion on it)
+        if c.contains("\\boxed") {
+            return None;
+        }
+        parts.push(c.trim());
+        if parts.len() > MAX_BOX_PARTS {
+            return None;
+        }
+        match t[end..].find("\\boxed") {
+            Some(k) => {
+                if !is_connector(&t[end..end + k]) {
+                    return None;
+                }
+                pos = end + k;
+            }
+            None => {
+                if !is_connector(&t[end..]) {
+                    return None;
+                }
+                break;
+            }
+        }
+    }
+    (parts.len() > 1).then_some(parts)
 }
 
 /// GSM8K ground truth: the text after `####`, commas removed, trimmed.
@@ -76,6 +225,11 @@ fn prev_box_cmd(text: &str, end: usize) -> Option<(usize, usize)> {
 
 /// The argument of a box command whose name ends at `after`, scanning no further than `limit`.
 fn box_content(text: &str, after: usize, limit: usize) -> Option<&str> {
+    box_content_span(text, after, limit).map(|(c, _)| c)
+}
+
+/// [`box_content`] and the index just after the box.
+fn box_content_span(text: &str, after: usize, limit: usize) -> Option<(&str, usize)> {
     let b = text.as_bytes();
     let mut i = after;
     while i < limit && matches!(b[i], b' ' | b'\t') {
@@ -95,7 +249,7 @@ fn box_content(text: &str, after: usize, limit: usize) -> Option<&str> {
                     b'}' => {
                         depth -= 1;
                         if depth == 0 {
-                            return Some(&text[start..j]);
+                            return Some((&text[start..j], j + 1));
                         }
                     }
                     _ => {}
@@ -108,7 +262,7 @@ fn box_content(text: &str, after: usize, limit: usize) -> Option<&str> {
         c if c.is_ascii_alphabetic() => None,
         _ => {
             let end = text[i..limit].find(['$', '\n']).map_or(limit, |e| i + e);
-            Some(&text[i..end])
+            Some((&text[i..end], end))
         }
     }
 }
@@ -145,7 +299,161 @@ fn answer_is(text: &str) -> Option<String> {
     }
     let ans = line[..cut].trim().trim_matches('*').trim();
     let ans = ans.trim_end_matches(['.', '/']).trim();
-    (!ans.is_empty()).then(|| ans.to_string())
+    if ans.is_empty() {
+        return None;
+    }
+    Some(sentence_answer(ans).unwrap_or_else(|| ans.to_string()))
+}
+
+/// If `s` is a sentence ("The largest $n$ is 34"), the answer inside it: its last math span if
+/// no digit follows it, else its last number.
+fn sentence_answer(s: &str) -> Option<String> {
+    if !is_sentence(s) {
+        return None;
+    }
+    final_math_span(s)
+        .map(str::to_string)
+        .or_else(|| last_number(s))
+}
+
+/// The answer after the last "Answer:" header (`Final Answer:`, `**Answer:**`, `**Final
+/// Answer**` on its own line), see [`extract_answer`].
+fn answer_header(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    // the two spellings are searched for separately, each backwards from its last hit, so the
+    // whole scan stays linear
+    let mut lower = text.rfind("nswer");
+    let mut upper = text.rfind("NSWER");
+    let rest = loop {
+        let p = lower.max(upper)?;
+        if lower == Some(p) {
+            lower = text[..p].rfind("nswer");
+        } else {
+            upper = text[..p].rfind("NSWER");
+        }
+        // `Answer`, `ANSWER`, or `final answer`
+        let capital = p >= 1 && b[p - 1] == b'A';
+        let final_lower = p >= 1
+            && b[p - 1] == b'a'
+            && (text[..p - 1].ends_with("final ") || text[..p - 1].ends_with("Final "));
+        if !(capital || final_lower) || (p >= 2 && b[p - 2].is_ascii_alphabetic()) {
+            continue;
+        }
+        let after = &text[p + 5..];
+        let a = after
+            .trim_start_matches('*')
+            .trim_start_matches([' ', '\t']);
+        if let Some(r) = a.strip_prefix(':') {
+            break r;
+        }
+        // a bold header on its own line: `**Final Answer**`
+        if after.starts_with("**") && a.starts_with(['\n', '\r']) {
+            break a;
+        }
+    };
+    let rest = rest.trim_start_matches(['*', ' ', '\t']);
+    // the rest of the line, or the next non-empty line
+    let rest = rest.trim_start();
+    let line = rest[..rest.find('\n').unwrap_or(rest.len())].trim();
+    let ans = line
+        .trim_matches('*')
+        .trim()
+        .trim_end_matches(['.', '*'])
+        .trim();
+    if ans.is_empty() {
+        return None;
+    }
+    Some(sentence_answer(ans).unwrap_or_else(|| ans.to_string()))
+}
+
+/// A sentence rather than an answer: starts with a word of two or more letters (not a
+/// command) and has a digit or a math span later.
+fn is_sentence(s: &str) -> bool {
+    let word = s.bytes().take_while(u8::is_ascii_alphabetic).count();
+    word >= 2
+        && s.as_bytes().get(word) == Some(&b' ')
+        && s[word..].bytes().any(|c| c.is_ascii_digit() || c == b'$')
+}
+
+/// Closing delimiter of the last math span: (start of the delimiter, its length).
+fn last_math_close(text: &str) -> Option<(usize, &'static str, &'static str)> {
+    let b = text.as_bytes();
+    let mut best: Option<(usize, &'static str, &'static str)> = None;
+    for (open, close) in [("\\(", "\\)"), ("\\[", "\\]")] {
+        if let Some(p) = text.rfind(close) {
+            if best.is_none_or(|(q, _, _)| p > q) {
+                best = Some((p, open, close));
+            }
+        }
+    }
+    // the last unescaped `$`
+    let mut e = text.len();
+    while let Some(p) = text[..e].rfind('$') {
+        if p > 0 && b[p - 1] == b'\\' {
+            e = p;
+            continue;
+        }
+        if best.is_none_or(|(q, _, _)| p > q) {
+            let double = p > 0 && b[p - 1] == b'$';
+            best = Some(if double {
+                (p - 1, "$$", "$$")
+            } else {
+                (p, "$", "$")
+            });
+        }
+        break;
+    }
+    best
+}
+
+/// The last math span's content, if no digit follows it (see [`extract_answer`]); of a chain
+/// `a = b = c` whose last side has no letters, that side.
+fn final_math_span(text: &str) -> Option<&str> {
+    let (close_at, open, close) = last_math_close(text)?;
+    if text[close_at + close.len()..]
+        .bytes()
+        .any(|c| c.is_ascii_digit())
+    {
+        return None;
+    }
+    let before = &text[..close_at];
+    let open_at = if open == "$" {
+        // the previous unescaped `$`
+        let b = before.as_bytes();
+        let mut e = before.len();
+        loop {
+            let p = before[..e].rfind('$')?;
+            if p > 0 && b[p - 1] == b'\\' {
+                e = p;
+                continue;
+            }
+            break p;
+        }
+    } else {
+        before.rfind(open)?
+    };
+    let content = before[open_at + open.len()..].trim();
+    if content.is_empty() {
+        return None;
+    }
+    // `3 \times 4 = 12`: the last side, when it is a value
+    if let Some(eq) = content.rfind('=') {
+        let last = content[eq + 1..].trim();
+        let letters = last.split('\\').enumerate().any(|(k, piece)| {
+            let piece = if k == 0 {
+                piece
+            } else {
+                piece.trim_start_matches(|c: char| c.is_ascii_alphabetic())
+            };
+            piece.bytes().any(|c| c.is_ascii_alphabetic())
+        });
+        let nested = content[..eq].bytes().filter(|&c| c == b'{').count()
+            != content[..eq].bytes().filter(|&c| c == b'}').count();
+        if !last.is_empty() && !letters && !nested {
+            return Some(last);
+        }
+    }
+    Some(content)
 }
 
 /// The last number in the text: `-?` digits with optional `,ddd` groups, decimals and a `/d`

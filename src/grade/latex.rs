@@ -449,6 +449,70 @@ impl Expr {
         })
     }
 
+    /// Evaluate as a complex constant `(re, im)`, where the variable `i` is the imaginary unit
+    /// and no other variable may occur. Exact on rationals where the real evaluation is.
+    /// Powers need an integer exponent (|k| ≤ 64) when the base is not real; `\sqrt` of a
+    /// negative real is the principal root `i·\sqrt{-x}`; functions need real arguments.
+    pub(crate) fn eval_complex(&self) -> Option<(Num, Num)> {
+        let zero = Num::int(0);
+        let real = |e: &Expr| -> Option<Num> {
+            let (r, i) = e.eval_complex()?;
+            is_zero(i).then_some(r)
+        };
+        Some(match self {
+            Expr::Var(v) if v == "i" => (zero, Num::int(1)),
+            Expr::Var(_) => return None,
+            Expr::Lit(_) | Expr::Pi => (self.eval(&|_| None)?, zero),
+            Expr::Neg(a) => {
+                let (r, i) = a.eval_complex()?;
+                (r.neg()?, i.neg()?)
+            }
+            Expr::Add(a, b) | Expr::Sub(a, b) => {
+                let ((p, q), (r, t)) = (a.eval_complex()?, b.eval_complex()?);
+                if matches!(self, Expr::Add(..)) {
+                    (p.add(r)?, q.add(t)?)
+                } else {
+                    (p.sub(r)?, q.sub(t)?)
+                }
+            }
+            Expr::Mul(a, b) => cmul(a.eval_complex()?, b.eval_complex()?)?,
+            Expr::Div(a, b) => cdiv(a.eval_complex()?, b.eval_complex()?)?,
+            Expr::Pow(a, b) => {
+                let base = a.eval_complex()?;
+                let e = real(b)?;
+                if is_zero(base.1) {
+                    (base.0.pow(e)?, zero)
+                } else {
+                    let k = e.as_integer().filter(|k| k.abs() <= 64)?;
+                    let mut acc = (Num::int(1), zero);
+                    for _ in 0..k.abs() {
+                        acc = cmul(acc, base)?;
+                    }
+                    if k < 0 {
+                        cdiv((Num::int(1), zero), acc)?
+                    } else {
+                        acc
+                    }
+                }
+            }
+            Expr::Root(k, x) => {
+                let (k, x) = (real(k)?, real(x)?);
+                if k.as_integer() == Some(2) && x.to_f64() < 0.0 {
+                    (zero, x.neg()?.root(k)?)
+                } else {
+                    (x.root(k)?, zero)
+                }
+            }
+            Expr::Func(..) | Expr::Log(..) | Expr::Fact(_) | Expr::Binom(..) => {
+                if self.vars().is_empty() {
+                    (self.eval(&|_| None)?, zero)
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+
     /// Sorted, de-duplicated variable names.
     pub(crate) fn vars(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -478,6 +542,27 @@ impl Expr {
     }
 }
 
+pub(crate) fn is_zero(n: Num) -> bool {
+    match n {
+        Num::R(a, _) => a == 0,
+        Num::F(x) => x == 0.0,
+    }
+}
+
+fn cmul((a, b): (Num, Num), (c, d): (Num, Num)) -> Option<(Num, Num)> {
+    Some((a.mul(c)?.sub(b.mul(d)?)?, a.mul(d)?.add(b.mul(c)?)?))
+}
+
+fn cdiv((a, b): (Num, Num), (c, d): (Num, Num)) -> Option<(Num, Num)> {
+    let den = c.mul(c)?.add(d.mul(d)?)?;
+    if is_zero(den) {
+        return None;
+    }
+    let re = a.mul(c)?.add(b.mul(d)?)?.div(den)?;
+    let im = b.mul(c)?.sub(a.mul(d)?)?.div(den)?;
+    Some((re, im))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokenizer
 
@@ -485,6 +570,9 @@ impl Expr {
 enum Tok {
     /// Digits with at most one decimal point.
     Num(String),
+    /// An exact value written in a form the number scanner resolves itself: a repeating decimal
+    /// `0.\overline{6}`, `2.1\overline{3}` (also `\bar{..}` / `\dot{..}`).
+    Lit(Num),
     /// One ASCII letter (a variable).
     Letter(char),
     /// A run of 3+ letters that is neither a function nor `pi`: not arithmetic.
@@ -623,6 +711,22 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
                     break;
                 }
             }
+            // repeating decimal: `0.\overline{6}`, `2.1\overline{3}`, `1.\overline{45}`
+            let dot_at = if seen_dot {
+                Some(i)
+            } else if chars.get(i) == Some(&'.') {
+                Some(i + 1)
+            } else {
+                None
+            };
+            if let Some(at) = dot_at {
+                if let Some((value, end)) = repeating_decimal(&chars[start..at.min(i)], &chars, at)
+                {
+                    toks.push(Tok::Lit(value));
+                    i = end;
+                    continue;
+                }
+            }
             toks.push(Tok::Num(chars[start..i].iter().collect()));
         } else if c.is_ascii_alphabetic() {
             let start = i;
@@ -685,6 +789,44 @@ fn tokenize(s: &str) -> Option<Vec<Tok>> {
         }
     }
     Some(toks)
+}
+
+/// `digits.digits` (`head`, without the overline) followed at `at` by `\overline{d…}` (or `\bar`,
+/// `\dot`): the exact rational value and the index after the closing brace.
+fn repeating_decimal(head: &[char], chars: &[char], at: usize) -> Option<(Num, usize)> {
+    let mut j = at;
+    let mut matched = false;
+    for cmd in ["\\overline{", "\\bar{", "\\dot{"] {
+        let c: Vec<char> = cmd.chars().collect();
+        if chars.get(j..j + c.len()) == Some(&c[..]) {
+            j += c.len();
+            matched = true;
+            break;
+        }
+    }
+    if !matched {
+        return None;
+    }
+    let rep_start = j;
+    while j < chars.len() && chars[j].is_ascii_digit() {
+        j += 1;
+    }
+    if j == rep_start || chars.get(j) != Some(&'}') {
+        return None;
+    }
+    let rep: String = chars[rep_start..j].iter().collect();
+    let head: String = head.iter().collect();
+    let (int, frac) = head.split_once('.').unwrap_or((head.as_str(), ""));
+    if int.len() + frac.len() + rep.len() > 30 || rep.len() > 18 {
+        return None;
+    }
+    // x = (int(I F R) - int(I F)) / (10^|F| (10^|R| - 1))
+    let without: i128 = format!("0{int}{frac}").parse().ok()?;
+    let with: i128 = format!("0{int}{frac}{rep}").parse().ok()?;
+    let den = 10i128
+        .checked_pow(frac.len() as u32)?
+        .checked_mul(10i128.checked_pow(rep.len() as u32)? - 1)?;
+    Some((Num::rat(with - without, den)?, j + 1))
 }
 
 fn push_letter_run(run: &str, toks: &mut Vec<Tok>) {
@@ -818,7 +960,7 @@ impl Parser {
 
     fn starts_primary(&self) -> bool {
         match self.peek() {
-            Some(Tok::Num(_)) | Some(Tok::Letter(_)) | Some(Tok::Word) => true,
+            Some(Tok::Num(_)) | Some(Tok::Lit(_)) | Some(Tok::Letter(_)) | Some(Tok::Word) => true,
             Some(Tok::Sym(c)) => matches!(c, '(' | '{') || (*c == '|' && self.abs_depth == 0),
             Some(Tok::Cmd(n)) => {
                 GREEK.contains(&n.as_str())
@@ -990,6 +1132,10 @@ impl Parser {
                         }
                     }
                 }
+                Some(Expr::Lit(v))
+            }
+            Tok::Lit(v) => {
+                self.pos += 1;
                 Some(Expr::Lit(v))
             }
             Tok::Letter(c) => {
@@ -1173,6 +1319,7 @@ impl Parser {
 fn push_tok_text(out: &mut String, t: &Tok) {
     match t {
         Tok::Num(s) => out.push_str(s),
+        Tok::Lit(_) => out.push('#'),
         Tok::Letter(c) | Tok::Sym(c) => out.push(*c),
         Tok::Word => out.push('?'),
         Tok::Cmd(n) => {

@@ -9,8 +9,47 @@
 /// Each step runs only if its trigger text is present, so a short answer costs a few
 /// substring checks rather than ~40 allocations.
 pub fn strip_string(input: &str) -> String {
+    strip_string_opts(input, false)
+}
+
+/// [`strip_string`] without the steps that drop a variable on the left of `=` (`y = 2x + 3`
+/// keeps its `y`), so that equations and named assignments can be parsed as such.
+pub(crate) fn strip_keep_equation(input: &str) -> String {
+    strip_string_opts(input, true)
+}
+
+fn strip_string_opts(input: &str, keep_lhs: bool) -> String {
+    // DIFF: several boxes separated by connectors (`\boxed{1}, \boxed{2}`, what
+    // `extract_answer` returns for a multi-part answer): each part alone, joined by commas
+    if let Some(parts) = super::extract::split_boxes(input) {
+        let mut out = String::new();
+        for (k, p) in parts.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            let n = strip_string_opts(p, keep_lhs);
+            // `1,234` inside one part must not become two parts
+            if n.contains(',')
+                && n.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b',' || b == b'.')
+            {
+                out.extend(n.chars().filter(|&c| c != ','));
+            } else {
+                out.push_str(&n);
+            }
+        }
+        return out;
+    }
     // DIFF: an answer that is one whole `\boxed{...}` is unboxed
     let input = unbox(input.trim());
+    // DIFF: Unicode math (`√30`, `×`, `·`, `−`, `π`, `∞`, `≤`, `≥`, ...) as LaTeX
+    let unicode;
+    let input = if input.is_ascii() {
+        input
+    } else {
+        unicode = unicode_math(input);
+        unicode.as_str()
+    };
     // whitespace, line breaks, trailing full stops
     let mut s: String = input
         .trim()
@@ -19,6 +58,10 @@ pub fn strip_string(input: &str) -> String {
         .collect();
     while s.ends_with('.') {
         s.pop();
+    }
+    // DIFF: `~` (TeX's non-breaking space) is a space
+    if s.contains('~') {
+        s = s.replace('~', " ");
     }
     if s.contains('\\') {
         // `\!` (toolkit); DIFF: also `\,` `\;` `\:` `\ ` `\quad` `\qquad` `\displaystyle`
@@ -40,6 +83,11 @@ pub fn strip_string(input: &str) -> String {
         s = drop_sizing(&s);
         s = rep(s, "\\{", "{");
         s = rep(s, "\\}", "}");
+    }
+    // DIFF: math delimiters around the whole answer go first, so that a unit before the closing
+    // `$` is still trailing (`$150 \mbox{ cm}^2$` -> `150`, not `150^2`)
+    if s.ends_with(['$', ')', ']']) {
+        s = strip_math_delimiters(s);
     }
     // trailing `\text{...}` unit: `5\text{ cm}` -> `5`; DIFF: also `\text{ cm}^2`, `\mbox{ in}^2`
     if s.ends_with(['}', '2', '3']) {
@@ -66,15 +114,17 @@ pub fn strip_string(input: &str) -> String {
     if s.contains(' ') {
         s = drop_trailing_unit_words(&s);
     }
-    // `x=`, `y\in`, ... (DIFF: not after a letter, digit or backslash, so `2x=4` stays)
-    if s.contains(['=', '\\']) {
+    // `x=`, `y\in`, ... (DIFF: not after a letter, digit or backslash, so `2x=4` stays; not
+    // when two different variables are named, `x=2,y=3`, which is a named tuple)
+    if !keep_lhs && s.contains(['=', '\\']) {
         s = drop_var_prefixes(&s);
     }
     s = rep(s, "\\emptyset", "{}");
     s = rep(s, "(-\\infty,\\infty)", "\\mathbb{R}");
-    // percentages
-    s = rep(s, "\\%", "");
-    s = rep(s, "%", "");
+    // percentages (DIFF: kept, as `\%`, after a proper fraction: `\frac{3}{4}\%` is 3/400)
+    if s.contains('%') {
+        s = drop_percent(&s);
+    }
     // ` .5` -> ` 0.5`, `{.5` -> `{0.5` (DIFF: only before a digit)
     if s.contains('.') {
         s = zero_before_point(&s);
@@ -107,7 +157,7 @@ pub fn strip_string(input: &str) -> String {
         s.insert(0, '0');
     }
     // `k = 5` -> ` 5` (one `=`, left side at most 2 characters)
-    if s.contains('=') {
+    if !keep_lhs && s.contains('=') {
         s = short_lhs(&s);
     }
     // `\sqrt2` -> `\sqrt{2}`
@@ -291,6 +341,18 @@ fn drop_trailing_text_unit(s: &str) -> String {
                 }
             }
         }
+        // DIFF: also a final `\textnormal{ miles}`, `\textrm{ cm}`, `\mbox{ cm}` unit
+        for cmd in ["\\textnormal{", "\\textrm{", "\\mbox{", "\\mathrm{"] {
+            if let Some(q) = s.rfind(cmd) {
+                let content = &s[q + cmd.len()..s.len() - 1];
+                if is_unit_text(content) {
+                    let cand = s[..q].trim();
+                    if !cand.is_empty() {
+                        return cand.to_string();
+                    }
+                }
+            }
+        }
     }
     for pw in ["^2", "^3", "^{2}", "^{3}"] {
         let Some(base) = s.strip_suffix(pw) else {
@@ -299,15 +361,17 @@ fn drop_trailing_text_unit(s: &str) -> String {
         let Some(inner) = base.strip_suffix('}') else {
             continue;
         };
-        for cmd in ["\\text{", "\\mbox{"] {
+        for cmd in [
+            "\\text{",
+            "\\mbox{",
+            "\\textnormal{",
+            "\\textrm{",
+            "\\mathrm{",
+        ] {
             if let Some(q) = inner.rfind(cmd) {
                 let content = &inner[q + cmd.len()..];
-                let unit_like = !content.trim().is_empty()
-                    && content
-                        .chars()
-                        .all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '.');
                 let cand = inner[..q].trim();
-                if unit_like && !cand.is_empty() {
+                if is_unit_text(content) && !cand.is_empty() {
                     return cand.to_string();
                 }
             }
@@ -316,7 +380,75 @@ fn drop_trailing_text_unit(s: &str) -> String {
     s.to_string()
 }
 
-const TEXT_WRAPPERS: &[&str] = &["text", "textbf", "textit", "textrm", "mathrm"];
+/// A unit in a text command: letters, spaces and full stops only (` cm`, `sq. ft`).
+fn is_unit_text(content: &str) -> bool {
+    !content.trim().is_empty()
+        && content
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == ' ' || c == '.')
+}
+
+/// DIFF: `\frac{3}{4}\%` keeps its percent sign (as `\%`): a percent of a proper fraction is read
+/// as that fraction of a percent, not as the bare fraction; any other `%` is dropped (`50\%`
+/// ~ `50`, the toolkit's rule).
+fn drop_percent(s: &str) -> String {
+    let body = s
+        .strip_suffix("\\%")
+        .or_else(|| s.strip_suffix('%'))
+        .unwrap_or(s);
+    if body.len() < s.len() && !body.contains(['%', '.']) {
+        if let Some(Some(super::latex::Num::R(n, d))) =
+            super::latex::parse_expr(body).map(|e| e.eval(&|_| None))
+        {
+            if d != 1 && n.unsigned_abs() < d.unsigned_abs() {
+                return format!("{body}\\%");
+            }
+        }
+    }
+    s.replace("\\%", "").replace('%', "")
+}
+
+/// Unicode math symbols as LaTeX commands; `√30` becomes `\sqrt30`, which the `\sqrt2` rule
+/// then braces as a whole digit run.
+fn unicode_math(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '√' => out.push_str("\\sqrt"),
+            '×' => out.push_str("\\times "),
+            '·' | '⋅' => out.push_str("\\cdot "),
+            '−' | '–' | '—' => out.push('-'),
+            'π' => out.push_str("\\pi "),
+            '∞' => out.push_str("\\infty "),
+            '≤' | '⩽' => out.push_str("\\le "),
+            '≥' | '⩾' => out.push_str("\\ge "),
+            '≠' => out.push_str("\\ne "),
+            '±' => out.push_str("\\pm "),
+            '∓' => out.push_str("\\mp "),
+            '∪' => out.push_str("\\cup "),
+            '∈' => out.push_str("\\in "),
+            '÷' => out.push_str("\\div "),
+            '∅' => out.push_str("\\emptyset "),
+            'ℝ' => out.push_str("\\mathbb{R}"),
+            '∖' => out.push_str("\\setminus "),
+            '²' => out.push_str("^2"),
+            '³' => out.push_str("^3"),
+            '\u{a0}' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const TEXT_WRAPPERS: &[&str] = &[
+    "text",
+    "textbf",
+    "textit",
+    "textrm",
+    "textnormal",
+    "textsf",
+    "mathrm",
+];
 
 /// `\text{abc}` -> `abc`, brace-matched, nested, in one linear pass.
 fn unwrap_text(s: &str) -> String {
@@ -505,6 +637,17 @@ fn drop_var_prefixes(s: &str) -> String {
         return s.to_string();
     }
     let b = s.as_bytes();
+    // DIFF: two different variables named (`x=2, y=3`): a named tuple, kept
+    let named = |c: u8| {
+        (0..b.len()).any(|i| {
+            b[i] == c
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'\\'))
+                && b.get(i + 1) == Some(&b'=')
+        })
+    };
+    if [b'x', b'y', b'z'].iter().filter(|&&c| named(c)).count() > 1 {
+        return s.to_string();
+    }
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     let mut last = 0;
@@ -620,7 +763,22 @@ fn and_words(s: &str) -> String {
     out
 }
 
-/// `\mbox{...}` removed up to the first `}`, like the toolkit's non-greedy regex.
+/// `$x$`, `\(x\)`, `\[x\]` around the whole answer -> `x`.
+fn strip_math_delimiters(s: String) -> String {
+    let t = s.trim();
+    for (open, close) in [("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")] {
+        if let Some(inner) = t.strip_prefix(open).and_then(|x| x.strip_suffix(close)) {
+            let inner = inner.trim_matches('$').trim();
+            if !inner.is_empty() {
+                return inner.to_string();
+            }
+        }
+    }
+    s
+}
+
+/// `\mbox{...}` removed up to the first `}`, like the toolkit's non-greedy regex; DIFF: with
+/// the power of an area or volume unit after it (`\mbox{ cm}^2`), which would be debris.
 fn drop_mbox(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -628,7 +786,16 @@ fn drop_mbox(s: &str) -> String {
         match rest[p + 6..].find('}') {
             Some(q) => {
                 out.push_str(&rest[..p]);
+                let unit = is_unit_text(&rest[p + 6..p + 6 + q]);
                 rest = &rest[p + 6 + q + 1..];
+                if unit {
+                    for pw in ["^{2}", "^{3}", "^2", "^3"] {
+                        if let Some(r) = rest.strip_prefix(pw) {
+                            rest = r;
+                            break;
+                        }
+                    }
+                }
             }
             None => break,
         }
@@ -649,7 +816,12 @@ fn drop_zero_decimals(s: &str) -> String {
             while j < b.len() && b[j] == b'0' {
                 j += 1;
             }
-            if j == b.len() || !b[j].is_ascii_digit() {
+            // DIFF: not before a repeating part (`0.\overline{6}`)
+            let repeating = j == i + 1
+                && ["\\overline{", "\\bar{", "\\dot{"]
+                    .iter()
+                    .any(|c| s[j..].starts_with(c));
+            if (j == b.len() || !b[j].is_ascii_digit()) && !repeating {
                 out.push_str(&s[last..i]);
                 last = j;
                 i = j;
@@ -838,6 +1010,9 @@ mod tests {
 
     #[test]
     fn drops_area_units() {
+        assert_eq!(strip_string("$150 \\mbox{ cm}^2$"), "150");
+        assert_eq!(strip_string("\\(150 \\text{ cm}^2\\)"), "150");
+        assert_eq!(strip_string("150 \\mbox{ cm}^2 + 1"), "150+1");
         assert_eq!(strip_string("864 \\mbox{ inches}^2"), "864");
         assert_eq!(strip_string("15\\mbox{ cm}^2"), "15");
         assert_eq!(strip_string("12\\text{ m}^3"), "12");
