@@ -153,6 +153,7 @@ impl Config {
             ("model", self.model.validate()),
             ("data", self.data.validate()),
             ("sample", self.sample.validate()),
+            ("cluster", self.cluster.validate()),
             ("weight", self.weight.validate()),
             ("train", self.train.validate()),
             ("eval", self.eval.validate()),
@@ -374,6 +375,29 @@ mod tests {
             e.contains("line 2") && e.contains("weighting = \"ppl\"") && e.contains("`lww`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn approximate_is_false_or_a_tolerance() {
+        let c = Config::from_toml_str("[cluster]\napproximate = 1e-4\n", "c.toml", &[]).unwrap();
+        assert_eq!(c.cluster.approximate, Some(1e-4));
+        assert_eq!(c.cluster.grade_options().approximate, Some(1e-4));
+        let c = Config::from_toml_str("[cluster]\napproximate = false\n", "c.toml", &[]).unwrap();
+        assert_eq!(c.cluster.approximate, None);
+        assert!(
+            c.to_toml().contains("approximate = false"),
+            "{}",
+            c.to_toml()
+        );
+        for bad in ["true", "\"loose\"", "2.0", "0", "-1e-4"] {
+            let e =
+                Config::from_toml_str(&format!("[cluster]\napproximate = {bad}\n"), "c.toml", &[]);
+            let e = e.unwrap_err().to_string();
+            assert!(
+                e.contains("approximate") && e.contains("tolerance"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

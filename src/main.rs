@@ -205,6 +205,10 @@ struct ClusterArgs {
     /// Also accept a prediction equal to the reference ×100 or /100 (Qwen toolkit rule).
     #[arg(long)]
     percent_rule: bool,
+    /// Accept a rounded decimal within this relative tolerance of an exact answer (the Qwen
+    /// toolkit's is 1e-4; default: decimals compare exactly).
+    #[arg(long, value_name = "TOL")]
+    approximate: Option<f64>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -541,6 +545,10 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         config.cluster.by = by;
     }
     config.cluster.percent_rule |= args.percent_rule;
+    if args.approximate.is_some() {
+        config.cluster.approximate = args.approximate;
+    }
+    config.validate("command line")?;
     let references: Option<HashMap<String, String>> = match &args.dataset {
         Some(spec) => {
             let split = args.split.as_deref().unwrap_or("train");

@@ -127,3 +127,50 @@ fn help_shows_defaults_and_values() {
         "{help}"
     );
 }
+
+/// `--approximate` reaches the grader: a rounded decimal is wrong by default and right within
+/// the given tolerance (2/3 = 0.66666…, 0.6667 is 5e-5 off relatively).
+#[test]
+fn cluster_approximate_accepts_rounded_decimals_within_the_tolerance() {
+    let d = tempfile::tempdir().unwrap();
+    let samples = d.path().join("samples.jsonl");
+    let row = r#"{"id":"q","question":"?","answer":"\\frac{2}{3}","completions":["so \\boxed{0.6667}","\\boxed{\\frac{4}{6}}"]}"#;
+    std::fs::write(&samples, format!("{row}\n")).unwrap();
+    let correct = |extra: &[&str]| -> Vec<bool> {
+        let out = d.path().join("clusters.jsonl");
+        let o = east(
+            &[
+                &[
+                    "cluster",
+                    "--samples",
+                    samples.to_str().unwrap(),
+                    "--out",
+                    out.to_str().unwrap(),
+                ][..],
+                extra,
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+        serde_json::from_value(v["correct"].clone()).unwrap()
+    };
+    assert_eq!(correct(&[]), [false, true]);
+    assert_eq!(correct(&["--approximate", "1e-4"]), [true, true]);
+    assert_eq!(correct(&["--approximate", "1e-5"]), [false, true]);
+    let o = east(&[
+        "cluster",
+        "--samples",
+        "s",
+        "--out",
+        "c",
+        "--approximate",
+        "2",
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("cluster.approximate"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     pub by: ClusterBy,
     /// Qwen2.5-Math toolkit's rule that `pred` equals `ref×100` or `ref/100` (off, as in EAST).
     pub percent_rule: bool,
+    /// Rounded decimals: `false` (TOML) compares them exactly, so `0.6667` is not `\frac{2}{3}`;
+    /// a relative tolerance (the Qwen toolkit's is `1e-4`) accepts a decimal within it.
+    #[serde(with = "approximate")]
+    pub approximate: Option<f64>,
 }
 
 impl Default for ClusterConfig {
@@ -38,6 +42,7 @@ impl Default for ClusterConfig {
         Self {
             by: ClusterBy::Equivalence,
             percent_rule: false,
+            approximate: None,
         }
     }
 }
@@ -47,7 +52,47 @@ impl ClusterConfig {
     pub fn grade_options(&self) -> GradeOptions {
         GradeOptions {
             percent_rule: self.percent_rule,
+            approximate: self.approximate,
             ..GradeOptions::default()
+        }
+    }
+
+    /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self.approximate {
+            Some(tol) if !(tol > 0.0 && tol < 1.0) => Err((
+                "approximate",
+                format!("must be false or a relative tolerance in (0, 1), got {tol}"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `cluster.approximate` in TOML: `false`, or the tolerance as a number.
+mod approximate {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_bool(false),
+            Some(tol) => s.serialize_f64(*tol),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Tolerance(f64),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Flag(false)) => Ok(None),
+            Ok(Raw::Tolerance(tol)) => Ok(Some(tol)),
+            Ok(Raw::Flag(true)) | Err(_) => Err(D::Error::custom(
+                "expected false or a relative tolerance such as 1e-4 (the Qwen toolkit's)",
+            )),
         }
     }
 }

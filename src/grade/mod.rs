@@ -91,5 +91,9 @@ mod latex;
 mod normalize;
 
 pub use equiv::{is_equivalent, Answer, GradeOptions};
+
+/// Changes whenever a grading rule does, so that `east run` grades a finished round's
+/// completions and evaluations again instead of keeping verdicts of an older grader.
+pub const VERSION: u32 = 2;
 pub use extract::{extract_answer, gsm8k_reference, math_reference};
 pub use normalize::strip_string;

@@ -221,7 +221,7 @@ fn self_train_round(
         round: t,
         output: &clusters,
         sidecars: vec![],
-        inputs: serde_json::json!({"samples": sample_key, "cluster": config.cluster}),
+        inputs: serde_json::json!({"samples": sample_key, "cluster": config.cluster, "grader": crate::grade::VERSION}),
     }
     .run(log, || {
         cluster::cluster_file(&samples, &clusters, &config.cluster, None)?;
@@ -356,7 +356,7 @@ fn evaluate_round(
             round: t,
             output: &dir,
             sidecars: vec![],
-            inputs: serde_json::json!({"model": model.key, "eval": settings, "fields": config.data.fields,
+            inputs: serde_json::json!({"model": model.key, "eval": settings, "fields": config.data.fields, "grader": crate::grade::VERSION,
                 "questions": dataset_fingerprint(dataset)}),
         }
         .run(log, || {
