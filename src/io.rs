@@ -1,5 +1,6 @@
 //! File plumbing shared by every stage: JSON Lines reading with errors that name the file, line
-//! and field, and output files that only appear under their final name once complete.
+//! and field, output files that only appear under their final name once complete (their errors
+//! name the file too), and locks that keep a second writer off an output.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -8,26 +9,28 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// An input file that could not be used, located as precisely as we can.
+/// A file that could not be used (an input that cannot be read or parsed, an output that cannot be
+/// written), located as precisely as we can.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}:{line}: {message}")]
+    /// The OS error is part of the message, not a `source`: `{:#}` would print it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}:{line}: {message}", path.display())]
     Line {
         path: PathBuf,
         line: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
 }
 
 impl InputError {
-    pub fn io(path: &Path, source: io::Error) -> Self {
+    pub fn io(path: &Path, error: io::Error) -> Self {
         InputError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 
@@ -163,7 +166,8 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, I
 
 /// A file written under a temporary name beside its destination and renamed into place by
 /// [`AtomicFile::commit`]. Dropped without commit (an error, a panic, a kill), the temporary file
-/// is removed or left under a name no stage mistakes for a complete output.
+/// is removed or left under a name no stage mistakes for a complete output. Every error names
+/// the file.
 pub struct AtomicFile {
     final_path: PathBuf,
     tmp_path: PathBuf,
@@ -171,14 +175,14 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub fn create(path: &Path) -> Result<Self, InputError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                fs::create_dir_all(dir)?;
+                fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
             }
         }
         let tmp_path = tmp_name(path);
-        let file = File::create(&tmp_path)?;
+        let file = File::create(&tmp_path).map_err(|e| InputError::io(path, e))?;
         Ok(Self {
             final_path: path.to_path_buf(),
             tmp_path,
@@ -191,19 +195,27 @@ impl AtomicFile {
     }
 
     /// Writes one value as a JSON line.
-    pub fn write_json_line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+    pub fn write_json_line<T: Serialize>(&mut self, value: &T) -> Result<(), InputError> {
         let w = self.writer.as_mut().expect("writer present until commit");
-        serde_json::to_writer(&mut *w, value)?;
-        w.write_all(b"\n")
+        serde_json::to_writer(&mut *w, value)
+            .map_err(io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .map_err(|e| InputError::io(&self.final_path, e))
     }
 
     /// Flushes, syncs and renames the file to its final name.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub fn commit(mut self) -> Result<(), InputError> {
         let writer = self.writer.take().expect("writer present until commit");
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.final_path)
+        let done = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_all())
+            .and_then(|()| fs::rename(&self.tmp_path, &self.final_path));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(InputError::io(&self.final_path, e));
+        }
+        Ok(())
     }
 }
 
@@ -241,17 +253,19 @@ pub fn tmp_name(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically (readers see the old file or the whole new one).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InputError> {
     let mut f = AtomicFile::create(path)?;
-    f.write_all(bytes)?;
+    f.write_all(bytes).map_err(|e| InputError::io(path, e))?;
     f.commit()
 }
 
 /// Writes a pretty JSON document atomically.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), InputError> {
     let mut f = AtomicFile::create(path)?;
-    serde_json::to_writer_pretty(&mut f, value)?;
-    f.write_all(b"\n")?;
+    serde_json::to_writer_pretty(&mut f, value)
+        .map_err(io::Error::from)
+        .and_then(|()| f.write_all(b"\n"))
+        .map_err(|e| InputError::io(path, e))?;
     f.commit()
 }
 

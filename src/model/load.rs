@@ -335,7 +335,7 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
         unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
             ModelError::Io {
                 path: files[0].clone(),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             }
         })?;
     let shapes: HashMap<String, Vec<usize>> = st
@@ -477,7 +477,7 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
 pub fn save_checkpoint(model: &Llama, dir: &Path, torch_dtype: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     })?;
     let cfg = model.config().to_hf_json(torch_dtype);
     let cfg_text = serde_json::to_string_pretty(&cfg).expect("config serialises");
@@ -502,6 +502,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })
 }

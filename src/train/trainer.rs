@@ -514,8 +514,7 @@ impl Run {
             "beta": t.beta(),
         });
         let state_path = job.out.join("trainer_state.json");
-        crate::io::write_json_atomic(&state_path, &state)
-            .with_context(|| format!("writing {}", state_path.display()))?;
+        crate::io::write_json_atomic(&state_path, &state)?;
         checkpoint::remove_resume(&job.out)?;
         Ok(TrainReport {
             out: job.out.clone(),

@@ -225,7 +225,7 @@ pub fn weight_files(
         })?
     };
 
-    let mut writer = AtomicFile::create(out).map_err(|e| InputError::io(out, e))?;
+    let mut writer = AtomicFile::create(out)?;
     let mut examples = 0;
     for (id, weight) in order.iter().zip(&weights) {
         let (_, record) = by_id
@@ -237,9 +237,7 @@ pub fn weight_files(
         };
         let (question, texts) = &prompts[id];
         for row in rows(&kept, question, texts, options.loss) {
-            writer
-                .write_json_line(&row)
-                .map_err(|e| InputError::io(out, e))?;
+            writer.write_json_line(&row)?;
             examples += 1;
         }
     }
@@ -256,8 +254,8 @@ pub fn weight_files(
         weight_stats: Stats::of(&weights),
     };
     // The summary goes first: train.jsonl appearing under its final name means both are complete.
-    write_json_atomic(&summary_path(out), &summary).map_err(|e| InputError::io(out, e))?;
-    writer.commit().map_err(|e| InputError::io(out, e))?;
+    write_json_atomic(&summary_path(out), &summary)?;
+    writer.commit()?;
     Ok(summary)
 }
 
