@@ -505,40 +505,91 @@ pub fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// The lock file of an output file: `.<name>.lock` beside it (so `east sample --out` on a file
+/// of `east run`'s samples cache takes the same lock as the run).
+pub fn output_lock_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.lock"))
+}
+
 /// A lock held for as long as the value lives (flock: released by the kernel when the process
-/// dies, so a killed run never leaves a stale lock).
+/// dies, so a killed run never leaves a stale lock). The lock file is removed on release; the one
+/// a killed process leaves behind locks nothing.
 pub struct FileLock {
     _file: std::fs::File,
+    path: PathBuf,
 }
 
 impl FileLock {
+    /// Takes the lock of the output file `out` ([`output_lock_path`]), creating its folder.
+    pub fn output_file(out: &Path) -> anyhow::Result<FileLock> {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
+        }
+        Self::acquire(&output_lock_path(out), &out.display().to_string())
+    }
+
+    /// Takes the lock of the output folder `dir` (`dir/.lock`, as `east run` locks a run
+    /// directory), creating the folder.
+    pub fn output_dir(dir: &Path) -> anyhow::Result<FileLock> {
+        fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
+        Self::acquire(&dir.join(".lock"), &dir.display().to_string())
+    }
+
     /// Takes the lock at `path` or fails at once, saying who holds it.
     pub fn acquire(path: &Path, what: &str) -> anyhow::Result<FileLock> {
         use anyhow::Context;
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::io::AsRawFd;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            let holder = if holder.trim().is_empty() {
-                "pid unknown"
-            } else {
-                holder.trim()
+        // The holder removes the lock file when done (no litter beside the outputs), so a lock
+        // taken on a file that was removed meanwhile is taken again on the new one.
+        for _ in 0..100 {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening the lock file {}", path.display()))?;
+            // SAFETY: flock on a file descriptor we own; no memory is shared.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                let holder = if holder.trim().is_empty() {
+                    "pid unknown"
+                } else {
+                    holder.trim()
+                };
+                anyhow::bail!(
+                    "{what} is in use by another east process ({holder}; lock {})",
+                    path.display()
+                );
+            }
+            let same = match (file.metadata(), std::fs::metadata(path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
             };
-            anyhow::bail!(
-                "{what} is in use by another east process ({holder}; lock {})",
-                path.display()
-            );
+            if !same {
+                continue;
+            }
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+                .map_err(|e| InputError::io(path, e))?;
+            return Ok(FileLock {
+                _file: file,
+                path: path.to_path_buf(),
+            });
         }
-        file.set_len(0)?;
-        writeln!(file, "pid {}", std::process::id())?;
-        Ok(FileLock { _file: file })
+        anyhow::bail!("{}: cannot take this lock file", path.display())
+    }
+}
+
+impl Drop for FileLock {
+    /// Removes the lock file while still holding the lock, then releases it.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
