@@ -214,9 +214,16 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..questions.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
     let opts = GradeOptions::default();
+    let max_new_tokens = crate::sample::fit_context(
+        lm,
+        &prompts,
+        questions,
+        settings.max_new_tokens,
+        "eval.max_new_tokens",
+    )?;
     let decode = DecodeSettings {
         sampling: Sampling::GREEDY,
-        max_new_tokens: settings.max_new_tokens,
+        max_new_tokens,
         seed: 0,
         stop: Vec::new(),
         sampler: SamplerPlacement::Auto,

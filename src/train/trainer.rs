@@ -549,11 +549,19 @@ fn load_data(lm: &LoadedModel, job: &TrainJob) -> anyhow::Result<TrainData> {
         .tokenizer
         .token_to_id(lm.chat.end_of_turn())
         .unwrap_or(lm.eos_ids[0]);
+    // Positions past the model's context are untrained (and the RoPE tables stop there).
+    let context = lm.config.max_position_embeddings;
+    if t.max_length > context {
+        eprintln!(
+            "east train: train.max_length = {} is more than the model's context ({context} tokens, max_position_embeddings): using {context}",
+            t.max_length
+        );
+    }
     let tk = Tokenizing {
         tokenizer: &lm.tokenizer,
         chat: lm.chat,
         end_of_turn,
-        max_length: t.max_length,
+        max_length: t.max_length.min(context),
         require_weight: t.weighting == Weighting::Data,
     };
     let data = data::load(&job.data, t.loss, &tk)?;
