@@ -111,6 +111,10 @@ impl JsonlBatches {
                 break;
             }
             self.line += 1;
+            if self.line == 1 && text.starts_with('\u{feff}') {
+                // A UTF-8 byte-order mark (some editors write one) is not part of the first record.
+                text.drain(..'\u{feff}'.len_utf8());
+            }
             let trimmed = text.trim_end_matches(['\n', '\r']);
             if trimmed.trim().is_empty() {
                 continue;

@@ -166,6 +166,7 @@ pub fn cluster_question(
         entropy,
         accuracy: n_correct as f64 / n as f64,
         dominant_wrong: dominant as f64 / n as f64,
+        samples_sha256: Some(record.fingerprint()),
     }
 }
 

@@ -140,6 +140,7 @@ mod tests {
             entropy: 1.0,
             accuracy: 0.5,
             dominant_wrong: 0.25,
+            samples_sha256: None,
         }
     }
 
