@@ -458,13 +458,22 @@ fn eval_grades_greedy_predictions_and_resumes() {
     // Delete the report and one prediction: a rerun redoes only what is missing and agrees.
     let preds_path = second.join("predictions.jsonl");
     let text = std::fs::read_to_string(&preds_path).unwrap();
-    let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    // (the last one: its batch is the only one redone, so the rerun alone generates few tokens)
+    let kept: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
     std::fs::write(&preds_path, kept).unwrap();
     std::fs::remove_file(second.join("eval.json")).unwrap();
     assert!(east(&args).0);
     let again: Value =
         serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
     assert_eq!(again["correct"], report["correct"]);
+    // Tokens and seconds cover every prediction, not only the last attempt's.
+    let tokens: u64 = lines(&preds_path)
+        .iter()
+        .map(|p| p["tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(again["generated_tokens"], tokens);
+    assert_eq!(again["generated_tokens"], report["generated_tokens"]);
+    assert!(again["seconds"].as_f64().unwrap() >= report["seconds"].as_f64().unwrap());
     let mut a = lines(&preds_path);
     let mut b: Vec<Value> = text
         .lines()
