@@ -150,7 +150,9 @@ fn save_tensors(path: &Path, list: &[(String, Tensor)]) -> anyhow::Result<()> {
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    candle_core::safetensors::save(&map, path)?;
+    candle_core::safetensors::save(&map, path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    crate::model::load::set_umask_mode(path).map_err(io_err(path))?;
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io_err(path))

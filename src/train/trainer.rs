@@ -568,6 +568,12 @@ fn load_data(lm: &LoadedModel, job: &TrainJob) -> anyhow::Result<TrainData> {
     if data.examples.is_empty() {
         bail!("{}: no training examples", job.data.display());
     }
+    if t.weighting == Weighting::Data && data.examples.iter().all(|e| e.weight == 0.0) {
+        bail!(
+            "{}: every example has weight 0, so training would not change the model; check the weights east weight wrote (or use train.weighting = \"none\")",
+            job.data.display()
+        );
+    }
     Ok(data)
 }
 
