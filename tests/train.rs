@@ -834,10 +834,8 @@ fn a_full_disk_during_training_names_the_file() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
-        err.contains(&format!(
-            "{}: No space left on device",
-            out.join("model.safetensors").display()
-        )),
+        err.contains(&format!("{}: ", out.join("model.safetensors").display()))
+            && err.contains("No space left on device"),
         "{err}"
     );
     assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
