@@ -18,10 +18,10 @@ use crate::weight::{WeightConfig, WeightOptions};
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
+    #[error("{}: {error}", path.display())]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Parse { origin: String, message: String },
@@ -104,7 +104,7 @@ impl Config {
             Some(p) => (
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                     path: p.to_path_buf(),
-                    source,
+                    error: source,
                 })?,
                 p.display().to_string(),
             ),

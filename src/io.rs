@@ -1,5 +1,6 @@
 //! File plumbing shared by every stage: JSON Lines reading with errors that name the file, line
-//! and field, and output files that only appear under their final name once complete.
+//! and field, output files that only appear under their final name once complete (their errors
+//! name the file too), and locks that keep a second writer off an output.
 
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -8,26 +9,28 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// An input file that could not be used, located as precisely as we can.
+/// A file that could not be used (an input that cannot be read or parsed, an output that cannot be
+/// written), located as precisely as we can.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}:{line}: {message}")]
+    /// The OS error is part of the message, not a `source`: `{:#}` would print it twice.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+    #[error("{}:{line}: {message}", path.display())]
     Line {
         path: PathBuf,
         line: usize,
         message: String,
     },
-    #[error("{path}: {message}")]
+    #[error("{}: {message}", path.display())]
     File { path: PathBuf, message: String },
 }
 
 impl InputError {
-    pub fn io(path: &Path, source: io::Error) -> Self {
+    pub fn io(path: &Path, error: io::Error) -> Self {
         InputError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         }
     }
 
@@ -108,6 +111,10 @@ impl JsonlBatches {
                 break;
             }
             self.line += 1;
+            if self.line == 1 && text.starts_with('\u{feff}') {
+                // A UTF-8 byte-order mark (some editors write one) is not part of the first record.
+                text.drain(..'\u{feff}'.len_utf8());
+            }
             let trimmed = text.trim_end_matches(['\n', '\r']);
             if trimmed.trim().is_empty() {
                 continue;
@@ -163,7 +170,8 @@ pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<(usize, T)>, I
 
 /// A file written under a temporary name beside its destination and renamed into place by
 /// [`AtomicFile::commit`]. Dropped without commit (an error, a panic, a kill), the temporary file
-/// is removed or left under a name no stage mistakes for a complete output.
+/// is removed or left under a name no stage mistakes for a complete output. Every error names
+/// the file.
 pub struct AtomicFile {
     final_path: PathBuf,
     tmp_path: PathBuf,
@@ -171,14 +179,14 @@ pub struct AtomicFile {
 }
 
 impl AtomicFile {
-    pub fn create(path: &Path) -> io::Result<Self> {
+    pub fn create(path: &Path) -> Result<Self, InputError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                fs::create_dir_all(dir)?;
+                fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
             }
         }
         let tmp_path = tmp_name(path);
-        let file = File::create(&tmp_path)?;
+        let file = File::create(&tmp_path).map_err(|e| InputError::io(path, e))?;
         Ok(Self {
             final_path: path.to_path_buf(),
             tmp_path,
@@ -191,19 +199,27 @@ impl AtomicFile {
     }
 
     /// Writes one value as a JSON line.
-    pub fn write_json_line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+    pub fn write_json_line<T: Serialize>(&mut self, value: &T) -> Result<(), InputError> {
         let w = self.writer.as_mut().expect("writer present until commit");
-        serde_json::to_writer(&mut *w, value)?;
-        w.write_all(b"\n")
+        serde_json::to_writer(&mut *w, value)
+            .map_err(io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .map_err(|e| InputError::io(&self.final_path, e))
     }
 
     /// Flushes, syncs and renames the file to its final name.
-    pub fn commit(mut self) -> io::Result<()> {
+    pub fn commit(mut self) -> Result<(), InputError> {
         let writer = self.writer.take().expect("writer present until commit");
-        let file = writer.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.tmp_path, &self.final_path)
+        let done = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|file| file.sync_all())
+            .and_then(|()| fs::rename(&self.tmp_path, &self.final_path));
+        if let Err(e) = done {
+            let _ = fs::remove_file(&self.tmp_path);
+            return Err(InputError::io(&self.final_path, e));
+        }
+        Ok(())
     }
 }
 
@@ -241,17 +257,19 @@ pub fn tmp_name(path: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically (readers see the old file or the whole new one).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), InputError> {
     let mut f = AtomicFile::create(path)?;
-    f.write_all(bytes)?;
+    f.write_all(bytes).map_err(|e| InputError::io(path, e))?;
     f.commit()
 }
 
 /// Writes a pretty JSON document atomically.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), InputError> {
     let mut f = AtomicFile::create(path)?;
-    serde_json::to_writer_pretty(&mut f, value)?;
-    f.write_all(b"\n")?;
+    serde_json::to_writer_pretty(&mut f, value)
+        .map_err(io::Error::from)
+        .and_then(|()| f.write_all(b"\n"))
+        .map_err(|e| InputError::io(path, e))?;
     f.commit()
 }
 
@@ -491,40 +509,91 @@ pub fn file_safe(name: &str) -> String {
         .collect()
 }
 
+/// The lock file of an output file: `.<name>.lock` beside it (so `east sample --out` on a file
+/// of `east run`'s samples cache takes the same lock as the run).
+pub fn output_lock_path(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!(".{name}.lock"))
+}
+
 /// A lock held for as long as the value lives (flock: released by the kernel when the process
-/// dies, so a killed run never leaves a stale lock).
+/// dies, so a killed run never leaves a stale lock). The lock file is removed on release; the one
+/// a killed process leaves behind locks nothing.
 pub struct FileLock {
     _file: std::fs::File,
+    path: PathBuf,
 }
 
 impl FileLock {
+    /// Takes the lock of the output file `out` ([`output_lock_path`]), creating its folder.
+    pub fn output_file(out: &Path) -> anyhow::Result<FileLock> {
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
+        }
+        Self::acquire(&output_lock_path(out), &out.display().to_string())
+    }
+
+    /// Takes the lock of the output folder `dir` (`dir/.lock`, as `east run` locks a run
+    /// directory), creating the folder.
+    pub fn output_dir(dir: &Path) -> anyhow::Result<FileLock> {
+        fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
+        Self::acquire(&dir.join(".lock"), &dir.display().to_string())
+    }
+
     /// Takes the lock at `path` or fails at once, saying who holds it.
     pub fn acquire(path: &Path, what: &str) -> anyhow::Result<FileLock> {
         use anyhow::Context;
+        use std::os::unix::fs::MetadataExt;
         use std::os::unix::io::AsRawFd;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(path)
-            .with_context(|| format!("opening the lock file {}", path.display()))?;
-        // SAFETY: flock on a file descriptor we own; no memory is shared.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let holder = std::fs::read_to_string(path).unwrap_or_default();
-            let holder = if holder.trim().is_empty() {
-                "pid unknown"
-            } else {
-                holder.trim()
+        // The holder removes the lock file when done (no litter beside the outputs), so a lock
+        // taken on a file that was removed meanwhile is taken again on the new one.
+        for _ in 0..100 {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(path)
+                .with_context(|| format!("opening the lock file {}", path.display()))?;
+            // SAFETY: flock on a file descriptor we own; no memory is shared.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let holder = std::fs::read_to_string(path).unwrap_or_default();
+                let holder = if holder.trim().is_empty() {
+                    "pid unknown"
+                } else {
+                    holder.trim()
+                };
+                anyhow::bail!(
+                    "{what} is in use by another east process ({holder}; lock {})",
+                    path.display()
+                );
+            }
+            let same = match (file.metadata(), std::fs::metadata(path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
             };
-            anyhow::bail!(
-                "{what} is in use by another east process ({holder}; lock {})",
-                path.display()
-            );
+            if !same {
+                continue;
+            }
+            file.set_len(0)
+                .and_then(|()| writeln!(file, "pid {}", std::process::id()))
+                .map_err(|e| InputError::io(path, e))?;
+            return Ok(FileLock {
+                _file: file,
+                path: path.to_path_buf(),
+            });
         }
-        file.set_len(0)?;
-        writeln!(file, "pid {}", std::process::id())?;
-        Ok(FileLock { _file: file })
+        anyhow::bail!("{}: cannot take this lock file", path.display())
+    }
+}
+
+impl Drop for FileLock {
+    /// Removes the lock file while still holding the lock, then releases it.
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }

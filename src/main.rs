@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use east::cluster::ClusterBy;
 use east::config::Config;
 use east::data::{self, DatasetSpec};
+use east::io::FileLock;
 use east::model::{DTypeChoice, DeviceChoice};
 use east::schema::Loss;
 use east::train::loss::Weighting;
@@ -512,6 +513,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
         config.sample.stop = args.stop.clone();
     }
     config.validate("command line")?;
+    let _lock = FileLock::output_file(&args.out)?;
     let questions = config.data.questions()?;
     let lm = east::model::load_model(&config.model)?;
     let settings =
@@ -530,6 +532,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
 }
 
 fn merge(args: MergeArgs) -> anyhow::Result<()> {
+    let _lock = FileLock::output_file(&args.out)?;
     let n = east::sample::merge_shards(&args.inputs, &args.out)?;
     println!(
         "{}: {n} questions from {} shards",
@@ -557,6 +560,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let _lock = FileLock::output_file(&args.out)?;
     let started = std::time::Instant::now();
     let s = east::cluster::cluster_file(
         &args.samples,
@@ -592,6 +596,7 @@ fn weight(args: WeightArgs) -> anyhow::Result<()> {
     }
     config.validate("command line")?;
     let options = config.weight_options();
+    let _lock = FileLock::output_file(&args.out)?;
     let s = east::weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
         .with_context(|| format!("east weight failed; {} was not written", args.out.display()))?;
     println!(
@@ -641,7 +646,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         args.data.clone(),
         args.out.clone(),
     );
-    let r = east::train::train(&job)
+    let r = in_output_dir(&args.out, || east::train::train(&job))
         .with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
     if r.already_done {
         println!(
@@ -674,6 +679,23 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `work` holding the lock of the output folder `dir` (a second writer fails at once,
+/// naming the first); when `work` fails, a folder it created and left empty is removed.
+fn in_output_dir<T>(
+    dir: &std::path::Path,
+    work: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let existed = dir.exists();
+    let lock = FileLock::output_dir(dir)?;
+    let result = work();
+    drop(lock);
+    if result.is_err() && !existed {
+        // remove_dir removes only an empty folder
+        let _ = std::fs::remove_dir(dir);
+    }
+    result
+}
+
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
@@ -692,15 +714,18 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         );
     }
     let dataset = config.eval.datasets[0].clone();
-    let questions = data::load_questions(
-        &dataset,
-        &config.eval.split,
-        config.eval.limit,
-        &config.data.fields,
-    )?;
-    let lm = east::model::load_model(&config.model)?;
-    let settings = east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
-    let r = east::eval::evaluate(&lm, &questions, &settings, &args.out)?;
+    let r = in_output_dir(&args.out, || {
+        let questions = data::load_questions(
+            &dataset,
+            &config.eval.split,
+            config.eval.limit,
+            &config.data.fields,
+        )?;
+        let lm = east::model::load_model(&config.model)?;
+        let settings =
+            east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
+        east::eval::evaluate(&lm, &questions, &settings, &args.out)
+    })?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
         r.dataset,

@@ -1,5 +1,6 @@
 //! Progress bars (drawn on stderr only when it is a terminal) and JSON-lines metric logs.
 
+use crate::io::InputError;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -40,23 +41,24 @@ pub struct MetricsLog {
 }
 
 impl MetricsLog {
-    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+    pub fn open(path: &std::path::Path) -> Result<Self, InputError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
             }
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(path)?;
+            .open(path)
+            .map_err(|e| InputError::io(path, e))?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
         })
     }
 
-    pub fn log(&mut self, value: &serde_json::Value) -> std::io::Result<()> {
+    pub fn log(&mut self, value: &serde_json::Value) -> Result<(), InputError> {
         use std::io::Write;
         let mut object = match value {
             serde_json::Value::Object(m) => m.clone(),
@@ -71,9 +73,12 @@ impl MetricsLog {
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
         object.insert("time".into(), serde_json::json!(now));
-        let mut line = serde_json::to_vec(&serde_json::Value::Object(object))?;
+        let mut line = serde_json::to_vec(&serde_json::Value::Object(object))
+            .expect("a JSON object serialises");
         line.push(b'\n');
-        self.file.write_all(&line)
+        self.file
+            .write_all(&line)
+            .map_err(|e| InputError::io(&self.path, e))
     }
 
     pub fn path(&self) -> &std::path::Path {

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::io::InputError;
 use crate::model::Message;
@@ -68,6 +69,15 @@ pub struct SampleRecord {
 }
 
 impl SampleRecord {
+    /// SHA-256 (hex) of what a training row takes from this record: the id, the question and
+    /// the completions. `east cluster` stores it in each [`ClusterRecord`] so that `east weight`
+    /// can tell when it is given another samples file than the clusters were made from.
+    pub fn fingerprint(&self) -> String {
+        let bytes = serde_json::to_vec(&(&self.id, &self.question, &self.completions))
+            .expect("strings serialise");
+        format!("{:x}", Sha256::digest(&bytes))
+    }
+
     /// Checks what the types cannot: at least one completion, parallel arrays of equal length.
     pub fn validate(&self, path: &Path, line: usize) -> Result<(), InputError> {
         if self.id.is_empty() {
@@ -133,6 +143,10 @@ pub struct ClusterRecord {
     pub accuracy: f64,
     /// Size of the largest incorrect cluster (the no-answer cluster included) over n.
     pub dominant_wrong: f64,
+    /// [`SampleRecord::fingerprint`] of the samples line this record was graded from (absent in
+    /// files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_sha256: Option<String>,
 }
 
 impl ClusterRecord {
@@ -184,17 +198,24 @@ impl ClusterRecord {
                 format!("counts add up to {total}, not {n}"),
             ));
         }
-        for (field, v) in [
-            ("entropy", self.entropy),
-            ("accuracy", self.accuracy),
-            ("dominant_wrong", self.dominant_wrong),
+        // Entropy in bits of n completions is at most log2(n); the others are fractions of n.
+        let max_entropy = (n as f64).log2() + 1e-9;
+        for (field, v, max, what) in [
+            (
+                "entropy",
+                self.entropy,
+                max_entropy,
+                "log2 of the completions",
+            ),
+            ("accuracy", self.accuracy, 1.0, "1"),
+            ("dominant_wrong", self.dominant_wrong, 1.0, "1"),
         ] {
-            if !v.is_finite() || v < 0.0 {
+            if !v.is_finite() || v < 0.0 || v > max {
                 return Err(InputError::field(
                     path,
                     line,
                     field,
-                    format!("must be a finite number ≥ 0, got {v}"),
+                    format!("must be a number from 0 to {what} ({max:.4}), got {v}"),
                 ));
             }
         }

@@ -159,3 +159,27 @@ fn report_refuses_a_folder_that_is_not_a_run() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not an east run directory"));
 }
+
+#[test]
+fn an_unwritable_report_folder_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("runs/a1");
+    make_run(&run, "a = 1.0", &[(92, 0), (100, 0)]);
+    // A folder under a regular file cannot be created, even by root.
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, "").unwrap();
+    let target = file.join("report");
+    let out = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args([
+            "report",
+            run.to_str().unwrap(),
+            "--out",
+            target.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(target.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}

@@ -458,13 +458,22 @@ fn eval_grades_greedy_predictions_and_resumes() {
     // Delete the report and one prediction: a rerun redoes only what is missing and agrees.
     let preds_path = second.join("predictions.jsonl");
     let text = std::fs::read_to_string(&preds_path).unwrap();
-    let kept: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    // (the last one: its batch is the only one redone, so the rerun alone generates few tokens)
+    let kept: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
     std::fs::write(&preds_path, kept).unwrap();
     std::fs::remove_file(second.join("eval.json")).unwrap();
     assert!(east(&args).0);
     let again: Value =
         serde_json::from_str(&std::fs::read_to_string(second.join("eval.json")).unwrap()).unwrap();
     assert_eq!(again["correct"], report["correct"]);
+    // Tokens and seconds cover every prediction, not only the last attempt's.
+    let tokens: u64 = lines(&preds_path)
+        .iter()
+        .map(|p| p["tokens"].as_u64().unwrap())
+        .sum();
+    assert_eq!(again["generated_tokens"], tokens);
+    assert_eq!(again["generated_tokens"], report["generated_tokens"]);
+    assert!(again["seconds"].as_f64().unwrap() >= report["seconds"].as_f64().unwrap());
     let mut a = lines(&preds_path);
     let mut b: Vec<Value> = text
         .lines()
@@ -473,4 +482,206 @@ fn eval_grades_greedy_predictions_and_resumes() {
     a.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
     b.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
     assert_eq!(a, b);
+}
+
+/// `east merge` needs every shard 0..N−1 exactly once: the last shard left out (which the check
+/// for holes in the question indexes cannot see) or a shard given twice is an error, and nothing
+/// is written.
+#[test]
+fn merge_requires_every_shard_of_the_run_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let shards: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("shard{i}.jsonl")))
+        .collect();
+    for (i, s) in shards.iter().enumerate() {
+        let spec = format!("{i}/3");
+        let (ok, log) = east(&sample_args(m, s.to_str().unwrap(), &["--shard", &spec]));
+        assert!(ok, "{log}");
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("shard{i}.meta.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(meta["shard"], serde_json::json!({"index": i, "count": 3}));
+        assert_eq!(
+            (meta["total"].as_u64(), meta["complete"].as_bool()),
+            (Some(12), Some(true))
+        );
+    }
+    let out = dir.path().join("merged.jsonl");
+    let merge = |inputs: &[&PathBuf]| {
+        let mut args = vec!["merge", "--out", out.to_str().unwrap()];
+        args.extend(inputs.iter().map(|s| s.to_str().unwrap()));
+        east(&args)
+    };
+    let (ok, log) = merge(&[&shards[0], &shards[1]]);
+    assert!(!ok && log.contains("shard 2/3 missing"), "{log}");
+    assert!(!out.exists());
+    let (ok, log) = merge(&[&shards[0], &shards[1], &shards[1]]);
+    assert!(!ok && log.contains("both shard 1/3"), "{log}");
+    assert!(!out.exists());
+    let (ok, log) = merge(&[&shards[2], &shards[0], &shards[1]]);
+    assert!(ok, "{log}");
+    let meta: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("merged.meta.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["questions"], 12);
+    assert_eq!(meta["shard"], Value::Null);
+}
+
+/// Shards take whole decoding units, so with few units a shard can hold no question; the empty
+/// file `east sample` wrote for it is a valid shard.
+#[test]
+fn an_empty_shard_written_by_east_sample_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    // 2 questions × n = 3 in batches of 6 rows: one unit, so shard 1/2 gets nothing.
+    let few = ["--limit", "2"];
+    let whole = dir.path().join("whole.jsonl");
+    assert!(east(&sample_args(m, whole.to_str().unwrap(), &few)).0);
+    let shards: Vec<PathBuf> = (0..2)
+        .map(|i| dir.path().join(format!("shard{i}.jsonl")))
+        .collect();
+    for (i, s) in shards.iter().enumerate() {
+        let spec = format!("{i}/2");
+        let mut extra = few.to_vec();
+        extra.extend(["--shard", &spec]);
+        let (ok, log) = east(&sample_args(m, s.to_str().unwrap(), &extra));
+        assert!(ok, "{log}");
+    }
+    assert_eq!(std::fs::read_to_string(&shards[1]).unwrap(), "");
+    let merged = dir.path().join("merged.jsonl");
+    let (ok, log) = east(&[
+        "merge",
+        "--out",
+        merged.to_str().unwrap(),
+        shards[0].to_str().unwrap(),
+        shards[1].to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    assert_eq!(lines(&merged), lines(&whole));
+}
+
+/// A token budget past the model's context (the tiny model has 1,024 positions) is cut to what
+/// fits, with a message, instead of sizing the KV cache for it.
+#[test]
+fn max_new_tokens_is_clamped_to_the_models_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("s.jsonl");
+    let (ok, log) = east(&[
+        "sample",
+        "--model",
+        m,
+        "--dataset",
+        "gsm8k",
+        "--limit",
+        "1",
+        "--n",
+        "1",
+        "--max-new-tokens",
+        "99999999999",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("sample.max_new_tokens = 99999999999 is more than fits the model's context (1024 tokens"),
+        "{log}"
+    );
+    let r = &lines(&out)[0];
+    assert!(r["tokens"][0].as_u64().unwrap() < 1024, "{r}");
+    let eval_dir = dir.path().join("eval");
+    let (ok, log) = east(&[
+        "eval",
+        "--model",
+        m,
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "99999999999",
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("eval.max_new_tokens = 99999999999 is more than fits"),
+        "{log}"
+    );
+}
+
+/// A second `east sample` (or `east eval`) on an output another east process holds fails at once,
+/// naming that process.
+#[test]
+fn a_second_writer_of_a_samples_file_or_eval_folder_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let out = dir.path().join("s.jsonl");
+    let pid = format!("pid {}", std::process::id());
+    let held = east::io::FileLock::output_file(&out).unwrap();
+    let (ok, log) = east(&sample_args(m, out.to_str().unwrap(), &["--limit", "1"]));
+    assert!(
+        !ok && log.contains("in use by another east process") && log.contains(&pid),
+        "{log}"
+    );
+    assert!(!out.exists());
+    drop(held);
+    let (ok, log) = east(&sample_args(m, out.to_str().unwrap(), &["--limit", "1"]));
+    assert!(ok, "{log}");
+
+    let eval_dir = dir.path().join("eval");
+    let _held = east::io::FileLock::output_dir(&eval_dir).unwrap();
+    let (ok, log) = east(&[
+        "eval",
+        "--model",
+        m,
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ]);
+    assert!(!ok && log.contains(&pid), "{log}");
+    assert!(!eval_dir.join("predictions.jsonl").exists());
+}
+
+/// Outputs that cannot be created (a folder that is a file: root ignores permissions) are errors
+/// that name the path, with the OS error said once.
+#[test]
+fn unwritable_outputs_are_errors_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    let file = dir.path().join("a_file");
+    std::fs::write(&file, "").unwrap();
+    let once = |log: &str| {
+        log.matches("Not a directory").count() == 1 || log.matches("File exists").count() == 1
+    };
+
+    let out = file.join("s.jsonl");
+    let (ok, log) = east(&sample_args(m, out.to_str().unwrap(), &["--limit", "1"]));
+    assert!(
+        !ok && log.contains(file.to_str().unwrap()) && once(&log),
+        "{log}"
+    );
+
+    // a complete samples file to merge, then merge into the file-folder
+    let good = dir.path().join("good.jsonl");
+    assert!(east(&sample_args(m, good.to_str().unwrap(), &["--limit", "1"])).0);
+    let (ok, log) = east(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        good.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && log.contains(file.to_str().unwrap()) && once(&log),
+        "{log}"
+    );
 }

@@ -680,6 +680,167 @@ fn a_trained_checkpoint_loads_in_east_eval() {
     assert!(ev.join("eval.json").is_file());
 }
 
+/// `east train` on a tiny SFT set: the command with `--out out` and a few steps.
+fn sft_train_cmd(d: &Path, data: &Path, out: &Path) -> Command {
+    let mut c = east_bin();
+    c.args([
+        "train",
+        "--model",
+        d.join("model").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "4",
+    ]);
+    c
+}
+
+/// A second trainer on an output folder another east process holds fails at once, naming it
+/// (two trainers on one folder used to both run, writing every step twice into train_log.jsonl).
+#[test]
+fn a_second_trainer_on_one_output_folder_fails_at_once() {
+    let d = tiny_dir();
+    let data = d.path().join("sft.jsonl");
+    write_rows(&data, &sft_rows());
+    let out = d.path().join("ckpt");
+    let held = east::io::FileLock::output_dir(&out).unwrap();
+    let o = sft_train_cmd(d.path(), &data, &out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("in use by another east process")
+            && err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    assert!(!out.join("train_log.jsonl").exists());
+    drop(held);
+    let o = sft_train_cmd(d.path(), &data, &out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(log_lines(&out).len(), 1);
+}
+
+/// A failed `east train` does not leave the empty output folder it created.
+#[test]
+fn a_failed_train_leaves_no_empty_output_folder() {
+    let d = tiny_dir();
+    let data = d.path().join("missing.jsonl");
+    let out = d.path().join("ckpt");
+    let o = sft_train_cmd(d.path(), &data, &out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("missing.jsonl"),
+        "{err}"
+    );
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+    assert!(!out.exists(), "{}", out.display());
+}
+
+/// Training in which every example weighs 0 would not change the model: refused.
+#[test]
+fn training_data_whose_weights_are_all_zero_is_refused() {
+    let d = tiny_dir();
+    let data = d.path().join("sft.jsonl");
+    let rows: Vec<Value> = sft_rows()
+        .into_iter()
+        .map(|mut r| {
+            r["weight"] = json!(0.0);
+            r
+        })
+        .collect();
+    write_rows(&data, &rows);
+    let out = d.path().join("ckpt");
+    let o = sft_train_cmd(d.path(), &data, &out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("every example has weight 0"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+/// The checkpoint's files get the umask's mode like every other output (safetensors writes
+/// through a 0600 temporary file); a max_length past the model's context is cut to it.
+#[test]
+fn checkpoint_files_follow_the_umask_and_max_length_the_context() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tiny_dir();
+    let data = d.path().join("sft.jsonl");
+    write_rows(&data, &sft_rows());
+    let out = d.path().join("ckpt");
+    let o = sft_train_cmd(d.path(), &data, &out)
+        .args(["--max-length", "1000000"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("train.max_length = 1000000 is more than the model's context (1024 tokens"),
+        "{err}"
+    );
+    let mode = |name: &str| {
+        std::fs::metadata(out.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("model.safetensors"), mode("config.json"));
+    assert_eq!(mode("model.safetensors"), mode("trainer_state.json"));
+    assert_ne!(
+        mode("model.safetensors") & 0o044,
+        0,
+        "{:o}",
+        mode("model.safetensors")
+    );
+}
+
+/// A full disk while writing the checkpoint is an error that names the file, the OS error said
+/// once. The full disk is a 64 KiB tmpfs (needs root and mount; skipped where unavailable).
+#[test]
+fn a_full_disk_during_training_names_the_file() {
+    let d = tiny_dir();
+    let data = d.path().join("sft.jsonl");
+    write_rows(&data, &sft_rows());
+    let mnt = d.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=64k",
+            "tmpfs",
+            mnt.to_str().unwrap(),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let out = mnt.join("ckpt");
+    let o = sft_train_cmd(d.path(), &data, &out).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("{}: ", out.join("model.safetensors").display()))
+            && err.contains("No space left on device"),
+        "{err}"
+    );
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+}
+
 #[test]
 fn a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint() {
     let d = tiny_dir();

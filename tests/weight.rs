@@ -398,6 +398,157 @@ fn weight_rejects_mismatched_inputs() {
     );
 }
 
+fn weight_cmd(clusters: &Path, samples: &Path, out: &Path) -> (bool, String, String) {
+    east(&[
+        "weight",
+        "--clusters",
+        p(clusters),
+        "--samples",
+        p(samples),
+        "--out",
+        p(out),
+    ])
+}
+
+/// A samples file resampled after clustering (same ids, same number of completions) would turn
+/// wrong completions into "correct" training rows: weight refuses it, naming both files, with
+/// the fingerprints `east cluster` writes and, for clusters files without them, by comparing the
+/// completions' answers.
+#[test]
+fn weight_refuses_samples_the_clusters_were_not_made_from() {
+    let f = fixture();
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
+    let clusters = read_lines(&f.clusters);
+    assert!(clusters
+        .iter()
+        .all(|c| c["samples_sha256"].as_str().is_some_and(|h| h.len() == 64)));
+    let mut other = sample_lines();
+    other[3]["completions"][0] = json!("WRONG \\boxed{12345}");
+    let resampled = f.samples.with_file_name("resampled.jsonl");
+    write_lines(&resampled, &other);
+    let (ok, _, err) = weight_cmd(&f.clusters, &resampled, &f.train);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("resampled.jsonl:4:")
+            && err.contains("q4")
+            && err.contains("clusters.jsonl")
+            && err.contains("different sampling runs"),
+        "{err}"
+    );
+    assert!(!f.train.exists());
+
+    // A clusters file of an older east, without fingerprints: the completions are compared.
+    let old: Vec<Value> = clusters
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.as_object_mut().unwrap().remove("samples_sha256");
+            c
+        })
+        .collect();
+    let old_clusters = f.clusters.with_file_name("old_clusters.jsonl");
+    write_lines(&old_clusters, &old);
+    let (ok, _, err) = weight_cmd(&old_clusters, &resampled, &f.train);
+    assert!(
+        !ok && err.contains("q4") && err.contains("different sampling runs"),
+        "{err}"
+    );
+    let (ok, _, err) = weight_cmd(&old_clusters, &f.samples, &f.train);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
+    assert!(ok, "{err}");
+}
+
+/// Cluster statistics outside their range are input errors naming the line and field.
+#[test]
+fn cluster_statistics_outside_their_range_are_refused() {
+    let f = fixture();
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
+    for (field, value) in [("accuracy", 7.0), ("dominant_wrong", 1.5), ("entropy", 2.5)] {
+        let mut lines = read_lines(&f.clusters);
+        lines[1][field] = json!(value);
+        let bad = f.clusters.with_file_name("bad.jsonl");
+        write_lines(&bad, &lines);
+        let (ok, _, err) = weight_cmd(&bad, &f.samples, &f.train);
+        assert!(
+            !ok && err.contains("bad.jsonl:2:") && err.contains(&format!("`{field}`")),
+            "{err}"
+        );
+    }
+}
+
+/// A JSONL file that starts with a UTF-8 byte-order mark (as some editors save it) reads.
+#[test]
+fn a_byte_order_mark_is_not_malformed_json() {
+    let f = fixture();
+    let text = std::fs::read_to_string(&f.samples).unwrap();
+    std::fs::write(&f.samples, format!("\u{feff}{text}")).unwrap();
+    let (ok, _, err) = east(&[
+        "cluster",
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&f.clusters),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
+    assert!(ok, "{err}");
+}
+
+/// A second `east cluster` or `east weight` on an output another east process holds fails at
+/// once, naming that process.
+#[test]
+fn a_second_writer_of_clusters_or_train_data_fails_at_once() {
+    let f = fixture();
+    let pid = format!("pid {}", std::process::id());
+    let held = east::io::FileLock::output_file(&f.clusters).unwrap();
+    let (ok, _, err) = east(&[
+        "cluster",
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&f.clusters),
+    ]);
+    assert!(
+        !ok && err.contains("in use by another east process") && err.contains(&pid),
+        "{err}"
+    );
+    assert!(!f.clusters.exists());
+    drop(held);
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
+    let _held = east::io::FileLock::output_file(&f.train).unwrap();
+    let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
+    assert!(!ok && err.contains(&pid), "{err}");
+    assert!(!f.train.exists());
+}
+
 #[test]
 fn config_file_and_set_drive_the_stage_flags() {
     let f = fixture();

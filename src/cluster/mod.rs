@@ -211,6 +211,7 @@ pub fn cluster_question(
         entropy,
         accuracy: n_correct as f64 / n as f64,
         dominant_wrong: dominant as f64 / n as f64,
+        samples_sha256: Some(record.fingerprint()),
     }
 }
 
@@ -259,7 +260,7 @@ pub fn cluster_file(
         .len();
     let bar = progress::bytes_bar(total_bytes, "cluster");
     let mut batches = JsonlBatches::open(samples, BATCH_LINES)?;
-    let mut writer = AtomicFile::create(out).map_err(|e| InputError::io(out, e))?;
+    let mut writer = AtomicFile::create(out)?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut summary = ClusterSummary {
         samples: samples.to_path_buf(),
@@ -308,13 +309,11 @@ pub fn cluster_file(
             summary.correct += c;
             summary.questions_all_wrong += usize::from(c == 0);
             summary.questions_all_correct += usize::from(c == record.n());
-            writer
-                .write_json_line(&record)
-                .map_err(|e| InputError::io(out, e))?;
+            writer.write_json_line(&record)?;
             bar.inc(line.text.len() as u64 + 1);
         }
     }
-    writer.commit().map_err(|e| InputError::io(out, e))?;
+    writer.commit()?;
     bar.finish_and_clear();
     Ok(summary)
 }

@@ -137,7 +137,10 @@ pub struct EvalReport {
     pub no_answer: usize,
     pub truncated: usize,
     pub settings: EvalSettings,
+    /// Decoding time of the predictions, summed over every attempt (a resumed evaluation counts
+    /// its earlier attempts too).
     pub seconds: f64,
+    /// Tokens of all predictions (whichever attempt generated them).
     pub generated_tokens: usize,
 }
 
@@ -195,10 +198,20 @@ pub fn evaluate(
             );
         }
     }
+    let metrics_file = dir.join("eval.log.jsonl");
+    if !preds_file.exists() {
+        // A fresh evaluation: the timings of an older one do not count.
+        match std::fs::remove_file(&metrics_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(InputError::io(&metrics_file, e).into())
+            }
+            _ => {}
+        }
+    }
     write_json_atomic(&settings_file, settings)?;
     let (mut log, done_ids) = AppendLog::open(&preds_file)?;
     let done: HashSet<String> = done_ids.into_iter().collect();
-    let mut metrics = MetricsLog::open(&dir.join("eval.log.jsonl"))?;
+    let mut metrics = MetricsLog::open(&metrics_file)?;
 
     let prompts: Vec<Vec<u32>> = questions
         .iter()
@@ -214,9 +227,16 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..questions.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
     let opts = GradeOptions::default();
+    let max_new_tokens = crate::sample::fit_context(
+        lm,
+        &prompts,
+        questions,
+        settings.max_new_tokens,
+        "eval.max_new_tokens",
+    )?;
     let decode = DecodeSettings {
         sampling: Sampling::GREEDY,
-        max_new_tokens: settings.max_new_tokens,
+        max_new_tokens,
         seed: 0,
         stop: Vec::new(),
         sampler: SamplerPlacement::Auto,
@@ -296,8 +316,8 @@ pub fn evaluate(
         no_answer: 0,
         truncated: 0,
         settings: settings.clone(),
-        seconds: started.elapsed().as_secs_f64(),
-        generated_tokens: generated,
+        seconds: decode_seconds(&metrics_file)?,
+        generated_tokens: 0,
     };
     for q in questions {
         let p = by_id.get(&q.id).ok_or_else(|| {
@@ -308,6 +328,7 @@ pub fn evaluate(
             )
         })?;
         report.n += 1;
+        report.generated_tokens += p.tokens;
         report.correct += usize::from(p.correct);
         report.no_answer += usize::from(p.pred.is_none());
         report.truncated += usize::from(p.finish == Finish::Length);
@@ -329,4 +350,15 @@ pub fn evaluate(
     report.accuracy = report.correct as f64 / report.n.max(1) as f64;
     write_json_atomic(&report_path(dir), &report)?;
     Ok(report)
+}
+
+/// The decoding seconds of every batch in `eval.log.jsonl`, over all attempts.
+fn decode_seconds(path: &Path) -> Result<f64, InputError> {
+    let text = std::fs::read_to_string(path).map_err(|e| InputError::io(path, e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "batch")
+        .filter_map(|v| v["seconds"].as_f64())
+        .sum())
 }

@@ -64,18 +64,17 @@ pub enum ModelError {
     #[error("KV cache full: {needed} columns needed, capacity is {capacity}")]
     CacheFull { needed: usize, capacity: usize },
 
-    #[error("{}: {source}", path.display())]
+    /// The OS error is in the message, not a `source`, so that `{:#}` does not print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON: {error}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     #[error(transparent)]
@@ -102,7 +101,7 @@ pub(crate) fn read_to_string(path: &std::path::Path) -> Result<String> {
         } else {
             ModelError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }
         }
     })
@@ -112,6 +111,6 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     let text = read_to_string(path)?;
     serde_json::from_str(&text).map_err(|source| ModelError::Json {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }

@@ -140,7 +140,7 @@ pub fn read_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel
         } else {
             ModelError::Io {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             }
         }
     })?;

@@ -335,7 +335,7 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
         unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
             ModelError::Io {
                 path: files[0].clone(),
-                source: std::io::Error::other(e.to_string()),
+                error: std::io::Error::other(e.to_string()),
             }
         })?;
     let shapes: HashMap<String, Vec<usize>> = st
@@ -477,7 +477,7 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
 pub fn save_checkpoint(model: &Llama, dir: &Path, torch_dtype: Option<&str>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     })?;
     let cfg = model.config().to_hf_json(torch_dtype);
     let cfg_text = serde_json::to_string_pretty(&cfg).expect("config serialises");
@@ -488,12 +488,35 @@ pub fn save_checkpoint(model: &Llama, dir: &Path, torch_dtype: Option<&str>) -> 
         .map(|(n, t)| Ok((n, t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
     let tmp = dir.join("model.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, dir.join("model.safetensors")).map_err(|source| ModelError::Io {
-        path: dir.join("model.safetensors"),
-        source,
-    })?;
+    let path = dir.join("model.safetensors");
+    let io = |error: std::io::Error| ModelError::Io {
+        path: path.clone(),
+        error,
+    };
+    if let Err(e) = candle_core::safetensors::save(&tensors, &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(std::io::Error::other(e.to_string())));
+    }
+    // safetensors writes through a private temporary file (mode 0600); a checkpoint gets the
+    // mode every other output gets from the umask.
+    set_umask_mode(&tmp).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(())
+}
+
+/// Gives `path` the mode a newly created file gets from the process umask (0666 & !umask; the
+/// umask is read from /proc so no thread sees it changed; 0644 where /proc does not say).
+pub fn set_umask_mode(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666 & !umask))
 }
 
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -502,6 +525,6 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })
 }

@@ -324,7 +324,7 @@ pub fn write_adapter(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     })?;
     let map: std::collections::HashMap<String, Tensor> = tensors
         .iter()
@@ -335,7 +335,7 @@ pub fn write_adapter(
     std::fs::rename(&tmp, dir.join("adapter_model.safetensors")).map_err(|source| {
         ModelError::Io {
             path: dir.join("adapter_model.safetensors"),
-            source,
+            error: source,
         }
     })?;
     let alpha_json = if alpha.fract() == 0.0 {

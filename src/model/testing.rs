@@ -251,7 +251,7 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<LlamaConfig> {
 pub fn write_tiny_model_with(dir: &Path, seed: u64, spec: &TinySpec) -> Result<LlamaConfig> {
     std::fs::create_dir_all(dir).map_err(|source| ModelError::Io {
         path: dir.to_path_buf(),
-        source,
+        error: source,
     })?;
     let tok = tiny_tokenizer_json();
     let vocab_size = tok["model"]["vocab"]
@@ -373,7 +373,7 @@ pub fn write_random_model(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()
         let path = path.to_path_buf();
         move |source| ModelError::Io {
             path: path.clone(),
-            source,
+            error: source,
         }
     };
     cfg.validate("random model")?;

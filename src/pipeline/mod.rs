@@ -190,7 +190,7 @@ fn self_train_round(
                 .samples_cache
                 .join(format!("{}.jsonl", key_of(&sample_inputs)));
             let _cache_lock = FileLock::acquire(
-                &cached.with_extension("lock"),
+                &crate::io::output_lock_path(&cached),
                 &format!("samples cache file {}", cached.display()),
             )?;
             let record = Stage {

@@ -146,8 +146,7 @@ impl Stage<'_> {
             seconds: 0.0,
             inputs: self.inputs,
         };
-        write_json_atomic(&stamp_file, &stamp)
-            .with_context(|| format!("writing {}", stamp_file.display()))?;
+        write_json_atomic(&stamp_file, &stamp)?;
         eprintln!(
             "east run: round {} {}: {}",
             self.round,
@@ -163,8 +162,7 @@ impl Stage<'_> {
         let seconds = started.elapsed().as_secs_f64();
         stamp.done = true;
         stamp.seconds = seconds;
-        write_json_atomic(&stamp_file, &stamp)
-            .with_context(|| format!("writing {}", stamp_file.display()))?;
+        write_json_atomic(&stamp_file, &stamp)?;
         log.log(
             &serde_json::json!({"event": "stage", "stage": self.name, "round": self.round,
             "outcome": outcome, "key": key, "seconds": seconds}),

@@ -13,7 +13,7 @@ use svg::{Mark, Plot, Series};
 
 use crate::config::Config;
 use crate::eval::{report_path, EvalReport};
-use crate::io::{file_safe, read_jsonl};
+use crate::io::{file_safe, read_jsonl, InputError};
 use crate::pipeline::{RoundSummary, RunLayout};
 use crate::schema::ClusterRecord;
 use crate::train::loss::Weighting;
@@ -110,7 +110,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
         .iter()
         .map(|d| RunView::open(d))
         .collect::<anyhow::Result<_>>()?;
-    std::fs::create_dir_all(out)?;
+    std::fs::create_dir_all(out).map_err(|e| InputError::io(out, e))?;
     let mut md = String::new();
     let _ = writeln!(md, "# EAST report\n");
     let datasets: Vec<String> = {
@@ -200,7 +200,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
             series,
             shade_label: None,
         };
-        std::fs::write(out.join("accuracy_vs_a.svg"), plot.to_svg())?;
+        crate::io::write_atomic(&out.join("accuracy_vs_a.svg"), plot.to_svg().as_bytes())?;
         let _ = writeln!(
             md,
             "## Accuracy against a\n\n![accuracy against a](accuracy_vs_a.svg)\n"
@@ -235,7 +235,10 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
             series: per_round,
             shade_label: None,
         };
-        std::fs::write(out.join("accuracy_per_round.svg"), plot.to_svg())?;
+        crate::io::write_atomic(
+            &out.join("accuracy_per_round.svg"),
+            plot.to_svg().as_bytes(),
+        )?;
         let _ = writeln!(
             md,
             "## Accuracy per round\n\n![accuracy per round](accuracy_per_round.svg)\n"
@@ -270,7 +273,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
                 shade_label: Some("dominant wrong share".into()),
             };
             let file = format!("entropy_{}.svg", file_safe(&v.name));
-            std::fs::write(out.join(&file), plot.to_svg())?;
+            crate::io::write_atomic(&out.join(&file), plot.to_svg().as_bytes())?;
             let _ = writeln!(
                 md,
                 "## Entropy against 1 − accuracy: {}\n\nOne point per sampled question; colour is the share of samples in the largest wrong cluster (red: confidently wrong).\n\n![entropy]({file})\n",
@@ -291,7 +294,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
             if let Some(plot) = histogram(&weights, &format!("Question weights ({})", v.setting()))
             {
                 let file = format!("weights_{}.svg", file_safe(&v.name));
-                std::fs::write(out.join(&file), plot.to_svg())?;
+                crate::io::write_atomic(&out.join(&file), plot.to_svg().as_bytes())?;
                 let _ = writeln!(
                     md,
                     "## Weight distribution: {}\n\n![weights]({file})\n",
@@ -324,7 +327,7 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
         let _ = writeln!(md);
     }
     let path = out.join("report.md");
-    std::fs::write(&path, md)?;
+    crate::io::write_atomic(&path, md.as_bytes())?;
     Ok(path)
 }
 

@@ -149,13 +149,18 @@ impl std::str::FromStr for Shard {
     }
 }
 
-/// The sidecar `<out>.meta.json`: the settings a samples file was made with, and whether it is
-/// complete.
+/// The sidecar `<out>.meta.json`: the settings a samples file was made with, which shard of how
+/// many it is, how many questions it holds, and whether it is complete.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleMeta {
     pub settings: SampleSettings,
+    /// `index` of `count` (`east merge` needs every index 0..count−1 once); `null`: unsharded.
     pub shard: Option<Shard>,
+    /// Questions in this file.
     pub questions: usize,
+    /// Questions of the whole run, every shard together (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<usize>,
     pub complete: bool,
 }
 
@@ -218,6 +223,7 @@ pub fn sample_questions(
         settings: settings.clone(),
         shard,
         questions: mine,
+        total: Some(questions.len()),
         complete: false,
     };
     if out.exists() {
@@ -240,6 +246,25 @@ pub fn sample_questions(
             ),
         }
     }
+    // Every prompt, not only this shard's: the longest one decides how many new tokens fit the
+    // model's context, which must be the same in every shard.
+    let prompts: Vec<Vec<u32>> = questions
+        .iter()
+        .map(|q| {
+            encode(
+                &lm.tokenizer,
+                &lm.chat.render_prompt(&east_messages(&q.question)),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let mut decode = cfg.decode_settings();
+    decode.max_new_tokens = fit_context(
+        lm,
+        &prompts,
+        questions,
+        cfg.max_new_tokens,
+        "sample.max_new_tokens",
+    )?;
     write_json_atomic(&meta_file, &meta)?;
     let (mut log, done_ids) = AppendLog::open(out)?;
     let done: HashSet<String> = done_ids.into_iter().collect();
@@ -250,7 +275,6 @@ pub fn sample_questions(
     bar.set_position(resumed as u64);
     let started = Instant::now();
     let mut generated = 0usize;
-    let decode = cfg.decode_settings();
     for unit in my_units {
         let todo: Vec<usize> = unit
             .clone()
@@ -261,16 +285,6 @@ pub fn sample_questions(
         }
         // The whole unit is decoded even when part of it was written before a crash: its
         // samples depend on which rows share the batch.
-        let prompts: Vec<Vec<u32>> = unit
-            .clone()
-            .map(|i| {
-                encode(
-                    &lm.tokenizer,
-                    &lm.chat
-                        .render_prompt(&east_messages(&questions[i].question)),
-                )
-            })
-            .collect::<Result<_, _>>()?;
         let mut per_question: Vec<Vec<Generation>> = vec![Vec::new(); unit.len()];
         // n larger than a batch: the question's samples are decoded in chunks of batch_rows.
         let chunk = cfg.batch_rows.min(cfg.n).max(1);
@@ -279,9 +293,8 @@ pub fn sample_questions(
             let take = chunk.min(cfg.n - first);
             let requests: Vec<Request> = unit
                 .clone()
-                .zip(&prompts)
-                .map(|(i, p)| Request {
-                    prompt_ids: p.clone(),
+                .map(|i| Request {
+                    prompt_ids: prompts[i].clone(),
                     id: questions[i].id.clone(),
                     first_sample: first,
                     samples: take,
@@ -352,35 +365,118 @@ pub fn is_complete(out: &Path, settings: &SampleSettings) -> bool {
     meta.complete && meta.shard.is_none() && &meta.settings == settings && out.exists()
 }
 
-/// Joins shard files into one samples file in question order, checking that no question is
-/// missing or duplicated.
+/// The longest prompt plus `max_new_tokens` must fit the model's context: otherwise the KV cache
+/// is sized past it (slow, or an allocation that aborts). Returns `max_new_tokens`, or the most
+/// that fits, saying so; a prompt that alone fills the context is an error naming the question.
+pub fn fit_context(
+    lm: &LoadedModel,
+    prompts: &[Vec<u32>],
+    questions: &[Question],
+    max_new_tokens: usize,
+    key: &str,
+) -> anyhow::Result<usize> {
+    let context = lm.config.max_position_embeddings;
+    let Some((i, longest)) = prompts
+        .iter()
+        .map(Vec::len)
+        .enumerate()
+        .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))
+    else {
+        return Ok(max_new_tokens);
+    };
+    if longest >= context {
+        anyhow::bail!(
+            "question `{}`: its prompt is {longest} tokens, the model's context ({}, max_position_embeddings) leaves no room for an answer",
+            questions[i].id,
+            context
+        );
+    }
+    let room = context - longest;
+    if max_new_tokens > room {
+        eprintln!(
+            "east: {key} = {max_new_tokens} is more than fits the model's context ({context} tokens, the longest prompt {longest}): using {room}"
+        );
+        return Ok(room);
+    }
+    Ok(max_new_tokens)
+}
+
+/// Reads a samples file's `<out>.meta.json`.
+fn read_meta(input: &Path) -> Result<SampleMeta, InputError> {
+    let path = meta_path(input);
+    let text = std::fs::read_to_string(&path).map_err(|e| InputError::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| InputError::file(&path, format!("unreadable: {e}")))
+}
+
+/// `i/N`, or "unsharded".
+fn shard_name(shard: Option<Shard>) -> String {
+    shard.map_or("unsharded".into(), |s| {
+        format!("shard {}/{}", s.index, s.count)
+    })
+}
+
+/// Joins the shard files of one sampling run into one samples file in question order. Every
+/// shard 0..N−1 must be given exactly once, complete, made with the same settings, and hold the
+/// questions its meta says (an empty shard is valid: with few decoding units some shards get no
+/// question); no question may be missing or duplicated.
 pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     let mut all: Vec<(usize, SampleRecord)> = Vec::new();
-    let mut counts: Option<(SampleSettings, usize)> = None;
+    let mut first: Option<(&PathBuf, SampleMeta)> = None;
+    let mut given: std::collections::BTreeMap<usize, &PathBuf> = Default::default();
     for input in inputs {
-        let meta: SampleMeta = serde_json::from_str(
-            &std::fs::read_to_string(meta_path(input))
-                .map_err(|e| InputError::io(&meta_path(input), e))?,
-        )
-        .map_err(|e| InputError::file(&meta_path(input), format!("unreadable: {e}")))?;
+        let meta = read_meta(input)?;
         if !meta.complete {
             anyhow::bail!(
                 "{} is not complete (its sampling run has not finished)",
                 input.display()
             );
         }
-        match &counts {
-            None => counts = Some((meta.settings.clone(), meta.shard.map_or(1, |s| s.count))),
-            Some((settings, _)) if *settings != meta.settings => {
+        let shard = meta.shard.unwrap_or(Shard { index: 0, count: 1 });
+        if let Some((p0, m0)) = &first {
+            if m0.settings != meta.settings {
                 anyhow::bail!(
                     "{} was sampled with other settings than {}",
                     input.display(),
-                    inputs[0].display()
-                )
+                    p0.display()
+                );
             }
-            _ => {}
+            if m0.shard.map_or(1, |s| s.count) != shard.count || m0.total != meta.total {
+                anyhow::bail!(
+                    "{} ({}) and {} ({}) are not shards of one run",
+                    input.display(),
+                    shard_name(meta.shard),
+                    p0.display(),
+                    shard_name(m0.shard)
+                );
+            }
         }
-        for (line, r) in read_jsonl::<SampleRecord>(input)? {
+        if let Some(other) = given.insert(shard.index, input) {
+            anyhow::bail!(
+                "{} and {} are both {}: give each shard once",
+                other.display(),
+                input.display(),
+                shard_name(meta.shard)
+            );
+        }
+        let empty = std::fs::metadata(input)
+            .map_err(|e| InputError::io(input, e))?
+            .len()
+            == 0;
+        let records = if empty {
+            Vec::new()
+        } else {
+            read_jsonl::<SampleRecord>(input)?
+        };
+        if records.len() != meta.questions {
+            anyhow::bail!(
+                "{} holds {} questions, but {} says {}",
+                input.display(),
+                records.len(),
+                meta_path(input).display(),
+                meta.questions
+            );
+        }
+        for (line, r) in records {
             r.validate(input, line)?;
             let index = r.index.ok_or_else(|| {
                 InputError::field(
@@ -392,6 +488,22 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
             })?;
             all.push((index, r));
         }
+        if first.is_none() {
+            first = Some((input, meta));
+        }
+    }
+    let (_, meta) = first.ok_or_else(|| anyhow::anyhow!("no input files"))?;
+    let count = meta.shard.map_or(1, |s| s.count);
+    let missing: Vec<String> = (0..count)
+        .filter(|i| !given.contains_key(i))
+        .map(|i| format!("{i}/{count}"))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "shard {} missing: the run has {count} shards and {} were given; east merge needs every shard once",
+            missing.join(", "),
+            given.len()
+        );
     }
     all.sort_by_key(|(i, _)| *i);
     let mut seen = HashSet::new();
@@ -406,7 +518,13 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     if let Some(gap) = (0..all.len()).find(|&k| all[k].0 != k) {
         anyhow::bail!("question index {gap} is missing from the inputs: is a shard left out?");
     }
-    let (settings, _) = counts.ok_or_else(|| anyhow::anyhow!("no input files"))?;
+    if let Some(total) = meta.total.filter(|&t| t != all.len()) {
+        anyhow::bail!(
+            "the shards hold {} questions of the run's {total}: question index {} is missing",
+            all.len(),
+            all.len()
+        );
+    }
     let mut writer = crate::io::AtomicFile::create(out)?;
     for (_, r) in &all {
         writer.write_json_line(r)?;
@@ -414,9 +532,10 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
     write_json_atomic(
         &meta_path(out),
         &SampleMeta {
-            settings,
+            settings: meta.settings,
             shard: None,
             questions: all.len(),
+            total: Some(all.len()),
             complete: true,
         },
     )?;

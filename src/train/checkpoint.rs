@@ -104,7 +104,7 @@ pub fn write_tokenizer_files(dir: &Path, meta: &ModelMeta) -> anyhow::Result<()>
     };
     let write_json = |name: &str, v: &Value| -> anyhow::Result<()> {
         let path = dir.join(name);
-        crate::io::write_json_atomic(&path, v).map_err(io_err(&path))
+        Ok(crate::io::write_json_atomic(&path, v)?)
     };
     if !have("tokenizer.json")? {
         let tj = meta
@@ -188,7 +188,9 @@ fn save_tensors(path: &Path, list: &[(String, Tensor)]) -> anyhow::Result<()> {
         .iter()
         .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
         .collect::<candle_core::Result<_>>()?;
-    candle_core::safetensors::save(&map, path)?;
+    candle_core::safetensors::save(&map, path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    crate::model::load::set_umask_mode(path).map_err(io_err(path))?;
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .map_err(io_err(path))
@@ -220,7 +222,7 @@ pub fn save_resume(out: &Path, state: &ResumeState, engine: &EngineState) -> any
     save_tensors(&tmp.join("exp_avg_sq.safetensors"), &engine.exp_avg_sq)?;
     let mut meta = serde_json::to_value(state)?;
     meta["optimizer_step"] = json!(engine.step);
-    crate::io::write_json_atomic(&tmp.join("state.json"), &meta).map_err(io_err(&tmp))?;
+    crate::io::write_json_atomic(&tmp.join("state.json"), &meta)?;
     sync_dir(&tmp);
     let dst = resume_dir(out);
     let old = out.join(format!(".{RESUME}.old-{}", std::process::id()));

@@ -397,8 +397,7 @@ impl Run {
         self.engine.release_training_state();
         let merged = self.write_checkpoint()?;
         let state_path = self.job.out.join("trainer_state.json");
-        crate::io::write_json_atomic(&state_path, &self.trainer_state(merged))
-            .with_context(|| format!("writing {}", state_path.display()))?;
+        crate::io::write_json_atomic(&state_path, &self.trainer_state(merged))?;
         checkpoint::remove_resume(&self.job.out)?;
         let trained = self.total.saturating_sub(self.start);
         Ok(TrainReport {
@@ -486,16 +485,30 @@ fn load_data(lm: &LoadedModel, job: &TrainJob) -> anyhow::Result<TrainData> {
         .tokenizer
         .token_to_id(lm.chat.end_of_turn())
         .unwrap_or(lm.eos_ids[0]);
+    // Positions past the model's context are untrained (and the RoPE tables stop there).
+    let context = lm.config.max_position_embeddings;
+    if t.max_length > context {
+        eprintln!(
+            "east train: train.max_length = {} is more than the model's context ({context} tokens, max_position_embeddings): using {context}",
+            t.max_length
+        );
+    }
     let tk = Tokenizing {
         tokenizer: &lm.tokenizer,
         chat: lm.chat,
         end_of_turn,
-        max_length: t.max_length,
+        max_length: t.max_length.min(context),
         require_weight: t.weighting == Weighting::Data,
     };
     let data = data::load(&job.data, t.loss, &tk)?;
     if data.examples.is_empty() {
         bail!("{}: no training examples", job.data.display());
+    }
+    if t.weighting == Weighting::Data && data.examples.iter().all(|e| e.weight == 0.0) {
+        bail!(
+            "{}: every example has weight 0, so training would not change the model; check the weights east weight wrote (or use train.weighting = \"none\")",
+            job.data.display()
+        );
     }
     Ok(data)
 }

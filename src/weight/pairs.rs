@@ -145,6 +145,7 @@ pub(crate) mod tests {
             entropy: 1.0,
             accuracy: 0.5,
             dominant_wrong: 0.25,
+            samples_sha256: None,
         }
     }
 

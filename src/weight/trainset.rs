@@ -136,17 +136,20 @@ pub fn weight_files(
     let bar = progress::bytes_bar(total_bytes, "weight");
     let mut batches = JsonlBatches::open(samples, 256)?;
     while let Some(batch) = batches.next_batch()? {
-        let parsed: Vec<Result<SampleRecord, InputError>> = batch
+        let parsed: Vec<Result<(SampleRecord, bool), InputError>> = batch
             .par_iter()
             .map(|line| {
                 let r: SampleRecord = parse_line(samples, line)?;
                 r.validate(samples, line.number)?;
-                Ok(r)
+                let same = by_id
+                    .get(&r.id)
+                    .is_none_or(|(_, record)| graded_from(record, &r));
+                Ok((r, same))
             })
             .collect();
         for (line, result) in batch.iter().zip(parsed) {
             bar.inc(line.text.len() as u64 + 1);
-            let sample = result?;
+            let (sample, same) = result?;
             if !sample_ids.insert(sample.id.clone()) {
                 return Err(InputError::field(
                     samples,
@@ -170,6 +173,22 @@ pub fn weight_files(
                         sample.completions.len(),
                         record.n(),
                         clusters.display()
+                    ),
+                )
+                .into());
+            }
+            if !same {
+                return Err(InputError::field(
+                    samples,
+                    line.number,
+                    "completions",
+                    format!(
+                        "question `{}` is not the one {} was graded from: {} and {} come from different sampling runs (rerun east cluster on {})",
+                        sample.id,
+                        clusters.display(),
+                        clusters.display(),
+                        samples.display(),
+                        samples.display()
                     ),
                 )
                 .into());
@@ -225,7 +244,7 @@ pub fn weight_files(
         })?
     };
 
-    let mut writer = AtomicFile::create(out).map_err(|e| InputError::io(out, e))?;
+    let mut writer = AtomicFile::create(out)?;
     let mut examples = 0;
     for (id, weight) in order.iter().zip(&weights) {
         let (_, record) = by_id
@@ -237,9 +256,7 @@ pub fn weight_files(
         };
         let (question, texts) = &prompts[id];
         for row in rows(&kept, question, texts, options.loss) {
-            writer
-                .write_json_line(&row)
-                .map_err(|e| InputError::io(out, e))?;
+            writer.write_json_line(&row)?;
             examples += 1;
         }
     }
@@ -256,9 +273,24 @@ pub fn weight_files(
         weight_stats: Stats::of(&weights),
     };
     // The summary goes first: train.jsonl appearing under its final name means both are complete.
-    write_json_atomic(&summary_path(out), &summary).map_err(|e| InputError::io(out, e))?;
-    writer.commit().map_err(|e| InputError::io(out, e))?;
+    write_json_atomic(&summary_path(out), &summary)?;
+    writer.commit()?;
     Ok(summary)
+}
+
+/// Whether `sample` is the samples line `record` was graded from: its fingerprint where the
+/// clusters file has one, else (files of older versions) every completion's extracted answer.
+fn graded_from(record: &ClusterRecord, sample: &SampleRecord) -> bool {
+    if sample.completions.len() != record.n() {
+        return false;
+    }
+    match &record.samples_sha256 {
+        Some(fp) => *fp == sample.fingerprint(),
+        None => sample.completions.iter().zip(&record.preds).all(|(c, p)| {
+            crate::grade::extract_answer(c).map(|raw| crate::grade::Answer::parse(&raw).normalized)
+                == *p
+        }),
+    }
 }
 
 /// `train.jsonl` → `train.summary.json`.
