@@ -239,6 +239,43 @@ pub fn generate_group(
     Ok((out, stats))
 }
 
+/// The longest prompt plus `max_new_tokens` must fit the model's context: otherwise the KV cache
+/// is sized past it (slow, or an allocation that aborts). Returns `max_new_tokens`, or the most
+/// that fits, saying so; a prompt that alone fills the context is an error naming the question
+/// (`id(i)` is the id of prompt `i`'s question).
+pub fn fit_context<'a>(
+    lm: &LoadedModel,
+    prompts: &[Vec<u32>],
+    id: impl Fn(usize) -> &'a str,
+    max_new_tokens: usize,
+    key: &str,
+) -> anyhow::Result<usize> {
+    let context = lm.config.max_position_embeddings;
+    let Some((i, longest)) = prompts
+        .iter()
+        .map(Vec::len)
+        .enumerate()
+        .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))
+    else {
+        return Ok(max_new_tokens);
+    };
+    if longest >= context {
+        anyhow::bail!(
+            "question `{}`: its prompt is {longest} tokens, the model's context ({}, max_position_embeddings) leaves no room for an answer",
+            id(i),
+            context
+        );
+    }
+    let room = context - longest;
+    if max_new_tokens > room {
+        eprintln!(
+            "east: {key} = {max_new_tokens} is more than fits the model's context ({context} tokens, the longest prompt {longest}): using {room}"
+        );
+        return Ok(room);
+    }
+    Ok(max_new_tokens)
+}
+
 /// Looks for a stop string in the text of the last few tokens; returns where the full text
 /// must be cut. Only the tail is decoded each step, so checking stays O(1) per token.
 fn find_stop(

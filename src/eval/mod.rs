@@ -11,7 +11,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Question;
-use crate::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
+use crate::decode::{
+    fit_context, generate_group, DecodeSettings, Request, SamplerPlacement, Sampling,
+};
 use crate::grade::{extract_answer, Answer, GradeOptions};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::tokenizer::encode;
@@ -227,10 +229,11 @@ pub fn evaluate(
     let mut order: Vec<usize> = (0..questions.len()).collect();
     order.sort_by_key(|&i| (prompts[i].len(), i));
     let opts = GradeOptions::default();
-    let max_new_tokens = crate::sample::fit_context(
+    let id = |i: usize| questions[i].id.as_str();
+    let max_new_tokens = fit_context(
         lm,
         &prompts,
-        questions,
+        id,
         settings.max_new_tokens,
         "eval.max_new_tokens",
     )?;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, Question};
 use crate::decode::{
-    generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
+    fit_context, generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
 };
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::tokenizer::encode;
@@ -258,10 +258,11 @@ pub fn sample_questions(
         })
         .collect::<Result<_, _>>()?;
     let mut decode = cfg.decode_settings();
+    let id = |i: usize| questions[i].id.as_str();
     decode.max_new_tokens = fit_context(
         lm,
         &prompts,
-        questions,
+        id,
         cfg.max_new_tokens,
         "sample.max_new_tokens",
     )?;
@@ -363,42 +364,6 @@ pub fn is_complete(out: &Path, settings: &SampleSettings) -> bool {
         return false;
     };
     meta.complete && meta.shard.is_none() && &meta.settings == settings && out.exists()
-}
-
-/// The longest prompt plus `max_new_tokens` must fit the model's context: otherwise the KV cache
-/// is sized past it (slow, or an allocation that aborts). Returns `max_new_tokens`, or the most
-/// that fits, saying so; a prompt that alone fills the context is an error naming the question.
-pub fn fit_context(
-    lm: &LoadedModel,
-    prompts: &[Vec<u32>],
-    questions: &[Question],
-    max_new_tokens: usize,
-    key: &str,
-) -> anyhow::Result<usize> {
-    let context = lm.config.max_position_embeddings;
-    let Some((i, longest)) = prompts
-        .iter()
-        .map(Vec::len)
-        .enumerate()
-        .max_by_key(|&(i, len)| (len, std::cmp::Reverse(i)))
-    else {
-        return Ok(max_new_tokens);
-    };
-    if longest >= context {
-        anyhow::bail!(
-            "question `{}`: its prompt is {longest} tokens, the model's context ({}, max_position_embeddings) leaves no room for an answer",
-            questions[i].id,
-            context
-        );
-    }
-    let room = context - longest;
-    if max_new_tokens > room {
-        eprintln!(
-            "east: {key} = {max_new_tokens} is more than fits the model's context ({context} tokens, the longest prompt {longest}): using {room}"
-        );
-        return Ok(room);
-    }
-    Ok(max_new_tokens)
 }
 
 /// Reads a samples file's `<out>.meta.json`.
