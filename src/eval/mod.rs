@@ -16,8 +16,7 @@ use crate::decode::{
 };
 use crate::grade::{extract_answer, Answer, GradeOptions};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::tokenizer::encode;
-use crate::model::{east_messages, LoadedModel};
+use crate::model::LoadedModel;
 use crate::progress::{self, MetricsLog};
 use crate::schema::Finish;
 
@@ -217,12 +216,7 @@ pub fn evaluate(
 
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| {
-            encode(
-                &lm.tokenizer,
-                &lm.chat.render_prompt(&east_messages(&q.question)),
-            )
-        })
+        .map(|q| lm.east_prompt_ids(&q.question))
         .collect::<Result<_, _>>()?;
     // Batches of similar length waste little on padding; the order is fixed by the data, so a
     // resumed run forms the same batches.

@@ -63,6 +63,14 @@ pub struct LoadedModel {
     pub tokenizer_json: Option<Value>,
 }
 
+impl LoadedModel {
+    /// The token ids of the EAST prompt of `question` (system prompt + question, rendered in the
+    /// model's chat format, generation prompt included): what sampling and evaluation decode from.
+    pub fn east_prompt_ids(&self, question: &str) -> candle_core::Result<Vec<u32>> {
+        super::tokenizer::encode(&self.tokenizer, &self.chat.east_prompt(question))
+    }
+}
+
 impl std::fmt::Debug for LoadedModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedModel")

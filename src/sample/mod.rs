@@ -18,8 +18,7 @@ use crate::decode::{
     fit_context, generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
 };
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::tokenizer::encode;
-use crate::model::{east_messages, LoadedModel};
+use crate::model::LoadedModel;
 use crate::progress::{self, MetricsLog};
 use crate::schema::SampleRecord;
 
@@ -250,12 +249,7 @@ pub fn sample_questions(
     // model's context, which must be the same in every shard.
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| {
-            encode(
-                &lm.tokenizer,
-                &lm.chat.render_prompt(&east_messages(&q.question)),
-            )
-        })
+        .map(|q| lm.east_prompt_ids(&q.question))
         .collect::<Result<_, _>>()?;
     let mut decode = cfg.decode_settings();
     let id = |i: usize| questions[i].id.as_str();

@@ -135,16 +135,8 @@ impl LoraSpec {
     }
 }
 
-/// The projections of a decoder layer, in the order engines index them.
-pub const PROJECTIONS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The projections of a decoder layer, in the order engines index them (the LoRA targets).
+pub use crate::model::lora::LORA_TARGETS as PROJECTIONS;
 
 /// HF module path of projection `which` (index into [`PROJECTIONS`]) of layer `layer`.
 pub fn projection_path(layer: usize, which: usize) -> String {
