@@ -93,14 +93,45 @@ impl RunConfig {
     }
 }
 
+/// The configs of `configs/`, compiled into the binary: (name, TOML text).
+pub const BUNDLED: &[(&str, &str)] = &[
+    ("demo", include_str!("../configs/demo.toml")),
+    ("gsm8k_1b", include_str!("../configs/gsm8k_1b.toml")),
+    ("gsm8k_8b", include_str!("../configs/gsm8k_8b.toml")),
+    ("math_1b", include_str!("../configs/math_1b.toml")),
+    ("math_8b", include_str!("../configs/math_8b.toml")),
+];
+
+/// The bundled config a bare name (`gsm8k_1b` or `gsm8k_1b.toml`, no folder) stands for.
+pub fn bundled(path: &Path) -> Option<(&'static str, &'static str)> {
+    let text = path.to_str()?;
+    let name = text.strip_suffix(".toml").unwrap_or(text);
+    BUNDLED.iter().copied().find(|(n, _)| *n == name)
+}
+
+/// The first comment line of a bundled config: what it is for.
+pub fn bundled_summary(text: &str) -> &str {
+    text.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# "))
+        .unwrap_or("")
+}
+
 const SECTIONS: &[&str] = &[
     "model", "data", "sample", "cluster", "weight", "train", "eval", "run",
 ];
 
 impl Config {
     /// Reads a config file, applies `--set` overrides and validates the result.
+    ///
+    /// A path that is not a file but names a bundled config (`gsm8k_1b.toml` or `gsm8k_1b`, see
+    /// [`BUNDLED`]) loads that one, so `east run --config gsm8k_1b.toml` works from any folder.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
         let (text, origin) = match path {
+            Some(p) if !p.exists() && bundled(p).is_some() => {
+                let (name, text) = bundled(p).expect("checked");
+                (text.to_string(), format!("bundled configs/{name}.toml"))
+            }
             Some(p) => (
                 std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                     path: p.to_path_buf(),
@@ -398,6 +429,50 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn bare_names_load_the_bundled_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = std::env::current_dir().unwrap();
+        for (name, text) in BUNDLED {
+            let want = Config::from_toml_str(text, "x", &[]).unwrap();
+            let by_name = Config::load(Some(Path::new(name)), &[]).unwrap();
+            let by_file_name = Config::load(Some(Path::new(&format!("{name}.toml"))), &[]).unwrap();
+            assert_eq!((&by_name, &by_file_name), (&want, &want), "{name}");
+            // the same bytes as the file in configs/
+            assert_eq!(
+                *text,
+                std::fs::read_to_string(here.join("configs").join(format!("{name}.toml"))).unwrap()
+            );
+        }
+        let e = Config::load(Some(Path::new("gsm8k_2b.toml")), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gsm8k_2b.toml"), "{e}");
+        // a file of that name wins over the bundled one; a path with a folder is never bundled
+        let own = dir.path().join("demo.toml");
+        std::fs::write(&own, "[run]\nname = \"mine\"\n").unwrap();
+        assert_eq!(Config::load(Some(&own), &[]).unwrap().run.name, "mine");
+        assert!(bundled(Path::new("configs/demo.toml")).is_none());
+        let all: Vec<&str> = std::fs::read_dir(here.join("configs"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".toml")
+                    .map(String::from)
+            })
+            .map(|n| {
+                BUNDLED
+                    .iter()
+                    .find(|(b, _)| *b == n)
+                    .expect("every file in configs/ is bundled")
+                    .0
+            })
+            .collect();
+        assert_eq!(all.len(), BUNDLED.len());
     }
 
     #[test]

@@ -84,6 +84,9 @@ struct ConfigCmdArgs {
     /// Print only this key (e.g. `run.name`), as a plain value.
     #[arg(long, value_name = "SECTION.KEY")]
     get: Option<String>,
+    /// List the configs bundled into east (usable by name: `--config gsm8k_1b`).
+    #[arg(long, conflicts_with_all = ["get", "config", "set"])]
+    list: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -91,7 +94,8 @@ struct ConfigCmdArgs {
 /// Options every stage shares: a config file and overrides of its keys.
 #[derive(Args)]
 struct ConfigArgs {
-    /// TOML config; stage flags given on the command line take precedence over it.
+    /// TOML config, or the name of a bundled one (`gsm8k_1b`; `east config --list`); stage flags
+    /// given on the command line take precedence over it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Override a config key, e.g. `--set weight.a=1.5` (repeatable).
@@ -741,6 +745,12 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
 }
 
 fn show_config(args: ConfigCmdArgs) -> anyhow::Result<()> {
+    if args.list {
+        for (name, text) in east::config::BUNDLED {
+            println!("{name:<10} {}", east::config::bundled_summary(text));
+        }
+        return Ok(());
+    }
     let config = args.config.load()?;
     match &args.get {
         None => print!("{}", config.to_toml()),

@@ -174,3 +174,44 @@ fn cluster_approximate_accepts_rounded_decimals_within_the_tolerance() {
         stderr(&o)
     );
 }
+
+/// The configs are compiled in: a bare name works from any folder, and `--list` names them.
+#[test]
+fn bundled_configs_load_by_name_from_anywhere() {
+    let d = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_east"))
+            .args(args)
+            .current_dir(d.path())
+            .output()
+            .unwrap()
+    };
+    let o = run(&["config", "--list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let list = String::from_utf8_lossy(&o.stdout);
+    for name in ["demo", "gsm8k_1b", "gsm8k_8b", "math_1b", "math_8b"] {
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(name) && l.len() > name.len() + 10),
+            "{name}: {list}"
+        );
+    }
+    let want = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/gsm8k_1b.toml"
+    ))
+    .unwrap();
+    let want: toml::Table = toml::from_str(&want).unwrap();
+    let name = want["run"]["name"].as_str().unwrap();
+    for spelling in ["gsm8k_1b.toml", "gsm8k_1b"] {
+        let o = run(&["config", "--config", spelling, "--get", "run.name"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), name);
+    }
+    let o = run(&["run", "--config", "gsm8k_3b.toml"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("gsm8k_3b.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
