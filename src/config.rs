@@ -12,6 +12,7 @@ use crate::data::DataConfig;
 use crate::eval::EvalConfig;
 use crate::model::ModelConfig;
 use crate::sample::SampleConfig;
+use crate::serve::ServerConfig;
 use crate::train::TrainConfig;
 use crate::weight::{WeightConfig, WeightOptions};
 
@@ -47,6 +48,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub run: RunConfig,
+    pub server: ServerConfig,
 }
 
 /// `[run]`: the iterative pipeline (`east run`).
@@ -118,7 +120,7 @@ pub fn bundled_summary(text: &str) -> &str {
 }
 
 const SECTIONS: &[&str] = &[
-    "model", "data", "sample", "cluster", "weight", "train", "eval", "run",
+    "model", "data", "sample", "cluster", "weight", "train", "eval", "run", "server",
 ];
 
 impl Config {
@@ -189,6 +191,7 @@ impl Config {
             ("train", self.train.validate()),
             ("eval", self.eval.validate()),
             ("run", self.run.validate()),
+            ("server", self.server.validate()),
         ];
         for (section, check) in checks {
             if let Err((key, message)) = check {

@@ -17,6 +17,8 @@ pub mod io;
 pub mod model;
 pub mod progress;
 pub mod schema;
+// The serving-engine backend of sample and eval (imports no stage).
+pub mod serve;
 
 // The stages, in pipeline order.
 pub mod cluster;

@@ -15,6 +15,7 @@ use east::data::{self, DatasetSpec};
 use east::io::FileLock;
 use east::model::{DTypeChoice, DeviceChoice};
 use east::schema::Loss;
+use east::serve::Backend;
 use east::train::loss::Weighting;
 use east::train::optim::Schedule;
 use east::train::EngineChoice;
@@ -173,11 +174,67 @@ struct SampleArgs {
     /// Extra stop string besides the model's EOS tokens (repeatable; default: none).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// samples.jsonl to write (appended; an interrupted run resumes).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
     #[command(flatten)]
     config: ConfigArgs,
+}
+
+/// Which engine generates, and where its server is; overrides `[server]`.
+#[derive(Args)]
+struct ServerArgs {
+    /// native: east's own decoder; openai: an OpenAI-compatible server (vLLM, SGLang, llama.cpp).
+    #[arg(long, value_enum)]
+    backend: Option<Backend>,
+    /// Base URL of the server, e.g. http://127.0.0.1:8000/v1 (repeatable: requests are spread
+    /// over all; needs --backend openai).
+    #[arg(long = "url", value_name = "URL")]
+    url: Vec<String>,
+    /// Served model name (default: the one model the server's /v1/models lists).
+    #[arg(long, value_name = "NAME")]
+    server_model: Option<String>,
+}
+
+impl ServerArgs {
+    /// Applies the flags to `backend` and `[server]`; a server flag without the openai backend
+    /// would be ignored, so it is an error.
+    fn apply(&self, backend: &mut Backend, config: &mut Config) -> anyhow::Result<()> {
+        if let Some(b) = self.backend {
+            *backend = b;
+        }
+        if !self.url.is_empty() {
+            config.server.url = self.url.clone();
+        }
+        if self.server_model.is_some() {
+            config.server.model = self.server_model.clone();
+        }
+        if *backend == Backend::Native && (!self.url.is_empty() || self.server_model.is_some()) {
+            anyhow::bail!("--url and --server-model only apply to --backend openai");
+        }
+        Ok(())
+    }
+
+    /// Connects to `[server]` when `backend` is openai.
+    fn connect(
+        backend: Backend,
+        config: &Config,
+        n: usize,
+    ) -> anyhow::Result<Option<east::serve::Served>> {
+        if backend == Backend::Native {
+            return Ok(None);
+        }
+        if config.server.url.is_empty() && config.server.launch.is_some() {
+            anyhow::bail!("server.launch is used by `east run` only; give this command the running server's URL (--url or server.url)");
+        }
+        Ok(Some(east::serve::Served::connect(
+            &config.server,
+            &config.server.url,
+            n,
+        )?))
+    }
 }
 
 #[derive(Args)]
@@ -363,6 +420,8 @@ struct EvalArgs {
     /// Questions decoded together.
     #[arg(long)]
     batch_size: Option<usize>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Folder for eval.json and predictions.jsonl.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -403,6 +462,8 @@ fn config_key(subcommand: &str, arg: &str) -> Option<String> {
         (_, "out" | "config" | "set" | "help" | "samples" | "clusters" | "shard") => return None,
         ("train", "data") | ("cluster", "dataset" | "split") => return None,
         ("sample" | "train" | "eval", "path" | "device" | "dtype" | "adapter") => "model",
+        ("sample" | "eval", "url") => return Some("server.url".into()),
+        ("sample" | "eval", "server_model") => return Some("server.model".into()),
         ("sample", "dataset" | "split" | "limit") => "data",
         ("eval", "dataset") => return Some("eval.datasets".into()),
         ("weight", "loss") => "train",
@@ -516,13 +577,29 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
     if !args.stop.is_empty() {
         config.sample.stop = args.stop.clone();
     }
+    let mut backend = config.sample.backend;
+    args.server.apply(&mut backend, &mut config)?;
+    config.sample.backend = backend;
+    if backend == Backend::Openai && args.batch_rows.is_some() {
+        anyhow::bail!("--batch-rows sizes east's own decoder; with --backend openai the server batches (server.concurrency sets the requests in flight)");
+    }
     config.validate("command line")?;
     let _lock = FileLock::output_file(&args.out)?;
     let questions = config.data.questions()?;
+    let server = ServerArgs::connect(backend, &config, config.sample.n)?;
     let lm = east::model::load_model(&config.model)?;
-    let settings =
+    let mut settings =
         east::sample::SampleSettings::new(config.model.path.clone(), &config.data, &config.sample);
-    let r = east::sample::sample_questions(&lm, &questions, &settings, args.shard, &args.out)?;
+    let engine = match &server {
+        Some(s) => {
+            settings = settings.served_by(s);
+            east::sample::Engine::Server(s)
+        }
+        None => east::sample::Engine::Native,
+    };
+    let r = east::sample::sample_questions_on(
+        &lm, &questions, &settings, args.shard, &args.out, &engine,
+    )?;
     println!(
         "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
         r.out.display(),
@@ -710,6 +787,12 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit.is_some() {
         config.eval.limit = args.limit;
     }
+    let mut backend = config.eval.backend;
+    args.server.apply(&mut backend, &mut config)?;
+    config.eval.backend = backend;
+    if backend == Backend::Openai && args.batch_size.is_some() {
+        anyhow::bail!("--batch-size sizes east's own decoder; with --backend openai the server batches (server.concurrency sets the requests in flight)");
+    }
     config.validate("command line")?;
     if config.eval.datasets.len() != 1 {
         anyhow::bail!(
@@ -725,10 +808,14 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             config.eval.limit,
             &config.data.fields,
         )?;
+        let server = ServerArgs::connect(backend, &config, 1)?;
         let lm = east::model::load_model(&config.model)?;
-        let settings =
+        let mut settings =
             east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
-        east::eval::evaluate(&lm, &questions, &settings, &args.out)
+        if let Some(s) = &server {
+            settings = settings.served_by(s);
+        }
+        east::eval::evaluate_on(&lm, &questions, &settings, &args.out, server.as_ref())
     })?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
@@ -854,7 +941,7 @@ mod tests {
                 let table = defaults.get(section).and_then(|t| t.as_table()).unwrap();
                 // optional keys (limit, beta, max_steps, adapter) are absent from the TOML of
                 // the defaults; they must still be fields of the section
-                let optional = ["limit", "beta", "max_steps", "adapter"];
+                let optional = ["limit", "beta", "max_steps", "adapter", "model"];
                 assert!(
                     table.contains_key(field) || optional.contains(&field),
                     "east {} --{}: no key {key}",

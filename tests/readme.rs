@@ -69,6 +69,10 @@ const OPTIONAL_KEYS: &[(&str, &str)] = &[
     ("train.max_steps", "10"),
     ("eval.limit", "50"),
     ("run.samples", "\"shards/samples.jsonl\""),
+    ("server.model", "\"east\""),
+    ("server.api_key_env", "\"OPENAI_API_KEY\""),
+    ("server.n_per_request", "1"),
+    ("server.launch", "\"llama-server -m {model} --port {port}\""),
 ];
 
 #[test]

@@ -19,6 +19,7 @@ use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::LoadedModel;
 use crate::progress::{self, MetricsLog};
 use crate::schema::Finish;
+use crate::serve::{Backend, Served};
 
 /// `[eval]`: greedy accuracy on benchmark splits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +34,8 @@ pub struct EvalConfig {
     pub max_new_tokens: usize,
     /// Questions decoded together.
     pub batch_size: usize,
+    /// `native` (east's decoder) or `openai` (a server, see `[server]`).
+    pub backend: Backend,
 }
 
 impl Default for EvalConfig {
@@ -43,6 +46,7 @@ impl Default for EvalConfig {
             limit: None,
             max_new_tokens: 2048,
             batch_size: 32,
+            backend: Backend::Native,
         }
     }
 }
@@ -75,6 +79,13 @@ pub struct EvalSettings {
     pub limit: Option<usize>,
     pub max_new_tokens: usize,
     pub batch_size: usize,
+    /// `openai`: the predictions came from a server (absent for the native decoder, so older
+    /// evaluations still match).
+    #[serde(default, skip_serializing_if = "Backend::is_native")]
+    pub backend: Backend,
+    /// The served model's name (`openai` backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
 }
 
 impl EvalSettings {
@@ -87,7 +98,15 @@ impl EvalSettings {
             limit: e.limit,
             max_new_tokens: e.max_new_tokens,
             batch_size: e.batch_size,
+            backend: e.backend,
+            served_model: None,
         }
+    }
+
+    /// The same settings for predictions from `server` (`eval.backend = "openai"`).
+    pub fn served_by(mut self, server: &Served) -> Self {
+        self.served_model = Some(server.client.model.clone());
+        self
     }
 }
 
@@ -184,6 +203,24 @@ pub fn evaluate(
     settings: &EvalSettings,
     dir: &Path,
 ) -> anyhow::Result<EvalReport> {
+    evaluate_on(lm, questions, settings, dir, None)
+}
+
+/// [`evaluate`], with the completions from `server` when one is given (`eval.backend =
+/// "openai"`): temperature 0, one completion per question, the same grading and files.
+pub fn evaluate_on(
+    lm: &LoadedModel,
+    questions: &[Question],
+    settings: &EvalSettings,
+    dir: &Path,
+    server: Option<&Served>,
+) -> anyhow::Result<EvalReport> {
+    if server.is_some() != (settings.backend == Backend::Openai) {
+        anyhow::bail!(
+            "eval.backend = {:?} does not match the engine given",
+            settings.backend
+        );
+    }
     std::fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
     let preds_file = predictions_path(dir);
     let settings_file = settings_path(dir);
@@ -244,7 +281,79 @@ pub fn evaluate(
     let mut generated = 0usize;
     let mut correct_so_far = 0usize;
     let mut finished_now = 0usize;
-    for batch in order.chunks(settings.batch_size.max(1)) {
+    if let Some(server) = server {
+        let todo: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| !done.contains(&questions[i].id))
+            .collect();
+        let t = Instant::now();
+        let jobs: Vec<crate::serve::Job> = todo
+            .iter()
+            .map(|&i| crate::serve::Job {
+                id: questions[i].id.clone(),
+                prompt: server.prompt(lm, &questions[i].question),
+                first_sample: 0,
+                samples: 1,
+            })
+            .collect();
+        let params = crate::serve::GenParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: max_new_tokens,
+            stop: Vec::new(),
+        };
+        let mut tokens_now = 0usize;
+        let mut last = Instant::now();
+        crate::serve::generate(
+            &server.client,
+            &jobs,
+            &params,
+            0,
+            server.concurrency,
+            &server.per_request,
+            &|_, _| {},
+            |j, mut choices| {
+                let q = &questions[todo[j]];
+                let c = choices.remove(0);
+                let tokens = crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len();
+                tokens_now += tokens;
+                let (pred, correct) = grade(&c.text, &Answer::parse(&q.answer), &opts);
+                correct_so_far += usize::from(correct);
+                finished_now += 1;
+                log.append(&Prediction {
+                    id: q.id.clone(),
+                    tokens,
+                    completion: c.text,
+                    pred,
+                    answer: q.answer.clone(),
+                    correct,
+                    finish: c.finish,
+                    level: q.level.clone(),
+                    subject: q.subject.clone(),
+                })
+                .map_err(|e| InputError::io(&preds_file, e))?;
+                log.sync().map_err(|e| InputError::io(&preds_file, e))?;
+                bar.inc(1);
+                bar.set_message(format!(
+                    "{:.0} tok/s",
+                    tokens_now as f64 / t.elapsed().as_secs_f64().max(1e-9)
+                ));
+                // One "batch" line per question, with the wall time since the previous one, so the
+                // seconds of every attempt add up in eval.json.
+                metrics.log(&serde_json::json!({"event": "batch", "questions": 1, "generated_tokens": tokens,
+                "seconds": last.elapsed().as_secs_f64(), "accuracy_so_far": correct_so_far as f64 / finished_now.max(1) as f64}))?;
+                last = Instant::now();
+                Ok(())
+            },
+        )?;
+    }
+    let native_batches: Vec<&[usize]> = if server.is_some() {
+        Vec::new()
+    } else {
+        order.chunks(settings.batch_size.max(1)).collect()
+    };
+    for batch in native_batches {
         if batch.iter().all(|&i| done.contains(&questions[i].id)) {
             continue;
         }

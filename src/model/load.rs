@@ -67,7 +67,13 @@ impl LoadedModel {
     /// The token ids of the EAST prompt of `question` (system prompt + question, rendered in the
     /// model's chat format, generation prompt included): what sampling and evaluation decode from.
     pub fn east_prompt_ids(&self, question: &str) -> candle_core::Result<Vec<u32>> {
-        super::tokenizer::encode(&self.tokenizer, &self.chat.east_prompt(question))
+        super::tokenizer::encode(&self.tokenizer, &self.east_prompt_text(question))
+    }
+
+    /// The text [`LoadedModel::east_prompt_ids`] tokenizes: what a serving engine is sent, so
+    /// that both backends decode from the same prompt.
+    pub fn east_prompt_text(&self, question: &str) -> String {
+        self.chat.east_prompt(question)
     }
 }
 

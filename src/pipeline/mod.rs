@@ -12,6 +12,7 @@
 //! SFT vs DPO vs KTO on the same round, samples once.
 
 mod layout;
+mod serving;
 mod stage;
 
 use std::collections::BTreeMap;
@@ -29,8 +30,10 @@ use crate::io::{write_json_atomic, FileLock};
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
 use crate::sample::{self, SampleSettings};
+use crate::serve::Backend;
 use crate::train::TrainJob;
 use crate::{cluster, weight};
+use serving::ServerSlot;
 
 pub use layout::{dataset_dir_name, RunLayout};
 pub use stage::{key_of, Outcome, StageRecord};
@@ -110,6 +113,7 @@ pub struct RoundSummary {
 
 /// Runs (or continues) the whole pipeline described by `config`.
 pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
+    serving::check(config)?;
     let layout = RunLayout::new(config);
     std::fs::create_dir_all(&layout.root)
         .with_context(|| format!("creating {}", layout.root.display()))?;
@@ -127,6 +131,8 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
     log.log(&serde_json::json!({"event": "start", "run": config.run.name, "rounds": config.run.rounds, "pid": std::process::id()}))?;
 
     let mut summaries = Vec::new();
+    // Dropped on every way out of this function (errors included): stops a launched server.
+    let mut server = ServerSlot::new(&layout.root.join("run_log.jsonl"))?;
     let base = ModelRef::base(config);
     if config.run.eval_base {
         let mut s = RoundSummary {
@@ -135,7 +141,7 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
             accuracy: BTreeMap::new(),
             stages: vec![],
         };
-        evaluate_round(config, &layout, 0, &base, &mut log, &mut s)?;
+        evaluate_round(config, &layout, 0, &base, &mut log, &mut s, &mut server)?;
         summaries.push(s);
         write_json_atomic(&layout.summary(), &summaries)?;
     }
@@ -147,12 +153,13 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
             accuracy: BTreeMap::new(),
             stages: vec![],
         };
-        current = self_train_round(config, &layout, t, &current, &mut log, &mut s)?;
+        current = self_train_round(config, &layout, t, &current, &mut log, &mut s, &mut server)?;
         s.model = current.label.clone();
-        evaluate_round(config, &layout, t, &current, &mut log, &mut s)?;
+        evaluate_round(config, &layout, t, &current, &mut log, &mut s, &mut server)?;
         summaries.push(s);
         write_json_atomic(&layout.summary(), &summaries)?;
     }
+    server.stop()?;
     log.log(&serde_json::json!({"event": "done", "run": config.run.name}))?;
     Ok(summaries)
 }
@@ -165,6 +172,7 @@ fn self_train_round(
     current: &ModelRef,
     log: &mut MetricsLog,
     summary: &mut RoundSummary,
+    server: &mut ServerSlot,
 ) -> anyhow::Result<ModelRef> {
     let round_dir = layout.round(t);
     std::fs::create_dir_all(&round_dir)
@@ -203,7 +211,17 @@ fn self_train_round(
             .run(log, || {
                 let lm = crate::model::load_model(&current.model)?;
                 let questions = config.data.questions()?;
-                sample::sample_questions(&lm, &questions, &sample_settings, None, &cached)?;
+                if config.sample.backend == Backend::Openai {
+                    // the server of round t−1's model (0: the base)
+                    let served = server.get(config, layout, t - 1, current, config.sample.n)?;
+                    let settings = sample_settings.clone().served_by(served);
+                    let engine = sample::Engine::Server(served);
+                    sample::sample_questions_on(
+                        &lm, &questions, &settings, None, &cached, &engine,
+                    )?;
+                } else {
+                    sample::sample_questions(&lm, &questions, &sample_settings, None, &cached)?;
+                }
                 Ok(())
             })?;
             (cached, record)
@@ -256,6 +274,8 @@ fn self_train_round(
 
     // Train. With LoRA and another round to come, the merged model is written too: the next
     // round trains a fresh adapter on top of it.
+    // Training needs the GPU memory a serving engine holds.
+    server.stop()?;
     let checkpoint = layout.checkpoint(t);
     let mut train = config.train.clone();
     train.merge |= train.lora && t < config.run.rounds;
@@ -347,6 +367,7 @@ fn evaluate_round(
     model: &ModelRef,
     log: &mut MetricsLog,
     summary: &mut RoundSummary,
+    server: &mut ServerSlot,
 ) -> anyhow::Result<()> {
     for dataset in &config.eval.datasets {
         let dir = layout.eval_dir(t, dataset);
@@ -362,7 +383,13 @@ fn evaluate_round(
         .run(log, || {
             let questions = data::load_questions(dataset, &config.eval.split, config.eval.limit, &config.data.fields)?;
             let lm = crate::model::load_model(&model.model)?;
-            eval::evaluate(&lm, &questions, &settings, &dir)?;
+            if config.eval.backend == Backend::Openai {
+                let served = server.get(config, layout, t, model, 1)?;
+                let settings = settings.clone().served_by(served);
+                eval::evaluate_on(&lm, &questions, &settings, &dir, Some(served))?;
+            } else {
+                eval::evaluate(&lm, &questions, &settings, &dir)?;
+            }
             Ok(())
         })?;
         summary.stages.push(record);

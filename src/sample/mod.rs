@@ -6,6 +6,11 @@
 //! (unit u goes to shard u mod N), and a resumed run redoes only unfinished units, writing only
 //! the questions still missing; since a unit always decodes the same way, sharded, resumed and
 //! uninterrupted runs give identical samples.
+//!
+//! With `sample.backend = "openai"` the completions come from a serving engine instead
+//! (`openai.rs`), with the same files, resumption and shards.
+
+mod openai;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -21,6 +26,7 @@ use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::model::LoadedModel;
 use crate::progress::{self, MetricsLog};
 use crate::schema::SampleRecord;
+use crate::serve::{Backend, Served};
 
 /// `[sample]`: n completions per question from the current policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +46,8 @@ pub struct SampleConfig {
     pub batch_rows: usize,
     /// Extra stop strings besides the model's EOS tokens.
     pub stop: Vec<String>,
+    /// `native` (east's decoder) or `openai` (a server, see `[server]`).
+    pub backend: Backend,
 }
 
 impl Default for SampleConfig {
@@ -52,6 +60,7 @@ impl Default for SampleConfig {
             seed: 42,
             batch_rows: 128,
             stop: Vec::new(),
+            backend: Backend::Native,
         }
     }
 }
@@ -105,6 +114,9 @@ pub struct SampleSettings {
     pub limit: Option<usize>,
     #[serde(flatten)]
     pub sample: SampleConfig,
+    /// The served model's name (`openai` backend): resuming from another one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
 }
 
 impl SampleSettings {
@@ -116,8 +128,32 @@ impl SampleSettings {
             split: data.split.clone(),
             limit: data.limit,
             sample: sample.clone(),
+            served_model: None,
         }
     }
+
+    /// The same settings for samples from `server` (`sample.backend = "openai"`).
+    pub fn served_by(mut self, server: &Served) -> Self {
+        self.served_model = Some(server.client.model.clone());
+        self
+    }
+}
+
+/// Which engine generates the completions.
+pub enum Engine<'a> {
+    /// east's own decoder.
+    Native,
+    /// A connected OpenAI-compatible server.
+    Server(&'a Served),
+}
+
+/// Where an `openai` samples file came from (recorded, not compared on resume: a server may
+/// move).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerSource {
+    pub backend: Backend,
+    pub urls: Vec<String>,
+    pub model: String,
 }
 
 /// `i/N`: this process samples shard i (0-based) of N.
@@ -161,6 +197,9 @@ pub struct SampleMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<usize>,
     pub complete: bool,
+    /// The server's URL(s) and model, for samples made with the `openai` backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerSource>,
 }
 
 pub fn meta_path(out: &Path) -> PathBuf {
@@ -199,7 +238,8 @@ pub struct SampleReport {
     pub tokens_per_s: f64,
 }
 
-/// Samples `questions` (already limited; the shard is applied here) into `out`.
+/// Samples `questions` (already limited; the shard is applied here) into `out` with east's
+/// own decoder.
 pub fn sample_questions(
     lm: &LoadedModel,
     questions: &[Question],
@@ -207,7 +247,27 @@ pub fn sample_questions(
     shard: Option<Shard>,
     out: &Path,
 ) -> anyhow::Result<SampleReport> {
+    sample_questions_on(lm, questions, settings, shard, out, &Engine::Native)
+}
+
+/// Samples `questions` into `out` with `engine` (which must be what `settings.sample.backend`
+/// says).
+pub fn sample_questions_on(
+    lm: &LoadedModel,
+    questions: &[Question],
+    settings: &SampleSettings,
+    shard: Option<Shard>,
+    out: &Path,
+    engine: &Engine,
+) -> anyhow::Result<SampleReport> {
     let cfg = &settings.sample;
+    match (engine, cfg.backend) {
+        (Engine::Native, Backend::Native) | (Engine::Server(_), Backend::Openai) => {}
+        _ => anyhow::bail!(
+            "sample.backend = {:?} does not match the engine given",
+            cfg.backend
+        ),
+    }
     let all_units = units(questions.len(), cfg.n, cfg.batch_rows);
     let my_units: Vec<std::ops::Range<usize>> = all_units
         .into_iter()
@@ -224,12 +284,32 @@ pub fn sample_questions(
         questions: mine,
         total: Some(questions.len()),
         complete: false,
+        server: match engine {
+            Engine::Native => None,
+            Engine::Server(s) => Some(ServerSource {
+                backend: Backend::Openai,
+                urls: s.client.urls().to_vec(),
+                model: s.client.model.clone(),
+            }),
+        },
     };
     if out.exists() {
         match std::fs::read_to_string(&meta_file) {
             Ok(text) => {
                 let old: SampleMeta = serde_json::from_str(&text)
                     .map_err(|e| InputError::file(&meta_file, format!("unreadable: {e}")))?;
+                if old.settings.sample.backend != cfg.backend
+                    || old.settings.served_model != settings.served_model
+                {
+                    anyhow::bail!(
+                        "{} was sampled with backend {} (served model {}), not {} (served model {}); refusing to mix samples: remove it or choose another --out",
+                        out.display(),
+                        backend_name(old.settings.sample.backend),
+                        old.settings.served_model.as_deref().unwrap_or("none"),
+                        backend_name(cfg.backend),
+                        settings.served_model.as_deref().unwrap_or("none"),
+                    );
+                }
                 if old.settings != meta.settings || old.shard != meta.shard {
                     anyhow::bail!(
                         "{} was sampled with other settings ({}); refusing to mix samples: remove it or choose another --out",
@@ -270,7 +350,33 @@ pub fn sample_questions(
     bar.set_position(resumed as u64);
     let started = Instant::now();
     let mut generated = 0usize;
-    for unit in my_units {
+    if let Engine::Server(server) = engine {
+        let todo = openai::todo_of(&my_units, questions, &done);
+        let params = crate::serve::GenParams {
+            temperature: cfg.temperature,
+            top_p: cfg.top_p,
+            max_tokens: decode.max_new_tokens,
+            stop: cfg.stop.clone(),
+        };
+        generated = openai::sample_via_server(
+            lm,
+            server,
+            questions,
+            &todo,
+            cfg.n,
+            &params,
+            cfg.seed,
+            &mut log,
+            &mut metrics,
+            &bar,
+        )?;
+    }
+    let native_units = if matches!(engine, Engine::Native) {
+        my_units
+    } else {
+        Vec::new()
+    };
+    for unit in native_units {
         let todo: Vec<usize> = unit
             .clone()
             .filter(|&i| !done.contains(&questions[i].id))
@@ -346,6 +452,13 @@ pub fn sample_questions(
         seconds,
         tokens_per_s: generated as f64 / seconds.max(1e-9),
     })
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Native => "native",
+        Backend::Openai => "openai",
+    }
 }
 
 /// Whether `out` is a complete samples file made with `settings` (what `east run` checks to skip
@@ -496,6 +609,7 @@ pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
             questions: all.len(),
             total: Some(all.len()),
             complete: true,
+            server: meta.server,
         },
     )?;
     writer.commit()?;
