@@ -305,48 +305,39 @@ pub fn evaluate_on(
         };
         let mut tokens_now = 0usize;
         let mut last = Instant::now();
-        crate::serve::generate(
-            &server.client,
-            &jobs,
-            &params,
-            0,
-            server.concurrency,
-            &server.per_request,
-            &|_, _| {},
-            |j, mut choices| {
-                let q = &questions[todo[j]];
-                let c = choices.remove(0);
-                let tokens = crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len();
-                tokens_now += tokens;
-                let (pred, correct) = grade(&c.text, &Answer::parse(&q.answer), &opts);
-                correct_so_far += usize::from(correct);
-                finished_now += 1;
-                log.append(&Prediction {
-                    id: q.id.clone(),
-                    tokens,
-                    completion: c.text,
-                    pred,
-                    answer: q.answer.clone(),
-                    correct,
-                    finish: c.finish,
-                    level: q.level.clone(),
-                    subject: q.subject.clone(),
-                })
-                .map_err(|e| InputError::io(&preds_file, e))?;
-                log.sync().map_err(|e| InputError::io(&preds_file, e))?;
-                bar.inc(1);
-                bar.set_message(format!(
-                    "{:.0} tok/s",
-                    tokens_now as f64 / t.elapsed().as_secs_f64().max(1e-9)
-                ));
-                // One "batch" line per question, with the wall time since the previous one, so the
-                // seconds of every attempt add up in eval.json.
-                metrics.log(&serde_json::json!({"event": "batch", "questions": 1, "generated_tokens": tokens,
+        crate::serve::generate(server, &jobs, &params, 0, &|_, _| {}, |j, mut choices| {
+            let q = &questions[todo[j]];
+            let c = choices.remove(0);
+            let tokens = crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len();
+            tokens_now += tokens;
+            let (pred, correct) = grade(&c.text, &Answer::parse(&q.answer), &opts);
+            correct_so_far += usize::from(correct);
+            finished_now += 1;
+            log.append(&Prediction {
+                id: q.id.clone(),
+                tokens,
+                completion: c.text,
+                pred,
+                answer: q.answer.clone(),
+                correct,
+                finish: c.finish,
+                level: q.level.clone(),
+                subject: q.subject.clone(),
+            })
+            .map_err(|e| InputError::io(&preds_file, e))?;
+            log.sync().map_err(|e| InputError::io(&preds_file, e))?;
+            bar.inc(1);
+            bar.set_message(format!(
+                "{:.0} tok/s",
+                tokens_now as f64 / t.elapsed().as_secs_f64().max(1e-9)
+            ));
+            // One "batch" line per question, with the wall time since the previous one, so the
+            // seconds of every attempt add up in eval.json.
+            metrics.log(&serde_json::json!({"event": "batch", "questions": 1, "generated_tokens": tokens,
                 "seconds": last.elapsed().as_secs_f64(), "accuracy_so_far": correct_so_far as f64 / finished_now.max(1) as f64}))?;
-                last = Instant::now();
-                Ok(())
-            },
-        )?;
+            last = Instant::now();
+            Ok(())
+        })?;
     }
     let native_batches: Vec<&[usize]> = if server.is_some() {
         Vec::new()

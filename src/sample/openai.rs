@@ -51,50 +51,43 @@ pub(super) fn sample_via_server(
     let started = Instant::now();
     let (mut generated, mut completions) = (0usize, 0usize);
     let out = log.path().to_path_buf();
-    serve::generate(
-        &server.client,
-        &jobs,
-        params,
-        seed,
-        server.concurrency,
-        &server.per_request,
-        &on_fallback,
-        |j, choices| {
-            for (k, why) in fallbacks.lock().unwrap().drain(..) {
-                metrics.log(&serde_json::json!({"event": "n_per_request", "n_per_request": k, "reason": why}))?;
-            }
-            let i = todo[j];
-            let q = &questions[i];
-            let mut tokens = Vec::with_capacity(choices.len());
-            for c in &choices {
-                tokens.push(crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len() as u32);
-            }
-            let count: u32 = tokens.iter().sum();
-            generated += count as usize;
-            completions += choices.len();
-            let record = SampleRecord {
-                id: q.id.clone(),
-                question: q.question.clone(),
-                answer: q.answer.clone(),
-                finish: Some(choices.iter().map(|c| c.finish).collect()),
-                tokens: Some(tokens),
-                completions: choices.into_iter().map(|c| c.text).collect(),
-                index: Some(i),
-            };
-            log.append(&record).map_err(|e| InputError::io(&out, e))?;
-            log.sync().map_err(|e| InputError::io(&out, e))?;
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            metrics.log(&serde_json::json!({"event": "question", "index": i, "completions": record.completions.len(),
+    serve::generate(server, &jobs, params, seed, &on_fallback, |j, choices| {
+        for (k, why) in fallbacks.lock().unwrap().drain(..) {
+            metrics.log(
+                &serde_json::json!({"event": "n_per_request", "n_per_request": k, "reason": why}),
+            )?;
+        }
+        let i = todo[j];
+        let q = &questions[i];
+        let mut tokens = Vec::with_capacity(choices.len());
+        for c in &choices {
+            tokens.push(crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len() as u32);
+        }
+        let count: u32 = tokens.iter().sum();
+        generated += count as usize;
+        completions += choices.len();
+        let record = SampleRecord {
+            id: q.id.clone(),
+            question: q.question.clone(),
+            answer: q.answer.clone(),
+            finish: Some(choices.iter().map(|c| c.finish).collect()),
+            tokens: Some(tokens),
+            completions: choices.into_iter().map(|c| c.text).collect(),
+            index: Some(i),
+        };
+        log.append(&record).map_err(|e| InputError::io(&out, e))?;
+        log.sync().map_err(|e| InputError::io(&out, e))?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        metrics.log(&serde_json::json!({"event": "question", "index": i, "completions": record.completions.len(),
                 "generated_tokens": count, "seconds_since_start": secs}))?;
-            bar.inc(1);
-            bar.set_message(format!(
-                "{:.1} completions/s, {:.0} tok/s",
-                completions as f64 / secs,
-                generated as f64 / secs
-            ));
-            Ok(())
-        },
-    )?;
+        bar.inc(1);
+        bar.set_message(format!(
+            "{:.1} completions/s, {:.0} tok/s",
+            completions as f64 / secs,
+            generated as f64 / secs
+        ));
+        Ok(())
+    })?;
     Ok(generated)
 }
 

@@ -186,7 +186,9 @@ impl Client {
             let i = self.pick();
             let base = &self.urls[i];
             self.outstanding[i].fetch_add(1, Ordering::Relaxed);
-            let result = self.send(method, &format!("{base}{path}"), body);
+            let result = self
+                .send(method, &format!("{base}{path}"), body)
+                .map_err(|e| *e);
             self.outstanding[i].fetch_sub(1, Ordering::Relaxed);
             let last = match result {
                 Ok(text) => return Ok((base.clone(), text)),
@@ -216,16 +218,25 @@ impl Client {
         }
     }
 
-    fn send(&self, method: &str, url: &str, body: Option<&str>) -> Result<String, ureq::Error> {
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&str>,
+    ) -> Result<String, Box<ureq::Error>> {
         let mut req = self.agent.request(method, url);
         if let Some(key) = &self.key {
             req = req.set("Authorization", &format!("Bearer {key}"));
         }
         let resp = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b)?,
-            None => req.call()?,
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(b)
+                .map_err(Box::new)?,
+            None => req.call().map_err(Box::new)?,
         };
-        resp.into_string().map_err(ureq::Error::from)
+        resp.into_string()
+            .map_err(|e| Box::new(ureq::Error::from(e)))
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use super::client::{request_seed, Client, GenParams, Prompt, RequestError};
 use super::response::Choice;
+use super::Served;
 
 /// The completions one question needs.
 #[derive(Debug, Clone)]
@@ -43,18 +44,18 @@ impl PerRequest {
 /// The first failed request (after its retries) stops the work and is returned; questions
 /// already handed to `on_done` stay done.
 pub fn generate(
-    client: &Client,
+    server: &Served,
     jobs: &[Job],
     params: &GenParams,
     seed: u64,
-    concurrency: usize,
-    per_request: &PerRequest,
     on_fallback: &(dyn Fn(usize, &str) + Sync),
     mut on_done: impl FnMut(usize, Vec<Choice>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     if jobs.is_empty() {
         return Ok(());
     }
+    let (client, concurrency, per_request) =
+        (&server.client, server.concurrency, &server.per_request);
     let next_job = AtomicUsize::new(0);
     let delivered = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
