@@ -608,3 +608,59 @@ fn east_run_launches_llama_server_for_every_round() {
         "a finished run starts no server"
     );
 }
+
+/// Ctrl-C during a round: east stops the server it launched before it exits.
+#[test]
+fn ctrl_c_leaves_no_server_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = format!(
+        "{} -m {{model}} --host 127.0.0.1 --port {{port}} -c 2048 -np 2 -t 2",
+        llama_server().display()
+    );
+    let config = run_config(dir.path(), Some(&launch), 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_log = dir.path().join("served/run_log.jsonl");
+    let started = Instant::now();
+    let pid = loop {
+        let found = std::fs::read_to_string(&run_log).ok().and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|e| e["event"] == "server_start")
+                .and_then(|e| e["pid"].as_u64())
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no server started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "east run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // SAFETY: signalling the east process this test started
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    // the server was east's child: once east is gone it is reaped by init or gone
+    let gone = Instant::now();
+    while Path::new(&format!("/proc/{pid}/stat")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "server {pid} outlived Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
