@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # llama.cpp's server against east's native sampler on the same workload: one GSM8K question,
 # n = 128 completions of at most 256 new tokens at T = 0.7, the bundled SmolLM2-135M GGUF.
+# One request of n completions takes minutes here: server.timeout_s is raised for it.
 # Both runs are `east sample` (the openai backend counts tokens with east's tokenizer), back
 # to back; prints tokens/s of each and the ratio. A benchmark, not a test: minutes on 2 cores.
 #
@@ -33,7 +34,7 @@ done
 
 echo "load before: $(uptime)"
 common=(--model "$model" --dataset gsm8k --limit 1 --n "$n" --max-new-tokens "$tokens" --temperature 0.7)
-served_line="$("$east" sample "${common[@]}" --backend openai --url "http://127.0.0.1:$port/v1" \
+served_line="$("$east" sample "${common[@]}" --backend openai --url "http://127.0.0.1:$port/v1" --set server.timeout_s=7200 \
   --out "$work/served.jsonl" 2>/dev/null | tail -n1)"
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 native_line="$("$east" sample "${common[@]}" --out "$work/native.jsonl" 2>/dev/null | tail -n1)"
