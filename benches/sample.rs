@@ -2,7 +2,9 @@
 //! question with the chat prompt, n = 128, up to 256 new tokens, temperature 0.7.
 //!
 //! `cargo bench --bench sample` (env: EAST_BENCH_MODEL, EAST_BENCH_N, EAST_BENCH_TOKENS,
-//! EAST_BENCH_QUESTION (index into GSM8K train), EAST_BENCH_NO_EOS=1 to generate every token).
+//! EAST_BENCH_QUESTION (index into GSM8K train), EAST_BENCH_NO_EOS=1 to generate every token,
+//! EAST_BENCH_PROMPT_IDS=FILE to write the prompt's token ids as JSON for
+//! scripts/reference/generate_bench.py, transformers' `generate` on the same prompt and settings).
 //! Prints generated tokens/s, the prefill time, per-step times and peak RSS.
 
 use std::time::Instant;
@@ -63,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         &lm.tokenizer,
         &lm.chat.render_prompt(&east_messages(&q.question)),
     )?;
+    if let Ok(path) = std::env::var("EAST_BENCH_PROMPT_IDS") {
+        std::fs::write(&path, serde_json::to_string(&prompt)?)?;
+    }
     let request = Request {
         prompt_ids: prompt.clone(),
         id: q.id.clone(),

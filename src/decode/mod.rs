@@ -150,7 +150,13 @@ pub fn generate_group(
             });
         }
     }
-    cache.repeat_rows(&counts)?;
+    // The prompt columns stay once per question where the CPU decode kernel reads them that
+    // way; elsewhere (GPU, other dtypes) every sample row gets a copy.
+    if device.is_cpu() && model.dtype() == candle_core::DType::F32 {
+        cache.share_prefix(&counts)?;
+    } else {
+        cache.repeat_rows(&counts)?;
+    }
     let row_of_prompt: Vec<u32> = rows.iter().map(|r| r.request as u32).collect();
     let mut logits =
         prefill_logits.index_select(&Tensor::new(row_of_prompt.as_slice(), &device)?, 0)?;

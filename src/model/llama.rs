@@ -319,7 +319,7 @@ impl Attention {
         let (q, k, v) = self.qkv(x)?;
         let q = candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
-        let (kc, vc) = cache.append(layer, &k, &v)?;
+        let kv = cache.append(layer, &k, &v)?;
         let q = (q * (1.0 / (self.head_dim as f64).sqrt()))?;
         let (b, _, t, _) = q.dims4()?;
         let y = match ctx.left_pad {
@@ -327,21 +327,21 @@ impl Attention {
                 if t == 1
                     && q.device().is_cpu()
                     && q.dtype() == DType::F32
-                    && matches!(kc.dtype(), DType::F32 | DType::F16) =>
+                    && matches!(kv.k.dtype(), DType::F32 | DType::F16) =>
             {
-                super::attention::decode_attention(&q, &kc, &vc, pads)?.reshape((
+                super::attention::decode_attention_kv(&q, &kv, pads)?.reshape((
                     b,
                     1,
                     self.n_heads * self.head_dim,
                 ))?
             }
-            _ if kc.dtype() != q.dtype() => {
+            _ => {
+                let (kc, vc) = kv.full()?;
                 // A cache kept in another dtype (e.g. f16 on the CPU): widen for the matmul.
                 let kc = kc.to_dtype(q.dtype())?;
                 let vc = vc.to_dtype(q.dtype())?;
                 self.attend(&q, &kc, &vc, ctx.mask)?
             }
-            _ => self.attend(&q, &kc, &vc, ctx.mask)?,
         };
         self.o_proj.forward(&y)
     }

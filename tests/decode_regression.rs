@@ -1,0 +1,103 @@
+//! The sampler's output for a fixed seed must not change when the decoder is made faster
+//! without changing its arithmetic (shared-prefix attention, buffer reuse, …).
+//!
+//! tests/fixtures/decode_samples_seed42.json holds the token ids that the decoder of commit
+//! 5f22dd6 (before the issue-19 speed work) produced for two GSM8K questions of different prompt
+//! lengths (so one row is left-padded), 8 samples each at T = 0.7, and one greedy completion
+//! each, on the bundled SmolLM2-135M-Instruct. It was written by this test with
+//! `EAST_RECORD_DECODE_FIXTURE=1` on that commit; it is never rewritten by a normal run.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use east::data::{self, east_messages, DatasetSpec, FieldMap};
+use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
+use east::model::{gguf::bundled_smollm2_path, load, tokenizer::encode};
+use serde_json::{json, Value};
+
+const SAMPLES: usize = 8;
+const NEW_TOKENS: usize = 40;
+
+fn fixture_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decode_samples_seed42.json")
+}
+
+/// Token ids of every sample, per request, for `sampling`.
+fn run(sampling: Sampling, samples: usize) -> Vec<Vec<Vec<u32>>> {
+    let path = bundled_smollm2_path();
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-model.sh first",
+        path.display()
+    );
+    let lm = load(path.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+    let qs = data::load(&DatasetSpec::Gsm8k, "train", &FieldMap::default()).unwrap();
+    let requests: Vec<Request> = [0usize, 3]
+        .iter()
+        .map(|&i| Request {
+            prompt_ids: encode(
+                &lm.tokenizer,
+                &lm.chat.render_prompt(&east_messages(&qs[i].question)),
+            )
+            .unwrap(),
+            id: qs[i].id.clone(),
+            first_sample: 0,
+            samples,
+        })
+        .collect();
+    assert_ne!(
+        requests[0].prompt_ids.len(),
+        requests[1].prompt_ids.len(),
+        "the two prompts must differ in length so that one is left-padded"
+    );
+    let settings = DecodeSettings {
+        sampling,
+        max_new_tokens: NEW_TOKENS,
+        seed: 42,
+        stop: vec![],
+        sampler: SamplerPlacement::Host,
+    };
+    let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
+    gens.into_iter()
+        .map(|g| g.into_iter().map(|s| s.token_ids).collect())
+        .collect()
+}
+
+#[test]
+fn fixed_seed_samples_equal_those_of_the_decoder_before_the_speed_work() {
+    let sampled = run(
+        Sampling {
+            temperature: 0.7,
+            top_p: 1.0,
+        },
+        SAMPLES,
+    );
+    let greedy = run(Sampling::GREEDY, 1);
+    let got = json!({ "sampled": sampled, "greedy": greedy });
+    if std::env::var("EAST_RECORD_DECODE_FIXTURE").is_ok_and(|v| v == "1") {
+        std::fs::write(
+            fixture_path(),
+            serde_json::to_string_pretty(&got).unwrap() + "\n",
+        )
+        .unwrap();
+        return;
+    }
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_path()).unwrap()).unwrap();
+    // Compare per sample, so a failure names the first one that moved.
+    for key in ["sampled", "greedy"] {
+        let (w, g) = (&want[key], &got[key]);
+        for (r, (wr, gr)) in w
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(g.as_array().unwrap())
+            .enumerate()
+        {
+            assert_eq!(wr, gr, "{key}: request {r}");
+        }
+        assert_eq!(w, g, "{key}");
+    }
+    let distinct: std::collections::HashSet<&Vec<u32>> = sampled[0].iter().collect();
+    assert!(distinct.len() > 1, "T = 0.7 gave identical samples");
+}
