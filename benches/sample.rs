@@ -11,9 +11,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 
-use east::data::{self, east_messages, DatasetSpec, FieldMap};
+use east::data::{self, DatasetSpec, FieldMap};
 use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
-use east::model::tokenizer::encode;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -61,10 +60,7 @@ fn main() -> anyhow::Result<()> {
     );
     let qs = data::load(&DatasetSpec::Gsm8k, "train", &FieldMap::default())?;
     let q = &qs[question];
-    let prompt = encode(
-        &lm.tokenizer,
-        &lm.chat.render_prompt(&east_messages(&q.question)),
-    )?;
+    let prompt = lm.east_prompt_ids(&q.question)?;
     if let Ok(path) = std::env::var("EAST_BENCH_PROMPT_IDS") {
         std::fs::write(&path, serde_json::to_string(&prompt)?)?;
     }

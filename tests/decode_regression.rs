@@ -10,9 +10,9 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use east::data::{self, east_messages, DatasetSpec, FieldMap};
+use east::data::{self, DatasetSpec, FieldMap};
 use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
-use east::model::{gguf::bundled_smollm2_path, load, tokenizer::encode};
+use east::model::{gguf::bundled_smollm2_path, load};
 use serde_json::{json, Value};
 
 const SAMPLES: usize = 8;
@@ -35,11 +35,7 @@ fn run(sampling: Sampling, samples: usize) -> Vec<Vec<Vec<u32>>> {
     let requests: Vec<Request> = [0usize, 3]
         .iter()
         .map(|&i| Request {
-            prompt_ids: encode(
-                &lm.tokenizer,
-                &lm.chat.render_prompt(&east_messages(&qs[i].question)),
-            )
-            .unwrap(),
+            prompt_ids: lm.east_prompt_ids(&qs[i].question).unwrap(),
             id: qs[i].id.clone(),
             first_sample: 0,
             samples,

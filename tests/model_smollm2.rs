@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use east::model::{
-    gguf::bundled_smollm2_path, load, tokenizer, ChatFormat, KvCache, LoadedModel, Message,
-};
+use east::model::{gguf::bundled_smollm2_path, load, tokenizer, KvCache, LoadedModel, Message};
 use serde_json::Value;
 
 fn model() -> &'static LoadedModel {
@@ -56,7 +54,11 @@ fn smollm2_config_and_chat_format() {
     assert!(c.tie_word_embeddings);
     assert_eq!(c.rope_theta, 100000.0);
     assert!((c.rms_norm_eps - 1e-5).abs() < 1e-9);
-    assert_eq!(m.chat, ChatFormat::ChatMl);
+    assert!(
+        m.chat.template().is_some(),
+        "rendered with the GGUF's own template"
+    );
+    assert_eq!(m.chat.end_of_turn(), "<|im_end|>");
     assert_eq!(m.eos_ids, vec![2]);
     assert_eq!(m.bos_id, Some(1));
     let fx = fixture();
@@ -64,13 +66,18 @@ fn smollm2_config_and_chat_format() {
         Message::system(fx["system"].as_str().unwrap()),
         Message::user(fx["question"].as_str().unwrap()),
     ];
-    let prompt = m.chat.render_prompt(&msgs);
+    let prompt = m.chat.render(&msgs, true).unwrap();
     assert_eq!(
         prompt,
         fx["prompt"].as_str().unwrap(),
         "matches apply_chat_template"
     );
-    assert_eq!(prompt, m.chat.east_prompt(fx["question"].as_str().unwrap()));
+    assert_eq!(
+        prompt,
+        m.chat
+            .east_prompt(fx["question"].as_str().unwrap())
+            .unwrap()
+    );
     assert_eq!(
         tokenizer::encode(&m.tokenizer, &prompt).unwrap(),
         ids_of(&fx["prompt_ids"])
@@ -231,4 +238,54 @@ fn smollm2_greedy_continuation_matches() {
         tokenizer::decode(&m.tokenizer, &got, false).unwrap(),
         fx["greedy20_text"].as_str().unwrap()
     );
+}
+
+/// The GGUF's own chat template (`tokenizer.chat_template`) renders SmolLM2's prompts, and
+/// their token ids are transformers' (tests/fixtures/chat_templates_reference.json, made by
+/// scripts/reference/chat_templates_reference.py): the EAST prompt, the prompt without a
+/// system message (the template's default system text), and TRL's training split.
+#[test]
+fn smollm2_template_token_ids_match_reference() {
+    let m = model();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let name = "HuggingFaceTB-SmolLM2-135M-Instruct";
+    let source = std::fs::read_to_string(dir.join(format!("chat_templates/{name}.jinja"))).unwrap();
+    assert_eq!(m.chat.template(), Some(source.as_str()));
+    let fx: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("chat_templates_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for case in fx["cases"].as_array().unwrap() {
+        if case["template"] != name {
+            continue;
+        }
+        let msgs: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        if case["case"] == "training" {
+            let completion: Vec<Message> =
+                serde_json::from_value(case["completion"].clone()).unwrap();
+            let (p, c) = m.chat.render_training(&msgs, &completion).unwrap();
+            assert_eq!(
+                tokenizer::encode(&m.tokenizer, &p).unwrap(),
+                ids_of(&case["prompt_ids"])
+            );
+            assert_eq!(
+                tokenizer::encode(&m.tokenizer, &c).unwrap(),
+                ids_of(&case["completion_ids"])
+            );
+        } else {
+            let text = m.chat.render(&msgs, true).unwrap();
+            assert_eq!(text, case["expected"].as_str().unwrap());
+            assert_eq!(
+                tokenizer::encode(&m.tokenizer, &text).unwrap(),
+                ids_of(&case["ids"])
+            );
+        }
+        if case["case"] == "east" {
+            let question = msgs[1].content.as_str();
+            assert_eq!(m.east_prompt_ids(question).unwrap(), ids_of(&case["ids"]));
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
 }

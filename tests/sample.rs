@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use east::data::{east_messages, Question};
+use east::data::Question;
 use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::model::testing::write_tiny_model;
-use east::model::tokenizer::encode;
 
 fn tiny_model(dir: &Path) -> PathBuf {
     tiny_model_seeded(dir, 7)
@@ -34,7 +33,7 @@ fn chat_requests(
         .iter()
         .enumerate()
         .map(|(i, q)| Request {
-            prompt_ids: encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(q))).unwrap(),
+            prompt_ids: lm.east_prompt_ids(q).unwrap(),
             id: format!("q{i}"),
             first_sample: 0,
             samples,

@@ -225,7 +225,7 @@ fn example_weights_scale_the_gradient() {
     let end = m.tokenizer.token_to_id("<|im_end|>").unwrap();
     let tk = data::Tokenizing {
         tokenizer: &m.tokenizer,
-        chat: m.chat,
+        chat: &m.chat,
         end_of_turn: end,
         max_length: 512,
         require_weight: true,
@@ -330,7 +330,7 @@ fn sft_drives_the_loss_near_zero_and_the_checkpoint_scores_the_same() {
     let end = m.tokenizer.token_to_id("<|im_end|>").unwrap();
     let tk = data::Tokenizing {
         tokenizer: &m.tokenizer,
-        chat: m.chat,
+        chat: &m.chat,
         end_of_turn: end,
         max_length: 2048,
         require_weight: false,
@@ -895,7 +895,7 @@ fn standard_form_rows_train_and_get_an_end_of_turn() {
     let end = m.tokenizer.token_to_id("<|im_end|>").unwrap();
     let tk = data::Tokenizing {
         tokenizer: &m.tokenizer,
-        chat: m.chat,
+        chat: &m.chat,
         end_of_turn: end,
         max_length: 2048,
         require_weight: true,
@@ -945,7 +945,7 @@ fn input_errors_name_file_line_and_field() {
     .unwrap();
     let tk = data::Tokenizing {
         tokenizer: &m.tokenizer,
-        chat: m.chat,
+        chat: &m.chat,
         end_of_turn: 2,
         max_length: 64,
         require_weight: true,

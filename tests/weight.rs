@@ -113,7 +113,7 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     ]);
     assert!(ok, "{err}");
     let rows = read_lines(&f.train);
-    // q2 (all correct, h = 0) and q3 (all wrong) are dropped; q1 and q4 weigh h / mean(h).
+    // q2 (all correct) and q3 (all wrong) are dropped; q1 and q4 weigh h / mean(h).
     assert_eq!(
         rows.iter()
             .map(|r| r["id"].as_str().unwrap())
@@ -146,7 +146,7 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
     assert_eq!(summary["kept"], 2);
     assert_eq!(
         summary["dropped"],
-        json!({"all_wrong": 1, "zero_metric": 1})
+        json!({"all_correct": 1, "all_wrong": 1})
     );
     assert!((summary["weight_stats"]["mean"].as_f64().unwrap() - 1.0).abs() < 1e-12);
 }
@@ -259,6 +259,8 @@ fn invalid_mapping_is_a_clear_error_and_writes_nothing() {
         "accuracy",
         "--a",
         "-1",
+        "--set",
+        "weight.keep_all_correct=true", // the all-correct q2 has accuracy metric 0
         "--out",
         p(&f.train),
     ]);
@@ -632,4 +634,97 @@ proptest! {
             }
         }
     }
+}
+
+/// `(id, weight)` of each row of the train.jsonl that `east weight` writes for `sets`.
+fn weigh(f: &Fixture, loss: &str, sets: &[&str]) -> Vec<(String, f64)> {
+    let out = f.train.with_file_name(format!(
+        "train_{loss}_{}.jsonl",
+        sets.join("_").replace(['"', '.', '='], "")
+    ));
+    let mut args = vec![
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--loss",
+        loss,
+        "--out",
+        p(&out),
+    ];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    let (ok, _, err) = east(&args);
+    assert!(ok, "{sets:?}: {err}");
+    read_lines(&out)
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["weight"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Table 1 compares methods trained on one round's data: vanilla (uniform), the accuracy and
+/// rejection metrics, LW(P)/LW(W) (the uniform training set, weighted by the policy during
+/// training) and EAST (entropy) must train on the same questions and differ only in weights,
+/// as in the authors' code, which drops all-wrong and all-correct questions for every method.
+/// Weights by hand from the fixture: q1 (2/4 correct, answers {½ ×2, 3, 4}): h = 1.5 bits,
+/// 1 − acc = 0.5, dominant wrong 1/4; q4 (1/4 correct, wrong 9 ×3): h = h4, 1 − acc = 0.75,
+/// dominant wrong 3/4. `power` with a = 1: value / mean.
+#[test]
+fn every_metric_trains_on_the_same_questions() {
+    let f = fixture();
+    assert!(
+        east(&[
+            "cluster",
+            "--samples",
+            p(&f.samples),
+            "--out",
+            p(&f.clusters)
+        ])
+        .0
+    );
+    let h4 = -(0.25f64 * 0.25f64.log2() + 0.75 * 0.75f64.log2());
+    let by_ratio = |a: f64, b: f64| vec![a / ((a + b) / 2.0), b / ((a + b) / 2.0)];
+    let cases: [(&str, Vec<f64>); 4] = [
+        ("weight.metric=\"entropy\"", by_ratio(1.5, h4)),
+        ("weight.metric=\"accuracy\"", by_ratio(0.5, 0.75)),
+        ("weight.metric=\"rejection\"", by_ratio(0.25, 0.75)),
+        ("weight.metric=\"uniform\"", vec![1.0, 1.0]),
+    ];
+    for loss in ["sft", "dpo", "kto"] {
+        for (set, want) in &cases {
+            let mut rows = weigh(&f, loss, &[set]);
+            // KTO writes a desirable and an undesirable row per question, of the same weight.
+            rows.dedup();
+            let ids: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+            assert_eq!(ids, ["q1", "q4"], "{loss} {set}");
+            for ((_, got), want) in rows.iter().zip(want) {
+                assert!((got - want).abs() < 1e-12, "{loss} {set}: {got} vs {want}");
+            }
+        }
+    }
+    // keep_all_correct: vanilla and accuracy keep q2 (accuracy weighs it 0); EAST still cannot
+    // weigh it (entropy 0) and DPO has no wrong completion to pair it with.
+    let keep = "weight.keep_all_correct=true";
+    let ids = |rows: Vec<(String, f64)>| rows.into_iter().map(|r| r.0).collect::<Vec<_>>();
+    assert_eq!(
+        ids(weigh(&f, "sft", &["weight.metric=\"uniform\"", keep])),
+        ["q1", "q2", "q4"]
+    );
+    let acc = weigh(&f, "sft", &["weight.metric=\"accuracy\"", keep]);
+    assert_eq!((acc[1].0.as_str(), acc[1].1), ("q2", 0.0));
+    assert_eq!(
+        ids(weigh(&f, "sft", &["weight.metric=\"entropy\"", keep])),
+        ["q1", "q4"]
+    );
+    assert_eq!(
+        ids(weigh(&f, "dpo", &["weight.metric=\"uniform\"", keep])),
+        ["q1", "q4"]
+    );
 }

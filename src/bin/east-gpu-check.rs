@@ -27,9 +27,7 @@ use sha2::{Digest, Sha256};
 
 use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
 use east::model::testing::{published_shape, write_random_model, write_tiny_model_with, TinySpec};
-use east::model::{
-    east_messages, tokenizer::encode, DTypeChoice, KvCache, LoadedModel, ModelConfig, RopeScaling,
-};
+use east::model::{DTypeChoice, KvCache, LoadedModel, ModelConfig, RopeScaling};
 use east::train::{train, EngineChoice, TrainConfig, TrainJob};
 
 #[derive(Parser)]
@@ -357,7 +355,7 @@ fn logits(
     ];
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| encode(&lm.tokenizer, &lm.chat.render_prompt(&east_messages(p))))
+        .map(|p| lm.east_prompt_ids(p))
         .collect::<Result<_, _>>()?;
     let p0 = &ids[0];
 
@@ -726,6 +724,7 @@ fn train_bench(
             .map_err(|e| anyhow::anyhow!("--device: {e}"))?,
         dtype: <DTypeChoice as clap::ValueEnum>::from_str(dtype, false)
             .map_err(|e| anyhow::anyhow!("--dtype: {e}"))?,
+        ..ModelConfig::default()
     };
     let train_config = TrainConfig {
         batch_size: spec.batch,

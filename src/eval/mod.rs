@@ -290,13 +290,15 @@ pub fn evaluate_on(
         let t = Instant::now();
         let jobs: Vec<crate::serve::Job> = todo
             .iter()
-            .map(|&i| crate::serve::Job {
-                id: questions[i].id.clone(),
-                prompt: server.prompt(lm, &questions[i].question),
-                first_sample: 0,
-                samples: 1,
+            .map(|&i| {
+                Ok(crate::serve::Job {
+                    id: questions[i].id.clone(),
+                    prompt: server.prompt(lm, &questions[i].question)?,
+                    first_sample: 0,
+                    samples: 1,
+                })
             })
-            .collect();
+            .collect::<candle_core::Result<_>>()?;
         let params = crate::serve::GenParams {
             temperature: 0.0,
             top_p: 1.0,

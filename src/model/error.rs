@@ -48,9 +48,13 @@ pub enum ModelError {
     #[error("{origin}: tokenizer: {msg}")]
     Tokenizer { msg: String, origin: String },
 
-    /// The chat format could not be recognised from the tokenizer / chat template.
-    #[error("{origin}: cannot tell the chat format (no <|im_start|> or <|start_header_id|>/<|eot_id|> special tokens, nor a recognised chat template)")]
+    /// A model without a chat template whose tokenizer names no built-in format either.
+    #[error("{origin}: no chat template (tokenizer_config.json, chat_template.jinja or GGUF tokenizer.chat_template) and no <|im_start|> or <|start_header_id|>/<|eot_id|> special tokens to fall back on")]
     UnknownChatFormat { origin: String },
+
+    /// The chat template does not compile or fails to render (`raise_exception`, …).
+    #[error("{origin}: chat template: {msg}")]
+    ChatTemplate { origin: String, msg: String },
 
     /// A GGUF file could not be read.
     #[error("{}: GGUF: {msg}", path.display())]

@@ -4,7 +4,9 @@
 //! 1. an existing `.gguf` file → [`load_gguf`];
 //! 2. an existing folder → [`load_folder`]: `config.json`, `model.safetensors` or a sharded
 //!    `model.safetensors.index.json`, `tokenizer.json`, optional `tokenizer_config.json`
-//!    (chat template) and `generation_config.json` (its `eos_token_id` adds EOS ids);
+//!    (chat template, special tokens), `chat_template.jinja` (the chat template; preferred over
+//!    tokenizer_config.json's, as transformers does) and `generation_config.json` (its
+//!    `eos_token_id` adds EOS ids);
 //! 3. otherwise a Hugging Face repo id (`org/name`, optionally `org/name@revision`) → the same
 //!    files fetched with hf-hub into the hub cache (`HF_HOME`, `HF_TOKEN` / the cached token
 //!    and `HF_ENDPOINT` honoured; `HF_HUB_OFFLINE=1` uses the cache only).
@@ -12,14 +14,14 @@
 //! Every tensor the config requires is checked by name and shape before the model is built:
 //! a missing or misshapen tensor is an error, never a random initialisation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value;
 
-use super::chat::ChatFormat;
+use super::chat::{Chat, ChatSettings};
 use super::config::LlamaConfig;
 use super::error::{read_json, ModelError, Result};
 use super::gguf::{missing_model_hint, read_gguf};
@@ -42,9 +44,10 @@ pub struct LoadedModel {
     pub model: Llama,
     pub tokenizer: Tokenizer,
     pub config: LlamaConfig,
-    pub chat: ChatFormat,
+    /// Renders prompts with the model's chat template (see [`super::chat`]).
+    pub chat: Chat,
     /// Generation stops at any of these: config `eos_token_id` (+ GGUF eot/eom ids),
-    /// generation_config.json's `eos_token_id`, and the chat format's end-of-turn token.
+    /// generation_config.json's `eos_token_id`, and the template's end-of-turn token.
     pub eos_ids: Vec<u32>,
     pub bos_id: Option<u32>,
     /// Id to left-pad prompts with (pad_token_id, else the first EOS id, else 0). Padded
@@ -64,16 +67,19 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// The token ids of the EAST prompt of `question` (system prompt + question, rendered in the
-    /// model's chat format, generation prompt included): what sampling and evaluation decode from.
+    /// The token ids of the EAST prompt of `question` ([`Chat::east_prompt`]: the model's chat
+    /// template applied to system prompt + question + generation prompt, or the authors' prompt
+    /// text under `model.prompt_style = "authors"`): what sampling and evaluation decode from.
     pub fn east_prompt_ids(&self, question: &str) -> candle_core::Result<Vec<u32>> {
-        super::tokenizer::encode(&self.tokenizer, &self.east_prompt_text(question))
+        super::tokenizer::encode(&self.tokenizer, &self.east_prompt_text(question)?)
     }
 
     /// The text [`LoadedModel::east_prompt_ids`] tokenizes: what a serving engine is sent, so
     /// that both backends decode from the same prompt.
-    pub fn east_prompt_text(&self, question: &str) -> String {
-        self.chat.east_prompt(question)
+    pub fn east_prompt_text(&self, question: &str) -> candle_core::Result<String> {
+        self.chat
+            .east_prompt(question)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 
@@ -137,12 +143,25 @@ pub fn resolve_spec(spec: &str) -> Result<ModelSource> {
 }
 
 /// Load a model from a `--model` spec onto `device` with weights in `dtype`
-/// (f32 on CPU — candle's CPU bf16 matmul is slow —, bf16 on CUDA).
+/// (f32 on CPU — candle's CPU bf16 matmul is slow —, bf16 on CUDA), prompts rendered with the
+/// default [`ChatSettings`].
 pub fn load(spec: &str, device: &Device, dtype: DType) -> Result<LoadedModel> {
+    load_with(spec, device, dtype, ChatSettings::default())
+}
+
+/// [`load`] with the prompt settings of `[model]` (style, date).
+pub fn load_with(
+    spec: &str,
+    device: &Device,
+    dtype: DType,
+    chat: ChatSettings,
+) -> Result<LoadedModel> {
     let mut m = match resolve_spec(spec)? {
-        ModelSource::Gguf(p) => load_gguf(&p, device, dtype)?,
-        ModelSource::Folder(p) => load_folder(&p, device, dtype)?,
-        ModelSource::Hub { repo, revision } => load_hub(&repo, revision.as_deref(), device, dtype)?,
+        ModelSource::Gguf(p) => load_gguf(&p, device, dtype, chat)?,
+        ModelSource::Folder(p) => load_folder(&p, device, dtype, chat)?,
+        ModelSource::Hub { repo, revision } => {
+            load_hub(&repo, revision.as_deref(), device, dtype, chat)?
+        }
     };
     m.spec = spec.to_string();
     Ok(m)
@@ -204,13 +223,28 @@ fn finish(
     source: ModelSource,
     dir: Option<PathBuf>,
     tokenizer_json: Option<Value>,
+    mut special_tokens: BTreeMap<String, String>,
+    settings: ChatSettings,
     origin: &str,
 ) -> Result<LoadedModel> {
-    let chat = ChatFormat::detect(&tokenizer, chat_template.as_deref()).ok_or_else(|| {
-        ModelError::UnknownChatFormat {
-            origin: origin.to_string(),
+    // Special tokens the tokenizer files do not name: from the config's ids.
+    let id_token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    for (name, id) in [
+        ("bos_token", config.bos_token_id),
+        ("eos_token", config.eos_token_ids.first().copied()),
+        ("pad_token", config.pad_token_id),
+    ] {
+        if let (false, Some(t)) = (special_tokens.contains_key(name), id_token(id)) {
+            special_tokens.insert(name.to_string(), t);
         }
-    })?;
+    }
+    let chat = Chat::for_model(
+        chat_template.as_deref(),
+        special_tokens,
+        &tokenizer,
+        settings,
+        origin,
+    )?;
     let mut eos_ids = Vec::new();
     for &id in config.eos_token_ids.iter().chain(extra_eos.iter()) {
         add_unique(&mut eos_ids, id);
@@ -241,8 +275,14 @@ fn finish(
     })
 }
 
-/// Load a llama GGUF file (dequantized to `dtype`).
-pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+/// Load a llama GGUF file (dequantized to `dtype`); its chat template is
+/// `tokenizer.chat_template`.
+pub fn load_gguf(
+    path: &Path,
+    device: &Device,
+    dtype: DType,
+    chat: ChatSettings,
+) -> Result<LoadedModel> {
     let origin = path.display().to_string();
     let g = read_gguf(path, device, dtype)?;
     let shapes: HashMap<String, Vec<usize>> = g
@@ -262,6 +302,8 @@ pub fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<LoadedMod
         ModelSource::Gguf(path.to_path_buf()),
         None,
         Some(g.tokenizer_json),
+        BTreeMap::new(),
+        chat,
         &origin,
     )
 }
@@ -305,8 +347,38 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     })
 }
 
+/// The special tokens of a tokenizer_config.json (`bos_token`, … as a string or as an added
+/// token `{"content": …}`): the variables transformers renders a chat template with.
+fn special_tokens_of(tc: &Value) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for name in [
+        "bos_token",
+        "eos_token",
+        "unk_token",
+        "pad_token",
+        "sep_token",
+        "cls_token",
+        "mask_token",
+    ] {
+        let text = match tc.get(name) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v) => v.get("content").and_then(Value::as_str).map(str::to_string),
+            None => None,
+        };
+        if let Some(t) = text {
+            out.insert(name.to_string(), t);
+        }
+    }
+    out
+}
+
 /// Load a Hugging Face-layout folder.
-pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedModel> {
+pub fn load_folder(
+    dir: &Path,
+    device: &Device,
+    dtype: DType,
+    chat: ChatSettings,
+) -> Result<LoadedModel> {
     let origin = dir.display().to_string();
     let config_path = dir.join("config.json");
     let config_text = super::error::read_to_string(&config_path)?;
@@ -314,9 +386,11 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
 
     let tokenizer = load_tokenizer_file(&dir.join("tokenizer.json"))?;
     let mut chat_template = None;
+    let mut special_tokens = BTreeMap::new();
     let tc_path = dir.join("tokenizer_config.json");
     if tc_path.is_file() {
         let tc = read_json(&tc_path)?;
+        special_tokens = special_tokens_of(&tc);
         chat_template = match tc.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // A list of named templates: take "default".
@@ -329,8 +403,9 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
             _ => None,
         };
     }
+    // transformers reads chat_template.jinja in place of tokenizer_config.json's template.
     let jinja = dir.join("chat_template.jinja");
-    if chat_template.is_none() && jinja.is_file() {
+    if jinja.is_file() {
         chat_template = Some(super::error::read_to_string(&jinja)?);
     }
     let mut extra_eos = Vec::new();
@@ -369,6 +444,8 @@ pub fn load_folder(dir: &Path, device: &Device, dtype: DType) -> Result<LoadedMo
         ModelSource::Folder(dir.to_path_buf()),
         Some(dir.to_path_buf()),
         None,
+        special_tokens,
+        chat,
         &origin,
     )
 }
@@ -379,9 +456,10 @@ pub fn load_hub(
     revision: Option<&str>,
     device: &Device,
     dtype: DType,
+    chat: ChatSettings,
 ) -> Result<LoadedModel> {
     let dir = fetch_hub(repo, revision)?;
-    let mut m = load_folder(&dir, device, dtype)?;
+    let mut m = load_folder(&dir, device, dtype, chat)?;
     m.source = ModelSource::Hub {
         repo: repo.to_string(),
         revision: revision.map(str::to_string),
@@ -462,6 +540,7 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
     let config = get("config.json", true)?.expect("required");
     get("tokenizer.json", true)?;
     get("tokenizer_config.json", false)?;
+    get("chat_template.jinja", false)?;
     get("generation_config.json", false)?;
     if get("model.safetensors.index.json", false)?.is_some() {
         let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -4,12 +4,11 @@
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
-//! use east::model::{load, KvCache, tokenizer};
+//! use east::model::{load, KvCache};
 //! # fn main() -> anyhow::Result<()> {
 //! let dev = Device::Cpu;
 //! let m = load("models/SmolLM2-135M-Instruct.Q4_1.gguf", &dev, DType::F32)?;
-//! let prompt = m.chat.east_prompt("What is 2 + 3?");
-//! let ids = tokenizer::encode(&m.tokenizer, &prompt)?;
+//! let ids = m.east_prompt_ids("What is 2 + 3?")?;
 //! let mut cache = KvCache::new(&m.config, 1, ids.len() + 64, vec![0], DType::F32, &dev)?;
 //! let logits = m.model.forward_step(&Tensor::new(ids.as_slice(), &dev)?.unsqueeze(0)?, &mut cache)?;
 //! # Ok(()) }
@@ -35,8 +34,10 @@
 //!   [`load_model`] (a `[model]` section → weights with adapters merged, on its device).
 //! * [`KvCache`] (`cache.rs`): preallocated `(B, n_kv, capacity, D)` per layer, shared column
 //!   count, per-row left padding, `select_rows` / `repeat_rows`, `bytes_needed`; f32 or f16.
-//! * [`chat`]: [`ChatFormat`] (ChatML, Llama 3, Llama 2), [`EAST_SYSTEM_PROMPT`],
-//!   `render_prompt` / `render_training` (TRL's prompt/completion split).
+//! * [`chat`]: [`Chat`] executes the model's own Jinja chat template (minijinja, as
+//!   transformers' `apply_chat_template`); `east_prompt` (style `chat` or `authors`),
+//!   `render_training` (TRL's prompt/completion split); built-in [`ChatFormat`]s only for
+//!   template-less models; [`EAST_SYSTEM_PROMPT`].
 //! * [`tokenizer`]: `encode` (no special tokens added; those spelled in the text are parsed),
 //!   `decode`, GGUF → `tokenizers::Tokenizer` (byte-level BPE, `smollm` / `llama-bpe` / `gpt2`
 //!   pre-tokenizers).
@@ -69,7 +70,9 @@ pub mod tokenizer;
 pub mod train_ops;
 
 pub use cache::KvCache;
-pub use chat::{east_messages, ChatFormat, Message, EAST_SYSTEM_PROMPT};
+pub use chat::{
+    east_messages, Chat, ChatFormat, ChatSettings, Message, PromptStyle, EAST_SYSTEM_PROMPT,
+};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::ModelError;
 pub use llama::{LinearAdapter, LinearLayer, Llama};

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
+use super::chat::{ChatSettings, PinnedDate, PromptStyle};
 use super::LoadedModel;
 
 /// `[model]`: which weights to start from and where to run them.
@@ -19,6 +20,12 @@ pub struct ModelConfig {
     pub adapter: Option<String>,
     pub device: DeviceChoice,
     pub dtype: DTypeChoice,
+    /// How sampling and evaluation write a question's prompt: `chat` (the model's own chat
+    /// template) or `authors` (the EAST authors' Llama 3 prompt text).
+    pub prompt_style: PromptStyle,
+    /// The date a chat template's `strftime_now` reports (Llama 3.2's "Today Date"), pinned so
+    /// prompts are reproducible: `YYYY-MM-DD`.
+    pub date: PinnedDate,
 }
 
 impl Default for ModelConfig {
@@ -28,6 +35,8 @@ impl Default for ModelConfig {
             adapter: None,
             device: DeviceChoice::Cpu,
             dtype: DTypeChoice::Auto,
+            prompt_style: PromptStyle::Chat,
+            date: ChatSettings::default().date,
         }
     }
 }
@@ -39,6 +48,14 @@ impl ModelConfig {
             return Err(("path", "must not be empty".into()));
         }
         Ok(())
+    }
+
+    /// The prompt settings this section gives.
+    pub fn chat_settings(&self) -> ChatSettings {
+        ChatSettings {
+            style: self.prompt_style,
+            date: self.date,
+        }
     }
 }
 
@@ -145,7 +162,7 @@ pub fn dtype(spec: &str, device: &Device) -> anyhow::Result<DType> {
     Ok(choice.resolve(device))
 }
 
-/// Loads `[model]`: weights, tokenizer and chat format, with LoRA adapters merged in.
+/// Loads `[model]`: weights, tokenizer and chat template, with LoRA adapters merged in.
 ///
 /// `path` may itself be a PEFT adapter folder (adapter_config.json, no config.json): its base
 /// model is `base_model_name_or_path` from adapter_config.json. `[model] adapter` (`--adapter`)
@@ -173,7 +190,7 @@ pub fn load_model(cfg: &ModelConfig) -> anyhow::Result<LoadedModel> {
         }
         adapters.push(super::lora::read_adapter(dir)?);
     }
-    let mut lm = super::load(&base, &device, dtype)?;
+    let mut lm = super::load::load_with(&base, &device, dtype, cfg.chat_settings())?;
     for a in &adapters {
         super::lora::merge_adapter(&mut lm.model, a)?;
     }

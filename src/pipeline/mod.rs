@@ -87,6 +87,9 @@ impl ModelRef {
             "path": m.path, "adapter": m.adapter, "device": m.device, "dtype": m.dtype,
             "files": local_fingerprint(&m.path),
             "adapter_files": m.adapter.as_deref().map(local_fingerprint),
+            // What decides the prompt text besides the model's files: a changed style, date or
+            // way of rendering must not reuse samples or evaluations made with other prompts.
+            "prompt": [m.prompt_style, m.date, crate::model::chat::RENDERING],
         }));
         let label = match &m.adapter {
             Some(a) => format!("{} + {a}", m.path),

@@ -41,11 +41,11 @@ impl Served {
     }
 
     /// What is sent for `question`: the EAST prompt rendered by east, or its messages.
-    pub fn prompt(&self, lm: &LoadedModel, question: &str) -> Prompt {
-        if self.client.is_chat() {
+    pub fn prompt(&self, lm: &LoadedModel, question: &str) -> candle_core::Result<Prompt> {
+        Ok(if self.client.is_chat() {
             Prompt::Messages(east_messages(question))
         } else {
-            Prompt::Text(lm.east_prompt_text(question))
-        }
+            Prompt::Text(lm.east_prompt_text(question)?)
+        })
     }
 }

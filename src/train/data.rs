@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::engine::Packed;
 use crate::io::{InputError, JsonlBatches};
 use crate::model::tokenizer::encode;
-use crate::model::{ChatFormat, Message, Tokenizer};
+use crate::model::{Chat, Message, Tokenizer};
 use crate::schema::Loss;
 
 /// One training example, tokenised.
@@ -68,7 +68,7 @@ pub struct TrainData {
 /// How rows become token ids.
 pub struct Tokenizing<'a> {
     pub tokenizer: &'a Tokenizer,
-    pub chat: ChatFormat,
+    pub chat: &'a Chat,
     /// Appended to standard-form completions that do not end with it.
     pub end_of_turn: u32,
     pub max_length: usize,
@@ -188,9 +188,13 @@ fn render_row(
     };
     let mut completions = Vec::new();
     let standard = matches!(prompt, Text::Plain(_));
+    let template_err = |f: &str, e: crate::model::ModelError| InputError::field(path, line, f, e);
     let prompt_text = match &prompt {
         Text::Plain(s) => s.clone(),
-        Text::Messages(m) => tk.chat.render_prompt(m),
+        Text::Messages(m) => tk
+            .chat
+            .render(m, true)
+            .map_err(|e| template_err("prompt", e))?,
     };
     for &f in completion_fields {
         let c = parse_text(get(f), f, path, line)?;
@@ -205,15 +209,10 @@ fn render_row(
                         format!("messages must have role `assistant`, got `{}`", bad.role),
                     ));
                 }
-                let mut all = pm.clone();
-                all.extend(cm);
-                let full = tk.chat.render_conversation(&all, false);
-                match full.strip_prefix(&prompt_text) {
-                    Some(rest) => rest.to_string(),
-                    None => {
-                        return Err(InputError::field(path, line, f, "the chat template does not render the prompt as a prefix of the conversation"))
-                    }
-                }
+                tk.chat
+                    .render_training(pm, &cm)
+                    .map_err(|e| template_err(f, e))?
+                    .1
             }
             (Text::Plain(_), Text::Messages(_)) => {
                 return Err(InputError::field(

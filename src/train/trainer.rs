@@ -495,7 +495,7 @@ fn load_data(lm: &LoadedModel, job: &TrainJob) -> anyhow::Result<TrainData> {
     }
     let tk = Tokenizing {
         tokenizer: &lm.tokenizer,
-        chat: lm.chat,
+        chat: &lm.chat,
         end_of_turn,
         max_length: t.max_length.min(context),
         require_weight: t.weighting == Weighting::Data,

@@ -32,6 +32,10 @@ pub struct WeightConfig {
     /// Chosen completions must contain `\boxed` (the authors' filter; turn off for models that
     /// state answers another way).
     pub require_boxed: bool,
+    /// Keep questions whose completions are all correct (for the metrics that can weigh them:
+    /// uniform and accuracy). Off by default: every metric then trains on the same questions as
+    /// EAST, which drops them (entropy 0), as the authors' code does for every method.
+    pub keep_all_correct: bool,
 }
 
 impl Default for WeightConfig {
@@ -44,6 +48,7 @@ impl Default for WeightConfig {
             pairs: PairStrategy::Authors,
             seed: 42,
             require_boxed: true,
+            keep_all_correct: false,
         }
     }
 }

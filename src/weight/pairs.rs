@@ -27,6 +27,8 @@ pub enum PairStrategy {
 pub enum DropReason {
     /// No correct completion.
     AllWrong,
+    /// Every completion is correct (dropped unless `weight.keep_all_correct`).
+    AllCorrect,
     /// The metric is 0 for a metric where that means "nothing to learn" (entropy: all agree).
     ZeroMetric,
     /// No correct completion contains `\boxed` (the chosen completion must).
@@ -40,6 +42,7 @@ impl DropReason {
     pub fn name(self) -> &'static str {
         match self {
             DropReason::AllWrong => "all_wrong",
+            DropReason::AllCorrect => "all_correct",
             DropReason::ZeroMetric => "zero_metric",
             DropReason::NoBoxedCorrect => "no_boxed_correct",
             DropReason::NoRejected => "no_rejected",

@@ -15,16 +15,28 @@ use crate::model::{east_messages, Message};
 use crate::progress;
 use crate::schema::{ClusterRecord, Loss, SampleRecord, TrainRow};
 
-/// Decides, for one question, whether it trains and with which metric value.
-fn admit(record: &ClusterRecord, metric: Metric, loss: Loss) -> Result<f64, DropReason> {
+/// Decides, for one question, whether it trains and with which metric value. All-wrong
+/// questions never train; all-correct ones only with `keep_all_correct` (and then only for a
+/// metric that can weigh them and a loss that needs no wrong completion), so that by default
+/// every metric trains on exactly the questions EAST trains on.
+fn admit(
+    record: &ClusterRecord,
+    metric: Metric,
+    loss: Loss,
+    keep_all_correct: bool,
+) -> Result<f64, DropReason> {
     if !record.correct.iter().any(|&c| c) {
         return Err(DropReason::AllWrong);
+    }
+    let all_correct = record.correct.iter().all(|&c| c);
+    if all_correct && !keep_all_correct {
+        return Err(DropReason::AllCorrect);
     }
     let value = metric.value(record);
     if metric.drops_zero() && value == 0.0 {
         return Err(DropReason::ZeroMetric);
     }
-    if loss.needs_rejected() && record.correct.iter().all(|&c| c) {
+    if loss.needs_rejected() && all_correct {
         return Err(DropReason::NoRejected);
     }
     Ok(value)
@@ -114,7 +126,12 @@ pub fn weight_files(
     let mut dropped: BTreeMap<DropReason, usize> = BTreeMap::new();
     let mut candidates: Vec<(f64, ClusterRecord)> = Vec::new();
     for (_, r) in records {
-        match admit(&r, options.weight.metric, options.loss) {
+        match admit(
+            &r,
+            options.weight.metric,
+            options.loss,
+            options.weight.keep_all_correct,
+        ) {
             Ok(v) => candidates.push((v, r)),
             Err(reason) => *dropped.entry(reason).or_default() += 1,
         }
@@ -349,26 +366,40 @@ mod tests {
     #[test]
     fn admission_rules() {
         let mut r = record(&[false, false], &[0, 0], &[(2, false)]);
-        assert_eq!(
-            admit(&r, Metric::Uniform, Loss::Sft),
-            Err(DropReason::AllWrong)
-        );
+        for keep in [false, true] {
+            assert_eq!(
+                admit(&r, Metric::Uniform, Loss::Sft, keep),
+                Err(DropReason::AllWrong)
+            );
+        }
         r = record(&[true, true], &[0, 0], &[(2, true)]);
         r.entropy = 0.0;
         r.accuracy = 1.0;
         r.dominant_wrong = 0.0;
+        // All correct: dropped for every metric and loss by default.
+        for metric in [
+            Metric::Entropy,
+            Metric::Rejection,
+            Metric::Accuracy,
+            Metric::Uniform,
+        ] {
+            for loss in [Loss::Sft, Loss::Dpo, Loss::Kto] {
+                assert_eq!(admit(&r, metric, loss, false), Err(DropReason::AllCorrect));
+            }
+        }
+        // keep_all_correct: only where the metric can weigh them and no wrong one is needed.
         assert_eq!(
-            admit(&r, Metric::Entropy, Loss::Sft),
+            admit(&r, Metric::Entropy, Loss::Sft, true),
             Err(DropReason::ZeroMetric)
         );
         assert_eq!(
-            admit(&r, Metric::Rejection, Loss::Sft),
+            admit(&r, Metric::Rejection, Loss::Sft, true),
             Err(DropReason::ZeroMetric)
         );
-        assert_eq!(admit(&r, Metric::Accuracy, Loss::Sft), Ok(0.0));
-        assert_eq!(admit(&r, Metric::Uniform, Loss::Sft), Ok(1.0));
+        assert_eq!(admit(&r, Metric::Accuracy, Loss::Sft, true), Ok(0.0));
+        assert_eq!(admit(&r, Metric::Uniform, Loss::Sft, true), Ok(1.0));
         assert_eq!(
-            admit(&r, Metric::Uniform, Loss::Dpo),
+            admit(&r, Metric::Uniform, Loss::Dpo, true),
             Err(DropReason::NoRejected)
         );
     }
