@@ -700,18 +700,25 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
 fn estimate_memory(config: &Config) -> anyhow::Result<()> {
     use east::train::memory;
     let cfg = memory::model_config(&config.model.path)?;
-    let device = config.model.device.open()?;
-    let dtype = config.model.dtype.resolve(&device);
-    let autograd = !(device.is_cpu()
+    // the device is not opened: the estimate for a GPU needs no GPU (nor a CUDA build)
+    let cuda = match config.model.device {
+        east::model::DeviceChoice::Cuda(ordinal) => Some(ordinal),
+        east::model::DeviceChoice::Cpu => None,
+    };
+    let dtype = match (config.model.dtype, cuda) {
+        (east::model::DTypeChoice::Auto, Some(_)) => candle_core::DType::BF16,
+        (d, _) => d.resolve(&candle_core::Device::Cpu),
+    };
+    let autograd = !(cuda.is_none()
         && matches!(dtype, candle_core::DType::F32 | candle_core::DType::F64)
         && config.train.engine != east::train::EngineChoice::Autograd);
     let tokens = config.train.max_length.min(cfg.max_position_embeddings);
-    let (on, est) = memory::decide(&cfg, &config.train, &device, dtype, (tokens, 0), autograd)?;
+    let (on, est) = memory::decide(&cfg, &config.train, cuda, dtype, (tokens, 0), autograd)?;
     println!(
         "{}: {} parameters, {dtype:?} on {}, {} sequences × {tokens} tokens per micro-batch, {} micro-batches per step, gradient checkpointing {} ({})",
         config.model.path,
         cfg.num_parameters(),
-        if device.is_cuda() { "CUDA" } else { "the CPU" },
+        if cuda.is_some() { "CUDA" } else { "the CPU" },
         est.rows,
         config.train.batch_size / config.train.micro_batch_size,
         if on { "on" } else { "off" },

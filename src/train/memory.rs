@@ -49,6 +49,9 @@ pub struct MemoryEstimate {
     pub total: u64,
     pub checkpointing: bool,
     /// Sequences per micro-batch and tokens per sequence it was made for.
+    /// (`total` is not the parts' sum: the vocabulary head's chunk is live in the forward,
+    /// the backward's working sets and gradient store in the backward, and the total takes
+    /// the larger phase.)
     pub rows: usize,
     pub row_tokens: usize,
 }
@@ -201,7 +204,16 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
     };
     let (bwd_probs, bwd_mlp) = layer_backward_elems(cfg, b, t);
     let backward = bwd_probs * acc + bwd_mlp * s;
-    let recompute = if shape.checkpointing { layer_act } else { 0 };
+    // the recomputed layer's activations, plus what the checkpoint adds around it: the
+    // input's copy, the output, its product with the upstream gradient and that product's
+    // other gradient (4 hidden states), and the attention's score and masked-score buffers
+    // (2 probability-sized tensors in the accumulation dtype) while the layer runs
+    let probs = (b * cfg.num_attention_heads * t * t) as u64;
+    let recompute = if shape.checkpointing {
+        layer_act + 4 * n * h * s + 2 * probs * acc
+    } else {
+        0
+    };
     let head = head_bytes(cfg, shape, m);
     let reference = shape.reference_rows as u64 * 8;
     let parts = vec![
@@ -242,7 +254,14 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
             bytes: reference,
         },
     ];
-    let total = parts.iter().map(|p| p.bytes).sum();
+    // The head's chunk lives in the forward, the backward's working sets and the gradient
+    // store in the backward (each after the other has freed its buffers); the checkpointed
+    // forward holds one layer's activations at a time, like the recomputation.
+    let store = trainable * s;
+    let forward = head.max(recompute);
+    let backward_phase = backward + recompute + store;
+    let total = parts.iter().map(|p| p.bytes).sum::<u64>() - (head + backward + recompute + store)
+        + forward.max(backward_phase);
     MemoryEstimate {
         parts,
         total,
@@ -252,13 +271,14 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
     }
 }
 
-/// The vocabulary head's chunk: the logits of `chunk` positions and the softmax's exponentials,
-/// probabilities and logit gradients (4 chunk × vocab tensors in the master dtype), plus the
+/// The vocabulary head's chunk: the logits of `chunk` positions, the softmax's exponentials and
+/// probabilities, the scaled probabilities and the logit gradients (5 chunk × vocab tensors in
+/// the master dtype), plus the
 /// hidden states at the target positions and their gradient (every token a target, at worst).
 fn head_bytes(cfg: &LlamaConfig, shape: &MemoryShape, m: u64) -> u64 {
     let chunk = super::engine::autograd::head_chunk_rows(cfg.vocab_size, shape.cuda) as u64;
     let targets = (shape.rows * shape.row_tokens) as u64;
-    4 * chunk.min(targets) * cfg.vocab_size as u64 * m + 2 * targets * cfg.hidden_size as u64 * m
+    5 * chunk.min(targets) * cfg.vocab_size as u64 * m + 2 * targets * cfg.hidden_size as u64 * m
 }
 
 /// The model's configuration without its weights: GGUF metadata, a folder's `config.json`, or
@@ -342,14 +362,11 @@ pub fn shape_of(
 
 /// The memory available for `"auto"`: `train.memory_limit`, else a CUDA device's free memory
 /// (asked of `nvidia-smi`), else none (the CPU without a limit).
-fn available(
-    train: &super::TrainConfig,
-    device: &candle_core::Device,
-) -> anyhow::Result<Option<u64>> {
+fn available(train: &super::TrainConfig, cuda: Option<usize>) -> anyhow::Result<Option<u64>> {
     if let Some(gib) = train.memory_limit {
         return Ok(Some((gib * GIB) as u64));
     }
-    let candle_core::DeviceLocation::Cuda { gpu_id } = device.location() else {
+    let Some(gpu_id) = cuda else {
         return Ok(None);
     };
     let out = std::process::Command::new("nvidia-smi")
@@ -373,24 +390,24 @@ fn available(
     }
 }
 
-/// Whether a run checkpoints activations, and the estimate it runs under (logged to stderr
-/// as a table and one JSON line). `"auto"` turns checkpointing on when the estimate without
+/// Whether a run checkpoints activations, and the estimate it runs under, for a run on CUDA
+/// device `cuda` (None: the CPU). `"auto"` turns checkpointing on when the estimate without
 /// it exceeds the memory available; the CPU engine never checkpoints.
 pub fn decide(
     cfg: &LlamaConfig,
     train: &super::TrainConfig,
-    device: &candle_core::Device,
+    cuda: Option<usize>,
     dtype: DType,
     (row_tokens, examples): (usize, usize),
     autograd: bool,
 ) -> anyhow::Result<(bool, MemoryEstimate)> {
     use super::config::Checkpointing;
-    let shape = |on| shape_of(train, dtype, device.is_cuda(), row_tokens, examples, on);
+    let shape = |on| shape_of(train, dtype, cuda.is_some(), row_tokens, examples, on);
     let on = match train.gradient_checkpointing {
         Checkpointing::Off => false,
         Checkpointing::On => true,
         Checkpointing::Auto if !autograd => false,
-        Checkpointing::Auto => match available(train, device)? {
+        Checkpointing::Auto => match available(train, cuda)? {
             Some(limit) => estimate(cfg, &shape(false)).total > limit,
             None => false,
         },
@@ -461,7 +478,11 @@ mod tests {
         assert_eq!(e.part("f32 master weights"), 4 * p);
         assert_eq!(e.part("AdamW moments"), 8 * p);
         assert_eq!(e.part("gradients"), 2 * p + 4 * p);
-        assert_eq!(e.total, e.parts.iter().map(|p| p.bytes).sum::<u64>());
+        // the head's chunk (forward) and the backward's buffers are not live at once
+        let sum: u64 = e.parts.iter().map(|p| p.bytes).sum();
+        let head = e.part("vocabulary-head chunk");
+        let bwd = e.part("backward working set") + 2 * p;
+        assert_eq!(e.total, sum - head - bwd + head.max(bwd));
     }
 
     #[test]
@@ -503,7 +524,10 @@ mod tests {
             off.part("activations per micro-batch"),
             2 * (32 * 156 + 1024) * 4 + shared
         );
-        assert_eq!(on.part("recomputation working set"), (32 * 156 + 1024) * 4);
+        assert_eq!(
+            on.part("recomputation working set"),
+            (32 * 156 + 1024) * 4 + 4 * 32 * 8 * 4 + 2 * 1024 * 4
+        );
         assert_eq!(off.part("recomputation working set"), 0);
     }
 }

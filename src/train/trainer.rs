@@ -166,7 +166,10 @@ impl Run {
         let (checkpointing, estimate) = super::memory::decide(
             model.config(),
             t,
-            model.device(),
+            match model.device().location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+                _ => None,
+            },
             dtype,
             (longest, data.examples.len()),
             !cpu_engine_runs(&model, t.engine),
