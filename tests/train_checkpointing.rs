@@ -59,6 +59,9 @@ fn values(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// Values by tensor name.
+type Named = Vec<(String, Vec<f32>)>;
+
 /// The accumulated gradients and, after one AdamW step, the parameters of the engine, with
 /// the coefficients in the forward (`early`) or the backward.
 fn run(
@@ -66,7 +69,7 @@ fn run(
     spec: Option<LoraSpec>,
     checkpointing: bool,
     early: bool,
-) -> (Vec<(String, Vec<f32>)>, Vec<(String, Vec<f32>)>) {
+) -> (Named, Named) {
     let mut e = AutogradEngine::new(&m.model, spec.clone(), 5).unwrap();
     if spec.is_some() {
         // B starts at zero: give it values so every path of the adapters carries gradient
