@@ -319,12 +319,12 @@ struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// train.jsonl written by `east weight` (TRL conversational rows + weight) or TRL standard rows.
-    #[arg(long, value_name = "FILE")]
-    data: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "estimate_memory")]
+    data: Option<PathBuf>,
     /// Output folder: the checkpoint (HF folder, or PEFT adapter with --lora), train_log.jsonl,
     /// and resume checkpoints while training (rerun the same command to resume).
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "estimate_memory")]
+    out: Option<PathBuf>,
     /// Training objective (must match the rows of --data).
     #[arg(long, value_enum)]
     loss: Option<Loss>,
@@ -397,6 +397,15 @@ struct TrainArgs {
     /// Resume checkpoint every N steps (0: never).
     #[arg(long)]
     save_steps: Option<usize>,
+    /// Activation checkpointing (autograd engine): false, true, or auto (on when the memory estimate exceeds --memory-limit or the GPU's free memory).
+    #[arg(long, value_name = "false|true|auto")]
+    gradient_checkpointing: Option<east::train::config::Checkpointing>,
+    /// Memory budget in GiB for --gradient-checkpointing auto (default: the GPU's free memory; none on the CPU).
+    #[arg(long, value_name = "GIB")]
+    memory_limit: Option<f64>,
+    /// Print the estimated peak memory by part for this config and model (reads only the model's config) and exit without training.
+    #[arg(long, conflicts_with_all = ["data", "out"])]
+    estimate_memory: bool,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -460,7 +469,7 @@ fn config_key(subcommand: &str, arg: &str) -> Option<String> {
     let section = match (subcommand, arg) {
         // inputs and outputs of one invocation, not settings
         (_, "out" | "config" | "set" | "help" | "samples" | "clusters" | "shard") => return None,
-        ("train", "data") | ("cluster", "dataset" | "split") => return None,
+        ("train", "data" | "estimate_memory") | ("cluster", "dataset" | "split") => return None,
         ("sample" | "train" | "eval", "path" | "device" | "dtype" | "adapter") => "model",
         ("sample" | "eval", "url") => return Some("server.url".into()),
         ("sample" | "eval", "server_model") => return Some("server.model".into()),
@@ -698,10 +707,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     args.model.apply(&mut config);
     override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
-        lora_targets, seed, engine, save_steps);
+        lora_targets, seed, engine, save_steps, gradient_checkpointing);
     let t = &mut config.train;
     if args.beta.is_some() {
         t.beta = args.beta;
+    }
+    if args.memory_limit.is_some() {
+        t.memory_limit = args.memory_limit;
     }
     if args.max_steps.is_some() {
         t.max_steps = args.max_steps;
@@ -721,14 +733,13 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
         }
     }
     config.validate("command line")?;
-    let job = east::train::TrainJob::new(
-        config.model.clone(),
-        config.train.clone(),
-        args.data.clone(),
-        args.out.clone(),
-    );
-    let r = in_output_dir(&args.out, || east::train::train(&job))
-        .with_context(|| format!("east train failed (output folder {})", args.out.display()))?;
+    if args.estimate_memory {
+        return estimate_memory(&config);
+    }
+    let (data, out) = (args.data.expect("clap"), args.out.expect("clap"));
+    let job = east::train::TrainJob::new(config.model.clone(), config.train.clone(), data, out);
+    let r = in_output_dir(&job.out, || east::train::train(&job))
+        .with_context(|| format!("east train failed (output folder {})", job.out.display()))?;
     if r.already_done {
         println!(
             "{}: already trained with these settings ({} steps); nothing to do",
@@ -757,6 +768,40 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             String::new()
         },
     );
+    Ok(())
+}
+
+/// `east train --estimate-memory`: the peak-memory table for rows of `train.max_length`
+/// tokens (clamped to the model's context), with checkpointing as configured ("auto" decided
+/// against the memory available).
+fn estimate_memory(config: &Config) -> anyhow::Result<()> {
+    use east::train::memory;
+    let cfg = memory::model_config(&config.model.path)?;
+    // the device is not opened: the estimate for a GPU needs no GPU (nor a CUDA build)
+    let cuda = match config.model.device {
+        east::model::DeviceChoice::Cuda(ordinal) => Some(ordinal),
+        east::model::DeviceChoice::Cpu => None,
+    };
+    let dtype = match (config.model.dtype, cuda) {
+        (east::model::DTypeChoice::Auto, Some(_)) => candle_core::DType::BF16,
+        (d, _) => d.resolve(&candle_core::Device::Cpu),
+    };
+    let autograd = !(cuda.is_none()
+        && matches!(dtype, candle_core::DType::F32 | candle_core::DType::F64)
+        && config.train.engine != east::train::EngineChoice::Autograd);
+    let tokens = config.train.max_length.min(cfg.max_position_embeddings);
+    let (on, est) = memory::decide(&cfg, &config.train, cuda, dtype, (tokens, 0), autograd)?;
+    println!(
+        "{}: {} parameters, {dtype:?} on {}, {} sequences × {tokens} tokens per micro-batch, {} micro-batches per step, gradient checkpointing {} ({})",
+        config.model.path,
+        cfg.num_parameters(),
+        if cuda.is_some() { "CUDA" } else { "the CPU" },
+        est.rows,
+        config.train.batch_size / config.train.micro_batch_size,
+        if on { "on" } else { "off" },
+        config.train.gradient_checkpointing,
+    );
+    print!("{}", est.table());
     Ok(())
 }
 
@@ -941,7 +986,14 @@ mod tests {
                 let table = defaults.get(section).and_then(|t| t.as_table()).unwrap();
                 // optional keys (limit, beta, max_steps, adapter) are absent from the TOML of
                 // the defaults; they must still be fields of the section
-                let optional = ["limit", "beta", "max_steps", "adapter", "model"];
+                let optional = [
+                    "limit",
+                    "beta",
+                    "max_steps",
+                    "adapter",
+                    "model",
+                    "memory_limit",
+                ];
                 assert!(
                     table.contains_key(field) || optional.contains(&field),
                     "east {} --{}: no key {key}",

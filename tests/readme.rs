@@ -67,6 +67,7 @@ const OPTIONAL_KEYS: &[(&str, &str)] = &[
     ("data.fields.id", "\"uid\""),
     ("train.beta", "0.1"),
     ("train.max_steps", "10"),
+    ("train.memory_limit", "44.0"),
     ("eval.limit", "50"),
     ("run.samples", "\"shards/samples.jsonl\""),
     ("server.model", "\"east\""),

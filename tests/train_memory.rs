@@ -5,8 +5,16 @@
 //! (a) as `x.matmul(&w.detach().t())` and (b) through `LinearLayer`'s frozen-weight matmul,
 //! whose backward returns no weight gradient. The peak-memory consequence on SmolLM2 is measured by
 //! `EAST_BENCH_MODE=autograd-lora[-plain] cargo bench --bench train`.
+//!
+//! The memory estimate (`east::train::memory`) against the measured peak RSS above the
+//! process's baseline, each measurement in a child process of its own: within ±15% for a
+//! small shape, full and LoRA, checkpointing on and off (the other shapes:
+//! `EAST_BENCH_MODE=estimate cargo bench --bench train`).
 
 use std::sync::Arc;
+
+#[path = "support/memory_probe.rs"]
+mod memory_probe;
 
 use candle_core::{DType, Device, Tensor};
 use east::model::testing::write_tiny_model;
@@ -77,4 +85,65 @@ fn frozen_matmul_keeps_no_weight_sized_gradients() {
         "plain {plain} B, custom op {custom} B, frozen weights {frozen} B"
     );
     assert!(custom < plain);
+}
+
+/// The probe a child process runs (see `memory_probe::run_child`); nothing without its
+/// environment variable.
+#[test]
+#[ignore = "run in a child process by estimate_is_within_15_percent_of_the_measured_peak"]
+fn memory_probe_child() {
+    assert!(
+        memory_probe::child_main(),
+        "run with {} set",
+        memory_probe::ENV
+    );
+}
+
+#[test]
+fn estimate_is_within_15_percent_of_the_measured_peak() {
+    use memory_probe::Probe;
+    let spec = east::model::testing::TinySpec {
+        num_hidden_layers: 4,
+        hidden_size: 256,
+        intermediate_size: 768,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 512,
+        ..Default::default()
+    };
+    let exe = std::env::current_exe().unwrap();
+    let args = [
+        "--ignored",
+        "--exact",
+        "memory_probe_child",
+        "--nocapture",
+        "--test-threads=1",
+    ];
+    let mut report = Vec::new();
+    for (lora, checkpointing) in [(false, false), (false, true), (true, false), (true, true)] {
+        let p = Probe {
+            cfg: east::model::testing::tiny_config(&spec, 4096),
+            lora,
+            checkpointing,
+            rows: 2,
+            tokens: 384,
+            accumulation: 2,
+        };
+        let measured = memory_probe::run_child(&exe, &args, &p) as f64;
+        let e = p.estimate();
+        let est = e.total as f64;
+        report.push(format!(
+            "lora={lora} checkpointing={checkpointing}: estimate {:.1} MiB, measured {:.1} MiB ({:+.1}%)\n{}",
+            est / 1048576.0,
+            measured / 1048576.0,
+            100.0 * (est / measured - 1.0),
+            e.table()
+        ));
+        assert!(
+            (est / measured - 1.0).abs() <= 0.15,
+            "{}",
+            report.join("\n")
+        );
+    }
+    eprintln!("{}", report.join("\n"));
 }

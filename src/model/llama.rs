@@ -240,6 +240,7 @@ struct Ctx<'a> {
 }
 
 /// Per-forward data of [`Llama::forward_hidden`], shared by all layers.
+#[derive(Clone)]
 struct TrainCtx {
     /// The queries' tables are scaled by `1/√head_dim` (see [`train_ops::RopeTables`]).
     q_rope: train_ops::RopeTables,
@@ -347,7 +348,27 @@ impl Attention {
     }
 }
 
+/// One decoder layer of [`Llama::forward_hidden`] as a function of its input, `(B, T, hidden)`
+/// → `(B, T, hidden)`, owning what it needs (cheap clones of the layer's weights and the
+/// forward's RoPE tables and mask): it can be run again, e.g. to recompute the layer in the
+/// backward pass (activation checkpointing).
+pub type LayerFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// Runs decoder layer `index` (given as a [`LayerFn`]) on its input in
+/// [`Llama::forward_hidden_with`]; the plain run is `layer(x)`.
+pub type LayerRunner<'a> = &'a dyn Fn(usize, LayerFn, &Tensor) -> Result<Tensor>;
+
 impl Block {
+    /// The training/scoring forward of the layer: pre-norm attention and MLP with residuals.
+    fn forward_train(&self, x: &Tensor, ctx: &TrainCtx, eps: f64) -> Result<Tensor> {
+        let h = train_ops::rms_norm(x, &self.input_layernorm, eps)?;
+        let h = self.self_attn.forward_train(&h, ctx)?;
+        let x = (x + h)?;
+        let h = train_ops::rms_norm(&x, &self.post_attention_layernorm, eps)?;
+        let h = self.mlp.forward(&h)?;
+        x + h
+    }
+
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
@@ -559,6 +580,17 @@ impl Llama {
     /// row (so a left-padded row has the same positions as the unpadded prompt); keys at
     /// padding positions are masked. Outputs at padding positions are finite but meaningless.
     pub fn forward_hidden(&self, ids: &Tensor, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        self.forward_hidden_with(ids, attention_mask, None)
+    }
+
+    /// [`Llama::forward_hidden`] with every decoder layer run by `runner` (None: directly),
+    /// e.g. to keep only each layer's input for the backward and recompute the rest.
+    pub fn forward_hidden_with(
+        &self,
+        ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        runner: Option<LayerRunner>,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let real: Vec<Vec<bool>> = match attention_mask {
             Some(m) => {
@@ -613,13 +645,16 @@ impl Llama {
         };
         let eps = self.cfg.rms_norm_eps;
         let mut x = self.embed(ids)?;
-        for block in &self.layers {
-            let h = train_ops::rms_norm(&x, &block.input_layernorm, eps)?;
-            let h = block.self_attn.forward_train(&h, &ctx)?;
-            x = (x + h)?;
-            let h = train_ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
-            let h = block.mlp.forward(&h)?;
-            x = (x + h)?;
+        for (i, block) in self.layers.iter().enumerate() {
+            x = match runner {
+                None => block.forward_train(&x, &ctx, eps)?,
+                Some(run) => {
+                    let (block, ctx) = (block.clone(), ctx.clone());
+                    let layer: LayerFn =
+                        Arc::new(move |x: &Tensor| block.forward_train(x, &ctx, eps));
+                    run(i, layer, &x)?
+                }
+            };
         }
         train_ops::rms_norm(&x, &self.norm, eps)
     }

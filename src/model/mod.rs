@@ -75,7 +75,7 @@ pub use chat::{
 };
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::ModelError;
-pub use llama::{LinearAdapter, LinearLayer, Llama};
+pub use llama::{LayerFn, LayerRunner, LinearAdapter, LinearLayer, Llama};
 pub use load::{load, LoadedModel, ModelSource};
 pub use runtime::{load_model, DTypeChoice, DeviceChoice, ModelConfig};
 pub use tokenizer::Tokenizer;

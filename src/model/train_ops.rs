@@ -487,3 +487,95 @@ impl Backward for SwigluBackward {
         Ok(vec![d_gate, d_up])
     }
 }
+
+/// Where [`checkpoint`]'s recomputations leave the gradients of the weights they read
+/// (candle's backward only returns the gradients of an op's inputs, and a decoder layer has
+/// nine or more weights): summed per weight, taken by the engine after the backward.
+#[derive(Debug, Default)]
+pub struct GradSink {
+    grads: Mutex<std::collections::HashMap<candle_core::TensorId, Tensor>>,
+}
+
+impl GradSink {
+    /// Adds `g` to the gradient of the weight with id `id`.
+    fn add(&self, id: candle_core::TensorId, g: Tensor) -> Result<()> {
+        let mut m = self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("gradient sink: poisoned".into()))?;
+        let sum = match m.remove(&id) {
+            Some(a) => (a + g)?,
+            None => g,
+        };
+        m.insert(id, sum);
+        Ok(())
+    }
+
+    /// Takes the gradient accumulated for `w`, if any.
+    pub fn take(&self, w: &Tensor) -> Option<Tensor> {
+        self.grads.lock().ok()?.remove(&w.id())
+    }
+}
+
+/// Activation checkpointing of one layer: `layer(x)`, keeping only `x` for the backward,
+/// which runs the layer again on `x` (the same ops on the same values, so the same numbers;
+/// dropout masks are functions of their seed and token positions and come out the same) and
+/// back-propagates through that copy. The gradients of `weights` (the tensors the layer may
+/// read that the caller wants gradients of) go to `sink`; the input's is returned as usual.
+///
+/// The forward builds the layer's graph too (its weights are tracked) but keeps only the
+/// output's values: the intermediates are freed when the layer returns.
+pub fn checkpoint(
+    x: &Tensor,
+    layer: crate::model::LayerFn,
+    weights: Arc<Vec<Tensor>>,
+    sink: Arc<GradSink>,
+) -> Result<Tensor> {
+    let y = layer(&x.detach())?.detach();
+    // An input outside the graph (LoRA's frozen embeddings) would make this node a constant
+    // and cut the adapters of the layer off the backward: give it a place in the graph.
+    let x = if x.track_op() {
+        x.clone()
+    } else {
+        candle_core::Var::from_tensor(x)?.as_tensor().clone()
+    };
+    attach1(
+        &x,
+        y,
+        CheckpointBackward {
+            layer,
+            weights,
+            sink,
+        },
+    )
+}
+
+struct CheckpointBackward {
+    layer: crate::model::LayerFn,
+    weights: Arc<Vec<Tensor>>,
+    sink: Arc<GradSink>,
+}
+
+impl Backward for CheckpointBackward {
+    const NAME: &'static str = "east-checkpoint";
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        _: &[bool],
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let x = candle_core::Var::from_tensor(inputs[0])?;
+        let y = (self.layer)(x.as_tensor())?;
+        // ∂(Σ y ⊙ g)/∂y = 1 ⊙ g = g exactly: the recomputed graph gets the same upstream
+        // gradient as the original would have
+        let mut store = (y * grad.detach())?.sum_all()?.backward()?;
+        for w in self.weights.iter() {
+            if let Some(g) = store.remove(w) {
+                self.sink.add(w.id(), g)?;
+            }
+        }
+        Ok(vec![store.remove(x.as_tensor())])
+    }
+}

@@ -34,13 +34,15 @@ pub(super) fn sample_via_server(
 ) -> anyhow::Result<usize> {
     let jobs: Vec<serve::Job> = todo
         .iter()
-        .map(|&i| serve::Job {
-            id: questions[i].id.clone(),
-            prompt: server.prompt(lm, &questions[i].question),
-            first_sample: 0,
-            samples: n,
+        .map(|&i| {
+            Ok(serve::Job {
+                id: questions[i].id.clone(),
+                prompt: server.prompt(lm, &questions[i].question)?,
+                first_sample: 0,
+                samples: n,
+            })
         })
-        .collect();
+        .collect::<candle_core::Result<_>>()?;
     let fallbacks: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     let on_fallback = |k: usize, why: &str| {
         bar.println(format!(

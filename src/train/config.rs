@@ -55,6 +55,71 @@ pub struct TrainConfig {
     pub engine: EngineChoice,
     /// Write a resume checkpoint every this many optimiser steps (0: never).
     pub save_steps: usize,
+    /// Activation checkpointing in the autograd engine: keep each decoder layer's input only
+    /// and recompute the layer in the backward pass (`false`, `true`, or `"auto"`: on when the
+    /// memory estimate without it exceeds `memory_limit` or the GPU's free memory).
+    pub gradient_checkpointing: Checkpointing,
+    /// Memory budget in GiB for `gradient_checkpointing = "auto"` (unset: the CUDA device's
+    /// free memory; on the CPU, no limit).
+    pub memory_limit: Option<f64>,
+}
+
+/// `train.gradient_checkpointing`: `false`, `true` or `"auto"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Checkpointing {
+    Off,
+    On,
+    /// On when the estimated peak without it exceeds the memory available.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for Checkpointing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "false" | "off" => Ok(Self::Off),
+            "true" | "on" => Ok(Self::On),
+            "auto" => Ok(Self::Auto),
+            other => Err(format!("expected false, true or auto, got `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Checkpointing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Off => "false",
+            Self::On => "true",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+impl Serialize for Checkpointing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Off => s.serialize_bool(false),
+            Self::On => s.serialize_bool(true),
+            Self::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Checkpointing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(false) => Ok(Self::Off),
+            Raw::Bool(true) => Ok(Self::On),
+            Raw::Str(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -84,6 +149,8 @@ impl Default for TrainConfig {
             seed: 42,
             engine: EngineChoice::Auto,
             save_steps: 50,
+            gradient_checkpointing: Checkpointing::Auto,
+            memory_limit: None,
         }
     }
 }
@@ -187,6 +254,11 @@ impl TrainConfig {
         if self.max_length < 2 {
             return Err(("max_length", "must be at least 2".into()));
         }
+        if let Some(m) = self.memory_limit {
+            if !m.is_finite() || m <= 0.0 {
+                return Err(("memory_limit", format!("must be > 0 GiB, got {m}")));
+            }
+        }
         self.validate_lora()
     }
 
@@ -232,6 +304,9 @@ impl TrainConfig {
         let mut v = serde_json::to_value(self).expect("the train config serialises");
         if let Some(o) = v.as_object_mut() {
             o.remove("save_steps");
+            // checkpointing recomputes the same numbers: the weights do not depend on it
+            o.remove("gradient_checkpointing");
+            o.remove("memory_limit");
         }
         v
     }

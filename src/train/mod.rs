@@ -9,6 +9,7 @@
 //! * [`checkpoint`]: final checkpoints (HF folder or PEFT adapter) and resume checkpoints.
 //! * [`reference`]: DPO/KTO's frozen reference log-probabilities, cached beside the data.
 //! * [`identity`]: the fingerprints that decide whether a rerun resumes, skips or refuses.
+//! * [`memory`]: the peak-memory estimate by part (`--estimate-memory`, checkpointing "auto").
 //! * [`config`]: the `[train]` section.
 
 pub mod checkpoint;
@@ -17,6 +18,7 @@ pub mod data;
 pub mod engine;
 pub mod identity;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod reference;
 pub mod trainer;

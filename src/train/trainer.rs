@@ -157,8 +157,31 @@ impl Run {
 
         let (model, meta, base_spec) = ModelMeta::split(lm);
         let lora = t.lora_spec();
-        let (mut engine, engine_name) =
-            make_engine(&model, lora.clone(), t.seed, t.engine, job.profile)?;
+        let longest = data
+            .examples
+            .iter()
+            .flat_map(|e| e.completions.iter().map(|c| e.prompt.len() + c.len()))
+            .max()
+            .unwrap_or(0);
+        let (checkpointing, estimate) = super::memory::decide(
+            model.config(),
+            t,
+            match model.device().location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => Some(gpu_id),
+                _ => None,
+            },
+            dtype,
+            (longest, data.examples.len()),
+            !cpu_engine_runs(&model, t.engine),
+        )?;
+        super::memory::log(&estimate);
+        let (mut engine, engine_name) = make_engine(
+            &model,
+            lora.clone(),
+            t.seed,
+            (t.engine, checkpointing),
+            job.profile,
+        )?;
         drop(model);
         // Reference log-probabilities come from the starting weights, before a resume loads others.
         let refs = match t.loss.needs_rejected() {
@@ -595,16 +618,29 @@ fn progress_bar(
     Some(bar)
 }
 
+/// Whether `choice` runs the CPU engine for `model` (f32/f64 on the CPU, unless autograd is asked for).
+fn cpu_engine_runs(model: &crate::model::Llama, choice: EngineChoice) -> bool {
+    let cpu_ok =
+        matches!(model.device(), Device::Cpu) && matches!(model.dtype(), DType::F32 | DType::F64);
+    cpu_ok && matches!(choice, EngineChoice::Auto | EngineChoice::Cpu)
+}
+
 /// The engine `choice` asks for, on the model's device and dtype, and its name for logs.
 fn make_engine(
     model: &crate::model::Llama,
     lora: Option<LoraSpec>,
     seed: u64,
-    choice: EngineChoice,
+    (choice, checkpointing): (EngineChoice, bool),
     profile: bool,
 ) -> anyhow::Result<(Box<dyn Engine>, String)> {
     let dtype = model.dtype();
     let cpu_ok = matches!(model.device(), Device::Cpu) && matches!(dtype, DType::F32 | DType::F64);
+    if checkpointing && cpu_engine_runs(model, choice) {
+        bail!(
+            "train.gradient_checkpointing = true needs the autograd engine (train.engine = \"autograd\"); \
+             the CPU engine keeps no per-op activations to drop (see README, \"Training memory\")"
+        );
+    }
     match (choice, cpu_ok) {
         (EngineChoice::Cpu, false) => bail!(
             "train.engine = cpu needs the CPU and f32 or f64 weights (model is {dtype:?} on {:?})",
@@ -620,6 +656,7 @@ fn make_engine(
         )),
         _ => {
             let mut engine = AutogradEngine::new(model, lora, seed)?;
+            engine.checkpointing = checkpointing;
             if profile {
                 engine.profile = super::engine::profile::PhaseProfile::enabled();
             }

@@ -33,7 +33,8 @@ use super::{
     peft_name, projection_path, Engine, EngineState, LoraSpec, Packed, ParamInfo, RowStats,
     PROJECTIONS,
 };
-use crate::model::{LinearAdapter, LinearLayer, Llama, LlamaConfig};
+use crate::model::train_ops::{checkpoint, GradSink};
+use crate::model::{LayerFn, LinearAdapter, LinearLayer, Llama, LlamaConfig};
 use crate::train::optim::AdamW;
 
 /// A deterministic dropout mask (the CPU engine's hash), as a tensor of 0 and 1/(1−p), for
@@ -143,6 +144,16 @@ struct Pending {
     batch: Packed,
     /// ∂L/∂ht when the coefficients came with the forward.
     dht: Option<Tensor>,
+    /// With activation checkpointing: where the recomputed layers leave their weights'
+    /// gradients during the backward.
+    sink: Option<Arc<GradSink>>,
+}
+
+/// Rows of f32 logits per chunk of the vocabulary projection: 64 MiB on the CPU (cache
+/// sized), 512 MiB on a GPU, where small matmuls leave most of it idle.
+pub fn head_chunk_rows(vocab_size: usize, cuda: bool) -> usize {
+    let chunk_bytes: usize = if cuda { 512 << 20 } else { 64 << 20 };
+    (chunk_bytes / (vocab_size * 4).max(1)).clamp(16, 4096)
 }
 
 /// The autograd engine.
@@ -172,6 +183,9 @@ pub struct AutogradEngine {
     steps: u64,
     pending: Option<Pending>,
     pub head_chunk: usize,
+    /// Activation checkpointing: keep each decoder layer's input only and recompute the layer
+    /// in the backward pass (`train.gradient_checkpointing`).
+    pub checkpointing: bool,
     /// Phase timings (off unless set to [`PhaseProfile::enabled`]).
     pub profile: PhaseProfile,
 }
@@ -256,14 +270,7 @@ impl AutogradEngine {
             "lm_head.weight"
         }
         .to_string();
-        // rows of f32 logits per chunk of the vocabulary projection: 64 MiB on the CPU (cache
-        // sized), 512 MiB on a GPU, where small matmuls leave most of it idle
-        let chunk_bytes: usize = if device.is_cuda() {
-            512 << 20
-        } else {
-            64 << 20
-        };
-        let head_chunk = (chunk_bytes / (cfg.vocab_size * 4).max(1)).clamp(16, 4096);
+        let head_chunk = head_chunk_rows(cfg.vocab_size, device.is_cuda());
         Ok(AutogradEngine {
             cfg,
             device,
@@ -285,6 +292,7 @@ impl AutogradEngine {
             steps: 0,
             pending: None,
             head_chunk,
+            checkpointing: false,
             profile: PhaseProfile::default(),
         })
     }
@@ -411,7 +419,13 @@ impl AutogradEngine {
     }
 
     /// Hidden states at the target positions `(targets, hidden)`, in the graph.
-    fn hidden_at_targets(&self, model: &Llama, batch: &Packed) -> anyhow::Result<Tensor> {
+    /// `sink`: run every decoder layer checkpointed, its weights' gradients going there.
+    fn hidden_at_targets(
+        &self,
+        model: &Llama,
+        batch: &Packed,
+        sink: Option<&Arc<GradSink>>,
+    ) -> anyhow::Result<Tensor> {
         let _phase = self.profile.phase("forward", &self.device);
         let rows = batch.num_rows();
         let t = batch.max_row_len();
@@ -428,7 +442,16 @@ impl AutogradEngine {
         }
         let ids = Tensor::from_vec(ids, (rows, t), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, t), &self.device)?;
-        let hidden = model.forward_hidden(&ids, Some(&mask))?;
+        let hidden = match sink {
+            None => model.forward_hidden(&ids, Some(&mask))?,
+            Some(sink) => {
+                let weights = Arc::new(self.compute.clone().context("no compute weights")?);
+                let run = |_: usize, layer: LayerFn, x: &Tensor| {
+                    checkpoint(x, layer, weights.clone(), sink.clone())
+                };
+                model.forward_hidden_with(&ids, Some(&mask), Some(&run))?
+            }
+        };
         let sel: Vec<u32> = batch
             .targets
             .iter()
@@ -539,7 +562,7 @@ impl AutogradEngine {
 impl Engine for AutogradEngine {
     fn score(&mut self, batch: &Packed) -> anyhow::Result<Vec<RowStats>> {
         let model = self.build(None, batch, false)?;
-        let ht = self.hidden_at_targets(&model, batch)?.detach();
+        let ht = self.hidden_at_targets(&model, batch, None)?.detach();
         Ok(self.head(&ht, batch, None)?.0)
     }
 
@@ -551,7 +574,8 @@ impl Engine for AutogradEngine {
     ) -> anyhow::Result<Vec<RowStats>> {
         self.pending = None;
         let model = self.build(Some(dropout_seed), batch, true)?;
-        let ht = self.hidden_at_targets(&model, batch)?;
+        let sink = self.checkpointing.then(|| Arc::new(GradSink::default()));
+        let ht = self.hidden_at_targets(&model, batch, sink.as_ref())?;
         let (stats, dht, dw) = self.head(&ht, batch, coefs)?;
         if let Some(dw) = dw {
             let i = self
@@ -565,6 +589,7 @@ impl Engine for AutogradEngine {
             ht,
             batch: batch.clone(),
             dht,
+            sink,
         });
         Ok(stats)
     }
@@ -606,6 +631,9 @@ impl Engine for AutogradEngine {
         for (i, w) in weights.iter().enumerate() {
             if let Some(g) = grads.get(w) {
                 let g = g.clone();
+                self.add_grad(i, &g)?;
+            }
+            if let Some(g) = p.sink.as_ref().and_then(|s| s.take(w)) {
                 self.add_grad(i, &g)?;
             }
         }

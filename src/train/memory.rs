@@ -1,0 +1,533 @@
+//! The peak memory of a training run, by part, from the model's configuration alone (no
+//! weights): what `east train --estimate-memory` prints, what every training run logs at its
+//! start, and what `train.gradient_checkpointing = "auto"` decides by.
+//!
+//! The activation terms count the tensors the autograd engine's graph keeps per decoder layer
+//! (see [`layer_activation_elems`]); the other parts are the weights, the optimiser state and
+//! the working sets of the backward, the vocabulary head and the recomputation. The estimate
+//! is checked against the measured peak RSS on the CPU (`tests/train_memory.rs`,
+//! `EAST_BENCH_MODE=estimate cargo bench --bench train`).
+
+use candle_core::DType;
+use serde::Serialize;
+
+use super::engine::LoraSpec;
+use crate::model::LlamaConfig;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// What the estimate depends on besides the model's configuration.
+#[derive(Debug, Clone)]
+pub struct MemoryShape {
+    /// The compute dtype of the forward and backward (the model's dtype).
+    pub dtype: DType,
+    /// On a CUDA device (the vocabulary head's chunk is larger there).
+    pub cuda: bool,
+    pub lora: Option<LoraSpec>,
+    /// Sequences per micro-batch (examples × 2 for DPO's chosen and rejected rows).
+    pub rows: usize,
+    /// Tokens per sequence (the longest row of a micro-batch: `train.max_length` at worst).
+    pub row_tokens: usize,
+    /// Micro-batches per optimiser step (> 1: gradients accumulate across backwards).
+    pub accumulation: usize,
+    pub checkpointing: bool,
+    /// Rows whose reference log-probabilities are cached (DPO/KTO; 0 otherwise).
+    pub reference_rows: usize,
+}
+
+/// One part of the peak.
+#[derive(Debug, Clone, Serialize)]
+pub struct Part {
+    pub name: &'static str,
+    pub bytes: u64,
+}
+
+/// The estimated peak by part; `total` is their sum.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryEstimate {
+    pub parts: Vec<Part>,
+    pub total: u64,
+    pub checkpointing: bool,
+    /// Sequences per micro-batch and tokens per sequence it was made for.
+    /// (`total` is not the parts' sum: the vocabulary head's chunk is live in the forward,
+    /// the backward's working sets and gradient store in the backward, and the total takes
+    /// the larger phase.)
+    pub rows: usize,
+    pub row_tokens: usize,
+}
+
+impl MemoryEstimate {
+    /// The part called `name` in bytes (0 when absent).
+    pub fn part(&self, name: &str) -> u64 {
+        self.parts
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.bytes)
+    }
+
+    /// The table `east train --estimate-memory` prints (GiB, two decimals).
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        for p in &self.parts {
+            s.push_str(&format!(
+                "  {:<34} {:>9.2} GiB\n",
+                p.name,
+                p.bytes as f64 / GIB
+            ));
+        }
+        s.push_str(&format!(
+            "  {:<34} {:>9.2} GiB\n",
+            "total",
+            self.total as f64 / GIB
+        ));
+        s
+    }
+}
+
+/// Bytes of one element of `dtype`.
+fn size(dtype: DType) -> u64 {
+    dtype.size_in_bytes() as u64
+}
+
+/// The optimiser's dtype: f64 for an f64 model, else f32.
+fn master(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// `(in, out)` of the seven projections of a layer, in [`super::engine::PROJECTIONS`] order.
+fn projections(cfg: &LlamaConfig) -> [(usize, usize); 7] {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+}
+
+/// Trainable elements: every weight, or the LoRA matrices.
+pub fn trainable_elems(cfg: &LlamaConfig, lora: Option<&LoraSpec>) -> u64 {
+    match lora {
+        None => cfg.num_parameters() as u64,
+        Some(spec) => {
+            let per_layer: usize = projections(cfg)
+                .iter()
+                .zip(super::engine::PROJECTIONS)
+                .filter(|(_, name)| spec.targets.iter().any(|t| t == name))
+                .map(|((i, o), _)| spec.rank * (i + o))
+                .sum();
+            (per_layer * cfg.num_hidden_layers) as u64
+        }
+    }
+}
+
+/// Elements the autograd graph keeps for one decoder layer of a micro-batch of `n` tokens in
+/// `b` rows of `t` (model dtype), counted from the ops of `Llama::forward_hidden`:
+/// the residual input, both norms' outputs, the attention and MLP sums (6·h per token); q, k
+/// and v as projected and made contiguous, q and k after RoPE, the attention output and its
+/// contiguous copy (5·q + 5·kv); gate, up and their SwiGLU product (3·i); and the attention
+/// probabilities `(b, heads, t, t)`. With LoRA each adapted projection also keeps the adapter's
+/// product and the sum (2·out) and the rank-sized middle; with dropout the mask and the
+/// dropped input (2·in).
+pub fn layer_activation_elems(
+    cfg: &LlamaConfig,
+    lora: Option<&LoraSpec>,
+    b: usize,
+    t: usize,
+) -> u64 {
+    let n = (b * t) as u64;
+    let h = cfg.hidden_size as u64;
+    let q = (cfg.num_attention_heads * cfg.head_dim) as u64;
+    let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
+    let i = cfg.intermediate_size as u64;
+    let probs = (b * cfg.num_attention_heads * t * t) as u64;
+    let mut per_token = 6 * h + 5 * q + 5 * kv + 3 * i;
+    if let Some(spec) = lora {
+        for ((din, dout), name) in projections(cfg).iter().zip(super::engine::PROJECTIONS) {
+            if spec.targets.iter().any(|t| t == name) {
+                per_token += 2 * *dout as u64 + spec.rank as u64;
+                if spec.dropout > 0.0 {
+                    per_token += 2 * *din as u64;
+                }
+            }
+        }
+    }
+    n * per_token + probs
+}
+
+/// Elements of the transient buffers of one layer's backward at its widest: the attention
+/// probabilities' gradient and the softmax backward's widened copies (4 probability-sized
+/// tensors, in the accumulation dtype) and the MLP's gradients (3·i per token).
+fn layer_backward_elems(cfg: &LlamaConfig, b: usize, t: usize) -> (u64, u64) {
+    let probs = (b * cfg.num_attention_heads * t * t) as u64;
+    let mlp = (b * t * 3 * cfg.intermediate_size) as u64;
+    (4 * probs, mlp)
+}
+
+/// The estimated peak of training `cfg` with `shape`.
+pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
+    let s = size(shape.dtype);
+    let m = size(master(shape.dtype));
+    let acc = size(crate::model::train_ops::accumulation_dtype(shape.dtype));
+    let lora = shape.lora.as_ref();
+    let all = cfg.num_parameters() as u64;
+    let trainable = trainable_elems(cfg, lora);
+    let (b, t) = (shape.rows, shape.row_tokens);
+    let n = (b * t) as u64;
+    let h = cfg.hidden_size as u64;
+    let layers = cfg.num_hidden_layers as u64;
+
+    // the forward runs on compute-dtype weights: a cast of the masters for a half dtype,
+    // the masters themselves otherwise; LoRA's frozen base is in the compute dtype
+    let compute_weights = match (lora, s == m) {
+        (None, true) => 0,
+        (None, false) => all * s,
+        (Some(_), _) => all * s + trainable * s,
+    };
+    // the backward's gradient store (compute dtype) until the backward returns, and the f32
+    // accumulators it is added to from the second micro-batch on
+    let grads = trainable * s
+        + if shape.accumulation > 1 {
+            trainable * m
+        } else {
+            0
+        };
+    let layer_act = layer_activation_elems(cfg, lora, b, t) * s;
+    // shared by all layers: the additive mask (b, 1, t, t) and the embedding output
+    let shared = (b * t * t) as u64 * s + n * h * s;
+    let activations = if shape.checkpointing {
+        // each layer's input (the previous layer's output), kept by its checkpoint node
+        layers * n * h * s + shared
+    } else {
+        layers * layer_act + shared
+    };
+    let (bwd_probs, bwd_mlp) = layer_backward_elems(cfg, b, t);
+    let backward = bwd_probs * acc + bwd_mlp * s;
+    // the recomputed layer's activations, plus what the checkpoint adds around it: the
+    // input's copy, the output, its product with the upstream gradient and that product's
+    // other gradient (4 hidden states), and the attention's score and masked-score buffers
+    // (2 probability-sized tensors in the accumulation dtype) while the layer runs
+    let probs = (b * cfg.num_attention_heads * t * t) as u64;
+    let recompute = if shape.checkpointing {
+        layer_act + 4 * n * h * s + 2 * probs * acc
+    } else {
+        0
+    };
+    let head = head_bytes(cfg, shape, m);
+    let reference = shape.reference_rows as u64 * 8;
+    let parts = vec![
+        Part {
+            name: "compute-dtype weights",
+            bytes: compute_weights,
+        },
+        Part {
+            name: "f32 master weights",
+            bytes: trainable * m,
+        },
+        Part {
+            name: "AdamW moments",
+            bytes: 2 * trainable * m,
+        },
+        Part {
+            name: "gradients",
+            bytes: grads,
+        },
+        Part {
+            name: "activations per micro-batch",
+            bytes: activations,
+        },
+        Part {
+            name: "backward working set",
+            bytes: backward,
+        },
+        Part {
+            name: "recomputation working set",
+            bytes: recompute,
+        },
+        Part {
+            name: "vocabulary-head chunk",
+            bytes: head,
+        },
+        Part {
+            name: "reference log-prob cache",
+            bytes: reference,
+        },
+    ];
+    // The head's chunk lives in the forward, the backward's working sets and the gradient
+    // store in the backward (each after the other has freed its buffers); the checkpointed
+    // forward holds one layer's activations at a time, like the recomputation.
+    let store = trainable * s;
+    let forward = head.max(recompute);
+    let backward_phase = backward + recompute + store;
+    let total = parts.iter().map(|p| p.bytes).sum::<u64>() - (head + backward + recompute + store)
+        + forward.max(backward_phase);
+    MemoryEstimate {
+        parts,
+        total,
+        checkpointing: shape.checkpointing,
+        rows: shape.rows,
+        row_tokens: shape.row_tokens,
+    }
+}
+
+/// The vocabulary head's chunk: the logits of `chunk` positions, the softmax's exponentials and
+/// probabilities, the scaled probabilities and the logit gradients (5 chunk × vocab tensors in
+/// the master dtype), plus the
+/// hidden states at the target positions and their gradient (every token a target, at worst).
+fn head_bytes(cfg: &LlamaConfig, shape: &MemoryShape, m: u64) -> u64 {
+    let chunk = super::engine::autograd::head_chunk_rows(cfg.vocab_size, shape.cuda) as u64;
+    let targets = (shape.rows * shape.row_tokens) as u64;
+    5 * chunk.min(targets) * cfg.vocab_size as u64 * m + 2 * targets * cfg.hidden_size as u64 * m
+}
+
+/// The model's configuration without its weights: GGUF metadata, a folder's `config.json`, or
+/// a hub repo's `config.json` (fetched alone, or read from the hub cache).
+pub fn model_config(spec: &str) -> anyhow::Result<LlamaConfig> {
+    use crate::model::ModelSource;
+    use anyhow::Context;
+    match crate::model::load::resolve_spec(spec)? {
+        ModelSource::Gguf(path) => {
+            let mut f = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut f)
+                .with_context(|| format!("reading GGUF metadata of {}", path.display()))?;
+            Ok(LlamaConfig::from_gguf(
+                &content.metadata,
+                &content.tensor_infos,
+                &path.display().to_string(),
+            )?)
+        }
+        ModelSource::Folder(dir) => {
+            let p = dir.join("config.json");
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(LlamaConfig::from_hf_json(&text, &p.display().to_string())?)
+        }
+        ModelSource::Hub { repo, revision } => {
+            use hf_hub::{Repo, RepoType};
+            let r = match revision {
+                Some(rev) => Repo::with_revision(repo.clone(), RepoType::Model, rev),
+                None => Repo::new(repo.clone(), RepoType::Model),
+            };
+            let cache = hf_hub::Cache::from_env();
+            let path = match cache.repo(r.clone()).get("config.json") {
+                Some(p) => p,
+                None => hf_hub::api::sync::ApiBuilder::from_env()
+                    .with_progress(false)
+                    .build()?
+                    .repo(r)
+                    .get("config.json")
+                    .with_context(|| format!("fetching config.json of {repo}"))?,
+            };
+            let text = std::fs::read_to_string(&path)?;
+            Ok(LlamaConfig::from_hf_json(
+                &text,
+                &format!("{repo}/config.json"),
+            )?)
+        }
+    }
+}
+
+/// The shape of a run of `train`: micro-batches of `train.micro_batch_size` examples (two
+/// sequences each for DPO) of `row_tokens` tokens, `examples` examples in the data set.
+pub fn shape_of(
+    train: &super::TrainConfig,
+    dtype: DType,
+    cuda: bool,
+    row_tokens: usize,
+    examples: usize,
+    checkpointing: bool,
+) -> MemoryShape {
+    let per_example = if train.loss.needs_rejected() && train.loss == crate::schema::Loss::Dpo {
+        2
+    } else {
+        1
+    };
+    MemoryShape {
+        dtype,
+        cuda,
+        lora: train.lora_spec(),
+        rows: train.micro_batch_size * per_example,
+        row_tokens,
+        accumulation: train.batch_size / train.micro_batch_size.max(1),
+        checkpointing,
+        reference_rows: if train.loss.needs_rejected() {
+            examples * (per_example + 1)
+        } else {
+            0
+        },
+    }
+}
+
+/// The memory available for `"auto"`: `train.memory_limit`, else a CUDA device's free memory
+/// (asked of `nvidia-smi`), else none (the CPU without a limit).
+fn available(train: &super::TrainConfig, cuda: Option<usize>) -> anyhow::Result<Option<u64>> {
+    if let Some(gib) = train.memory_limit {
+        return Ok(Some((gib * GIB) as u64));
+    }
+    let Some(gpu_id) = cuda else {
+        return Ok(None);
+    };
+    let out = std::process::Command::new("nvidia-smi")
+        .args([
+            "--query-gpu=memory.free",
+            "--format=csv,noheader,nounits",
+            &format!("--id={gpu_id}"),
+        ])
+        .output();
+    let mib = out.ok().filter(|o| o.status.success()).and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    match mib {
+        Some(m) => Ok(Some(m << 20)),
+        None => anyhow::bail!(
+            "train.gradient_checkpointing = \"auto\" needs the GPU's free memory, and nvidia-smi did not give it: set train.memory_limit (GiB) or gradient_checkpointing = true/false"
+        ),
+    }
+}
+
+/// Whether a run checkpoints activations, and the estimate it runs under, for a run on CUDA
+/// device `cuda` (None: the CPU). `"auto"` turns checkpointing on when the estimate without
+/// it exceeds the memory available; the CPU engine never checkpoints.
+pub fn decide(
+    cfg: &LlamaConfig,
+    train: &super::TrainConfig,
+    cuda: Option<usize>,
+    dtype: DType,
+    (row_tokens, examples): (usize, usize),
+    autograd: bool,
+) -> anyhow::Result<(bool, MemoryEstimate)> {
+    use super::config::Checkpointing;
+    let shape = |on| shape_of(train, dtype, cuda.is_some(), row_tokens, examples, on);
+    let on = match train.gradient_checkpointing {
+        Checkpointing::Off => false,
+        Checkpointing::On => true,
+        Checkpointing::Auto if !autograd => false,
+        Checkpointing::Auto => match available(train, cuda)? {
+            Some(limit) => estimate(cfg, &shape(false)).total > limit,
+            None => false,
+        },
+    };
+    let est = estimate(cfg, &shape(on));
+    Ok((on, est))
+}
+
+/// Logs `est` to stderr: the table, then one JSON line.
+pub fn log(est: &MemoryEstimate) {
+    eprintln!(
+        "east train: estimated peak memory ({} sequences × {} tokens per micro-batch, checkpointing {}):\n{}",
+        est.rows,
+        est.row_tokens,
+        if est.checkpointing { "on" } else { "off" },
+        est.table().trim_end()
+    );
+    let json = serde_json::json!({
+        "event": "memory_estimate",
+        "estimate": est,
+    });
+    eprintln!("{json}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 100,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            head_dim: 4,
+            rms_norm_eps: 1e-5,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            max_position_embeddings: 64,
+            tie_word_embeddings: false,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+            pad_token_id: None,
+        }
+    }
+
+    #[test]
+    fn optimiser_parts_are_the_hand_counts() {
+        let cfg = tiny();
+        // embed 800 + lm_head 800 + final norm 8 + per layer (8·8 + 2·8·4 + 8·8 + 3·8·16 + 16)
+        let per_layer = 64 + 64 + 64 + 384 + 16;
+        assert_eq!(cfg.num_parameters(), 1608 + 2 * per_layer);
+        let shape = MemoryShape {
+            dtype: DType::BF16,
+            cuda: true,
+            lora: None,
+            rows: 1,
+            row_tokens: 4,
+            accumulation: 2,
+            checkpointing: false,
+            reference_rows: 0,
+        };
+        let e = estimate(&cfg, &shape);
+        let p = cfg.num_parameters() as u64;
+        assert_eq!(e.part("compute-dtype weights"), 2 * p);
+        assert_eq!(e.part("f32 master weights"), 4 * p);
+        assert_eq!(e.part("AdamW moments"), 8 * p);
+        assert_eq!(e.part("gradients"), 2 * p + 4 * p);
+        // the head's chunk (forward) and the backward's buffers are not live at once
+        let sum: u64 = e.parts.iter().map(|p| p.bytes).sum();
+        let head = e.part("vocabulary-head chunk");
+        let bwd = e.part("backward working set") + 2 * p;
+        assert_eq!(e.total, sum - head - bwd + head.max(bwd));
+    }
+
+    #[test]
+    fn lora_trains_rank_times_in_plus_out_per_target() {
+        let cfg = tiny();
+        let spec = LoraSpec {
+            rank: 2,
+            alpha: 4.0,
+            dropout: 0.0,
+            targets: vec!["q_proj".into(), "down_proj".into()],
+        };
+        // q: 2·(8 + 8), down: 2·(16 + 8), two layers
+        assert_eq!(trainable_elems(&cfg, Some(&spec)), 2 * (32 + 48));
+    }
+
+    #[test]
+    fn checkpointing_keeps_one_hidden_state_per_layer() {
+        let cfg = tiny();
+        let mut shape = MemoryShape {
+            dtype: DType::F32,
+            cuda: false,
+            lora: None,
+            rows: 2,
+            row_tokens: 16,
+            accumulation: 1,
+            checkpointing: true,
+            reference_rows: 0,
+        };
+        let on = estimate(&cfg, &shape);
+        shape.checkpointing = false;
+        let off = estimate(&cfg, &shape);
+        let shared = (2 * 16 * 16 + 32 * 8) * 4;
+        assert_eq!(
+            on.part("activations per micro-batch"),
+            2 * 32 * 8 * 4 + shared
+        );
+        // per token 6·8 + 5·8 + 5·4 + 3·16 = 156, probabilities 2·2·16·16
+        assert_eq!(
+            off.part("activations per micro-batch"),
+            2 * (32 * 156 + 1024) * 4 + shared
+        );
+        assert_eq!(
+            on.part("recomputation working set"),
+            (32 * 156 + 1024) * 4 + 4 * 32 * 8 * 4 + 2 * 1024 * 4
+        );
+        assert_eq!(off.part("recomputation working set"), 0);
+    }
+}
