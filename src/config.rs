@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::ClusterConfig;
 use crate::data::DataConfig;
 use crate::eval::EvalConfig;
-use crate::model::ModelConfig;
+use crate::model::{ModelConfig, PromptStyle};
 use crate::sample::SampleConfig;
-use crate::serve::ServerConfig;
+use crate::serve::{Api, Backend, ServerConfig};
 use crate::train::TrainConfig;
 use crate::weight::{WeightConfig, WeightOptions};
 
@@ -202,6 +202,24 @@ impl Config {
                 });
             }
         }
+        self.check_prompt_reaches_server(origin)
+    }
+
+    /// The chat API sends messages that the server renders with its own template, so the
+    /// authors' prompt text (`model.prompt_style = "authors"`) would be silently dropped.
+    fn check_prompt_reaches_server(&self, origin: &str) -> Result<(), ConfigError> {
+        let served = self.sample.backend == Backend::Openai || self.eval.backend == Backend::Openai;
+        if served && self.server.api == Api::Chat && self.model.prompt_style == PromptStyle::Authors
+        {
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                key: "server.api".into(),
+                message: "\"chat\" lets the server render the prompt with its own template, so \
+                          model.prompt_style = \"authors\" would be ignored: use server.api = \
+                          \"completions\" (east renders the prompt) or prompt_style = \"chat\""
+                    .into(),
+            });
+        }
         Ok(())
     }
 
@@ -281,6 +299,21 @@ mod tests {
         assert_eq!(c.eval.max_new_tokens, 2048);
         assert_eq!((c.train.lora_rank, c.train.lora_alpha), (16, 16.0));
         c.validate("defaults").unwrap();
+    }
+
+    #[test]
+    fn authors_prompt_through_the_chat_api_is_refused() {
+        let text = "[model]\nprompt_style = \"authors\"\n[sample]\nbackend = \"openai\"\n\
+                    [server]\nurl = \"http://127.0.0.1:9/v1\"\napi = \"chat\"\n";
+        let e = Config::from_toml_str(text, "run.toml", &[])
+            .and_then(|c| c.validate("run.toml").map(|_| c))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.toml") && e.contains("server.api"), "{e}");
+        // east renders the authors' prompt itself through /v1/completions: accepted
+        let ok = text.replace("api = \"chat\"", "api = \"completions\"");
+        let c = Config::from_toml_str(&ok, "run.toml", &[]).unwrap();
+        c.validate("run.toml").unwrap();
     }
 
     #[test]
