@@ -78,6 +78,26 @@ struct ReportArgs {
     /// Folder for report.md and the SVG plots (default: RUN_DIR/report of the first run).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Add Figure 5's table: accuracy per metric × loss, the mean over runs that differ only in
+    /// this setting (`a`), with the number of runs per cell.
+    #[arg(long, value_enum, value_name = "KEY")]
+    average_over: Option<AverageKey>,
+    /// With --average-over a: only runs whose a is one of these (the paper: 0.5,1,1.5; default:
+    /// every a found).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        requires = "average_over",
+        value_name = "A,..."
+    )]
+    a_values: Vec<f64>,
+}
+
+/// Settings `east report --average-over` can average over.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum AverageKey {
+    /// The exponent of the power mapping (`weight.a`).
+    A,
 }
 
 #[derive(Args)]
@@ -570,7 +590,11 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| args.runs[0].join("report"));
-    let path = east::report::write_report(&args.runs, &out)?;
+    let options = east::report::ReportOptions {
+        average_over_a: matches!(args.average_over, Some(AverageKey::A)),
+        a_values: args.a_values.clone(),
+    };
+    let path = east::report::write_report(&args.runs, &out, &options)?;
     println!("{}", path.display());
     Ok(())
 }

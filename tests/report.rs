@@ -183,3 +183,59 @@ fn an_unwritable_report_folder_is_an_error_naming_it() {
     assert!(err.contains(target.to_str().unwrap()), "{err}");
     assert_eq!(err.matches("os error").count(), 1, "{err}");
 }
+
+/// Figure 5's table: entropy·SFT over a ∈ {0.5, 1, 1.5} at 50, 55, 60% is 55.0 from 3 runs;
+/// the a = 2 run is outside --a-values, vanilla has no a, and each other cell has its one run.
+#[test]
+fn average_over_a_makes_the_metric_by_loss_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let cases = [
+        ("e_sft_0.5", "a = 0.5", "sft", 100),
+        ("e_sft_1", "a = 1.0", "sft", 110),
+        ("e_sft_1.5", "a = 1.5", "sft", 120),
+        ("e_sft_2", "a = 2.0", "sft", 200),
+        ("acc_sft_1", "a = 1.0\nmetric = \"accuracy\"", "sft", 90),
+        ("e_dpo_1", "a = 1.0", "dpo", 130),
+        ("vanilla", "metric = \"uniform\"", "sft", 199),
+    ];
+    let mut args = vec!["report".to_string()];
+    for (name, weight, loss, correct) in cases {
+        make_run(&runs.join(name), weight, &[(92, 0), (correct, 0)]);
+        let config = runs.join(name).join("config.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        write(&config, &format!("{text}[train]\nloss = \"{loss}\"\n"));
+        args.push(runs.join(name).to_str().unwrap().to_string());
+    }
+    let out = dir.path().join("report");
+    let report = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_east"))
+            .args(&args)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let status = report(&["--average-over", "a", "--a-values", "0.5,1,1.5"]);
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for row in [
+        "| metric | dpo | sft |",
+        "| accuracy | – | 45.0 (1 runs, a ∈ {1}) |",
+        "| entropy | 65.0 (1 runs, a ∈ {1}) | 55.0 (3 runs, a ∈ {0.5, 1, 1.5}) |",
+    ] {
+        assert!(md.contains(row), "missing `{row}` in:\n{md}");
+    }
+    // --a-values without --average-over would be ignored: refused
+    let status = report(&["--a-values", "1"]);
+    assert!(!status.status.success());
+    // no run with an a in the list: an error, not an empty table
+    let status = report(&["--average-over", "a", "--a-values", "7"]);
+    assert!(!status.status.success());
+    assert!(String::from_utf8_lossy(&status.stderr).contains("--average-over a"));
+}

@@ -3,6 +3,7 @@
 //! against 1 − accuracy per question shaded by the dominant-wrong share (Figure 5), and the
 //! distribution of training weights.
 
+pub mod average;
 pub mod svg;
 
 use std::collections::BTreeMap;
@@ -104,12 +105,41 @@ impl RunView {
     }
 }
 
+/// What `east report` adds beyond the per-run tables and figures.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Figure 5's table: accuracy per metric × loss, the mean over runs that differ in `a`.
+    pub average_over_a: bool,
+    /// Only runs with one of these `a` in that table (empty: every `a` found).
+    pub a_values: Vec<f64>,
+}
+
 /// Writes `report.md` and its SVG figures into `out`; returns the report path.
-pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
+pub fn write_report(
+    runs: &[PathBuf],
+    out: &Path,
+    options: &ReportOptions,
+) -> anyhow::Result<PathBuf> {
     let views: Vec<RunView> = runs
         .iter()
         .map(|d| RunView::open(d))
         .collect::<anyhow::Result<_>>()?;
+    let averaged =
+        if options.average_over_a {
+            let only = (!options.a_values.is_empty()).then_some(options.a_values.as_slice());
+            let table = average::average_over_a(&views, only);
+            if table.is_empty() {
+                anyhow::bail!(
+                "--average-over a: none of the {} run(s) has a round-1 evaluation with the power \
+                 mapping, a non-uniform metric and data weighting{}",
+                views.len(),
+                if only.is_some() { " and one of the --a-values" } else { "" }
+            );
+            }
+            Some(average::render(&table))
+        } else {
+            None
+        };
     std::fs::create_dir_all(out).map_err(|e| InputError::io(out, e))?;
     let mut md = String::new();
     let _ = writeln!(md, "# EAST report\n");
@@ -155,6 +185,10 @@ pub fn write_report(runs: &[PathBuf], out: &Path) -> anyhow::Result<PathBuf> {
         }
     }
     let _ = writeln!(md);
+
+    if let Some(table) = averaged {
+        md.push_str(&table);
+    }
 
     // Figure 3: accuracy against a, over runs that differ in a (power mapping, round 1).
     let mut by_a: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
