@@ -317,6 +317,30 @@ mod tests {
     }
 
     #[test]
+    fn bad_server_settings_name_file_and_key() {
+        let cases = [
+            ("url = \"10.0.0.5:8000/v1\"", "server.url"),
+            ("concurrency = 0", "server.concurrency"),
+            ("timeout_s = 0.0", "server.timeout_s"),
+            ("startup_timeout_s = -1.0", "server.startup_timeout_s"),
+            ("n_per_request = 0", "server.n_per_request"),
+            ("launch = \"llama-server --port {port}\"", "server.launch"),
+            ("launch = \"llama-server -m {model}\"", "server.launch"),
+            (
+                "launch = \"llama-server -m {model} --port {port}\"\nurl = \"http://h:1/v1\"",
+                "server.url",
+            ),
+            ("api_key_env = \"A=B\"", "server.api_key_env"),
+        ];
+        for (body, key) in cases {
+            let e = Config::from_toml_str(&format!("[server]\n{body}\n"), "srv.toml", &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("srv.toml") && e.contains(key), "{body}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_key_names_key_and_file() {
         let e = Config::from_toml_str("[sample]\nn = 8\ntemprature = 0.5\n", "my.toml", &[])
             .unwrap_err()
