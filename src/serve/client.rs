@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::config::{Api, ServerConfig};
 use super::response::{self, BadResponse, Choice};
 
@@ -138,27 +140,10 @@ impl Client {
         seed: u32,
         p: &GenParams,
     ) -> Result<Vec<Choice>, RequestError> {
-        let mut body = serde_json::json!({
-            "model": self.model, "n": n, "seed": seed, "temperature": p.temperature,
-            "top_p": p.top_p, "max_tokens": p.max_tokens,
-        });
-        if !p.stop.is_empty() {
-            body["stop"] = serde_json::json!(p.stop);
-        }
+        let body = request_body(&self.model, prompt, n, seed, p);
         let path = match prompt {
-            Prompt::Text(t) => {
-                body["prompt"] = serde_json::json!(t);
-                // vLLM would otherwise add a BOS token to a prompt that already has its own
-                body["add_special_tokens"] = serde_json::json!(false);
-                "/completions"
-            }
-            Prompt::Messages(m) => {
-                body["messages"] = serde_json::json!(m
-                    .iter()
-                    .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
-                    .collect::<Vec<_>>());
-                "/chat/completions"
-            }
+            Prompt::Text(_) => "/completions",
+            Prompt::Messages(_) => "/chat/completions",
         };
         let (url, text) = self.call("POST", path, Some(&body.to_string()))?;
         response::parse_choices(&text, matches!(prompt, Prompt::Messages(_)))
@@ -240,6 +225,35 @@ impl Client {
     }
 }
 
+/// The JSON body of a completions request. Besides temperature and top_p it switches off the
+/// samplers servers apply by default and east's native sampler does not have (llama.cpp's
+/// server: top_k = 40, min_p = 0.05; vLLM and SGLang default to off): `top_k = -1` and
+/// `min_p = 0` (every engine reads these as "disabled"), so the server samples from the same
+/// distribution, softmax(logits / T) cut to the nucleus top_p, and does the same sampling work.
+pub fn request_body(model: &str, prompt: &Prompt, n: usize, seed: u32, p: &GenParams) -> Value {
+    let mut body = serde_json::json!({
+        "model": model, "n": n, "seed": seed, "temperature": p.temperature,
+        "top_p": p.top_p, "top_k": -1, "min_p": 0.0, "max_tokens": p.max_tokens,
+    });
+    if !p.stop.is_empty() {
+        body["stop"] = serde_json::json!(p.stop);
+    }
+    match prompt {
+        Prompt::Text(t) => {
+            body["prompt"] = serde_json::json!(t);
+            // vLLM would otherwise add a BOS token to a prompt that already has its own
+            body["add_special_tokens"] = serde_json::json!(false);
+        }
+        Prompt::Messages(m) => {
+            body["messages"] = serde_json::json!(m
+                .iter()
+                .map(|m| serde_json::json!({"role": m.role, "content": m.content}))
+                .collect::<Vec<_>>());
+        }
+    }
+    body
+}
+
 /// What is sent as the prompt.
 #[derive(Debug, Clone)]
 pub enum Prompt {
@@ -282,6 +296,34 @@ mod tests {
             assert!(d >= 0.5 * base && d < 1.5 * base, "{attempt}: {d}");
         }
         assert!(backoff(40).as_secs_f64() < 45.0);
+    }
+
+    #[test]
+    fn requests_switch_off_the_samplers_east_does_not_have() {
+        let p = GenParams {
+            temperature: 0.7,
+            top_p: 0.9,
+            max_tokens: 256,
+            stop: vec!["\n\n".into()],
+        };
+        let b = request_body("east", &Prompt::Text("<p>".into()), 8, 7, &p);
+        assert_eq!(b["top_k"], -1);
+        assert_eq!(b["min_p"], 0.0);
+        assert_eq!(b["temperature"], 0.7);
+        assert_eq!(b["top_p"], 0.9);
+        assert_eq!((b["n"].clone(), b["seed"].clone()), (8.into(), 7.into()));
+        assert_eq!(b["max_tokens"], 256);
+        assert_eq!(b["stop"][0], "\n\n");
+        assert_eq!(b["prompt"], "<p>");
+        assert_eq!(b["add_special_tokens"], false);
+        let m = vec![crate::model::Message {
+            role: "user".into(),
+            content: "q".into(),
+        }];
+        let b = request_body("east", &Prompt::Messages(m), 1, 0, &p);
+        assert_eq!(b["messages"][0]["content"], "q");
+        assert_eq!(b["top_k"], -1);
+        assert!(b.get("prompt").is_none());
     }
 
     #[test]
