@@ -620,19 +620,26 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
     let _lock = FileLock::output_file(&args.out)?;
     let questions = config.data.questions()?;
     let server = ServerArgs::connect(backend, &config, config.sample.n)?;
-    let lm = east::model::load_model(&config.model)?;
-    let mut settings =
+    let settings =
         east::sample::SampleSettings::new(config.model.path.clone(), &config.data, &config.sample);
-    let engine = match &server {
-        Some(s) => {
-            settings = settings.served_by(s);
-            east::sample::Engine::Server(s)
+    // through a server east needs the tokenizer and chat template, not the weights
+    let r = match &server {
+        Some(s) => east::sample::sample_questions_on(
+            &east::model::load_model_text(&config.model)?,
+            &questions,
+            &settings.served_by(s),
+            args.shard,
+            &args.out,
+            &east::sample::Engine::Server(s),
+        )?,
+        None => {
+            let lm = east::model::load_model(&config.model)?;
+            let engine = east::sample::Engine::Native(&lm);
+            east::sample::sample_questions_on(
+                &lm, &questions, &settings, args.shard, &args.out, &engine,
+            )?
         }
-        None => east::sample::Engine::Native,
     };
-    let r = east::sample::sample_questions_on(
-        &lm, &questions, &settings, args.shard, &args.out, &engine,
-    )?;
     println!(
         "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
         r.out.display(),
@@ -878,13 +885,23 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             &config.data.fields,
         )?;
         let server = ServerArgs::connect(backend, &config, 1)?;
-        let lm = east::model::load_model(&config.model)?;
-        let mut settings =
+        let settings =
             east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
-        if let Some(s) = &server {
-            settings = settings.served_by(s);
+        match &server {
+            Some(s) => east::eval::evaluate_on(
+                &east::model::load_model_text(&config.model)?,
+                &questions,
+                &settings.served_by(s),
+                &args.out,
+                &east::serve::Engine::Server(s),
+            ),
+            None => east::eval::evaluate(
+                &east::model::load_model(&config.model)?,
+                &questions,
+                &settings,
+                &args.out,
+            ),
         }
-        east::eval::evaluate_on(&lm, &questions, &settings, &args.out, server.as_ref())
     })?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",

@@ -23,7 +23,7 @@ pub use logits::{sample_one, sample_rows, Sampling};
 pub use on_device::SamplerPlacement;
 
 use crate::model::tokenizer::decode;
-use crate::model::{KvCache, LoadedModel};
+use crate::model::{KvCache, LoadedModel, ModelText};
 use crate::schema::Finish;
 use on_device::next_tokens;
 
@@ -250,7 +250,7 @@ pub fn generate_group(
 /// that fits, saying so; a prompt that alone fills the context is an error naming the question
 /// (`id(i)` is the id of prompt `i`'s question).
 pub fn fit_context<'a>(
-    lm: &LoadedModel,
+    lm: &ModelText,
     prompts: &[Vec<u32>],
     id: impl Fn(usize) -> &'a str,
     max_new_tokens: usize,

@@ -16,10 +16,10 @@ use crate::decode::{
 };
 use crate::grade::{extract_answer, Answer, GradeOptions};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::LoadedModel;
+use crate::model::{LoadedModel, ModelText};
 use crate::progress::{self, MetricsLog};
 use crate::schema::Finish;
-use crate::serve::{Backend, Served};
+use crate::serve::{Backend, Engine, Served};
 
 /// `[eval]`: greedy accuracy on benchmark splits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,18 +203,23 @@ pub fn evaluate(
     settings: &EvalSettings,
     dir: &Path,
 ) -> anyhow::Result<EvalReport> {
-    evaluate_on(lm, questions, settings, dir, None)
+    evaluate_on(lm, questions, settings, dir, &Engine::Native(lm))
 }
 
-/// [`evaluate`], with the completions from `server` when one is given (`eval.backend =
-/// "openai"`): temperature 0, one completion per question, the same grading and files.
+/// [`evaluate`] with `engine`: a server (`eval.backend = "openai"`) gives temperature 0, one
+/// completion per question, the same grading and files. `text` renders the prompts (for the
+/// native engine, its model, which derefs to it).
 pub fn evaluate_on(
-    lm: &LoadedModel,
+    text: &ModelText,
     questions: &[Question],
     settings: &EvalSettings,
     dir: &Path,
-    server: Option<&Served>,
+    engine: &Engine,
 ) -> anyhow::Result<EvalReport> {
+    let (native, server) = match *engine {
+        Engine::Native(lm) => (Some(lm), None),
+        Engine::Server(s) => (None, Some(s)),
+    };
     if server.is_some() != (settings.backend == Backend::Openai) {
         anyhow::bail!(
             "eval.backend = {:?} does not match the engine given",
@@ -253,7 +258,7 @@ pub fn evaluate_on(
 
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| lm.east_prompt_ids(&q.question))
+        .map(|q| text.east_prompt_ids(&q.question))
         .collect::<Result<_, _>>()?;
     // Batches of similar length waste little on padding; the order is fixed by the data, so a
     // resumed run forms the same batches.
@@ -262,7 +267,7 @@ pub fn evaluate_on(
     let opts = GradeOptions::default();
     let id = |i: usize| questions[i].id.as_str();
     let max_new_tokens = fit_context(
-        lm,
+        text,
         &prompts,
         id,
         settings.max_new_tokens,
@@ -293,7 +298,7 @@ pub fn evaluate_on(
             .map(|&i| {
                 Ok(crate::serve::Job {
                     id: questions[i].id.clone(),
-                    prompt: server.prompt(lm, &questions[i].question)?,
+                    prompt: server.prompt(text, &questions[i].question)?,
                     first_sample: 0,
                     samples: 1,
                 })
@@ -310,7 +315,7 @@ pub fn evaluate_on(
         crate::serve::generate(server, &jobs, &params, 0, &|_, _| {}, |j, mut choices| {
             let q = &questions[todo[j]];
             let c = choices.remove(0);
-            let tokens = crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len();
+            let tokens = crate::model::tokenizer::encode(&text.tokenizer, &c.text)?.len();
             tokens_now += tokens;
             let (pred, correct) = grade(&c.text, &Answer::parse(&q.answer), &opts);
             correct_so_far += usize::from(correct);
@@ -341,12 +346,14 @@ pub fn evaluate_on(
             Ok(())
         })?;
     }
-    let native_batches: Vec<&[usize]> = if server.is_some() {
-        Vec::new()
-    } else {
-        order.chunks(settings.batch_size.max(1)).collect()
+    let native_batches: Vec<(&LoadedModel, &[usize])> = match native {
+        Some(lm) => order
+            .chunks(settings.batch_size.max(1))
+            .map(|b| (lm, b))
+            .collect(),
+        None => Vec::new(),
     };
-    for batch in native_batches {
+    for (lm, batch) in native_batches {
         if batch.iter().all(|&i| done.contains(&questions[i].id)) {
             continue;
         }

@@ -130,6 +130,17 @@ fn llama3_scaling_from_rope_freqs(
 /// Read a llama GGUF: config, HF-named dequantized tensors (on `device`, in `dtype`),
 /// tokenizer and chat template.
 pub fn read_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel> {
+    read_gguf_parts(path, device, dtype, true)
+}
+
+/// [`read_gguf`] without the weights (`tensors` empty): config, tokenizer and chat template,
+/// for rendering prompts and counting tokens. Only the small `rope_freqs` tensor is read, for
+/// the same config.
+pub fn read_gguf_text(path: &Path) -> Result<GgufModel> {
+    read_gguf_parts(path, &Device::Cpu, DType::F32, false)
+}
+
+fn read_gguf_parts(path: &Path, device: &Device, dtype: DType, weights: bool) -> Result<GgufModel> {
     let origin = path.display().to_string();
     let mut file = std::fs::File::open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -164,6 +175,9 @@ pub fn read_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel
                 .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
                 .map_err(|e| gguf_err(path, format!("{name}: {e}")))?;
             config.rope_scaling = Some(llama3_scaling_from_rope_freqs(&config, &t, path)?);
+            continue;
+        }
+        if !weights {
             continue;
         }
         let Some(hf) = gguf_to_hf_name(name) else {

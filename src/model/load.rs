@@ -39,9 +39,10 @@ pub enum ModelSource {
     },
 }
 
-/// A loaded model with everything the sampler and the trainer need.
-pub struct LoadedModel {
-    pub model: Llama,
+/// Everything about a model except its weights: tokenizer, config, chat template and special
+/// ids. What rendering prompts and counting tokens need, so that sampling or evaluating
+/// through a server ([`load_text`]) does not read the weights at all.
+pub struct ModelText {
     pub tokenizer: Tokenizer,
     pub config: LlamaConfig,
     /// Renders prompts with the model's chat template (see [`super::chat`]).
@@ -66,15 +67,37 @@ pub struct LoadedModel {
     pub tokenizer_json: Option<Value>,
 }
 
-impl LoadedModel {
+/// A loaded model with everything the sampler and the trainer need: the weights and the
+/// [`ModelText`] (whose fields and prompt methods it derefs to).
+pub struct LoadedModel {
+    pub model: Llama,
+    pub text: ModelText,
+}
+
+impl std::ops::Deref for LoadedModel {
+    type Target = ModelText;
+    fn deref(&self) -> &ModelText {
+        &self.text
+    }
+}
+
+impl std::ops::DerefMut for LoadedModel {
+    fn deref_mut(&mut self) -> &mut ModelText {
+        &mut self.text
+    }
+}
+
+impl ModelText {
     /// The token ids of the EAST prompt of `question` ([`Chat::east_prompt`]: the model's chat
     /// template applied to system prompt + question + generation prompt, or the authors' prompt
     /// text under `model.prompt_style = "authors"`): what sampling and evaluation decode from.
+    /// The one prompt entry point: a [`LoadedModel`] reaches it through `Deref`, so the native
+    /// decoder and a server are given the same prompt.
     pub fn east_prompt_ids(&self, question: &str) -> candle_core::Result<Vec<u32>> {
         super::tokenizer::encode(&self.tokenizer, &self.east_prompt_text(question)?)
     }
 
-    /// The text [`LoadedModel::east_prompt_ids`] tokenizes: what a serving engine is sent, so
+    /// The text [`ModelText::east_prompt_ids`] tokenizes: what a serving engine is sent, so
     /// that both backends decode from the same prompt.
     pub fn east_prompt_text(&self, question: &str) -> candle_core::Result<String> {
         self.chat
@@ -83,14 +106,22 @@ impl LoadedModel {
     }
 }
 
-impl std::fmt::Debug for LoadedModel {
+impl std::fmt::Debug for ModelText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedModel")
+        f.debug_struct("ModelText")
             .field("spec", &self.spec)
             .field("source", &self.source)
             .field("chat", &self.chat)
             .field("eos_ids", &self.eos_ids)
             .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LoadedModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModel")
+            .field("text", &self.text)
             .finish_non_exhaustive()
     }
 }
@@ -215,7 +246,6 @@ fn eos_from_json(v: &Value) -> Vec<u32> {
 
 #[allow(clippy::too_many_arguments)] // the parts every loader assembles, named at each call
 fn finish(
-    model: Llama,
     tokenizer: Tokenizer,
     config: LlamaConfig,
     chat_template: Option<String>,
@@ -226,7 +256,7 @@ fn finish(
     mut special_tokens: BTreeMap<String, String>,
     settings: ChatSettings,
     origin: &str,
-) -> Result<LoadedModel> {
+) -> Result<ModelText> {
     // Special tokens the tokenizer files do not name: from the config's ids.
     let id_token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
     for (name, id) in [
@@ -259,8 +289,7 @@ fn finish(
         });
     }
     let pad_id = config.pad_token_id.unwrap_or(eos_ids[0]);
-    Ok(LoadedModel {
-        model,
+    Ok(ModelText {
         tokenizer,
         bos_id: config.bos_token_id,
         config,
@@ -293,18 +322,36 @@ pub fn load_gguf(
     check_tensors(&g.config, &shapes, &origin)?;
     let vb = VarBuilder::from_tensors(g.tensors, dtype, device);
     let model = Llama::load(vb, &g.config)?;
-    finish(
-        model,
+    let text = gguf_text(
+        path,
         g.tokenizer,
         g.config,
         g.chat_template,
+        g.tokenizer_json,
+        chat,
+    )?;
+    Ok(LoadedModel { model, text })
+}
+
+fn gguf_text(
+    path: &Path,
+    tokenizer: Tokenizer,
+    config: LlamaConfig,
+    chat_template: Option<String>,
+    tokenizer_json: Value,
+    chat: ChatSettings,
+) -> Result<ModelText> {
+    finish(
+        tokenizer,
+        config,
+        chat_template,
         vec![],
         ModelSource::Gguf(path.to_path_buf()),
         None,
-        Some(g.tokenizer_json),
+        Some(tokenizer_json),
         BTreeMap::new(),
         chat,
-        &origin,
+        &path.display().to_string(),
     )
 }
 
@@ -379,6 +426,32 @@ pub fn load_folder(
     dtype: DType,
     chat: ChatSettings,
 ) -> Result<LoadedModel> {
+    let text = folder_text(dir, chat)?;
+    let files = safetensors_files(dir)?;
+    // SAFETY: the files are memory-mapped read-only; east never writes to a model folder
+    // while it is loaded.
+    let st =
+        unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
+            ModelError::Io {
+                path: files[0].clone(),
+                error: std::io::Error::other(e.to_string()),
+            }
+        })?;
+    let shapes: HashMap<String, Vec<usize>> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    check_tensors(&text.config, &shapes, &dir.display().to_string())?;
+    let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
+    let model = Llama::load(vb, &text.config)?;
+    Ok(LoadedModel { model, text })
+}
+
+/// The [`ModelText`] of a Hugging Face-layout folder: config.json, tokenizer.json,
+/// tokenizer_config.json, chat_template.jinja and generation_config.json; the weights are not
+/// opened (nor required).
+pub fn folder_text(dir: &Path, chat: ChatSettings) -> Result<ModelText> {
     let origin = dir.display().to_string();
     let config_path = dir.join("config.json");
     let config_text = super::error::read_to_string(&config_path)?;
@@ -417,26 +490,7 @@ pub fn load_folder(
         }
     }
 
-    let files = safetensors_files(dir)?;
-    // SAFETY: the files are memory-mapped read-only; east never writes to a model folder
-    // while it is loaded.
-    let st =
-        unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.map_err(|e| {
-            ModelError::Io {
-                path: files[0].clone(),
-                error: std::io::Error::other(e.to_string()),
-            }
-        })?;
-    let shapes: HashMap<String, Vec<usize>> = st
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
-        .collect();
-    check_tensors(&config, &shapes, &origin)?;
-    let vb = VarBuilder::from_backend(Box::new(st), dtype, device.clone());
-    let model = Llama::load(vb, &config)?;
     finish(
-        model,
         tokenizer,
         config,
         chat_template,
@@ -467,8 +521,41 @@ pub fn load_hub(
     Ok(m)
 }
 
+/// The [`ModelText`] of a `--model` spec (see the module docs) without reading any weights:
+/// a GGUF's metadata, a folder's (or hub repo's) config and tokenizer files. What sampling and
+/// evaluating through a server need; its prompts are those of [`load_with`]'s model.
+pub fn load_text(spec: &str, chat: ChatSettings) -> Result<ModelText> {
+    let mut t = match resolve_spec(spec)? {
+        ModelSource::Gguf(p) => {
+            let g = super::gguf::read_gguf_text(&p)?;
+            gguf_text(
+                &p,
+                g.tokenizer,
+                g.config,
+                g.chat_template,
+                g.tokenizer_json,
+                chat,
+            )?
+        }
+        ModelSource::Folder(p) => folder_text(&p, chat)?,
+        ModelSource::Hub { repo, revision } => {
+            let dir = fetch_hub_files(&repo, revision.as_deref(), false)?;
+            let mut t = folder_text(&dir, chat)?;
+            t.source = ModelSource::Hub { repo, revision };
+            t
+        }
+    };
+    t.spec = spec.to_string();
+    Ok(t)
+}
+
 /// Fetch config, tokenizer and weights of a hub repo; returns the snapshot folder.
 pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
+    fetch_hub_files(repo, revision, true)
+}
+
+/// [`fetch_hub`], the weights only when `weights` (config and tokenizer files always).
+fn fetch_hub_files(repo: &str, revision: Option<&str>, weights: bool) -> Result<PathBuf> {
     use hf_hub::{Cache, Repo, RepoType};
     let hub_err = |msg: String| ModelError::Hub {
         repo: repo.to_string(),
@@ -542,25 +629,27 @@ pub fn fetch_hub(repo: &str, revision: Option<&str>) -> Result<PathBuf> {
     get("tokenizer_config.json", false)?;
     get("chat_template.jinja", false)?;
     get("generation_config.json", false)?;
-    if get("model.safetensors.index.json", false)?.is_some() {
-        let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
-        let index = read_json(&dir.join("model.safetensors.index.json"))?;
-        let mut shards: Vec<String> = index
-            .get("weight_map")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.values()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        for s in shards {
-            get(&s, true)?;
+    if weights {
+        if get("model.safetensors.index.json", false)?.is_some() {
+            let dir = config.parent().map(Path::to_path_buf).unwrap_or_default();
+            let index = read_json(&dir.join("model.safetensors.index.json"))?;
+            let mut shards: Vec<String> = index
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.values()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            shards.sort();
+            shards.dedup();
+            for s in shards {
+                get(&s, true)?;
+            }
+        } else {
+            get("model.safetensors", true)?;
         }
-    } else {
-        get("model.safetensors", true)?;
     }
     Ok(config.parent().map(Path::to_path_buf).unwrap_or_default())
 }

@@ -76,8 +76,8 @@ pub use chat::{
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::ModelError;
 pub use llama::{LayerFn, LayerRunner, LinearAdapter, LinearLayer, Llama};
-pub use load::{load, LoadedModel, ModelSource};
-pub use runtime::{load_model, DTypeChoice, DeviceChoice, ModelConfig};
+pub use load::{load, load_text, LoadedModel, ModelSource, ModelText};
+pub use runtime::{load_model, load_model_text, DTypeChoice, DeviceChoice, ModelConfig};
 pub use tokenizer::Tokenizer;
 
 /// The device east runs on: CUDA 0 when built with `--features cuda` and a GPU is present,

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use super::chat::{ChatSettings, PinnedDate, PromptStyle};
-use super::LoadedModel;
+use super::{LoadedModel, ModelText};
 
 /// `[model]`: which weights to start from and where to run them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +170,29 @@ pub fn dtype(spec: &str, device: &Device) -> anyhow::Result<DType> {
 pub fn load_model(cfg: &ModelConfig) -> anyhow::Result<LoadedModel> {
     let device = cfg.device.open()?;
     let dtype = cfg.dtype.resolve(&device);
+    let (base, adapters) = base_and_adapters(cfg)?;
+    let mut lm = super::load::load_with(&base, &device, dtype, cfg.chat_settings())?;
+    for a in &adapters {
+        super::lora::merge_adapter(&mut lm.model, a)?;
+    }
+    lm.spec = cfg.path.clone();
+    Ok(lm)
+}
+
+/// Loads `[model]`'s tokenizer, config and chat template only, not its weights: what sampling
+/// and evaluating through a server need. Adapters (small) are read and checked as for
+/// [`load_model`] but not merged: they change no prompt. Its prompts are byte-identical to
+/// those of [`load_model`]'s model.
+pub fn load_model_text(cfg: &ModelConfig) -> anyhow::Result<ModelText> {
+    let (base, _) = base_and_adapters(cfg)?;
+    let mut text = super::load::load_text(&base, cfg.chat_settings())?;
+    text.spec = cfg.path.clone();
+    Ok(text)
+}
+
+/// The base model spec of `[model]` and the adapters to merge into it, in order (`path` may be
+/// an adapter folder naming its base; `adapter` is applied on top).
+fn base_and_adapters(cfg: &ModelConfig) -> anyhow::Result<(String, Vec<super::lora::PeftAdapter>)> {
     let mut adapters = Vec::new();
     let mut base = cfg.path.clone();
     let path = std::path::Path::new(&cfg.path);
@@ -190,12 +213,7 @@ pub fn load_model(cfg: &ModelConfig) -> anyhow::Result<LoadedModel> {
         }
         adapters.push(super::lora::read_adapter(dir)?);
     }
-    let mut lm = super::load::load_with(&base, &device, dtype, cfg.chat_settings())?;
-    for a in &adapters {
-        super::lora::merge_adapter(&mut lm.model, a)?;
-    }
-    lm.spec = cfg.path.clone();
-    Ok(lm)
+    Ok((base, adapters))
 }
 
 #[cfg(test)]

@@ -212,17 +212,18 @@ fn self_train_round(
                 inputs: sample_inputs,
             }
             .run(log, || {
-                let lm = crate::model::load_model(&current.model)?;
                 let questions = config.data.questions()?;
                 if config.sample.backend == Backend::Openai {
-                    // the server of round t−1's model (0: the base)
+                    // the server of round t−1's model (0: the base); east renders the prompts
                     let served = server.get(config, layout, t - 1, current, config.sample.n)?;
+                    let text = crate::model::load_model_text(&current.model)?;
                     let settings = sample_settings.clone().served_by(served);
                     let engine = sample::Engine::Server(served);
                     sample::sample_questions_on(
-                        &lm, &questions, &settings, None, &cached, &engine,
+                        &text, &questions, &settings, None, &cached, &engine,
                     )?;
                 } else {
+                    let lm = crate::model::load_model(&current.model)?;
                     sample::sample_questions(&lm, &questions, &sample_settings, None, &cached)?;
                 }
                 Ok(())
@@ -385,13 +386,13 @@ fn evaluate_round(
         }
         .run(log, || {
             let questions = data::load_questions(dataset, &config.eval.split, config.eval.limit, &config.data.fields)?;
-            let lm = crate::model::load_model(&model.model)?;
             if config.eval.backend == Backend::Openai {
                 let served = server.get(config, layout, t, model, 1)?;
+                let text = crate::model::load_model_text(&model.model)?;
                 let settings = settings.clone().served_by(served);
-                eval::evaluate_on(&lm, &questions, &settings, &dir, Some(served))?;
+                eval::evaluate_on(&text, &questions, &settings, &dir, &crate::serve::Engine::Server(served))?;
             } else {
-                eval::evaluate(&lm, &questions, &settings, &dir)?;
+                eval::evaluate(&crate::model::load_model(&model.model)?, &questions, &settings, &dir)?;
             }
             Ok(())
         })?;

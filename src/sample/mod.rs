@@ -23,9 +23,10 @@ use crate::decode::{
     fit_context, generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
 };
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::LoadedModel;
+use crate::model::{LoadedModel, ModelText};
 use crate::progress::{self, MetricsLog};
 use crate::schema::SampleRecord;
+pub use crate::serve::Engine;
 use crate::serve::{Backend, Served};
 
 /// `[sample]`: n completions per question from the current policy.
@@ -139,14 +140,6 @@ impl SampleSettings {
     }
 }
 
-/// Which engine generates the completions.
-pub enum Engine<'a> {
-    /// east's own decoder.
-    Native,
-    /// A connected OpenAI-compatible server.
-    Server(&'a Served),
-}
-
 /// Where an `openai` samples file came from (recorded, not compared on resume: a server may
 /// move).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,13 +240,13 @@ pub fn sample_questions(
     shard: Option<Shard>,
     out: &Path,
 ) -> anyhow::Result<SampleReport> {
-    sample_questions_on(lm, questions, settings, shard, out, &Engine::Native)
+    sample_questions_on(lm, questions, settings, shard, out, &Engine::Native(lm))
 }
 
 /// Samples `questions` into `out` with `engine` (which must be what `settings.sample.backend`
-/// says).
+/// says); `text` renders the prompts (for the native engine, its model, which derefs to it).
 pub fn sample_questions_on(
-    lm: &LoadedModel,
+    text: &ModelText,
     questions: &[Question],
     settings: &SampleSettings,
     shard: Option<Shard>,
@@ -262,7 +255,7 @@ pub fn sample_questions_on(
 ) -> anyhow::Result<SampleReport> {
     let cfg = &settings.sample;
     match (engine, cfg.backend) {
-        (Engine::Native, Backend::Native) | (Engine::Server(_), Backend::Openai) => {}
+        (Engine::Native(_), Backend::Native) | (Engine::Server(_), Backend::Openai) => {}
         _ => anyhow::bail!(
             "sample.backend = {:?} does not match the engine given",
             cfg.backend
@@ -285,7 +278,7 @@ pub fn sample_questions_on(
         total: Some(questions.len()),
         complete: false,
         server: match engine {
-            Engine::Native => None,
+            Engine::Native(_) => None,
             Engine::Server(s) => Some(ServerSource {
                 backend: Backend::Openai,
                 urls: s.client.urls().to_vec(),
@@ -329,12 +322,12 @@ pub fn sample_questions_on(
     // model's context, which must be the same in every shard.
     let prompts: Vec<Vec<u32>> = questions
         .iter()
-        .map(|q| lm.east_prompt_ids(&q.question))
+        .map(|q| text.east_prompt_ids(&q.question))
         .collect::<Result<_, _>>()?;
     let mut decode = cfg.decode_settings();
     let id = |i: usize| questions[i].id.as_str();
     decode.max_new_tokens = fit_context(
-        lm,
+        text,
         &prompts,
         id,
         cfg.max_new_tokens,
@@ -359,7 +352,7 @@ pub fn sample_questions_on(
             stop: cfg.stop.clone(),
         };
         generated = openai::sample_via_server(
-            lm,
+            text,
             server,
             questions,
             &todo,
@@ -371,12 +364,11 @@ pub fn sample_questions_on(
             &bar,
         )?;
     }
-    let native_units = if matches!(engine, Engine::Native) {
-        my_units
-    } else {
-        Vec::new()
+    let native_units: Vec<(&LoadedModel, std::ops::Range<usize>)> = match engine {
+        Engine::Native(lm) => my_units.into_iter().map(|u| (*lm, u)).collect(),
+        Engine::Server(_) => Vec::new(),
     };
-    for unit in native_units {
+    for (lm, unit) in native_units {
         let todo: Vec<usize> = unit
             .clone()
             .filter(|&i| !done.contains(&questions[i].id))

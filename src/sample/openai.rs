@@ -12,7 +12,7 @@ use indicatif::ProgressBar;
 
 use crate::data::Question;
 use crate::io::{AppendLog, InputError};
-use crate::model::LoadedModel;
+use crate::model::ModelText;
 use crate::progress::MetricsLog;
 use crate::schema::SampleRecord;
 use crate::serve::{self, Served};
@@ -21,7 +21,7 @@ use crate::serve::{self, Served};
 /// the number of generated tokens (counted with east's tokenizer: servers count one choice only).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn sample_via_server(
-    lm: &LoadedModel,
+    text: &ModelText,
     server: &Served,
     questions: &[Question],
     todo: &[usize],
@@ -37,7 +37,7 @@ pub(super) fn sample_via_server(
         .map(|&i| {
             Ok(serve::Job {
                 id: questions[i].id.clone(),
-                prompt: server.prompt(lm, &questions[i].question)?,
+                prompt: server.prompt(text, &questions[i].question)?,
                 first_sample: 0,
                 samples: n,
             })
@@ -63,7 +63,7 @@ pub(super) fn sample_via_server(
         let q = &questions[i];
         let mut tokens = Vec::with_capacity(choices.len());
         for c in &choices {
-            tokens.push(crate::model::tokenizer::encode(&lm.tokenizer, &c.text)?.len() as u32);
+            tokens.push(crate::model::tokenizer::encode(&text.tokenizer, &c.text)?.len() as u32);
         }
         let count: u32 = tokens.iter().sum();
         generated += count as usize;

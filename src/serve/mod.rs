@@ -4,9 +4,10 @@
 //! of many questions in order ([`generate`]), response parsing ([`response`]), and the server
 //! that `east run` starts for each round's model ([`launch`]).
 //!
-//! Prompts are rendered by east ([`LoadedModel::east_prompt_text`], the text the native sampler
-//! tokenizes) and sent to `/v1/completions`, so a question's prompt is the same whichever
-//! backend samples it; `server.api = "chat"` sends the messages instead.
+//! Prompts are rendered by east ([`ModelText::east_prompt_text`], the text the native sampler
+//! tokenizes; only the tokenizer, config and chat template are loaded, not the weights) and
+//! sent to `/v1/completions`, so a question's prompt is the same whichever backend samples it;
+//! `server.api = "chat"` sends the messages instead.
 
 pub mod client;
 pub mod config;
@@ -19,7 +20,7 @@ pub use client::{request_seed, Client, GenParams, Prompt, RequestError};
 pub use config::{Api, Backend, CheckpointFormat, ServerConfig};
 pub use pool::{generate, Job, PerRequest};
 
-use crate::model::{east_messages, LoadedModel};
+use crate::model::{east_messages, LoadedModel, ModelText};
 
 /// A connected server and how hard to drive it.
 pub struct Served {
@@ -41,11 +42,20 @@ impl Served {
     }
 
     /// What is sent for `question`: the EAST prompt rendered by east, or its messages.
-    pub fn prompt(&self, lm: &LoadedModel, question: &str) -> candle_core::Result<Prompt> {
+    pub fn prompt(&self, text: &ModelText, question: &str) -> candle_core::Result<Prompt> {
         Ok(if self.client.is_chat() {
             Prompt::Messages(east_messages(question))
         } else {
-            Prompt::Text(lm.east_prompt_text(question)?)
+            Prompt::Text(text.east_prompt_text(question)?)
         })
     }
+}
+
+/// Which engine generates the completions of `east sample` / `east eval`.
+#[derive(Clone, Copy)]
+pub enum Engine<'a> {
+    /// east's own decoder, on the loaded weights.
+    Native(&'a LoadedModel),
+    /// A connected OpenAI-compatible server (east needs only the model's [`ModelText`]).
+    Server(&'a Served),
 }

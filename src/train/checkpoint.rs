@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::engine::EngineState;
-use crate::model::{Llama, LlamaConfig, LoadedModel, ModelSource, Tokenizer};
+use crate::model::{Llama, LlamaConfig, LoadedModel, ModelSource, ModelText, Tokenizer};
 
 /// Everything about the source model a checkpoint needs besides its weights.
 #[derive(Debug, Clone)]
@@ -43,8 +43,8 @@ impl ModelMeta {
                 .to_string(),
             ModelSource::Hub { .. } => lm.spec.clone(),
         };
-        let LoadedModel {
-            model,
+        let LoadedModel { model, text } = lm;
+        let ModelText {
             tokenizer,
             config,
             chat_template,
@@ -54,7 +54,7 @@ impl ModelMeta {
             dir,
             tokenizer_json,
             ..
-        } = lm;
+        } = text;
         let meta = ModelMeta {
             config,
             tokenizer,
