@@ -429,12 +429,13 @@ fn gguf_export_round_trips_and_llama_server_reads_it() {
     );
 }
 
-/// vLLM's answers to n > 1 (completions and chat, choices out of index order, `stop_reason`,
-/// `usage`) and its error body. The fixtures are written in vLLM's response schema
-/// (`CompletionResponse`, `ChatCompletionResponse`, `ErrorResponse` of its OpenAI server), not
-/// captured from a running vLLM: none runs on these machines.
+/// vLLM's and SGLang's answers to n > 1 (completions and chat, choices out of index order,
+/// `stop_reason` / `matched_stop`, `usage`, fields east does not read) and their error bodies,
+/// and a real llama.cpp server answer. The vLLM and SGLang fixtures are written from the
+/// engines' response models at the commits named in tests/fixtures/serve/SOURCES.md (none of
+/// them runs on these machines); the llama.cpp one was recorded.
 #[test]
-fn vllm_answers_parse() {
+fn vllm_sglang_and_llama_server_answers_parse() {
     let fixture = |name: &str| {
         std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -445,11 +446,12 @@ fn vllm_answers_parse() {
     };
     use east::schema::Finish;
     use east::serve::response::{error_message, parse_choices};
+    let texts =
+        |c: &[east::serve::response::Choice]| c.iter().map(|c| c.text.clone()).collect::<Vec<_>>();
     let c = parse_choices(&fixture("vllm_completions_n4.json"), false).unwrap();
     assert_eq!(c.len(), 4);
     // choices come back out of order; index decides the sample
     assert_eq!(c[1].text, "She sold 48 + 24 = \\boxed{72} clips.");
-    assert_eq!(c[2].finish, Finish::Length);
     assert_eq!(
         c.iter().map(|c| c.finish).collect::<Vec<_>>(),
         [Finish::Stop, Finish::Stop, Finish::Length, Finish::Stop]
@@ -457,8 +459,93 @@ fn vllm_answers_parse() {
     let c = parse_choices(&fixture("vllm_chat_n2.json"), true).unwrap();
     assert_eq!(c[0].text, "2 + 3 = \\boxed{5}");
     assert_eq!(c[1].finish, Finish::Length);
-    assert!(error_message(&fixture("vllm_error_400.json"))
-        .starts_with("This model's maximum context length"));
+    for f in ["vllm_error_400.json", "vllm_error_400_nested.json"] {
+        assert!(error_message(&fixture(f)).starts_with("This model's maximum context length"));
+    }
+    let c = parse_choices(&fixture("sglang_completions_n3.json"), false).unwrap();
+    assert_eq!(
+        texts(&c),
+        [
+            "48 + 24 = 72\n\nThe answer is \\boxed{72}.",
+            "Half of 48 is 24, so 48 + 24 = \\boxed{72}.",
+            "She sold 48 clips in April and"
+        ]
+    );
+    assert_eq!(
+        c.iter().map(|c| c.finish).collect::<Vec<_>>(),
+        [Finish::Stop, Finish::Stop, Finish::Length]
+    );
+    assert_eq!(
+        parse_choices(&fixture("sglang_completions_n3_token_ids.json"), false).unwrap(),
+        c
+    );
+    let c = parse_choices(&fixture("llama_server_completions_n3.json"), false).unwrap();
+    assert_eq!(
+        texts(&c),
+        [
+            "2 + 3 = 5",
+            "1.2\n\nThis is a",
+            "A simple, yet often misunderstood number."
+        ]
+    );
+    assert_eq!(
+        c.iter().map(|c| c.finish).collect::<Vec<_>>(),
+        [Finish::Stop, Finish::Length, Finish::Length]
+    );
+}
+
+/// Sampling and evaluating through a server load only the tokenizer, config and chat template
+/// (`load_model_text`), not the weights: the prompts sent are byte-identical to those the
+/// native decoder tokenizes from the fully loaded model (text and ids), for the bundled GGUF and
+/// for a model folder with its own chat template; a folder without weights still renders them.
+#[test]
+fn server_prompts_need_no_weights_and_are_the_native_ones() {
+    use east::model::{load_model, load_model_text, ModelConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    east::model::testing::write_tiny_model(&folder, 3).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/chat_templates/HuggingFaceTB-SmolLM2-135M-Instruct.jinja"),
+        folder.join("chat_template.jinja"),
+    )
+    .unwrap();
+    let questions = [
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did Natalia sell altogether in April and May?",
+        "Ünïcödé: 3 × 4 = ? — answer in \\boxed{}.\n\nSecond line.",
+    ];
+    for spec in [model(), folder.clone()] {
+        let cfg = ModelConfig {
+            path: spec.display().to_string(),
+            ..ModelConfig::default()
+        };
+        let full = load_model(&cfg).unwrap();
+        let text = load_model_text(&cfg).unwrap();
+        for q in questions {
+            assert_eq!(
+                text.east_prompt_text(q).unwrap(),
+                full.east_prompt_text(q).unwrap()
+            );
+            assert_eq!(
+                text.east_prompt_ids(q).unwrap(),
+                full.east_prompt_ids(q).unwrap()
+            );
+        }
+        assert_eq!(text.eos_ids, full.eos_ids);
+        assert_eq!(text.config, full.config);
+        assert_eq!(text.spec, full.spec);
+    }
+    std::fs::remove_file(folder.join("model.safetensors")).unwrap();
+    let cfg = ModelConfig {
+        path: folder.display().to_string(),
+        ..ModelConfig::default()
+    };
+    assert!(load_model(&cfg).is_err());
+    let text = load_model_text(&cfg).unwrap();
+    assert!(text
+        .east_prompt_text(questions[0])
+        .unwrap()
+        .contains("<|im_start|>assistant"));
 }
 
 /// Questions a small model answers with the number asked for, now and then: the weighted
