@@ -26,7 +26,8 @@
 # east itself only waits for the answer while the server works (one blocking request).
 #
 #   scripts/bench-serve.sh            (builds east --release and llama-server if needed)
-#   EAST_BENCH_N=128 EAST_BENCH_TOKENS=256 EAST_BENCH_THREADS=2 change the workload and threads
+#   EAST_BENCH_N=128 EAST_BENCH_TOKENS=256 EAST_BENCH_THREADS=2 change the workload and threads;
+#   EAST_BENCH_EAST=path/to/east uses that (release) binary instead of building one
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -36,8 +37,11 @@ threads="${EAST_BENCH_THREADS:-$(nproc)}"
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 scripts/fetch-model.sh
 server_bin="$(scripts/install-llama-server.sh)"
-cargo build --release --locked --bin east >&2
-east=target/release/east
+east="${EAST_BENCH_EAST:-}"
+if [ -z "$east" ]; then
+  cargo build --release --locked --bin east >&2
+  east=target/release/east
+fi
 work="$(mktemp -d)"
 server_pid=""
 cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
