@@ -4,8 +4,10 @@
 //! `cargo bench --bench sample` (env: EAST_BENCH_MODEL, EAST_BENCH_N, EAST_BENCH_TOKENS,
 //! EAST_BENCH_QUESTION (index into GSM8K train), EAST_BENCH_NO_EOS=1 to generate every token,
 //! EAST_BENCH_PROMPT_IDS=FILE to write the prompt's token ids as JSON for
-//! scripts/reference/generate_bench.py, transformers' `generate` on the same prompt and settings).
-//! Prints generated tokens/s, the prefill time, per-step times and peak RSS.
+//! scripts/reference/generate_bench.py, transformers' `generate` on the same prompt and settings),
+//! EAST_BENCH_KV_DTYPE=f16 for a half-precision KV cache).
+//! Prints generated tokens/s, the prefill time, per-step times, minor page faults per decode step
+//! and peak RSS.
 
 use std::time::Instant;
 
@@ -34,6 +36,16 @@ fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
+/// Minor page faults of this process so far (getrusage).
+fn minor_faults() -> i64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u.ru_minflt
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let model_path: String = env(
         "EAST_BENCH_MODEL",
@@ -47,6 +59,12 @@ fn main() -> anyhow::Result<()> {
     let max_new_tokens: usize = env("EAST_BENCH_TOKENS", 256);
     let question: usize = env("EAST_BENCH_QUESTION", 0);
     let no_eos = std::env::var("EAST_BENCH_NO_EOS").is_ok_and(|v| v == "1");
+    let kv_dtype = match std::env::var("EAST_BENCH_KV_DTYPE").as_deref() {
+        Err(_) | Ok("") => None,
+        Ok("f32") => Some(DType::F32),
+        Ok("f16") => Some(DType::F16),
+        Ok(other) => anyhow::bail!("EAST_BENCH_KV_DTYPE: f32 or f16, not `{other}`"),
+    };
 
     let t = Instant::now();
     let mut lm = east::model::load(&model_path, &Device::Cpu, DType::F32)?;
@@ -79,13 +97,19 @@ fn main() -> anyhow::Result<()> {
         seed: 42,
         stop: vec![],
         sampler: SamplerPlacement::Auto,
+        kv_dtype,
     };
 
     let t = Instant::now();
     let mut step_times = Vec::new();
+    let mut step_faults = Vec::new();
     let mut last = Instant::now();
+    let mut last_faults = minor_faults();
     let (gens, stats) = generate_group(&lm, &[request], &settings, |_| {
         step_times.push(last.elapsed().as_secs_f64());
+        let f = minor_faults();
+        step_faults.push(f - last_faults);
+        last_faults = f;
         last = Instant::now();
     })?;
     let secs = t.elapsed().as_secs_f64();
@@ -112,6 +136,12 @@ fn main() -> anyhow::Result<()> {
             1000.0 * s.get(s.len() / 2).copied().unwrap_or(0.0)
         },
         lengths.iter().sum::<usize>() as f64 / n as f64,
+    );
+    let decode_faults = &step_faults[1.min(step_faults.len())..];
+    println!(
+        "KV cache {}; minor page faults per decode step: mean {:.0}",
+        kv_dtype.map_or("in the model's dtype".to_string(), |d| format!("{d:?}")),
+        decode_faults.iter().sum::<i64>() as f64 / decode_faults.len().max(1) as f64
     );
     println!("peak RSS {:.0} MiB", peak_rss_mib());
     Ok(())

@@ -52,6 +52,7 @@ fn run(sampling: Sampling, samples: usize) -> Vec<Vec<Vec<u32>>> {
         seed: 42,
         stop: vec![],
         sampler: SamplerPlacement::Host,
+        kv_dtype: None,
     };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     gens.into_iter()

@@ -202,42 +202,46 @@ fn smollm2_logits_match_transformers() {
     }
 }
 
+/// Greedy continuation equals transformers', with the KV cache in f32 and in f16 (the decode
+/// attention widens f16 keys and values to f32: `DecodeSettings::kv_dtype`).
 #[test]
 fn smollm2_greedy_continuation_matches() {
     let m = model();
     let fx = fixture();
     let ids = ids_of(&fx["prompt_ids"]);
     let want = ids_of(&fx["greedy20"]);
-    let mut cache = KvCache::new(
-        &m.config,
-        1,
-        ids.len() + want.len(),
-        vec![0],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mut x = Tensor::new(ids.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
+    for kv_dtype in [DType::F32, DType::F16] {
+        let mut cache = KvCache::new(
+            &m.config,
+            1,
+            ids.len() + want.len(),
+            vec![0],
+            kv_dtype,
+            &Device::Cpu,
+        )
         .unwrap();
-    let mut got = Vec::new();
-    for _ in 0..want.len() {
-        let logits = m.model.forward_step(&x, &mut cache).unwrap();
-        let next = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
-        got.push(next);
-        x = Tensor::new(&[[next]], &Device::Cpu).unwrap();
+        let mut x = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..want.len() {
+            let logits = m.model.forward_step(&x, &mut cache).unwrap();
+            let next = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
+            got.push(next);
+            x = Tensor::new(&[[next]], &Device::Cpu).unwrap();
+        }
+        assert_eq!(
+            got,
+            want,
+            "{kv_dtype:?} cache, greedy: {:?}",
+            tokenizer::decode(&m.tokenizer, &got, false)
+        );
+        assert_eq!(
+            tokenizer::decode(&m.tokenizer, &got, false).unwrap(),
+            fx["greedy20_text"].as_str().unwrap()
+        );
     }
-    assert_eq!(
-        got,
-        want,
-        "greedy: {:?}",
-        tokenizer::decode(&m.tokenizer, &got, false)
-    );
-    assert_eq!(
-        tokenizer::decode(&m.tokenizer, &got, false).unwrap(),
-        fx["greedy20_text"].as_str().unwrap()
-    );
 }
 
 /// The GGUF's own chat template (`tokenizer.chat_template`) renders SmolLM2's prompts, and

@@ -284,6 +284,7 @@ fn batched_greedy_decoding_matches_full_recomputation() {
         seed: 0,
         stop: vec![],
         sampler: SamplerPlacement::Auto,
+        kv_dtype: None,
     };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     for (r, g) in requests.iter().zip(&gens) {
@@ -344,6 +345,7 @@ fn the_device_sampler_decodes_like_the_host_sampler() {
                 seed: 5,
                 stop: vec![],
                 sampler,
+                kv_dtype: None,
             };
             generate_group(&lm, &requests, &settings, |_| {}).unwrap().0
         };

@@ -392,6 +392,7 @@ fn logits(
         seed: 0,
         stop: vec![],
         sampler: SamplerPlacement::Auto,
+        kv_dtype: None,
     };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {})?;
     let greedy: Vec<Vec<u32>> = gens
@@ -488,6 +489,7 @@ fn sample_bench(
         seed: 42,
         stop: vec![],
         sampler,
+        kv_dtype: None,
     };
     let run = |samples: usize,
                settings: &DecodeSettings|

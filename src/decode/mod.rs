@@ -59,6 +59,10 @@ pub struct DecodeSettings {
     /// Where each step's logits become tokens (the device, on a GPU, so that only a few
     /// hundred kilobytes cross to the host per step).
     pub sampler: SamplerPlacement,
+    /// The KV cache's dtype; None: the model's. f16 under an f32 model on the CPU halves the
+    /// bytes the decode attention reads per step (it widens to f32 and accumulates in f32),
+    /// but rounds every cached key and value, so the samples differ from an f32 cache's.
+    pub kv_dtype: Option<candle_core::DType>,
 }
 
 /// Counters reported back to progress bars and logs.
@@ -126,12 +130,13 @@ pub fn generate_group(
     }
     stats.prompt_tokens = requests.iter().map(|r| r.prompt_ids.len()).sum();
     let prompt = Tensor::from_vec(prompt, (requests.len(), longest), &device)?;
+    let kv_dtype = settings.kv_dtype.unwrap_or(model.dtype());
     let mut cache = KvCache::new(
         model.config(),
         requests.len(),
         capacity,
         left_pad,
-        model.dtype(),
+        kv_dtype,
         &device,
     )?;
     let prefill_logits = model.forward_step(&prompt, &mut cache)?;
@@ -152,7 +157,10 @@ pub fn generate_group(
     }
     // The prompt columns stay once per question where the CPU decode kernel reads them that
     // way; elsewhere (GPU, other dtypes) every sample row gets a copy.
-    if device.is_cpu() && model.dtype() == candle_core::DType::F32 {
+    if device.is_cpu()
+        && model.dtype() == candle_core::DType::F32
+        && matches!(kv_dtype, candle_core::DType::F32 | candle_core::DType::F16)
+    {
         cache.share_prefix(&counts)?;
     } else {
         cache.repeat_rows(&counts)?;

@@ -63,14 +63,34 @@ pub fn next_tokens(
     let logits = logits.to_dtype(DType::F32)?;
     let nucleus = !sampling.is_greedy() && sampling.top_p < 1.0;
     if !placement.reduces_on(logits.device()) || nucleus {
-        let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-        return Ok(sample_rows(&flat, vocab, sampling, uniforms));
+        return sample_on_host(&logits, vocab, sampling, uniforms);
     }
     if sampling.is_greedy() {
         greedy(&logits)
     } else {
         sample_by_blocks(&logits, sampling, uniforms, BLOCK)
     }
+}
+
+/// The host sampler over every row. Contiguous f32 logits already on the CPU are read where
+/// they are: a copy would be `rows × vocab` floats per step (25 MB at 128 × 49k), freshly
+/// allocated and page-faulted in each time.
+fn sample_on_host(
+    logits: &Tensor,
+    vocab: usize,
+    sampling: Sampling,
+    uniforms: &[f64],
+) -> Result<Vec<u32>> {
+    {
+        let (storage, layout) = logits.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(sample_rows(&data[a..b], vocab, sampling, uniforms));
+        }
+    }
+    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    Ok(sample_rows(&flat, vocab, sampling, uniforms))
 }
 
 fn greedy(logits: &Tensor) -> Result<Vec<u32>> {

@@ -279,6 +279,7 @@ pub fn evaluate_on(
         seed: 0,
         stop: Vec::new(),
         sampler: SamplerPlacement::Auto,
+        kv_dtype: None,
     };
     let bar = progress::items_bar(questions.len() as u64, "eval");
     bar.set_position(done.len() as u64);

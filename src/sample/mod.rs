@@ -101,6 +101,7 @@ impl SampleConfig {
             seed: self.seed,
             stop: self.stop.clone(),
             sampler: SamplerPlacement::Auto,
+            kv_dtype: None,
         }
     }
 }

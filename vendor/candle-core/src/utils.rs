@@ -7,7 +7,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 
-const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 25_000;
+// east: 200, upstream 25_000. A worker spins this many times for the next op before it parks.
+// Upstream's ~1 ms of spinning after every op competes for the cores with rayon's threads (east's
+// decode attention and sampler run on rayon) and with the main thread; on 2 cores, sampling
+// spent a quarter less CPU time with 200 (vendor/candle-core/PATCHES.md).
+const DEFAULT_BARRIER_POOL_SPIN_LIMIT: u32 = 200;
+/// east: spins of the main thread at the barrier before it yields its core between checks.
+const BARRIER_GUARD_SPINS_BEFORE_YIELD: u32 = 200;
 
 /// Per-worker control on its own 64-byte cache line to prevent false sharing.
 #[repr(C, align(64))]
@@ -241,8 +247,17 @@ struct BarrierGuard<'a> {
 impl Drop for BarrierGuard<'_> {
     fn drop(&mut self) {
         for &root in self.roots {
+            let mut spins = 0u32;
             while self.inner.slots[root].done.load(Ordering::Acquire) != self.gen {
-                spin_loop();
+                // east: a worker that lost its core (more runnable threads than cores) only
+                // finishes once it gets one back; yielding hands it ours instead of spinning
+                // through our time slice. With an idle core, yield_now returns at once.
+                if spins < BARRIER_GUARD_SPINS_BEFORE_YIELD {
+                    spins += 1;
+                    spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
             }
         }
         // Always clear any stored panic. Propagate unless main is not already unwinding.
