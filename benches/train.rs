@@ -197,7 +197,7 @@ fn estimate_shapes() -> anyhow::Result<Vec<(String, memory_probe::Probe)>> {
         .unwrap_or_else(|_| "models/SmolLM2-135M-Instruct.Q4_1.gguf".into());
     let smol = east::train::memory::model_config(&path)?;
     let wide = TinySpec {
-        num_hidden_layers: 6,
+        num_hidden_layers: 4,
         hidden_size: 1024,
         intermediate_size: 2816,
         num_attention_heads: 16,
@@ -215,23 +215,28 @@ fn estimate_shapes() -> anyhow::Result<Vec<(String, memory_probe::Probe)>> {
         max_position_embeddings: 1024,
         ..Default::default()
     };
-    let probe = |cfg, rows, tokens| memory_probe::Probe {
+    let probe = |cfg, rows, tokens, accumulation| memory_probe::Probe {
         cfg,
         lora: false,
         checkpointing: false,
         rows,
         tokens,
-        accumulation: 2,
+        accumulation,
     };
     Ok(vec![
-        ("SmolLM2-135M shape, 2 × 512".into(), probe(smol, 2, 512)),
         (
-            "h 1024, i 2816, 6 layers, 16/4 heads, vocab 32,000, 4 × 256".into(),
-            probe(tiny_config(&wide, 32000), 4, 256),
+            "SmolLM2-135M shape, 2 × 256, 1 micro-batch per step".into(),
+            probe(smol, 2, 256, 1),
         ),
         (
-            "h 384, i 1024, 12 layers, 6/2 heads, vocab 16,384, tied, 1 × 1,024".into(),
-            probe(tiny_config(&long, 16384), 1, 1024),
+            "h 1024, i 2816, 4 layers, 16/4 heads, vocab 8,192, 2 × 256, 2 micro-batches per step"
+                .into(),
+            probe(tiny_config(&wide, 8192), 2, 256, 2),
+        ),
+        (
+            "h 384, i 1024, 12 layers, 6/2 heads, vocab 16,384, tied, 1 × 1,024, 1 micro-batch per step"
+                .into(),
+            probe(tiny_config(&long, 16384), 1, 1024, 1),
         ),
     ])
 }
@@ -239,7 +244,7 @@ fn estimate_shapes() -> anyhow::Result<Vec<(String, memory_probe::Probe)>> {
 /// The estimate against the measured peak RSS above baseline, each probe in a child process.
 fn estimate_bench() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    println!("estimate vs measured peak RSS above baseline (f32, CPU, autograd engine, random weights, 2 micro-batches per step, 2 steps), load {}", load_avg());
+    println!("estimate vs measured peak RSS above baseline (f32, CPU, autograd engine, random weights, 2 optimiser steps), load {}", load_avg());
     println!("| shape | run | estimate | measured | difference |");
     println!("| --- | --- | --- | --- | --- |");
     let mut worst: f64 = 0.0;

@@ -481,7 +481,7 @@ fn check_grouped(q: &Tensor, k: &Tensor) -> Result<()> {
 ///
 /// [`attention_probs`] followed by a matrix product with `v` keeps the probabilities
 /// `(B, H, T, L)` of every layer for the backward — in a long-row run the largest activation
-/// of all (f32 `B·H·T²`: 604 MiB per layer for Llama-3.2-1B at 4 × 1,024 tokens). This node
+/// of all (`B·H·T²`: 512 MiB per layer in f32 for Llama-3.2-1B at 4 × 1,024 tokens). This node
 /// keeps only its inputs and output and recomputes the probabilities `P` in its backward, from
 /// the same ops in the same order, so its gradients are those of the two-node form:
 /// `∂v = Pᵀ·g`, `∂P = g·vᵀ`, `dS = P ⊙ (∂P − Σ ∂P ⊙ P)`, `∂q = dS·k`, `∂k = dSᵀ·q`.
