@@ -4,7 +4,9 @@
 //! Each check differentiates `L = Σ c ⊙ op(inputs)` for fixed, uneven coefficients `c`.
 
 use candle_core::{DType, Device, Tensor, Var};
-use east::model::train_ops::{attention_probs, rms_norm, rope, softmax_masked, swiglu, RopeTables};
+use east::model::train_ops::{
+    attention, attention_probs, rms_norm, rope, softmax_masked, swiglu, RopeTables,
+};
 
 /// Deterministic, uneven test values.
 fn values(n: usize, seed: usize) -> Vec<f64> {
@@ -307,6 +309,136 @@ fn attention_probs_backward_is_the_finite_difference_of_the_host_formula() {
     assert_close(&flat(grads.get(q.as_tensor()).unwrap()), &dq, 1e-7, "∂q");
     assert_close(&flat(grads.get(k.as_tensor()).unwrap()), &dk, 1e-7, "∂k");
     assert!(grads.get(&m).is_none(), "the mask is a constant");
+}
+
+/// Host attention output `P·v` for `v` `(1, kv, l, d)`, laid out `(h, t, d)` (the grouped
+/// `(1, kv, (h/kv)·t, d)` layout of [`attention`] is the same memory).
+fn attention_out_host(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    mask: &[f64],
+    dims: (usize, usize, usize, usize, usize),
+) -> Vec<f64> {
+    let (h, kv, t, l, d) = dims;
+    let p = attention_host(q, k, mask, dims);
+    let mut out = vec![0.0; h * t * d];
+    for hi in 0..h {
+        let vh = hi / (h / kv);
+        for i in 0..t {
+            for e in 0..d {
+                out[(hi * t + i) * d + e] = (0..l)
+                    .map(|j| p[(hi * t + i) * l + j] * v[(vh * l + j) * d + e])
+                    .sum();
+            }
+        }
+    }
+    out
+}
+
+/// The fused attention node (probabilities recomputed in the backward): its output and the
+/// gradients of the queries, the shared keys and the shared values against finite
+/// differences of the host formula (4 query heads on 2 key/value heads, causal mask).
+#[test]
+fn fused_attention_backward_is_the_finite_difference_of_the_host_formula() {
+    let dims = (4, 2, 3, 3, 5);
+    let (h, kv, t, l, d) = dims;
+    let inf = f64::NEG_INFINITY;
+    let mask: Vec<f64> = (0..t)
+        .flat_map(|i| (0..l).map(move |j| if j <= i { 0.0 } else { inf }))
+        .collect();
+    let (qs, ks, vs, cs) = (
+        values(h * t * d, 21),
+        values(kv * l * d, 22),
+        values(kv * l * d, 23),
+        values(h * t * d, 24),
+    );
+    let q = var(&qs, &[1, h, t, d]);
+    let k = var(&ks, &[1, kv, l, d]);
+    let v = var(&vs, &[1, kv, l, d]);
+    let m = Tensor::from_vec(mask.clone(), (1, 1, t, l), &Device::Cpu).unwrap();
+    let y = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), Some(&m)).unwrap();
+    assert_eq!(y.dims(), &[1, kv, h / kv * t, d]);
+    assert_close(
+        &flat(&y),
+        &attention_out_host(&qs, &ks, &vs, &mask, dims),
+        1e-12,
+        "output",
+    );
+    let c = Tensor::from_vec(cs.clone(), y.dims(), &Device::Cpu).unwrap();
+    let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
+    let out =
+        |q: &[f64], k: &[f64], v: &[f64]| weighted(&attention_out_host(q, k, v, &mask, dims), &cs);
+    let dq = finite_differences(&qs, &|q| out(q, &ks, &vs));
+    let dk = finite_differences(&ks, &|k| out(&qs, k, &vs));
+    let dv = finite_differences(&vs, &|v| out(&qs, &ks, v));
+    assert_close(&flat(grads.get(q.as_tensor()).unwrap()), &dq, 1e-7, "∂q");
+    assert_close(&flat(grads.get(k.as_tensor()).unwrap()), &dk, 1e-7, "∂k");
+    assert_close(&flat(grads.get(v.as_tensor()).unwrap()), &dv, 1e-7, "∂v");
+    assert!(grads.get(&m).is_none(), "the mask is a constant");
+}
+
+/// The fused node against the two-node form it replaces (`attention_probs`, then a matrix
+/// product with `v`, candle's backward for the product) in f32 on a larger shape with a
+/// causal mask: outputs and gradients within 1e-5 relative (max |a − b| / max |b|).
+#[test]
+fn fused_attention_matches_probabilities_then_product_in_f32() {
+    let (b, h, kv, t, d) = (2, 6, 2, 24, 8);
+    let g = h / kv;
+    let f32var = |n: usize, seed: usize, shape: &[usize]| {
+        let vals: Vec<f32> = values(n, seed).into_iter().map(|x| x as f32).collect();
+        Var::from_tensor(&Tensor::from_vec(vals, shape, &Device::Cpu).unwrap()).unwrap()
+    };
+    let q = f32var(b * h * t * d, 31, &[b, h, t, d]);
+    let k = f32var(b * kv * t * d, 32, &[b, kv, t, d]);
+    let v = f32var(b * kv * t * d, 33, &[b, kv, t, d]);
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    let m = Tensor::from_vec(mask, (1, 1, t, t), &Device::Cpu)
+        .unwrap()
+        .broadcast_as((b, 1, t, t))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let c = Tensor::from_vec(
+        values(b * h * t * d, 34)
+            .into_iter()
+            .map(|x| x as f32)
+            .collect::<Vec<_>>(),
+        (b, kv, g * t, d),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (q_, k_, v_) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+    let fused = attention(q_, k_, v_, Some(&m)).unwrap();
+    let two = attention_probs(q_, k_, Some(&m))
+        .unwrap()
+        .reshape((b, kv, g * t, t))
+        .unwrap()
+        .matmul(v_)
+        .unwrap();
+    let rel = |a: &Tensor, b: &Tensor| {
+        let (a, b) = (flat(a), flat(b));
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0);
+        a.iter()
+            .zip(&b)
+            .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+            / scale
+    };
+    assert!(rel(&fused, &two) <= 1e-5, "outputs {}", rel(&fused, &two));
+    let gf = (&fused * &c)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gt = (&two * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, x) in [("q", q_), ("k", k_), ("v", v_)] {
+        let (a, b) = (gf.get(x).unwrap(), gt.get(x).unwrap());
+        assert!(rel(a, b) <= 1e-5, "∂{name}: {}", rel(a, b));
+    }
 }
 
 fn swiglu_host(gate: &[f64], up: &[f64]) -> Vec<f64> {

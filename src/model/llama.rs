@@ -1,7 +1,7 @@
 //! The Llama decoder (HF layout and tensor names) with two forward paths:
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
-//!   differentiable: RMS norm, RoPE, the attention probabilities and SwiGLU are
+//!   differentiable: RMS norm, RoPE, attention and SwiGLU are
 //!   [`train_ops`] with hand-written backward passes, for training and
 //!   scoring.
 //! * [`Llama::forward_step`]: KV-cached inference (prefill and decode) with fused kernels,
@@ -291,11 +291,8 @@ impl Attention {
     /// `(B, KV, G·T, D)`. Returns `(B, T, H·D)`. Differentiable.
     fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, h, t, d) = q.dims4()?;
-        let l = k.dim(2)?;
-        let kv = self.n_kv_heads;
-        let g = h / kv;
-        let probs = train_ops::attention_probs(q, k, mask)?; // (B, H, T, L)
-        let out = probs.reshape((b, kv, g * t, l))?.matmul(v)?; // (B, KV, G·T, D)
+        // one node that recomputes the probabilities in its backward (see train_ops::attention)
+        let out = train_ops::attention(q, k, v, mask)?; // (B, KV, G·T, D)
         out.reshape((b, h, t, d))?
             .transpose(1, 2)?
             .reshape((b, t, h * d))

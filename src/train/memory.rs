@@ -126,8 +126,9 @@ pub fn trainable_elems(cfg: &LlamaConfig, lora: Option<&LoraSpec>) -> u64 {
 /// `b` rows of `t` (model dtype), counted from the ops of `Llama::forward_hidden`:
 /// the residual input, both norms' outputs, the attention and MLP sums (6·h per token); q, k
 /// and v as projected and made contiguous, q and k after RoPE, the attention output and its
-/// contiguous copy (5·q + 5·kv); gate, up and their SwiGLU product (3·i); and the attention
-/// probabilities `(b, heads, t, t)`. With LoRA each adapted projection also keeps the adapter's
+/// contiguous copy (5·q + 5·kv); gate, up and their SwiGLU product (3·i). No attention
+/// probabilities: `train_ops::attention` recomputes them in its backward (they were
+/// `(b, heads, t, t)` per layer, the largest activation of long rows). With LoRA each adapted projection also keeps the adapter's
 /// product and the sum (2·out) and the rank-sized middle; with dropout the mask and the
 /// dropped input (2·in).
 pub fn layer_activation_elems(
@@ -141,7 +142,6 @@ pub fn layer_activation_elems(
     let q = (cfg.num_attention_heads * cfg.head_dim) as u64;
     let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
     let i = cfg.intermediate_size as u64;
-    let probs = (b * cfg.num_attention_heads * t * t) as u64;
     let mut per_token = 6 * h + 5 * q + 5 * kv + 3 * i;
     if let Some(spec) = lora {
         for ((din, dout), name) in projections(cfg).iter().zip(super::engine::PROJECTIONS) {
@@ -153,12 +153,13 @@ pub fn layer_activation_elems(
             }
         }
     }
-    n * per_token + probs
+    n * per_token
 }
 
-/// Elements of the transient buffers of one layer's backward at its widest: the attention
-/// probabilities' gradient and the softmax backward's widened copies (4 probability-sized
-/// tensors, in the accumulation dtype) and the MLP's gradients (3·i per token).
+/// Elements of the transient buffers of one layer's backward at its widest: the attention's
+/// recomputed probabilities, their gradient and the softmax backward's two temporaries (4
+/// probability-sized tensors, in the accumulation dtype) and the MLP's gradients (3·i per
+/// token).
 fn layer_backward_elems(cfg: &LlamaConfig, b: usize, t: usize) -> (u64, u64) {
     let probs = (b * cfg.num_attention_heads * t * t) as u64;
     let mlp = (b * t * 3 * cfg.intermediate_size) as u64;
@@ -206,11 +207,11 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
     let backward = bwd_probs * acc + bwd_mlp * s;
     // the recomputed layer's activations, plus what the checkpoint adds around it: the
     // input's copy, the output, its product with the upstream gradient and that product's
-    // other gradient (4 hidden states), and the attention's score and masked-score buffers
-    // (2 probability-sized tensors in the accumulation dtype) while the layer runs
-    let probs = (b * cfg.num_attention_heads * t * t) as u64;
+    // other gradient (4 hidden states). (The recomputed forward's attention scores are freed
+    // before its backward, whose working set is counted above: the attention keeps no
+    // probabilities.)
     let recompute = if shape.checkpointing {
-        layer_act + 4 * n * h * s + 2 * probs * acc
+        layer_act + 4 * n * h * s
     } else {
         0
     };
@@ -519,14 +520,14 @@ mod tests {
             on.part("activations per micro-batch"),
             2 * 32 * 8 * 4 + shared
         );
-        // per token 6·8 + 5·8 + 5·4 + 3·16 = 156, probabilities 2·2·16·16
+        // per token 6·8 + 5·8 + 5·4 + 3·16 = 156; no attention probabilities
         assert_eq!(
             off.part("activations per micro-batch"),
-            2 * (32 * 156 + 1024) * 4 + shared
+            2 * 32 * 156 * 4 + shared
         );
         assert_eq!(
             on.part("recomputation working set"),
-            (32 * 156 + 1024) * 4 + 4 * 32 * 8 * 4 + 2 * 1024 * 4
+            32 * 156 * 4 + 4 * 32 * 8 * 4
         );
         assert_eq!(off.part("recomputation working set"), 0);
     }

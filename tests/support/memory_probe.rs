@@ -38,11 +38,11 @@ pub fn lora_spec() -> LoraSpec {
 }
 
 impl Probe {
-    /// `hidden,intermediate,layers,heads,kv_heads,vocab,rows,tokens,accumulation,lora,ckpt`.
+    /// `hidden,intermediate,layers,heads,kv_heads,vocab,rows,tokens,accumulation,lora,ckpt,tied`.
     pub fn encode(&self) -> String {
         let c = &self.cfg;
         format!(
-            "{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             c.hidden_size,
             c.intermediate_size,
             c.num_hidden_layers,
@@ -53,7 +53,8 @@ impl Probe {
             self.tokens,
             self.accumulation,
             self.lora as u8,
-            self.checkpointing as u8
+            self.checkpointing as u8,
+            c.tie_word_embeddings as u8
         )
     }
 
@@ -69,6 +70,7 @@ impl Probe {
             num_attention_heads: v[3],
             num_key_value_heads: v[4],
             max_position_embeddings: v[7].max(64),
+            tie_word_embeddings: v[11] == 1,
             ..Default::default()
         };
         Probe {
