@@ -326,7 +326,7 @@ if [ "${caps##*,}" -ge 100 ] && [ "$(vnum "$nvcc_release")" -lt 1208 ]; then
     die "compute capability ${caps##*,} needs CUDA >= 12.8 (nvcc $nvcc_release); leave it out: PTX for $lowest runs there"
 fi
 
-# 3. build, for the lowest capability (see the header)
+# --- the build, for the lowest capability (see the header) ---------------------------------
 export CUDA_COMPUTE_CAP="$lowest"
 if [ $# -eq 0 ]; then
     set -- --bin east --bin east-gpu-check
