@@ -23,16 +23,16 @@
 # does not load under a CUDA 12.x driver (< 580), hence two toolkits.
 #  - 13: CUDA 13.0's nvcc, headers and the libraries candle links against, from PyPI, pinned,
 #    into a virtual environment under .cuda/ (ignored). 13.0 exactly: PTX from a newer nvcc would
-#    not load on a CUDA 13.0 driver. At run time: libcublas.so.13, libcublasLt.so.13,
-#    libnvrtc.so.13, libcurand.so.10, libcudart.so.13 (PyTorch's cu130 wheels bring them; or pip
-#    install nvidia-cublas nvidia-curand nvidia-cuda-nvrtc nvidia-cuda-runtime, 13.x).
+#    not load on a CUDA 13.0 driver. At run time: libcublas.so.13 (which loads libcublasLt.so.13),
+#    libcurand.so.10, libcudart.so.13 (PyTorch's cu130 wheels bring them; or pip install
+#    nvidia-cublas nvidia-curand nvidia-cuda-runtime, 13.x).
 #  - 12: PyPI has no CUDA 12 compiler: nvidia-cuda-nvcc-cu12 (12.1.105, 12.2.140, 12.4.131, 12.6.85,
 #    12.8.93, 12.9.86 checked) ships ptxas, libnvvm and headers but no nvcc, cicc or cudafe++. So a
 #    CUDA 12 build uses a CUDA 12 toolkit already on the machine (clusters with such drivers have
 #    one: `module load cuda/12.x`), no newer than the driver's CUDA version. At run time:
-#    libcublas.so.12, libcublasLt.so.12, libnvrtc.so.12, libcurand.so.10, libcudart.so.12 (the
+#    libcublas.so.12 (which loads libcublasLt.so.12), libcurand.so.10, libcudart.so.12 (the
 #    toolkit's lib64, PyTorch's cu12x wheels, or pip install nvidia-cublas-cu12 nvidia-curand-cu12
-#    nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12).
+#    nvidia-cuda-runtime-cu12).
 # candle 0.11 builds cudarc with `dynamic-linking`, so these libraries and the driver's libcuda.so.1
 # are linked (DT_NEEDED), not dlopen'ed: they must be on the loader path where the binary runs.
 # Without a driver (this kind of machine) the build links against lib64/stubs/libcuda.so, a stub
@@ -336,9 +336,9 @@ if [ "$lowest" -ge 90 ]; then runs="compute capability ${lowest:0:-1}.${lowest: 
 else runs="compute capability ${lowest:0:-1}.${lowest: -1} and newer (the driver JIT-compiles the PTX)"; fi
 say "nvcc $nvcc_release ($tk); for ${caps//,/ }: CUDA_COMPUTE_CAP=$lowest, PTX sm_$lowest$suffix, runs on $runs; target $CARGO_TARGET_DIR"
 if [ "${nvcc_release%%.*}" = 13 ]; then
-    runtime="libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcurand.so.10 libcudart.so.13 (PyTorch's cu130 wheels, or pip: nvidia-cublas nvidia-curand nvidia-cuda-nvrtc nvidia-cuda-runtime, 13.x)"
+    runtime="libcublas.so.13 (+ libcublasLt.so.13) libcurand.so.10 libcudart.so.13 (PyTorch's cu130 wheels, or pip: nvidia-cublas nvidia-curand nvidia-cuda-runtime, 13.x)"
 else
-    runtime="libcublas.so.12 libcublasLt.so.12 libnvrtc.so.12 libcurand.so.10 libcudart.so.12 (the toolkit's lib64, PyTorch's cu12x wheels, or pip: nvidia-cublas-cu12 nvidia-curand-cu12 nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12)"
+    runtime="libcublas.so.12 (+ libcublasLt.so.12) libcurand.so.10 libcudart.so.12 (the toolkit's lib64, PyTorch's cu12x wheels, or pip: nvidia-cublas-cu12 nvidia-curand-cu12 nvidia-cuda-runtime-cu12)"
 fi
 say "at run time: the driver's libcuda.so.1 (CUDA >= $nvcc_release) and $runtime"
 [ "$plan" = 0 ] || exit 0
