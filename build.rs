@@ -1,6 +1,8 @@
 //! With the `cuda` feature: compiles east's own CUDA kernels (`src/train/engine/adamw.cu`) to PTX with
 //! nvcc, for the compute capability in `CUDA_COMPUTE_CAP` (as candle's kernels are built; e.g.
-//! 90 for H100/H200). Without the feature it does nothing. `NVCC` names the compiler (default:
+//! 86 for an A6000, 90 for H100/H200). One number: `scripts/build-cuda.sh` turns a list
+//! (`80,86,89,90`) into its lowest, since PTX for `sm_NN` runs on every capability >= NN.
+//! Without the feature it does nothing. `NVCC` names the compiler (default:
 //! `nvcc` on the PATH; `scripts/build-cuda.sh` provides one).
 
 use std::path::PathBuf;

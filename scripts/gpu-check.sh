@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The prepared GPU check of east (issue 6), for a CUDA machine with no Rust and no network:
-# PyTorch + transformers (+ PEFT) in its python3, the NVIDIA driver, and the CUDA 13 libraries
-# that PyTorch's wheels bring. Build first, on any machine, with scripts/build-cuda.sh: it puts
-# the stripped binary in gpu/bin/ and the CPU references in gpu/ref/ (gpu/ is ignored by git, so
-# name it in the device tool's `carry`).
+# PyTorch + transformers (+ PEFT) in its python3, the NVIDIA driver, and the CUDA libraries
+# that PyTorch's wheels bring (CUDA 13, or 12 for a binary built with EAST_CUDA_VERSION=12).
+# Build first, on any machine, with scripts/build-cuda.sh: it puts the stripped binary in
+# gpu/bin/ and the CPU references in gpu/ref/ (gpu/ is ignored by git, so name it in the device
+# tool's `carry`).
 #
 #   scripts/gpu-check.sh [--budget SECONDS] [--skip-8b] [--only REGEX] [--profile]
 #   scripts/gpu-check.sh --dry-run-cpu     # the same steps on the CPU with small shapes
@@ -100,7 +101,7 @@ else
     lora_args=(--steps 10 --batch 16 --len 512 --lora --lora-rank 16 --lora-alpha 16)
 fi
 
-# --- libraries: the driver's libcuda and the CUDA 13 libraries of PyTorch's wheels ------------
+# --- libraries: the driver's libcuda and the CUDA 13 (or 12) libraries of PyTorch's wheels ------
 if [ "$dry" = 0 ]; then
     extra=""
     for d in $("$py" - 2>/dev/null <<'PY'
