@@ -5,7 +5,8 @@
 //! EAST_BENCH_QUESTION (index into GSM8K train), EAST_BENCH_NO_EOS=1 to generate every token,
 //! EAST_BENCH_PROMPT_IDS=FILE to write the prompt's token ids as JSON for
 //! scripts/reference/generate_bench.py, transformers' `generate` on the same prompt and settings),
-//! EAST_BENCH_KV_DTYPE=f16 for a half-precision KV cache).
+//! EAST_BENCH_KV_DTYPE=f16 for a half-precision KV cache, EAST_BENCH_SHARDS=N to decode in N
+//! shards of rows (default: one per core)).
 //! Prints generated tokens/s, the prefill time, per-step times, minor page faults per decode step
 //! and peak RSS.
 
@@ -66,6 +67,12 @@ fn main() -> anyhow::Result<()> {
         Ok(other) => anyhow::bail!("EAST_BENCH_KV_DTYPE: f32 or f16, not `{other}`"),
     };
 
+    // EAST_BENCH_SHARDS=1: the whole batch as one shard, every op split across the cores.
+    let cpu_shards: Option<usize> = std::env::var("EAST_BENCH_SHARDS")
+        .ok()
+        .map(|v| v.parse())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("EAST_BENCH_SHARDS: {e}"))?;
     let t = Instant::now();
     let mut lm = east::model::load(&model_path, &Device::Cpu, DType::F32)?;
     if no_eos {
@@ -98,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         stop: vec![],
         sampler: SamplerPlacement::Auto,
         kv_dtype,
+        cpu_shards,
     };
 
     let t = Instant::now();

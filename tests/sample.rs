@@ -285,6 +285,7 @@ fn batched_greedy_decoding_matches_full_recomputation() {
         stop: vec![],
         sampler: SamplerPlacement::Auto,
         kv_dtype: None,
+        cpu_shards: None,
     };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {}).unwrap();
     for (r, g) in requests.iter().zip(&gens) {
@@ -346,6 +347,7 @@ fn the_device_sampler_decodes_like_the_host_sampler() {
                 stop: vec![],
                 sampler,
                 kv_dtype: None,
+                cpu_shards: None,
             };
             generate_group(&lm, &requests, &settings, |_| {}).unwrap().0
         };

@@ -393,6 +393,7 @@ fn logits(
         stop: vec![],
         sampler: SamplerPlacement::Auto,
         kv_dtype: None,
+        cpu_shards: None,
     };
     let (gens, _) = generate_group(&lm, &requests, &settings, |_| {})?;
     let greedy: Vec<Vec<u32>> = gens
@@ -490,6 +491,7 @@ fn sample_bench(
         stop: vec![],
         sampler,
         kv_dtype: None,
+        cpu_shards: None,
     };
     let run = |samples: usize,
                settings: &DecodeSettings|

@@ -6,6 +6,8 @@
 //! so each sample has its own row, and every decode step runs all live rows through the model at
 //! once. Rows that finish leave the batch (the cache is compacted once enough of them are done,
 //! since compaction copies the cache). The KV cache is preallocated for the whole generation.
+//! On the CPU the rows are dealt out to one shard per core, each with its own cache rows, which
+//! runs the decoder layers on its core alone; the vocabulary head then runs once over all rows.
 //!
 //! Determinism: each sample row draws its random numbers from its own generator, seeded by
 //! (seed, question id, sample index). Given the same group, the same rows come out, so a
@@ -14,7 +16,7 @@
 pub mod logits;
 pub mod on_device;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -63,6 +65,9 @@ pub struct DecodeSettings {
     /// bytes the decode attention reads per step (it widens to f32 and accumulates in f32),
     /// but rounds every cached key and value, so the samples differ from an f32 cache's.
     pub kv_dtype: Option<candle_core::DType>,
+    /// On the CPU, how many shards of rows a group is decoded in, each on its own core with
+    /// the same samples whatever the count; None: one per core while each keeps 16 rows.
+    pub cpu_shards: Option<usize>,
 }
 
 /// Counters reported back to progress bars and logs.
@@ -92,6 +97,192 @@ struct Row {
     finish: Option<Finish>,
     /// Byte length of the text where a stop string was found.
     cut: Option<usize>,
+}
+
+impl Row {
+    /// Appends `token`, or finishes the row on an EOS token, a stop string or the length limit.
+    fn take(
+        &mut self,
+        token: u32,
+        lm: &LoadedModel,
+        settings: &DecodeSettings,
+        stop_window: usize,
+    ) -> anyhow::Result<()> {
+        if lm.eos_ids.contains(&token) {
+            self.finish = Some(Finish::Stop);
+            return Ok(());
+        }
+        self.ids.push(token);
+        if stop_window > 0 {
+            if let Some(cut) = find_stop(lm, &self.ids, &settings.stop, stop_window)? {
+                self.cut = Some(cut);
+                self.finish = Some(Finish::Stop);
+                return Ok(());
+            }
+        }
+        if self.ids.len() >= settings.max_new_tokens {
+            self.finish = Some(Finish::Length);
+        }
+        Ok(())
+    }
+}
+
+/// Rows per shard below which a group is not split: every shard reads every weight once per
+/// step, so with few rows a step is bound by reading the weights rather than by arithmetic.
+const MIN_SHARD_ROWS: usize = 16;
+
+/// How many shards a group of `rows` sample rows is decoded in: on the CPU, one per core
+/// (rayon's threads) as long as each keeps `MIN_SHARD_ROWS` rows, each running every op of its
+/// decoder layers on its core alone. Splitting each op across the cores instead makes the
+/// cores meet at ~10 barriers per layer, and a decode step's products (a hundred-odd rows by
+/// 576) split badly: `cargo bench --bench gemm` on two cores, 128 × 576 × 192 ran at 95 GFLOP/s
+/// on two threads where one thread ran 64 rows of it at 153, and two shards run two such
+/// products at once. Every row's arithmetic is the same however the rows are sharded (see
+/// [`Shard::step`]; tests/decode_regression.rs).
+fn shard_count(device: &Device, rows: usize) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
+    rayon::current_num_threads()
+        .min(rows / MIN_SHARD_ROWS)
+        .max(1)
+}
+
+/// While alive, single-threaded gemm calls multiply by the weights where they lie instead of
+/// first copying ("packing") them into its kernel's panel layout; dropping it restores gemm's
+/// setting. A shard's products are a few dozen rows by a weight already laid out as the
+/// kernel reads it (`LinearLayer` keeps frozen CPU weights transposed and contiguous), so
+/// copying the whole weight each call costs more than it saves: 10–18% on the decoder layers'
+/// shapes (`cargo bench --bench gemm`, which also checks that the bits are the same). The
+/// vocabulary head, where packing pays, runs multi-threaded over every row and keeps it.
+struct UnpackedWeights(usize);
+
+impl UnpackedWeights {
+    fn set() -> Self {
+        let before = gemm::get_lhs_packing_threshold_single_thread();
+        gemm::set_lhs_packing_threshold_single_thread(usize::MAX);
+        Self(before)
+    }
+}
+
+impl Drop for UnpackedWeights {
+    fn drop(&mut self) {
+        gemm::set_lhs_packing_threshold_single_thread(self.0);
+    }
+}
+
+/// Sample rows decoded together, with their own KV cache rows and next-token logits.
+struct Shard {
+    /// The rows and their index in the group (rows are handed back in that order).
+    rows: Vec<(usize, Row)>,
+    /// `live[b]` = index into `rows` of cache row b.
+    live: Vec<usize>,
+    cache: KvCache,
+    logits: Tensor,
+    done: bool,
+}
+
+impl Shard {
+    /// Deals `rows` out to `n` shards in turn (row i to shard i mod n), so that each gets a
+    /// like share of every question's samples and the shards finish at about the same time;
+    /// `prepare` makes a shard's cache and first logits from its rows' request indices.
+    fn split(
+        rows: Vec<Row>,
+        n: usize,
+        prepare: impl Fn(&[usize]) -> candle_core::Result<(KvCache, Tensor)>,
+    ) -> anyhow::Result<Vec<Shard>> {
+        let mut parts: Vec<Vec<(usize, Row)>> = (0..n).map(|_| Vec::new()).collect();
+        for (i, row) in rows.into_iter().enumerate() {
+            parts[i % n].push((i, row));
+        }
+        parts
+            .into_iter()
+            .map(|rows| {
+                let of_request: Vec<usize> = rows.iter().map(|(_, r)| r.request).collect();
+                let (cache, logits) = prepare(&of_request)?;
+                Ok(Shard {
+                    live: (0..rows.len()).collect(),
+                    rows,
+                    cache,
+                    logits,
+                    done: false,
+                })
+            })
+            .collect()
+    }
+
+    /// The rows of every shard, in their order in the group.
+    fn join(shards: Vec<Shard>) -> Vec<Row> {
+        let mut all: Vec<(usize, Row)> = shards.into_iter().flat_map(|s| s.rows).collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Picks each live row's next token from `logits`, drops finished rows from the batch now
+    /// and then, and runs the decoder layers for the rest; returns the tokens produced and the
+    /// rows' hidden states for the vocabulary head (None once every row has finished).
+    fn step(
+        &mut self,
+        lm: &LoadedModel,
+        settings: &DecodeSettings,
+        stop_window: usize,
+    ) -> anyhow::Result<(usize, Option<Tensor>)> {
+        if self.done {
+            return Ok((0, None));
+        }
+        let uniforms: Vec<f64> = self
+            .live
+            .iter()
+            .map(|&i| {
+                let row = &mut self.rows[i].1;
+                // Finished rows still in the batch draw nothing, so streams stay aligned.
+                if row.finish.is_none() && !settings.sampling.is_greedy() {
+                    row.rng.random::<f64>()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let next = next_tokens(&self.logits, settings.sampling, &uniforms, settings.sampler)?;
+        let mut produced = 0;
+        for (b, &i) in self.live.iter().enumerate() {
+            let row = &mut self.rows[i].1;
+            if row.finish.is_none() {
+                produced += 1;
+                row.take(next[b], lm, settings, stop_window)?;
+            }
+        }
+        let still: Vec<usize> = (0..self.live.len())
+            .filter(|&b| self.rows[self.live[b]].1.finish.is_none())
+            .collect();
+        if still.is_empty() {
+            self.done = true;
+            return Ok((produced, None));
+        }
+        // Compact once an eighth of the batch is dead weight: the copy costs about as much as
+        // a few steps of running the finished rows along. Never down to one row out of more:
+        // gemm multiplies a single row with another kernel (a matrix-vector product) whose
+        // sums round differently, and a row's samples would then depend on which rows it
+        // was batched with.
+        let dead = self.live.len() - still.len();
+        if dead > 0 && (dead * 8 >= self.live.len() || self.live.len() <= 8) {
+            let mut keep = still;
+            if keep.len() == 1 && self.live.len() > 1 {
+                let other = usize::from(keep[0] == 0);
+                keep = vec![keep[0].min(other), keep[0].max(other)];
+            }
+            self.cache.select_rows(&keep)?;
+            self.live = keep.iter().map(|&b| self.live[b]).collect();
+        }
+        let feed: Vec<u32> = self
+            .live
+            .iter()
+            .map(|&i| self.rows[i].1.ids.last().copied().unwrap_or(lm.pad_id))
+            .collect();
+        let feed = Tensor::from_vec(feed, (self.live.len(), 1), self.logits.device())?;
+        let hidden = lm.model.forward_step_hidden(&feed, &mut self.cache)?;
+        Ok((produced, Some(hidden)))
+    }
 }
 
 /// Decodes one group; `on_step` is told how many tokens each step generated (for progress).
@@ -142,8 +333,7 @@ pub fn generate_group(
     let prefill_logits = model.forward_step(&prompt, &mut cache)?;
 
     // One row per sample; the cache rows of a prompt are repeated for its samples.
-    let counts: Vec<usize> = requests.iter().map(|r| r.samples).collect();
-    let mut rows: Vec<Row> = Vec::with_capacity(counts.iter().sum());
+    let mut rows: Vec<Row> = Vec::with_capacity(requests.iter().map(|r| r.samples).sum());
     for (q, r) in requests.iter().enumerate() {
         for s in 0..r.samples {
             rows.push(Row {
@@ -157,83 +347,68 @@ pub fn generate_group(
     }
     // The prompt columns stay once per question where the CPU decode kernel reads them that
     // way; elsewhere (GPU, other dtypes) every sample row gets a copy.
-    if device.is_cpu()
+    let share = device.is_cpu()
         && model.dtype() == candle_core::DType::F32
-        && matches!(kv_dtype, candle_core::DType::F32 | candle_core::DType::F16)
-    {
-        cache.share_prefix(&counts)?;
-    } else {
-        cache.repeat_rows(&counts)?;
-    }
-    let row_of_prompt: Vec<u32> = rows.iter().map(|r| r.request as u32).collect();
-    let mut logits =
-        prefill_logits.index_select(&Tensor::new(row_of_prompt.as_slice(), &device)?, 0)?;
+        && matches!(kv_dtype, candle_core::DType::F32 | candle_core::DType::F16);
+    let n_shards = match settings.cpu_shards {
+        // at least two rows per shard: gemm multiplies a single row differently (see `step`)
+        Some(n) if device.is_cpu() => n.clamp(1, (rows.len() / 2).max(1)),
+        _ => shard_count(&device, rows.len()),
+    };
+    let mut shards = Shard::split(rows, n_shards, |of_request| {
+        let mut counts = vec![0; requests.len()];
+        for &q in of_request {
+            counts[q] += 1;
+        }
+        let mut c = cache.clone();
+        if share {
+            c.share_prefix(&counts)?;
+        } else {
+            c.repeat_rows(&counts)?;
+        }
+        let of_prompt: Vec<u32> = of_request.iter().map(|&q| q as u32).collect();
+        let logits =
+            prefill_logits.index_select(&Tensor::new(of_prompt.as_slice(), &device)?, 0)?;
+        Ok((c, logits))
+    })?;
+    drop(cache);
 
-    // `live[b]` = index into `rows` of cache row b.
-    let mut live: Vec<usize> = (0..rows.len()).collect();
     let stop_window = settings.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-    loop {
-        let uniforms: Vec<f64> = live
-            .iter()
-            .map(|&i| {
-                let row = &mut rows[i];
-                // Finished rows still in the batch draw nothing, so streams stay aligned.
-                if row.finish.is_none() && !settings.sampling.is_greedy() {
-                    row.rng.random::<f64>()
-                } else {
-                    0.0
+    let step = |s: &mut Shard| s.step(lm, settings, stop_window);
+    let _unpacked = (shards.len() > 1).then(UnpackedWeights::set);
+    while shards.iter().any(|s| !s.done) {
+        let stepped: Vec<(usize, Option<Tensor>)> = if shards.len() == 1 {
+            vec![step(&mut shards[0])?]
+        } else {
+            // One shard per core, each with its ops on that core alone (see `shard_count`).
+            use rayon::prelude::*;
+            shards
+                .par_iter_mut()
+                .map(|s| candle_core::utils::with_serial_ops(|| step(s)))
+                .collect::<anyhow::Result<_>>()?
+        };
+        // The vocabulary head once over every shard's rows: its weight is the largest, and
+        // one product over all rows, split across the cores, reads it once.
+        let hidden: Vec<&Tensor> = stepped.iter().filter_map(|(_, h)| h.as_ref()).collect();
+        if !hidden.is_empty() {
+            let logits = model
+                .logits(&Tensor::cat(&hidden, 0)?)?
+                .to_dtype(DType::F32)?;
+            let mut offset = 0;
+            for (shard, (_, h)) in shards.iter_mut().zip(&stepped) {
+                if let Some(h) = h {
+                    let rows = h.dim(0)?;
+                    shard.logits = logits.narrow(0, offset, rows)?;
+                    offset += rows;
                 }
-            })
-            .collect();
-        let next = next_tokens(&logits, settings.sampling, &uniforms, settings.sampler)?;
-        let mut produced = 0;
-        for (b, &i) in live.iter().enumerate() {
-            let row = &mut rows[i];
-            if row.finish.is_some() {
-                continue;
-            }
-            produced += 1;
-            let token = next[b];
-            if lm.eos_ids.contains(&token) {
-                row.finish = Some(Finish::Stop);
-                continue;
-            }
-            row.ids.push(token);
-            if stop_window > 0 {
-                if let Some(cut) = find_stop(lm, &row.ids, &settings.stop, stop_window)? {
-                    row.cut = Some(cut);
-                    row.finish = Some(Finish::Stop);
-                    continue;
-                }
-            }
-            if row.ids.len() >= settings.max_new_tokens {
-                row.finish = Some(Finish::Length);
             }
         }
+        let produced: usize = stepped.iter().map(|(n, _)| n).sum();
         stats.generated += produced;
         stats.steps += 1;
         on_step(produced);
-
-        let still: Vec<usize> = (0..live.len())
-            .filter(|&b| rows[live[b]].finish.is_none())
-            .collect();
-        if still.is_empty() {
-            break;
-        }
-        // Compact once an eighth of the batch is dead weight: the copy costs about as much as
-        // a few steps of running the finished rows along.
-        let dead = live.len() - still.len();
-        if dead > 0 && (dead * 8 >= live.len() || live.len() <= 8) {
-            cache.select_rows(&still)?;
-            live = still.iter().map(|&b| live[b]).collect();
-        }
-        let feed: Vec<u32> = live
-            .iter()
-            .map(|&i| rows[i].ids.last().copied().unwrap_or(lm.pad_id))
-            .collect();
-        let feed = Tensor::from_vec(feed, (live.len(), 1), &device)?;
-        logits = model.forward_step(&feed, &mut cache)?;
     }
+    let rows = Shard::join(shards);
 
     let mut out: Vec<Vec<Generation>> = requests
         .iter()

@@ -280,6 +280,7 @@ pub fn evaluate_on(
         stop: Vec::new(),
         sampler: SamplerPlacement::Auto,
         kv_dtype: None,
+        cpu_shards: None,
     };
     let bar = progress::items_bar(questions.len() as u64, "eval");
     bar.set_position(done.len() as u64);

@@ -669,6 +669,14 @@ impl Llama {
     /// row's padding; decode: `T = 1`. Row `b`'s RoPE position of column `c` is
     /// `c - left_pad[b]`; keys in columns `< left_pad[b]` are masked.
     pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let last = self.forward_step_hidden(ids, cache)?;
+        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+    }
+
+    /// [`Llama::forward_step`] without the vocabulary head: the final-normed hidden state of
+    /// the last column, `(B, hidden)`, for [`Llama::logits`] (the decoder runs the head once
+    /// over the rows of several shards).
+    pub fn forward_step_hidden(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if b != cache.batch() {
             candle_core::bail!(
@@ -725,7 +733,6 @@ impl Llama {
         }
         cache.advance(t);
         let last = x.narrow(1, t - 1, 1)?.squeeze(1)?.contiguous()?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
-        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+        candle_nn::ops::rms_norm(&last, &self.norm, eps)
     }
 }

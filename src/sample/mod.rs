@@ -102,6 +102,7 @@ impl SampleConfig {
             stop: self.stop.clone(),
             sampler: SamplerPlacement::Auto,
             kv_dtype: None,
+            cpu_shards: None,
         }
     }
 }

@@ -62,6 +62,29 @@ unsafe impl Send for BarrierPool {}
 
 thread_local! {
     static IN_BARRIER_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set by [`with_serial_ops`] (an east patch, see PATCHES.md).
+    static SERIAL_OPS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every CPU op it calls on this thread computed on this thread alone: matmuls
+/// without gemm's parallelism, the barrier pool's ops inline. For a caller that parallelises
+/// over independent pieces of work itself (east's decoder runs one shard of its batch per
+/// core), so that the pieces' ops neither wait for each other at the pool's lock nor wake
+/// other threads. The values computed are the same.
+pub fn with_serial_ops<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL_OPS.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL_OPS.with(|s| s.replace(true)));
+    f()
+}
+
+/// Whether this thread is inside [`with_serial_ops`].
+pub fn serial_ops() -> bool {
+    SERIAL_OPS.with(|s| s.get())
 }
 
 unsafe fn call_trampoline<F: Fn(usize)>(data: *const (), tid: usize) {
@@ -316,7 +339,7 @@ impl BarrierPool {
         if n_items == 0 {
             return;
         }
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || serial_ops() {
             f(0..n_items);
             return;
         }
@@ -336,7 +359,7 @@ impl BarrierPool {
             return;
         }
         // nested use from a worker would deadlock on the call lock; run inline instead
-        if IN_BARRIER_POOL.with(|f| f.get()) {
+        if IN_BARRIER_POOL.with(|f| f.get()) || serial_ops() {
             f(0..n_items);
             return;
         }

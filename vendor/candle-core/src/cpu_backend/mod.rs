@@ -1479,7 +1479,11 @@ impl Map2 for MatMul {
         let dst_cs = dst_strides[1];
 
         let mut dst = vec![T::zero(); b * m * n];
-        let num_threads = crate::utils::get_num_threads();
+        let num_threads = if crate::utils::serial_ops() {
+            1
+        } else {
+            crate::utils::get_num_threads()
+        };
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
         } else {
