@@ -135,10 +135,10 @@ const MIN_SHARD_ROWS: usize = 16;
 /// (rayon's threads) as long as each keeps `MIN_SHARD_ROWS` rows, each running every op of its
 /// decoder layers on its core alone. Splitting each op across the cores instead makes the
 /// cores meet at ~10 barriers per layer, and a decode step's products (a hundred-odd rows by
-/// 576) split badly: `cargo bench --bench gemm` on two cores, 128 × 576 × 192 ran at 95 GFLOP/s
-/// on two threads where one thread ran 64 rows of it at 153, and two shards run two such
-/// products at once. Every row's arithmetic is the same however the rows are sharded (see
-/// [`Shard::step`]; tests/decode_regression.rs).
+/// 576) split badly: in `cargo bench --bench gemm` on two cores the layers' products over 128
+/// rows ran at 92–166 GFLOP/s on both threads, and over 64 rows at 97–142 on one thread, of
+/// which two shards run two at once. Every row's arithmetic is the same however the rows are
+/// sharded (see [`Shard::step`]; tests/decode_regression.rs).
 fn shard_count(device: &Device, rows: usize) -> usize {
     if !device.is_cpu() {
         return 1;
@@ -146,29 +146,6 @@ fn shard_count(device: &Device, rows: usize) -> usize {
     rayon::current_num_threads()
         .min(rows / MIN_SHARD_ROWS)
         .max(1)
-}
-
-/// While alive, single-threaded gemm calls multiply by the weights where they lie instead of
-/// first copying ("packing") them into its kernel's panel layout; dropping it restores gemm's
-/// setting. A shard's products are a few dozen rows by a weight already laid out as the
-/// kernel reads it (`LinearLayer` keeps frozen CPU weights transposed and contiguous), so
-/// copying the whole weight each call costs more than it saves: 10–18% on the decoder layers'
-/// shapes (`cargo bench --bench gemm`, which also checks that the bits are the same). The
-/// vocabulary head, where packing pays, runs multi-threaded over every row and keeps it.
-struct UnpackedWeights(usize);
-
-impl UnpackedWeights {
-    fn set() -> Self {
-        let before = gemm::get_lhs_packing_threshold_single_thread();
-        gemm::set_lhs_packing_threshold_single_thread(usize::MAX);
-        Self(before)
-    }
-}
-
-impl Drop for UnpackedWeights {
-    fn drop(&mut self) {
-        gemm::set_lhs_packing_threshold_single_thread(self.0);
-    }
 }
 
 /// Sample rows decoded together, with their own KV cache rows and next-token logits.
@@ -375,7 +352,6 @@ pub fn generate_group(
 
     let stop_window = settings.stop.iter().map(|s| s.len()).max().unwrap_or(0);
     let step = |s: &mut Shard| s.step(lm, settings, stop_window);
-    let _unpacked = (shards.len() > 1).then(UnpackedWeights::set);
     while shards.iter().any(|s| !s.done) {
         let stepped: Vec<(usize, Option<Tensor>)> = if shards.len() == 1 {
             vec![step(&mut shards[0])?]
