@@ -53,6 +53,16 @@ impl LinearLayer {
         l
     }
 
+    /// A layer over `weight` as it is, never a transposed copy: for a layer that is kept but
+    /// not multiplied by (the training engine's frozen model, whose head it computes itself).
+    pub fn as_stored(weight: Tensor) -> Self {
+        Self {
+            weight,
+            weight_t: None,
+            adapter: None,
+        }
+    }
+
     fn store(&mut self, weight: Tensor) {
         // Only constants: a weight in a graph (a variable, or e.g. its bf16 cast) must stay
         // where the optimiser's gradient reaches it.

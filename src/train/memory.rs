@@ -28,6 +28,9 @@ pub struct MemoryShape {
     pub rows: usize,
     /// Tokens per sequence (the longest row of a micro-batch: `train.max_length` at worst).
     pub row_tokens: usize,
+    /// Target tokens per micro-batch, the rows of the vocabulary head (`rows × row_tokens`
+    /// at worst, what a training run assumes).
+    pub targets: usize,
     /// Micro-batches per optimiser step (> 1: gradients accumulate across backwards).
     pub accumulation: usize,
     pub checkpointing: bool,
@@ -50,8 +53,8 @@ pub struct MemoryEstimate {
     pub checkpointing: bool,
     /// Sequences per micro-batch and tokens per sequence it was made for.
     /// (`total` is not the parts' sum: the vocabulary head's chunk is live in the forward,
-    /// the backward's working sets and gradient store in the backward, and the total takes
-    /// the larger phase.)
+    /// the backward's working sets in the backward, the gradient sums after it, and the
+    /// total takes the largest phase.)
     pub rows: usize,
     pub row_tokens: usize,
 }
@@ -186,14 +189,22 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
         (None, false) => all * s,
         (Some(_), _) => all * s + trainable * s,
     };
-    // the backward's gradient store (compute dtype) until the backward returns, and the f32
-    // accumulators it is added to from the second micro-batch on
-    let grads = trainable * s
-        + if shape.accumulation > 1 {
-            trainable * m
-        } else {
-            0
-        };
+    // The accumulators (master dtype, `add_grad`) of the earlier micro-batches of a step;
+    // the backward's gradient store (compute dtype), summed into them one tensor at a time
+    // after the backward. With one micro-batch the store becomes the accumulators (cast to
+    // the master dtype one tensor at a time; in f32 they are the same tensors).
+    let accumulators = if shape.accumulation > 1 {
+        trainable * m
+    } else {
+        0
+    };
+    let store = trainable * s;
+    let store_summed = if shape.accumulation > 1 {
+        store
+    } else {
+        trainable * m
+    };
+    let grads = accumulators + store_summed;
     let layer_act = layer_activation_elems(cfg, lora, b, t) * s;
     // shared by all layers: the additive mask (b, 1, t, t) and the embedding output
     let shared = (b * t * t) as u64 * s + n * h * s;
@@ -216,6 +227,8 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
         0
     };
     let head = head_bytes(cfg, shape, m);
+    let (head_grad_fwd, head_grad_bwd) = head_grad_bytes(cfg, shape, s, m);
+    let sum = gradient_sum_bytes(cfg, shape, s, m);
     let reference = shape.reference_rows as u64 * 8;
     let parts = vec![
         Part {
@@ -251,18 +264,28 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
             bytes: head,
         },
         Part {
+            name: "output-layer weight gradient",
+            bytes: head_grad_fwd,
+        },
+        Part {
+            name: "gradient sum working set",
+            bytes: sum,
+        },
+        Part {
             name: "reference log-prob cache",
             bytes: reference,
         },
     ];
-    // The head's chunk lives in the forward, the backward's working sets and the gradient
-    // store in the backward (each after the other has freed its buffers); the checkpointed
-    // forward holds one layer's activations at a time, like the recomputation.
-    let store = trainable * s;
-    let forward = head.max(recompute);
-    let backward_phase = backward + recompute + store;
-    let total = parts.iter().map(|p| p.bytes).sum::<u64>() - (head + backward + recompute + store)
-        + forward.max(backward_phase);
+    // Three phases, each after the one before has freed its buffers: the forward (the head's
+    // chunk and its weight gradient; the checkpointed forward holds one layer's activations
+    // at a time, like the recomputation), the backward (its working sets and the gradient
+    // store growing to its full size) and the accumulation (the store summed into the
+    // accumulators one tensor at a time, the graph and its activations freed).
+    let base = compute_weights + 3 * trainable * m + accumulators + reference;
+    let forward = base + activations + (head + head_grad_fwd).max(recompute);
+    let backward_phase = base + activations + backward + recompute + store + head_grad_bwd;
+    let accumulate = base + store_summed + head_grad_bwd + sum;
+    let total = forward.max(backward_phase).max(accumulate);
     MemoryEstimate {
         parts,
         total,
@@ -274,12 +297,61 @@ pub fn estimate(cfg: &LlamaConfig, shape: &MemoryShape) -> MemoryEstimate {
 
 /// The vocabulary head's chunk: the logits of `chunk` positions, the softmax's exponentials and
 /// probabilities, the scaled probabilities and the logit gradients (5 chunk × vocab tensors in
-/// the master dtype), plus the
-/// hidden states at the target positions and their gradient (every token a target, at worst).
+/// the master dtype), plus the hidden states at the target positions and their gradient.
 fn head_bytes(cfg: &LlamaConfig, shape: &MemoryShape, m: u64) -> u64 {
     let chunk = super::engine::autograd::head_chunk_rows(cfg.vocab_size, shape.cuda) as u64;
-    let targets = (shape.rows * shape.row_tokens) as u64;
+    let targets = shape.targets as u64;
     5 * chunk.min(targets) * cfg.vocab_size as u64 * m + 2 * targets * cfg.hidden_size as u64 * m
+}
+
+/// The output layer's weight gradient, which full fine-tuning makes in the forward (the
+/// head is not in the autograd graph): `(in the forward, through the backward)` in bytes.
+/// In the forward it is summed over the head's chunks, `d + g` holding three at once from
+/// the second chunk on (with one chunk: the product and, in a half dtype, its f32 cast).
+/// Through the backward it is a second embedding-sized tensor when the embeddings are tied,
+/// besides the backward's gradient of the embedding, until the two are summed; untied, it is
+/// the head's accumulator (in `gradients`).
+fn head_grad_bytes(cfg: &LlamaConfig, shape: &MemoryShape, s: u64, m: u64) -> (u64, u64) {
+    if shape.lora.is_some() {
+        return (0, 0);
+    }
+    let elems = (cfg.vocab_size * cfg.hidden_size) as u64;
+    let chunk = super::engine::autograd::head_chunk_rows(cfg.vocab_size, shape.cuda);
+    let forward = if shape.targets > chunk {
+        3 * elems * m
+    } else {
+        elems * (m + if s == m { 0 } else { s })
+    };
+    let backward = if cfg.tie_word_embeddings {
+        elems * m
+    } else {
+        0
+    };
+    (forward, backward)
+}
+
+/// The accumulation's working set: `a + g` for one tensor at a time (the sum, and in a half
+/// dtype `g`'s f32 cast), for the largest tensor whose gradient meets an earlier one: with
+/// several micro-batches every trainable tensor, with one only the tied embedding (the
+/// output layer's gradient from the forward and the embedding's from the backward).
+fn gradient_sum_bytes(cfg: &LlamaConfig, shape: &MemoryShape, s: u64, m: u64) -> u64 {
+    let vh = (cfg.vocab_size * cfg.hidden_size) as u64;
+    let largest = match &shape.lora {
+        None => vh.max((cfg.intermediate_size * cfg.hidden_size) as u64),
+        Some(spec) => projections(cfg)
+            .iter()
+            .map(|&(i, o)| (spec.rank * i.max(o)) as u64)
+            .max()
+            .unwrap_or(0),
+    };
+    let elems = if shape.accumulation > 1 {
+        largest
+    } else if shape.lora.is_none() && cfg.tie_word_embeddings {
+        vh
+    } else {
+        0
+    };
+    elems * (m + if s == m { 0 } else { m })
 }
 
 /// The model's configuration without its weights: GGUF metadata, a folder's `config.json`, or
@@ -351,6 +423,7 @@ pub fn shape_of(
         lora: train.lora_spec(),
         rows: train.micro_batch_size * per_example,
         row_tokens,
+        targets: train.micro_batch_size * per_example * row_tokens,
         accumulation: train.batch_size / train.micro_batch_size.max(1),
         checkpointing,
         reference_rows: if train.loss.needs_rejected() {
@@ -469,6 +542,7 @@ mod tests {
             lora: None,
             rows: 1,
             row_tokens: 4,
+            targets: 4,
             accumulation: 2,
             checkpointing: false,
             reference_rows: 0,
@@ -479,11 +553,49 @@ mod tests {
         assert_eq!(e.part("f32 master weights"), 4 * p);
         assert_eq!(e.part("AdamW moments"), 8 * p);
         assert_eq!(e.part("gradients"), 2 * p + 4 * p);
-        // the head's chunk (forward) and the backward's buffers are not live at once
-        let sum: u64 = e.parts.iter().map(|p| p.bytes).sum();
-        let head = e.part("vocabulary-head chunk");
-        let bwd = e.part("backward working set") + 2 * p;
-        assert_eq!(e.total, sum - head - bwd + head.max(bwd));
+        // the head's gradient, 100 × 8, in one chunk: the bf16 product and its f32 cast
+        assert_eq!(e.part("output-layer weight gradient"), 800 * (2 + 4));
+        // a + g on the largest tensor (the 100 × 8 embedding or head): the f32 cast of the
+        // bf16 g and the f32 sum
+        assert_eq!(e.part("gradient sum working set"), 800 * (4 + 4));
+        // the head's chunk (forward), the backward's buffers and the sums are not live at once;
+        // the earlier micro-batch's f32 accumulators are
+        let base = 2 * p + 12 * p + 4 * p;
+        let act = e.part("activations per micro-batch");
+        let forward = base + act + e.part("vocabulary-head chunk") + 800 * 6;
+        let backward = base + act + e.part("backward working set") + 2 * p;
+        let accumulate = base + 2 * p + 800 * 8;
+        assert_eq!(e.total, forward.max(backward).max(accumulate));
+    }
+
+    #[test]
+    fn tied_full_fine_tuning_holds_the_embedding_gradient_twice() {
+        let mut cfg = tiny();
+        cfg.tie_word_embeddings = true;
+        let shape = MemoryShape {
+            dtype: DType::F32,
+            cuda: false,
+            lora: None,
+            rows: 1,
+            row_tokens: 4,
+            targets: 4,
+            accumulation: 1,
+            checkpointing: false,
+            reference_rows: 0,
+        };
+        let e = estimate(&cfg, &shape);
+        let p = cfg.num_parameters() as u64;
+        assert_eq!(e.part("gradients"), 4 * p);
+        assert_eq!(e.part("output-layer weight gradient"), 800 * 4);
+        assert_eq!(e.part("gradient sum working set"), 800 * 4);
+        // summing: the store (= the accumulators), the head's gradient from the forward and
+        // their sum
+        let accumulate = 12 * p + 4 * p + 800 * 4 + 800 * 4;
+        assert!(e.total >= accumulate);
+        let act = e.part("activations per micro-batch");
+        let backward = 12 * p + act + e.part("backward working set") + 4 * p + 800 * 4;
+        let forward = 12 * p + act + e.part("vocabulary-head chunk") + 800 * 4;
+        assert_eq!(e.total, forward.max(backward).max(accumulate));
     }
 
     #[test]
@@ -508,6 +620,7 @@ mod tests {
             lora: None,
             rows: 2,
             row_tokens: 16,
+            targets: 32,
             accumulation: 1,
             checkpointing: true,
             reference_rows: 0,
