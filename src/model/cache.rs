@@ -12,12 +12,14 @@
 //! positions and padding are counted over that concatenation, so nothing outside the cache
 //! sees the difference except the decode kernel, which reads both parts without copying.
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Result, Tensor};
 
 use super::config::LlamaConfig;
 use super::error::ModelError;
 
-#[derive(Debug, Clone)]
+/// A clone owns copies of the rows' buffers (see its `Clone`): [`KvCache::select_rows`]
+/// compacts them in place.
+#[derive(Debug)]
 pub struct KvCache {
     /// Per layer (K, V), each `(batch, n_kv_heads, capacity, head_dim)`, contiguous.
     layers: Vec<(Tensor, Tensor)>,
@@ -44,6 +46,32 @@ struct Prefix {
 /// The keys and values a layer's attention reads after [`KvCache::append`]: the row's own
 /// columns `(batch, n_kv, own, D)` (views), preceded, with a shared prefix, by the prefix
 /// columns of row `b`'s prefix row `prefix_rows[b]`.
+impl Clone for KvCache {
+    /// Copies the rows' own buffers (they are compacted in place, which a clone sharing them
+    /// would see); the shared prefix, never written after it is made, stays shared.
+    fn clone(&self) -> Self {
+        let copy = |t: &Tensor| {
+            t.copy()
+                .expect("copying a CPU or GPU buffer of the same size")
+        };
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|(k, v)| (copy(k), copy(v)))
+                .collect(),
+            len: self.len,
+            capacity: self.capacity,
+            left_pad: self.left_pad.clone(),
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            dtype: self.dtype,
+            device: self.device.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct LayerKv {
     pub k: Tensor,
@@ -254,7 +282,8 @@ impl KvCache {
     }
 
     /// Keep only `rows` (indices into the current batch, in the given order; repeats allowed):
-    /// finished rows leave the batch. The new cache has the same capacity and length.
+    /// finished rows leave the batch. The new cache has the same capacity and length. On the
+    /// CPU, rows in increasing order are moved within the buffers they are in.
     pub fn select_rows(&mut self, rows: &[usize]) -> Result<()> {
         let batch = self.batch();
         if let Some(&r) = rows.iter().find(|&&r| r >= batch) {
@@ -267,18 +296,35 @@ impl KvCache {
             self.capacity - self.prefix_len(),
             self.head_dim,
         );
-        let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let idx = Tensor::new(idx.as_slice(), &self.device)?;
-        for (k, v) in self.layers.iter_mut() {
-            for t in [k, v] {
-                // index_select needs a contiguous source, so the whole capacity is copied
-                // (the new buffer has that size anyway).
-                let fresh = if new_b == 0 {
-                    Tensor::zeros(shape, self.dtype, &self.device)?
-                } else {
-                    t.index_select(&idx, 0)?
-                };
-                *t = fresh;
+        // Rows kept in increasing order (finished rows leaving the batch) move down in place,
+        // only their filled columns: copying the whole capacity into a fresh buffer cost a
+        // decode step ~3,000 page faults and a pass over every row's memory.
+        let in_place = self.device.is_cpu() && new_b > 0 && rows.windows(2).all(|w| w[0] < w[1]);
+        if in_place {
+            let op = CompactRows {
+                rows,
+                filled: self.len - self.prefix_len(),
+            };
+            for (k, v) in self.layers.iter_mut() {
+                for t in [k, v] {
+                    t.inplace_op1(&op)?;
+                    *t = t.narrow(0, 0, new_b)?;
+                }
+            }
+        } else {
+            let idx: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let idx = Tensor::new(idx.as_slice(), &self.device)?;
+            for (k, v) in self.layers.iter_mut() {
+                for t in [k, v] {
+                    // index_select needs a contiguous source, so the whole capacity is copied
+                    // (the new buffer has that size anyway).
+                    let fresh = if new_b == 0 {
+                        Tensor::zeros(shape, self.dtype, &self.device)?
+                    } else {
+                        t.index_select(&idx, 0)?
+                    };
+                    *t = fresh;
+                }
             }
         }
         self.left_pad = rows.iter().map(|&r| self.left_pad[r]).collect();
@@ -338,5 +384,124 @@ impl KvCache {
             }),
         }
         .full()
+    }
+}
+
+/// Moves row `rows[i]` of a contiguous `(batch, n_kv, capacity, head_dim)` buffer to row `i`,
+/// copying its first `filled` columns. `rows` is strictly increasing, so `rows[i] >= i`: every
+/// row is read before a later move writes over it.
+struct CompactRows<'a> {
+    rows: &'a [usize],
+    filled: usize,
+}
+
+impl CompactRows<'_> {
+    fn apply<T: Copy>(&self, buf: &mut [T], layout: &Layout) -> Result<()> {
+        let (batch, kv, cap, d) = layout.shape().dims4()?;
+        if !layout.is_contiguous() || self.filled > cap || self.rows.len() > batch {
+            candle_core::bail!("compact rows: {:?} buffer", layout.shape())
+        }
+        let buf = &mut buf[layout.start_offset()..][..batch * kv * cap * d];
+        let (row, head) = (kv * cap * d, cap * d);
+        for (i, &r) in self.rows.iter().enumerate().filter(|&(i, &r)| i != r) {
+            for h in 0..kv {
+                let src = r * row + h * head;
+                buf.copy_within(src..src + self.filled * d, i * row + h * head);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InplaceOp1 for CompactRows<'_> {
+    fn name(&self) -> &'static str {
+        "east-compact-kv-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        match storage {
+            CpuStorage::F32(v) => self.apply(v, layout),
+            CpuStorage::F16(v) => self.apply(v, layout),
+            CpuStorage::BF16(v) => self.apply(v, layout),
+            CpuStorage::F64(v) => self.apply(v, layout),
+            other => candle_core::bail!(
+                "compact rows: {:?} cache",
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testing::{tiny_config, TinySpec};
+
+    /// Column `c` of row `r`, kv head `h` holds `r·1000 + h·100 + c` in every element, so what a
+    /// row holds after compaction shows which row it came from.
+    fn filled_cache(batch: usize, cols: usize, capacity: usize) -> (KvCache, usize, usize) {
+        let cfg = tiny_config(&TinySpec::default(), 16);
+        let (kv, d) = (cfg.num_key_value_heads, cfg.head_dim);
+        let mut cache = KvCache::new(
+            &cfg,
+            batch,
+            capacity,
+            vec![0; batch],
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        for c in 0..cols {
+            let vals: Vec<f32> = (0..batch * kv * d)
+                .map(|i| {
+                    let (r, h) = (i / (kv * d), i / d % kv);
+                    (r * 1000 + h * 100 + c) as f32
+                })
+                .collect();
+            let col = Tensor::from_vec(vals, (batch, kv, 1, d), &Device::Cpu).unwrap();
+            for layer in 0..cfg.num_hidden_layers {
+                cache.append(layer, &col, &(&col * -1.0).unwrap()).unwrap();
+            }
+            cache.advance(1);
+        }
+        (cache, kv, d)
+    }
+
+    fn expect_rows(cache: &KvCache, from: &[usize], cols: usize, kv: usize, d: usize) {
+        for layer in 0..cache.layers.len() {
+            let (k, v) = cache.layer(layer).unwrap();
+            assert_eq!(k.dims(), &[from.len(), kv, cols, d]);
+            let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+            let v: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+            for (i, (&k, &v)) in k.iter().zip(&v).enumerate() {
+                let (b, h, c) = (i / (kv * cols * d), i / (cols * d) % kv, i / d % cols);
+                let want = (from[b] * 1000 + h * 100 + c) as f32;
+                assert_eq!(
+                    (k, v),
+                    (want, -want),
+                    "layer {layer} row {b} head {h} col {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_in_order_are_compacted_in_place_and_keep_their_columns() {
+        let (mut cache, kv, d) = filled_cache(6, 3, 5);
+        let before = cache.clone();
+        cache.select_rows(&[1, 2, 5]).unwrap();
+        expect_rows(&cache, &[1, 2, 5], 3, kv, d);
+        // a clone made before does not see the move
+        expect_rows(&before, &[0, 1, 2, 3, 4, 5], 3, kv, d);
+        // twice more, down to one row, then a column written after the moves
+        cache.select_rows(&[0, 2]).unwrap();
+        expect_rows(&cache, &[1, 5], 3, kv, d);
+        cache.select_rows(&[1]).unwrap();
+        expect_rows(&cache, &[5], 3, kv, d);
+        assert_eq!(cache.remaining(), 2);
+        // out of order and repeated rows take the copying path
+        let (mut cache, kv, d) = filled_cache(4, 2, 4);
+        cache.select_rows(&[3, 0, 3]).unwrap();
+        expect_rows(&cache, &[3, 0, 3], 2, kv, d);
     }
 }
