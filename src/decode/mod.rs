@@ -368,7 +368,7 @@ pub fn generate_group(
         let hidden: Vec<&Tensor> = stepped.iter().filter_map(|(_, h)| h.as_ref()).collect();
         if !hidden.is_empty() {
             let logits = model
-                .logits(&Tensor::cat(&hidden, 0)?)?
+                .step_logits(&Tensor::cat(&hidden, 0)?)?
                 .to_dtype(DType::F32)?;
             let mut offset = 0;
             for (shard, (_, h)) in shards.iter_mut().zip(&stepped) {

@@ -9,13 +9,14 @@
 //!
 //! Both use the same weights and agree to float rounding (tested).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::packed::{PackedMatmul, PackedWeight};
 use super::train_ops;
 
 /// A hook that replaces (or augments) the output of a [`LinearLayer`] — e.g. a LoRA adapter,
@@ -39,6 +40,9 @@ pub struct LinearLayer {
     weight: Tensor,
     /// `(in_dim, out_dim)` contiguous.
     weight_t: Option<Tensor>,
+    /// `weight_t` packed for the decoder's products, made on its first decode step (see
+    /// [`LinearLayer::decode_forward`]); None inside where it does not apply.
+    packed: Arc<OnceLock<Option<PackedWeight>>>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
@@ -47,6 +51,7 @@ impl LinearLayer {
         let mut l = Self {
             weight: weight.clone(),
             weight_t: None,
+            packed: Arc::default(),
             adapter: None,
         };
         l.store(weight);
@@ -59,6 +64,7 @@ impl LinearLayer {
         Self {
             weight,
             weight_t: None,
+            packed: Arc::default(),
             adapter: None,
         }
     }
@@ -66,6 +72,7 @@ impl LinearLayer {
     fn store(&mut self, weight: Tensor) {
         // Only constants: a weight in a graph (a variable, or e.g. its bf16 cast) must stay
         // where the optimiser's gradient reaches it.
+        self.packed = Arc::default();
         let transpose = weight.device().is_cpu() && !weight.track_op() && weight.rank() == 2;
         match transpose.then(|| weight.t().and_then(|t| t.contiguous())) {
             Some(Ok(wt)) => {
@@ -122,6 +129,41 @@ impl LinearLayer {
 
     pub fn set_adapter(&mut self, adapter: Option<Arc<dyn LinearAdapter>>) {
         self.adapter = adapter;
+    }
+
+    /// The forward of the KV-cached decoder (inference): on the CPU, a frozen f32 weight
+    /// without an adapter is packed once, on first use, in the layout gemm copies it to on
+    /// every call, and multiplied by gemm's own kernels over it ([`packed`]): the same bits
+    /// as [`Module::forward`], without a pass over the weight per call. Elsewhere it is
+    /// `forward`. The packed copy is as large as the weight.
+    pub fn decode_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let packed = match &self.weight_t {
+            Some(wt) if self.packs_for(x) => self
+                .packed
+                .get_or_init(|| PackedWeight::new(wt).ok().flatten())
+                .as_ref(),
+            _ => None,
+        };
+        let Some(p) = packed else {
+            return self.forward(x);
+        };
+        let dims = x.dims();
+        let mut out = dims[..dims.len() - 1].to_vec();
+        let x2 = x.reshape((out.iter().product::<usize>(), self.in_dim()))?;
+        let y = x2.contiguous()?.apply_op1_no_bwd(&PackedMatmul(p))?;
+        out.push(self.out_dim());
+        y.reshape(out)
+    }
+
+    /// Whether [`LinearLayer::decode_forward`] may multiply `x` by a packed weight: a frozen
+    /// CPU weight without an adapter, an f32 input outside any graph, at least two rows.
+    fn packs_for(&self, x: &Tensor) -> bool {
+        self.adapter.is_none()
+            && self.weight_t.is_some()
+            && !x.track_op()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && x.elem_count() >= 2 * self.in_dim()
     }
 
     /// `x · Wᵀ` over the last dimension of `x`, any number of leading dimensions.
@@ -228,6 +270,14 @@ impl Mlp {
         let up = self.up_proj.forward(x)?;
         self.down_proj.forward(&train_ops::swiglu(&gate, &up)?)
     }
+
+    /// [`Mlp::forward`] of the KV-cached inference path ([`LinearLayer::decode_forward`]).
+    fn decode_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.decode_forward(x)?;
+        let up = self.up_proj.decode_forward(x)?;
+        self.down_proj
+            .decode_forward(&train_ops::swiglu(&gate, &up)?)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -275,12 +325,20 @@ impl Attention {
         })
     }
 
-    /// q, k, v as `(B, heads, T, D)`, contiguous.
-    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// q, k, v as `(B, heads, T, D)`, contiguous; the projections by
+    /// [`LinearLayer::decode_forward`] when `cached` (the KV-cached inference path).
+    fn qkv(&self, x: &Tensor, cached: bool) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
+        let project = |l: &LinearLayer| {
+            if cached {
+                l.decode_forward(x)
+            } else {
+                l.forward(x)
+            }
+        };
+        let q = project(&self.q_proj)?;
+        let k = project(&self.k_proj)?;
+        let v = project(&self.v_proj)?;
         let q = q
             .reshape((b, t, self.n_heads, self.head_dim))?
             .transpose(1, 2)?
@@ -310,7 +368,7 @@ impl Attention {
 
     /// Training/scoring attention: RoPE with the queries' tables carrying the `1/√d` scale.
     fn forward_train(&self, x: &Tensor, ctx: &TrainCtx) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x)?;
+        let (q, k, v) = self.qkv(x, false)?;
         let q = train_ops::rope(&q, &ctx.q_rope)?;
         let k = train_ops::rope(&k, &ctx.k_rope)?;
         let y = self.attend(&q, &k, &v, ctx.mask.as_ref())?;
@@ -324,7 +382,7 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x)?;
+        let (q, k, v) = self.qkv(x, true)?;
         let q = candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
         let kv = cache.append(layer, &k, &v)?;
@@ -351,7 +409,7 @@ impl Attention {
                 self.attend(&q, &kc, &vc, ctx.mask)?
             }
         };
-        self.o_proj.forward(&y)
+        self.o_proj.decode_forward(&y)
     }
 }
 
@@ -680,7 +738,13 @@ impl Llama {
     /// `c - left_pad[b]`; keys in columns `< left_pad[b]` are masked.
     pub fn forward_step(&self, ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let last = self.forward_step_hidden(ids, cache)?;
-        self.lm_head.forward(&last)?.to_dtype(DType::F32)
+        self.step_logits(&last)?.to_dtype(DType::F32)
+    }
+
+    /// [`Llama::logits`] of the KV-cached inference path, for hidden states from
+    /// [`Llama::forward_step_hidden`] ([`LinearLayer::decode_forward`]: same values).
+    pub fn step_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.lm_head.decode_forward(hidden)
     }
 
     /// [`Llama::forward_step`] without the vocabulary head: the final-normed hidden state of
@@ -738,7 +802,7 @@ impl Llama {
             let h = block.self_attn.forward_cached(&h, &ctx, cache, li)?;
             x = (x + h)?;
             let h = candle_nn::ops::rms_norm(&x, &block.post_attention_layernorm, eps)?;
-            let h = block.mlp.forward(&h)?;
+            let h = block.mlp.decode_forward(&h)?;
             x = (x + h)?;
         }
         cache.advance(t);

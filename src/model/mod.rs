@@ -64,6 +64,7 @@ pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod packed;
 pub mod runtime;
 pub mod testing;
 pub mod tokenizer;
