@@ -122,13 +122,17 @@ impl PackedWeight {
                         unsafe {
                             micro(
                                 NR.min(rows - t * NR),
-                                kb,
-                                y_ptr.at(t * NR * n + p * MR),
-                                n,
-                                panel.as_ptr(),
-                                xb[t * NR * kb..].as_ptr(),
-                                first,
-                                next.map(|next| Prefetch::share(next, t, tiles, kb)),
+                                Call {
+                                    kb,
+                                    dst: y_ptr.at(t * NR * n + p * MR),
+                                    ldd: n,
+                                    panel: panel.as_ptr(),
+                                    x: xb[t * NR * kb..].as_ptr(),
+                                    first,
+                                    next: next.map_or(Prefetch::NONE, |next| {
+                                        Prefetch::share(next, t, tiles, kb)
+                                    }),
+                                },
                             )
                         }
                     }
@@ -239,43 +243,11 @@ impl Prefetch {
     }
 }
 
-/// `dst` (`nr` rows of 64 columns, row stride `ldd`) = (first k-block) or += (later ones)
-/// the tile `x` (kb runs of 6 row values) times the panel (kb runs of 64 column values).
-///
-/// The arithmetic of gemm's f32 AVX-512 micro-kernel (`gemm_f32::microkernel::avx512f`,
-/// alpha 0 then 1, beta 1): each element is one chain of fused multiply-adds over the
-/// block's k, from zero, in order; the block's sum is stored, or added to what is there
-/// (gemm's `fma(1, acc, dst)` rounds as an add). Besides, it asks for its share of the next
-/// panel's lines as it goes.
-///
-/// # Safety
-/// The CPU has AVX-512F ([`available`]); the pointers cover what is read and written.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro(
-    nr: usize,
-    kb: usize,
-    dst: *mut f32,
-    ldd: usize,
-    panel: *const f32,
-    x: *const f32,
-    first: bool,
-    next: Option<Prefetch>,
-) {
-    let next = next.unwrap_or(Prefetch::NONE);
-    match nr {
-        1 => kernel::<1>(kb, dst, ldd, panel, x, first, next),
-        2 => kernel::<2>(kb, dst, ldd, panel, x, first, next),
-        3 => kernel::<3>(kb, dst, ldd, panel, x, first, next),
-        4 => kernel::<4>(kb, dst, ldd, panel, x, first, next),
-        5 => kernel::<5>(kb, dst, ldd, panel, x, first, next),
-        _ => kernel::<6>(kb, dst, ldd, panel, x, first, next),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn kernel<const R: usize>(
+/// One micro-kernel call: `dst` (rows of 64 columns, row stride `ldd`) = (first k-block) or
+/// += (later ones) the tile `x` (kb runs of 6 row values) times the panel (kb runs of 64
+/// column values), asking for `next`'s lines as it goes.
+#[derive(Clone, Copy)]
+struct Call {
     kb: usize,
     dst: *mut f32,
     ldd: usize,
@@ -283,17 +255,42 @@ unsafe fn kernel<const R: usize>(
     x: *const f32,
     first: bool,
     next: Prefetch,
-) {
+}
+
+/// Runs `call` for `nr` (1 to 6) rows.
+///
+/// The arithmetic of gemm's f32 AVX-512 micro-kernel (`gemm_f32::microkernel::avx512f`,
+/// alpha 0 then 1, beta 1): each element is one chain of fused multiply-adds over the
+/// block's k, from zero, in order; the block's sum is stored, or added to what is there
+/// (gemm's `fma(1, acc, dst)` rounds as an add).
+///
+/// # Safety
+/// The CPU has AVX-512F ([`available`]); the pointers cover what is read and written.
+#[cfg(target_arch = "x86_64")]
+unsafe fn micro(nr: usize, call: Call) {
+    match nr {
+        1 => kernel::<1>(call),
+        2 => kernel::<2>(call),
+        3 => kernel::<3>(call),
+        4 => kernel::<4>(call),
+        5 => kernel::<5>(call),
+        _ => kernel::<6>(call),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(c: Call) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 4]; R];
-    let (mut line, mut countdown) = (0, next.every);
-    for kk in 0..kb {
-        let w = panel.add(kk * MR);
+    let (mut line, mut countdown) = (0, c.next.every);
+    for kk in 0..c.kb {
+        let w = c.panel.add(kk * MR);
         let w0 = _mm512_loadu_ps(w);
         let w1 = _mm512_loadu_ps(w.add(16));
         let w2 = _mm512_loadu_ps(w.add(32));
         let w3 = _mm512_loadu_ps(w.add(48));
-        let xk = x.add(kk * NR);
+        let xk = c.x.add(kk * NR);
         for (r, acc) in acc.iter_mut().enumerate() {
             let b = _mm512_set1_ps(*xk.add(r));
             acc[0] = _mm512_fmadd_ps(w0, b, acc[0]);
@@ -303,18 +300,18 @@ unsafe fn kernel<const R: usize>(
         }
         countdown -= 1;
         if countdown == 0 {
-            countdown = next.every;
-            if line < next.lines {
-                _mm_prefetch::<_MM_HINT_T1>(next.start.add(line * 16) as *const i8);
+            countdown = c.next.every;
+            if line < c.next.lines {
+                _mm_prefetch::<_MM_HINT_T1>(c.next.start.add(line * 16) as *const i8);
                 line += 1;
             }
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let d = dst.add(r * ldd);
+        let d = c.dst.add(r * c.ldd);
         for (i, &a) in acc.iter().enumerate() {
             let d = d.add(i * 16);
-            let v = if first {
+            let v = if c.first {
                 a
             } else {
                 _mm512_add_ps(_mm512_loadu_ps(d), a)
@@ -325,17 +322,7 @@ unsafe fn kernel<const R: usize>(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro(
-    _nr: usize,
-    _kb: usize,
-    _dst: *mut f32,
-    _ldd: usize,
-    _panel: *const f32,
-    _x: *const f32,
-    _first: bool,
-    _next: Option<Prefetch>,
-) {
+unsafe fn micro(_nr: usize, _call: Call) {
     unreachable!("packed weights are built only on x86-64 with AVX-512F")
 }
 
