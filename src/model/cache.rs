@@ -47,12 +47,14 @@ struct Prefix {
 /// columns `(batch, n_kv, own, D)` (views), preceded, with a shared prefix, by the prefix
 /// columns of row `b`'s prefix row `prefix_rows[b]`.
 impl Clone for KvCache {
-    /// Copies the rows' own buffers (they are compacted in place, which a clone sharing them
-    /// would see); the shared prefix, never written after it is made, stays shared.
+    /// On the CPU, copies the rows' own buffers: they are compacted in place there, which a
+    /// clone sharing them would see. Elsewhere (no in-place compaction) and for the shared
+    /// prefix, never written after it is made, the buffers stay shared.
     fn clone(&self) -> Self {
-        let copy = |t: &Tensor| {
-            t.copy()
-                .expect("copying a CPU or GPU buffer of the same size")
+        let copy = |t: &Tensor| match t.device() {
+            // A CPU copy fails only where allocation aborts anyway.
+            Device::Cpu => t.copy().expect("copying a CPU buffer"),
+            _ => t.clone(),
         };
         Self {
             layers: self

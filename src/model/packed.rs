@@ -58,7 +58,14 @@ impl PackedWeight {
         {
             return Ok(None);
         }
-        let w: Vec<f32> = w_t.contiguous()?.flatten_all()?.to_vec1()?;
+        // Read in place (a frozen weight_t is contiguous): a copy first would be a second pass
+        // over the weight on the decoder's first step.
+        let w_t = w_t.contiguous()?;
+        let (storage, layout) = w_t.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
+            return Ok(None);
+        };
+        let w = &w[layout.start_offset()..][..k * n];
         // gemm's k-block for this product; it depends on k and the L1 cache only, not on the
         // number of rows (checked in the tests against candle's matmul for several).
         let kc = gemm_common::cache::kernel_params(n, NR, k, MR, NR, 4)
