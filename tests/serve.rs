@@ -751,3 +751,502 @@ fn ctrl_c_leaves_no_server_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Faults llama.cpp's server does not produce, against a server inside the test.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One answer of a [`FakeServer`]: status, extra headers, body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn json(body: impl Into<String>) -> Reply {
+        Reply::status(200, body)
+    }
+    fn status(status: u16, body: impl Into<String>) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+    fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// A completions answer with `n` choices of `text`.
+fn completions(n: usize, text: &str) -> String {
+    let choices: Vec<Value> = (0..n)
+        .map(|i| serde_json::json!({"index": i, "text": text, "finish_reason": "stop"}))
+        .collect();
+    serde_json::json!({ "choices": choices }).to_string()
+}
+
+/// One request a [`FakeServer`] received.
+#[derive(Debug, Clone)]
+struct Request {
+    path: String,
+    body: Value,
+    at: Instant,
+}
+
+/// An OpenAI-compatible server on 127.0.0.1 that answers `GET /v1/models` with one model and
+/// every other request with `answer(k, request)` (k counts the completions requests from 0).
+/// Every connection is closed after its answer.
+struct FakeServer {
+    url: String,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl FakeServer {
+    fn start(answer: impl Fn(usize, &Request) -> Reply + Send + Sync + 'static) -> FakeServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (log, halt, answer) = (Arc::clone(&requests), Arc::clone(&stop), Arc::new(answer));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (log, answer) = (Arc::clone(&log), Arc::clone(&answer));
+                std::thread::spawn(move || serve_one(stream, &log, &*answer));
+            }
+        });
+        FakeServer {
+            url: format!("http://127.0.0.1:{port}/v1"),
+            requests,
+            stop,
+            port,
+        }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    log: &Mutex<Vec<Request>>,
+    answer: &(dyn Fn(usize, &Request) -> Reply + Send + Sync),
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        if h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    let reply = if path.ends_with("/models") {
+        Reply::json(r#"{"object":"list","data":[{"id":"fake","object":"model"}]}"#)
+    } else {
+        let request = Request {
+            path,
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            at: Instant::now(),
+        };
+        let k = {
+            let mut log = log.lock().unwrap();
+            log.push(request.clone());
+            log.len() - 1
+        };
+        answer(k, &request)
+    };
+    let mut out = stream;
+    let mut head = format!(
+        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reply.status,
+        reply.body.len()
+    );
+    for (k, v) in &reply.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let _ = out.write_all(head.as_bytes());
+    let _ = out.write_all(reply.body.as_bytes());
+}
+
+/// A URL where nothing listens.
+fn dead_url() -> String {
+    format!(
+        "http://127.0.0.1:{}/v1",
+        east::serve::launch::free_port().unwrap()
+    )
+}
+
+fn client(urls: &[&str], settings: &str) -> Result<east::serve::Client, anyhow::Error> {
+    let cfg: east::serve::ServerConfig = toml::from_str(settings).unwrap();
+    let urls: Vec<String> = urls.iter().map(|u| u.to_string()).collect();
+    east::serve::Client::connect(&cfg, &urls)
+}
+
+fn params() -> east::serve::GenParams {
+    east::serve::GenParams {
+        temperature: 0.7,
+        top_p: 1.0,
+        max_tokens: 16,
+        stop: Vec::new(),
+    }
+}
+
+fn text(s: &str) -> east::serve::Prompt {
+    east::serve::Prompt::Text(s.into())
+}
+
+/// One dead URL beside a live one: the dead one is taken out of rotation after its first
+/// failures and every request is answered (before, every retry went to the dead server, which
+/// always had the fewest requests in flight, and the run failed after a few questions). Only
+/// when every URL fails does a request fail, naming each URL and its error.
+#[test]
+fn a_dead_url_is_taken_out_of_rotation() {
+    let live = FakeServer::start(|_, r| {
+        Reply::json(completions(
+            r.body["n"].as_u64().unwrap() as usize,
+            "\\boxed{7}",
+        ))
+    });
+    let dead = dead_url();
+    let c = client(&[&dead, &live.url], "retries = 1").unwrap();
+    assert_eq!(c.model, "fake", "/models answered by the live URL");
+    std::thread::scope(|s| {
+        for w in 0..8 {
+            let c = &c;
+            s.spawn(move || {
+                for k in 0..10 {
+                    let got = c
+                        .complete(&text(&format!("q{w}.{k}")), 4, 1, &params())
+                        .unwrap();
+                    assert_eq!(got.len(), 4);
+                }
+            });
+        }
+    });
+    let answered = live.requests();
+    assert_eq!(
+        answered.len(),
+        80,
+        "every request answered by the live server"
+    );
+    assert!(answered.iter().all(|r| r.path == "/v1/completions"));
+
+    let c = client(&[&dead, &live.url], "retries = 1\nmodel = \"fake\"").unwrap();
+    drop(live);
+    let e = c
+        .complete(&text("q"), 1, 1, &params())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("did not answer") && e.contains(&dead), "{e}");
+    assert!(
+        e.matches("http://127.0.0.1").count() >= 2,
+        "each URL named: {e}"
+    );
+}
+
+/// `Retry-After` (seconds) is waited out instead of the backoff (0.25–0.75 s for a first retry).
+#[test]
+fn retry_after_is_honoured() {
+    let server = FakeServer::start(|k, _| match k {
+        0 => Reply::status(429, r#"{"error":{"message":"slow down"}}"#).header("Retry-After", "2"),
+        _ => Reply::json(completions(1, "ok")),
+    });
+    let c = client(&[&server.url], "retries = 1\nmodel = \"fake\"").unwrap();
+    assert_eq!(
+        c.complete(&text("q"), 1, 1, &params()).unwrap()[0].text,
+        "ok"
+    );
+    let r = server.requests();
+    let waited = r[1].at.duration_since(r[0].at).as_secs_f64();
+    assert!(waited >= 1.95, "retried after {waited} s");
+}
+
+/// A redirect is an error showing its status and Location (ureq would resend a POST as a GET
+/// or hand back an empty body), not retried.
+#[test]
+fn a_redirect_shows_its_status_and_location() {
+    let server = FakeServer::start(|_, _| {
+        Reply::status(307, "").header("Location", "https://gateway.example/v1/completions")
+    });
+    let c = client(&[&server.url], "retries = 3\nmodel = \"fake\"").unwrap();
+    let e = c
+        .complete(&text("q"), 1, 1, &params())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("HTTP 307") && e.contains("https://gateway.example/v1/completions"),
+        "{e}"
+    );
+    assert_eq!(server.requests().len(), 1, "not retried");
+}
+
+/// An answer over 10 MB (ureq's own string limit, which made it "did not answer" and retried)
+/// is read; one over `server.max_response_mb` is an error naming `server.n_per_request`,
+/// not retried.
+#[test]
+fn large_answers_are_read_up_to_the_setting() {
+    let long = "7 ".repeat(3_000_000); // 6 MB per completion, 12 MB for two
+    let server = FakeServer::start(move |_, r| {
+        Reply::json(completions(r.body["n"].as_u64().unwrap() as usize, &long))
+    });
+    let c = client(&[&server.url], "retries = 3\nmodel = \"fake\"").unwrap();
+    let got = c.complete(&text("q"), 2, 1, &params()).unwrap();
+    assert_eq!(got[1].text.len(), 6_000_000);
+    let c = client(
+        &[&server.url],
+        "retries = 3\nmodel = \"fake\"\nmax_response_mb = 10",
+    )
+    .unwrap();
+    let e = c
+        .complete(&text("q"), 2, 1, &params())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server.n_per_request") && e.contains("max_response_mb = 10"),
+        "{e}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        2,
+        "the large answer was not asked for again"
+    );
+}
+
+/// `east sample` through the test's server, with `args` added.
+fn sample_via(url: &str, out: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = sample_args(url, out.to_str().unwrap(), "2");
+    all.extend_from_slice(args);
+    east(&all)
+}
+
+/// A server that refuses n > 1: the fallback to one completion per request is said on stderr
+/// even when stderr is not a terminal (it was drawn with the progress bar only).
+#[test]
+fn the_n_per_request_fallback_is_said_without_a_terminal() {
+    let server = FakeServer::start(|_, r| match r.body["n"].as_u64() {
+        Some(1) => Reply::json(completions(1, "\\boxed{7}")),
+        _ => Reply::status(
+            400,
+            r#"{"error":{"code":400,"message":"Only one completion choice is allowed","type":"invalid_request_error"}}"#,
+        ),
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, log) = sample_via(&server.url, &dir.path().join("s.jsonl"), &[]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("1 completion(s) per request from now on"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Only one completion choice is allowed"),
+        "{log}"
+    );
+}
+
+/// Durations past a day were a panic (exit 101) converting them; now an error naming the key.
+#[test]
+fn absurd_durations_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for key in ["server.timeout_s", "server.startup_timeout_s"] {
+        let (ok, log) = sample_via(
+            "http://127.0.0.1:9/v1",
+            &dir.path().join("s.jsonl"),
+            &["--set", &format!("{key}=1e20")],
+        );
+        assert!(
+            !ok && log.contains(key) && log.contains("at most 86400"),
+            "{log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+/// A chat template that renders nothing: an empty prompt is an error on the server backend,
+/// as it is on the native one, naming the question; nothing is sent.
+#[test]
+fn an_empty_prompt_is_an_error_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    east::model::testing::write_tiny_model(&folder, 3).unwrap();
+    std::fs::write(folder.join("chat_template.jinja"), "{{ '' }}").unwrap();
+    let server = FakeServer::start(|_, _| Reply::json(completions(1, "x")));
+    let m = folder.display().to_string();
+    let args = |out: &str| {
+        let base = [
+            "sample",
+            "--model",
+            &m,
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--n",
+            "2",
+        ];
+        [&base[..], &["--max-new-tokens", "4", "--out", out]]
+            .concat()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<String>>()
+    };
+    let served = dir.path().join("served.jsonl").display().to_string();
+    let mut a = args(&served);
+    a.extend(["--backend", "openai", "--url", &server.url].map(String::from));
+    let (ok, log) = east(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && log.contains("question `gsm8k/train/0`: empty prompt"),
+        "{log}"
+    );
+    assert!(server.requests().is_empty());
+    let native = dir.path().join("native.jsonl").display().to_string();
+    let (ok, log) = east(&args(&native).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !ok && log.contains("question `gsm8k/train/0`: empty prompt"),
+        "{log}"
+    );
+}
+
+/// The processes of process group `group` (from /proc/PID/stat: `pid (comm) state ppid pgrp`).
+fn group_members(group: u64) -> Vec<u64> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.split_whitespace().nth(2) == Some(&group.to_string()))
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Whether process `pid` runs (a zombie waiting for its parent does not).
+fn running(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// `kill -9` of `east run` whose launch command forks (a shell that starts a background
+/// process, then the server, as vLLM's API server starts its engine): the watchdog stops the
+/// whole process group — server, forked process, port — though east could do nothing.
+/// `PR_SET_PDEATHSIG` alone reached only the direct child. The command also uses an
+/// environment assignment, which `sh -c "exec …"` could not run.
+#[test]
+fn kill_9_of_east_run_leaves_no_forked_server_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let forked = dir.path().join("forked.pid");
+    let launch = format!(
+        "sleep 600 & echo $! > {}; EAST_TEST=1 {} -m {{model}} --host 127.0.0.1 --port {{port}} -c 2048 -np 2 -t 2",
+        forked.display(),
+        llama_server().display()
+    );
+    let config = run_config(dir.path(), Some(&launch), 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let run_log = dir.path().join("served/run_log.jsonl");
+    let started = Instant::now();
+    let start = loop {
+        let found = std::fs::read_to_string(&run_log).ok().and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|e| e["event"] == "server_start")
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "no server started"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "east run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let leader = start["pid"].as_u64().unwrap();
+    let forked: u64 = std::fs::read_to_string(&forked)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let port: u16 = start["url"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/v1")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // the group: the launch command's shell, the forked `sleep`, llama-server
+    let members = group_members(leader);
+    assert!(
+        members.contains(&leader) && members.contains(&forked) && members.len() >= 3,
+        "{members:?}"
+    );
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    let gone = Instant::now();
+    while members.iter().any(|&p| running(p))
+        || std::net::TcpListener::bind(("127.0.0.1", port)).is_err()
+    {
+        assert!(
+            gone.elapsed() < Duration::from_secs(20),
+            "{:?} of the server's group {members:?} outlived kill -9 of east (port {port})",
+            members.iter().filter(|&&p| running(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = std::fs::read_to_string(dir.path().join("served/round0/server.log")).unwrap();
+    assert!(
+        said.contains("its watchdog stops the server's process group"),
+        "{said}"
+    );
+}

@@ -45,9 +45,8 @@ pub(super) fn sample_via_server(
         .collect::<candle_core::Result<_>>()?;
     let fallbacks: Mutex<Vec<(usize, String)>> = Mutex::new(Vec::new());
     let on_fallback = |k: usize, why: &str| {
-        bar.println(format!(
-            "server: {k} completion(s) per request from now on ({why})"
-        ));
+        // on stderr whether or not the bar is drawn (println shows only on a terminal)
+        bar.suspend(|| eprintln!("server: {k} completion(s) per request from now on ({why})"));
         fallbacks.lock().unwrap().push((k, why.to_string()));
     };
     let started = Instant::now();
