@@ -562,6 +562,14 @@ fn write_number_questions(path: &Path) {
     std::fs::write(path, rows.join("\n") + "\n").unwrap();
 }
 
+/// `server.launch` for the test's llama-server, with `args` added.
+fn llama_launch(args: &str) -> String {
+    format!(
+        "{} -m {{model}} --host 127.0.0.1 --port {{port}} {args} -c 2048 -np 2 -t 2",
+        llama_server().display()
+    )
+}
+
 fn run_config(dir: &Path, launch: Option<&str>, rounds: usize) -> PathBuf {
     let data = dir.join("numbers.jsonl");
     write_number_questions(&data);
@@ -623,10 +631,7 @@ fn a_run_without_launch_refuses_later_rounds_and_says_what_to_set() {
 #[test]
 fn east_run_launches_llama_server_for_every_round() {
     let dir = tempfile::tempdir().unwrap();
-    let launch = format!(
-        "{} -m {{model}} --host 127.0.0.1 --port {{port}} --seed {{seed}} -c 2048 -np 2 -t 2",
-        llama_server().display()
-    );
+    let launch = llama_launch("--seed {seed}");
     let config = run_config(dir.path(), Some(&launch), 2);
     let (ok, log) = east(&["run", "--config", config.to_str().unwrap()]);
     assert!(ok, "{log}");
@@ -696,32 +701,26 @@ fn east_run_launches_llama_server_for_every_round() {
     );
 }
 
-/// Ctrl-C during a round: east stops the server it launched before it exits.
-#[test]
-fn ctrl_c_leaves_no_server_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let launch = format!(
-        "{} -m {{model}} --host 127.0.0.1 --port {{port}} -c 2048 -np 2 -t 2",
-        llama_server().display()
-    );
-    let config = run_config(dir.path(), Some(&launch), 1);
+/// Starts a one-round `east run` in `dir` with `launch` and waits until it has started its
+/// server; returns east's process and the `server_start` event of run_log.jsonl.
+fn run_until_a_server_starts(dir: &Path, launch: &str) -> (Child, Value) {
+    let config = run_config(dir, Some(launch), 1);
     let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
         .args(["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let run_log = dir.path().join("served/run_log.jsonl");
+    let run_log = dir.join("served/run_log.jsonl");
     let started = Instant::now();
-    let pid = loop {
+    loop {
         let found = std::fs::read_to_string(&run_log).ok().and_then(|t| {
             t.lines()
                 .filter_map(|l| serde_json::from_str::<Value>(l).ok())
                 .find(|e| e["event"] == "server_start")
-                .and_then(|e| e["pid"].as_u64())
         });
-        if let Some(pid) = found {
-            break pid;
+        if let Some(e) = found {
+            return (child, e);
         }
         assert!(
             started.elapsed() < Duration::from_secs(180),
@@ -729,7 +728,16 @@ fn ctrl_c_leaves_no_server_behind() {
         );
         assert!(child.try_wait().unwrap().is_none(), "east run ended early");
         std::thread::sleep(Duration::from_millis(50));
-    };
+    }
+}
+
+/// Ctrl-C during a round: east stops the server it launched before it exits.
+#[test]
+fn ctrl_c_leaves_no_server_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = llama_launch("");
+    let (mut child, start) = run_until_a_server_starts(dir.path(), &launch);
+    let pid = start["pid"].as_u64().unwrap();
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     // SAFETY: signalling the east process this test started
     unsafe {
@@ -931,6 +939,13 @@ fn text(s: &str) -> east::serve::Prompt {
     east::serve::Prompt::Text(s.into())
 }
 
+/// The error of a request of `n` completions that must fail.
+fn failure(c: &east::serve::Client, n: usize) -> String {
+    c.complete(&text("q"), n, 1, &params())
+        .unwrap_err()
+        .to_string()
+}
+
 /// One dead URL beside a live one: the dead one is taken out of rotation after its first
 /// failures and every request is answered (before, every retry went to the dead server, which
 /// always had the fewest requests in flight, and the run failed after a few questions). Only
@@ -969,10 +984,7 @@ fn a_dead_url_is_taken_out_of_rotation() {
 
     let c = client(&[&dead, &live.url], "retries = 1\nmodel = \"fake\"").unwrap();
     drop(live);
-    let e = c
-        .complete(&text("q"), 1, 1, &params())
-        .unwrap_err()
-        .to_string();
+    let e = failure(&c, 1);
     assert!(e.contains("did not answer") && e.contains(&dead), "{e}");
     assert!(
         e.matches("http://127.0.0.1").count() >= 2,
@@ -1005,10 +1017,7 @@ fn a_redirect_shows_its_status_and_location() {
         Reply::status(307, "").header("Location", "https://gateway.example/v1/completions")
     });
     let c = client(&[&server.url], "retries = 3\nmodel = \"fake\"").unwrap();
-    let e = c
-        .complete(&text("q"), 1, 1, &params())
-        .unwrap_err()
-        .to_string();
+    let e = failure(&c, 1);
     assert!(
         e.contains("HTTP 307") && e.contains("https://gateway.example/v1/completions"),
         "{e}"
@@ -1033,10 +1042,7 @@ fn large_answers_are_read_up_to_the_setting() {
         "retries = 3\nmodel = \"fake\"\nmax_response_mb = 10",
     )
     .unwrap();
-    let e = c
-        .complete(&text("q"), 2, 1, &params())
-        .unwrap_err()
-        .to_string();
+    let e = failure(&c, 2);
     assert!(
         e.contains("server.n_per_request") && e.contains("max_response_mb = 10"),
         "{e}"
@@ -1181,35 +1187,11 @@ fn kill_9_of_east_run_leaves_no_forked_server_behind() {
     let dir = tempfile::tempdir().unwrap();
     let forked = dir.path().join("forked.pid");
     let launch = format!(
-        "sleep 600 & echo $! > {}; EAST_TEST=1 {} -m {{model}} --host 127.0.0.1 --port {{port}} -c 2048 -np 2 -t 2",
+        "sleep 600 & echo $! > {}; EAST_TEST=1 {}",
         forked.display(),
-        llama_server().display()
+        llama_launch("")
     );
-    let config = run_config(dir.path(), Some(&launch), 1);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
-        .args(["run", "--config", config.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let run_log = dir.path().join("served/run_log.jsonl");
-    let started = Instant::now();
-    let start = loop {
-        let found = std::fs::read_to_string(&run_log).ok().and_then(|t| {
-            t.lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|e| e["event"] == "server_start")
-        });
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "no server started"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "east run ended early");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (mut child, start) = run_until_a_server_starts(dir.path(), &launch);
     let leader = start["pid"].as_u64().unwrap();
     let forked: u64 = std::fs::read_to_string(&forked)
         .unwrap()
