@@ -295,16 +295,20 @@ fn clusters_jsonl() -> String {
     .concat()
 }
 
-#[test]
-fn report_shows_intervals_paired_tests_and_sampled_figures() {
-    let dir = tempfile::tempdir().unwrap();
-    let runs = dir.path().join("runs");
-    // vanilla: 92 → 99 of 200, two questions lost and nine gained (McNemar p = 134/2048).
+/// runs/vanilla: 92 → 99 of 200, two questions lost and nine gained (McNemar p = 134/2048).
+fn vanilla_run(runs: &Path) {
     make_run(
         &runs.join("vanilla"),
         "[weight]\nmetric = \"uniform\"",
         &[span(0, 92), span(2, 101)],
     );
+}
+
+#[test]
+fn report_shows_intervals_paired_tests_and_sampled_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    vanilla_run(&runs);
     // east: 92 → 102 → 104, only gains (p = 2 · 2^-10 in round 1).
     make_run(
         &runs.join("east"),
@@ -430,11 +434,7 @@ fn report_shows_intervals_paired_tests_and_sampled_figures() {
 fn compare_pairs_two_runs_and_refuses_different_question_sets() {
     let dir = tempfile::tempdir().unwrap();
     let runs = dir.path().join("runs");
-    make_run(
-        &runs.join("vanilla"),
-        "[weight]\nmetric = \"uniform\"",
-        &[span(0, 92), span(2, 101)],
-    );
+    vanilla_run(&runs);
     make_run(
         &runs.join("east"),
         "[weight]\na = 1.5",
@@ -600,4 +600,53 @@ fn average_over_a_makes_the_metric_by_loss_table() {
     let status = report(&["--average-over", "a", "--a-values", "7"]);
     assert!(!status.status.success());
     assert!(String::from_utf8_lossy(&status.stderr).contains("--average-over a"));
+}
+
+/// Runs of the same folder name are told apart by their parents; a run without predictions.jsonl
+/// still reports its accuracies and says why its comparison is missing; an eval.json whose
+/// counts cannot be is an error naming the file and the field.
+#[test]
+fn same_names_missing_predictions_and_impossible_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("x/demo"), dir.path().join("y/demo"));
+    make_run(&a, "", &[span(0, 92), span(0, 100)]);
+    make_run(&b, "[model]\npath = \"other\"", &[span(0, 50), span(0, 60)]);
+    std::fs::remove_file(b.join("round1/eval/gsm8k/predictions.jsonl")).unwrap();
+    let out = dir.path().join("report");
+    ok(&east(&[
+        "report",
+        "--compare",
+        s(&a),
+        s(&b),
+        "--out",
+        s(&out),
+    ]));
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for line in [
+        "| x/demo | base model | 0 | exact | 46.0 [39.2, 52.9] (92/200) |",
+        "| y/demo | base model | 0 | exact | 25.0 [19.5, 31.4] (50/200) |",
+        // Different base models: round 0 is compared too.
+        "| gsm8k | x/demo round 0 | y/demo round 0 | 200 |",
+    ] {
+        assert!(md.contains(line), "missing `{line}` in\n{md}");
+    }
+    let missing = format!(
+        "- {} has no predictions.jsonl",
+        b.join("round1/eval/gsm8k").display()
+    );
+    assert!(md.contains(&missing), "{md}");
+    assert!(!md.contains("| y/demo round 0 | y/demo round 1 |"), "{md}");
+
+    write(
+        &b.join("round1/eval/gsm8k/eval.json"),
+        &json!({"n": 10, "correct": 11}).to_string(),
+    );
+    let failed = east(&["report", s(&b), "--out", s(&out)]);
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    let file = b.join("round1/eval/gsm8k/eval.json");
+    assert!(
+        err.contains(s(&file)) && err.contains("`n`") && err.contains("correct = 11 of n = 10"),
+        "{err}"
+    );
 }
