@@ -46,7 +46,8 @@ enum Command {
     /// Run T rounds of sample → cluster → weight → train → eval in runs/<name>/ (rerun to
     /// continue after a crash; only stages whose inputs changed are redone).
     Run(RunArgs),
-    /// Write a Markdown report with SVG plots over one or more run directories.
+    /// Write a Markdown report (accuracy with 95% intervals, paired tests, pass@k and maj@k) with
+    /// SVG plots and summary.json over one or more run directories.
     Report(ReportArgs),
     /// Sample n completions per question from a model (appends; resumes after a crash).
     Sample(SampleArgs),
@@ -73,13 +74,18 @@ struct RunArgs {
 #[derive(Args)]
 struct ReportArgs {
     /// Run directories written by `east run` (e.g. runs/demo).
-    #[arg(required = true, value_name = "RUN_DIR")]
+    #[arg(required_unless_present = "compare", value_name = "RUN_DIR")]
     runs: Vec<PathBuf>,
-    /// Folder for report.md and the SVG plots (default: RUN_DIR/report of the first run).
+    /// Folder for report.md, summary.json and the SVG plots (default: RUN_DIR/report of the
+    /// first run named).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Add Figure 5's table: accuracy per metric × loss, the mean over runs that differ only in
-    /// this setting (`a`), with the number of runs per cell.
+    /// Compare run B with run A question by question (difference, paired bootstrap interval,
+    /// exact McNemar test) on every dataset and round both evaluated; repeat for more pairs.
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], action = clap::ArgAction::Append)]
+    compare: Vec<PathBuf>,
+    /// Add Figure 5's table: accuracy per metric × loss, the mean over runs that differ in this
+    /// setting (`a`); runs that differ in another setting are separate rows.
     #[arg(long, value_enum, value_name = "KEY")]
     average_over: Option<AverageKey>,
     /// With --average-over a: only runs whose a is one of these (the paper: 0.5,1,1.5; default:
@@ -586,13 +592,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.runs[0].join("report"));
+    let first = args.runs.first().or(args.compare.first());
+    let out = match (&args.out, first) {
+        (Some(out), _) => out.clone(),
+        (None, Some(run)) => run.join("report"),
+        (None, None) => anyhow::bail!("name a run directory or --compare RUN_A RUN_B"),
+    };
     let options = east::report::ReportOptions {
         average_over_a: matches!(args.average_over, Some(AverageKey::A)),
         a_values: args.a_values.clone(),
+        // clap gives each --compare exactly two values, in order.
+        compare: args
+            .compare
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect(),
     };
     let path = east::report::write_report(&args.runs, &out, &options)?;
     println!("{}", path.display());
