@@ -363,7 +363,7 @@ struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// DPO/KTO temperature (default: DPO 0.01, KTO 0.05).
+    /// DPO/KTO temperature (TRL's default; set the paper's value for the model).
     #[arg(long)]
     beta: Option<f64>,
     /// KTO weight of desirable examples.
@@ -729,13 +729,10 @@ fn weight(args: WeightArgs) -> anyhow::Result<()> {
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
-    override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight,
+    override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, beta, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
         lora_targets, seed, engine, save_steps, gradient_checkpointing);
     let t = &mut config.train;
-    if args.beta.is_some() {
-        t.beta = args.beta;
-    }
     if args.memory_limit.is_some() {
         t.memory_limit = args.memory_limit;
     }

@@ -177,8 +177,9 @@ impl Round<'_> {
             round: t,
             output: &checkpoint,
             sidecars: vec![],
+            // the same identity of the training settings as `east train`'s run fingerprint
             inputs: serde_json::json!({"model": current.key, "data": weight_key,
-                "train": train.identity(), "beta": train.beta()}),
+                "train": train.identity()}),
         }
         .run(self.log, || {
             let job = TrainJob::new(current.model.clone(), train, data, checkpoint.clone());
