@@ -496,7 +496,7 @@ impl Run {
             "lora": t.lora,
             "merged": merged,
             "train": t,
-            "beta": t.beta(),
+            "beta": t.beta,
         })
     }
 }
