@@ -1232,3 +1232,235 @@ fn kill_9_of_east_run_leaves_no_forked_server_behind() {
         "{said}"
     );
 }
+
+/// `n` answers `\boxed{0}`, `\boxed{1}`, … in the form the request's endpoint answers in (n = 10
+/// answers the numbers questions right once each).
+fn varied_answers(_: usize, r: &Request) -> Reply {
+    let n = r.body["n"].as_u64().unwrap_or(1) as usize;
+    let chat = r.path.ends_with("/chat/completions");
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            let text = format!("\\boxed{{{i}}}");
+            if chat {
+                serde_json::json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"})
+            } else {
+                serde_json::json!({"index": i, "text": text, "finish_reason": "stop"})
+            }
+        })
+        .collect();
+    Reply::json(serde_json::json!({ "choices": choices }).to_string())
+}
+
+/// A samples file or an evaluation made with one kind of prompt is not resumed with another:
+/// `server.api` (east's text or the server's template), `model.date`, `model.prompt_style`
+/// are part of the settings compared (before, a resumed file held prompts of both kinds).
+#[test]
+fn resuming_with_other_prompts_is_refused() {
+    let server = FakeServer::start(varied_answers);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.jsonl");
+    let (ok, log) = sample_via(&server.url, &out, &[]);
+    assert!(ok, "{log}");
+    let before = std::fs::read_to_string(&out).unwrap();
+    for (set, key) in [
+        ("server.api=\"chat\"", "server.api"),
+        ("model.date=\"2025-01-01\"", "model.date"),
+    ] {
+        let (ok, log) = sample_via(&server.url, &out, &["--set", set]);
+        assert!(
+            !ok && log.contains("refusing to mix prompts") && log.contains(key),
+            "{log}"
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), before);
+    }
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("s.meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["settings"]["prompt"]["api"], "completions");
+    assert_eq!(meta["settings"]["prompt"]["style"], "chat");
+    // the same settings: nothing to do
+    let (ok, log) = sample_via(&server.url, &out, &[]);
+    assert!(ok, "{log}");
+
+    let m = model().display().to_string();
+    let eval = |extra: &[&str]| {
+        let e = dir.path().join("eval");
+        let mut args = vec![
+            "eval",
+            "--backend",
+            "openai",
+            "--url",
+            &server.url,
+            "--model",
+            &m,
+        ];
+        args.extend([
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+            "--max-new-tokens",
+            "4",
+        ]);
+        args.extend(["--out", e.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        east(&args)
+    };
+    let (ok, log) = eval(&[]);
+    assert!(ok, "{log}");
+    let (ok, log) = eval(&["--set", "server.api=\"chat\""]);
+    assert!(
+        !ok && log.contains("prompts rendered or sent otherwise"),
+        "{log}"
+    );
+
+    // east's own decoder: the date its template reports is part of the prompt too
+    let tiny = dir.path().join("tiny");
+    east::model::testing::write_tiny_model(&tiny, 3).unwrap();
+    let native = dir.path().join("native.jsonl");
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--model",
+            tiny.to_str().unwrap(),
+            "--dataset",
+            "gsm8k",
+        ];
+        args.extend(["--limit", "1", "--n", "2", "--max-new-tokens", "4"]);
+        args.extend(["--out", native.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        east(&args)
+    };
+    let (ok, log) = sample(&[]);
+    assert!(ok, "{log}");
+    let (ok, log) = sample(&["--set", "model.date=\"2025-01-01\""]);
+    assert!(!ok && log.contains("refusing to mix prompts"), "{log}");
+}
+
+/// A one-round `east run` of a tiny model whose samples come from `url`, evaluated natively.
+fn tiny_run_config(dir: &Path, url: &str) -> PathBuf {
+    let model = dir.join("tiny_model");
+    east::model::testing::write_tiny_model(&model, 5).unwrap();
+    let data = dir.join("numbers.jsonl");
+    write_number_questions(&data);
+    let text = format!(
+        r#"
+[model]
+path = "{model}"
+dtype = "f32"
+[data]
+dataset = "{data}"
+fields.id = "id"
+[sample]
+backend = "openai"
+n = 10
+max_new_tokens = 8
+[weight]
+metric = "uniform"
+require_boxed = false
+[train]
+epochs = 1
+batch_size = 2
+micro_batch_size = 1
+max_length = 64
+[eval]
+datasets = ["{data}"]
+limit = 2
+max_new_tokens = 4
+[run]
+name = "tiny"
+dir = "{dir}"
+eval_base = false
+[server]
+url = "{url}"
+retries = 1
+"#,
+        model = model.display(),
+        data = data.display(),
+        dir = dir.display(),
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The stage outcomes of the last `east run` in `run_log.jsonl` of the run at `root`.
+fn last_outcomes(root: &Path) -> Vec<(String, String)> {
+    let events = lines(&root.join("run_log.jsonl"));
+    let last_start = events.iter().rposition(|e| e["event"] == "start").unwrap();
+    events[last_start..]
+        .iter()
+        .filter(|e| e["event"] == "stage")
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `east run`'s samples cache key holds what decides the requests (`server.api`,
+/// `server.model`) and not how they travel (`server.n_per_request`, URLs, timeouts): a changed
+/// API samples again, a changed split of the requests reuses the samples. And `east run` takes
+/// the locks `east train --out` and `east eval --out` take on its checkpoint and eval folders,
+/// so a standalone command cannot write into them beside it.
+#[test]
+fn east_run_keys_samples_by_their_requests_and_locks_its_folders() {
+    let server = FakeServer::start(varied_answers);
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_run_config(dir.path(), &server.url);
+    let cfg = config.to_str().unwrap();
+    let root = dir.path().join("tiny");
+    let pid = format!("pid {}", std::process::id());
+    for folder in ["round1/checkpoint", "round1/eval/numbers"] {
+        let held = east::io::FileLock::output_dir(&root.join(folder)).unwrap();
+        let (ok, log) = east(&["run", "--config", cfg]);
+        assert!(
+            !ok && log.contains("in use by another east process") && log.contains(&pid),
+            "{folder}: {log}"
+        );
+        drop(held);
+    }
+    let (ok, log) = east(&["run", "--config", cfg]);
+    assert!(ok, "{log}");
+    // one samples file per key, each with its `.meta.json`
+    let cached = || {
+        std::fs::read_dir(dir.path().join("_samples"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".meta.json"))
+            .count()
+    };
+    assert_eq!(cached(), 1);
+
+    let (ok, log) = east(&[
+        "run",
+        "--config",
+        cfg,
+        "--set",
+        "server.n_per_request=2",
+        "--set",
+        "server.timeout_s=30",
+    ]);
+    assert!(ok, "{log}");
+    assert!(
+        last_outcomes(&root).iter().all(|(_, o)| o == "skipped"),
+        "{:?}",
+        last_outcomes(&root)
+    );
+    assert_eq!(cached(), 1);
+
+    let (ok, log) = east(&["run", "--config", cfg, "--set", "server.api=\"chat\""]);
+    assert!(ok, "{log}");
+    let outcomes = last_outcomes(&root);
+    assert!(
+        outcomes.contains(&("sample".into(), "ran".into())),
+        "{outcomes:?}"
+    );
+    assert_eq!(cached(), 2);
+    assert!(server
+        .requests()
+        .iter()
+        .any(|r| r.path == "/v1/chat/completions"));
+}

@@ -165,6 +165,11 @@ impl Client {
         self.api == Api::Chat
     }
 
+    /// `server.api`: which endpoint gets the prompts.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
     /// `n` completions of `prompt` (rendered text, or the system and user messages for the chat
     /// API) with `seed`.
     pub fn complete(
