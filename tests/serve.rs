@@ -248,23 +248,7 @@ fn eval_through_llama_server() {
     let server = Server::start(&model());
     let out = dir.path().join("eval");
     let m = model().display().to_string();
-    let (ok, log) = east(&[
-        "eval",
-        "--backend",
-        "openai",
-        "--url",
-        &server.url,
-        "--model",
-        &m,
-        "--dataset",
-        "gsm8k",
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, log) = eval_via(&server.url, &m, "gsm8k", &out, &["--limit", "2"]);
     assert!(ok, "{log}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap();
@@ -273,25 +257,10 @@ fn eval_through_llama_server() {
     let preds = lines(&out.join("predictions.jsonl"));
     assert_eq!(preds.len(), 2);
     // greedy: the same request twice gives the same completion
-    let (ok, log) = east(&[
-        "eval",
-        "--backend",
-        "openai",
-        "--url",
-        &server.url,
-        "--model",
-        &m,
-        "--dataset",
-        "gsm8k",
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--out",
-        dir.path().join("again").to_str().unwrap(),
-    ]);
+    let again_dir = dir.path().join("again");
+    let (ok, log) = eval_via(&server.url, &m, "gsm8k", &again_dir, &["--limit", "2"]);
     assert!(ok, "{log}");
-    let again = lines(&dir.path().join("again/predictions.jsonl"));
+    let again = lines(&again_dir.join("predictions.jsonl"));
     let by_id = |v: &[Value]| {
         let mut m: Vec<(String, String)> = v
             .iter()
@@ -381,21 +350,7 @@ fn gguf_export_round_trips_and_llama_server_reads_it() {
     )
     .unwrap();
     let data = data.to_str().unwrap();
-    let (ok, log) = east(&[
-        "eval",
-        "--backend",
-        "openai",
-        "--url",
-        &server.url,
-        "--model",
-        &m,
-        "--dataset",
-        data,
-        "--max-new-tokens",
-        "8",
-        "--out",
-        dir.path().join("served").to_str().unwrap(),
-    ]);
+    let (ok, log) = eval_via(&server.url, &m, data, &dir.path().join("served"), &[]);
     assert!(ok, "{log}");
     let (ok, log) = east(&[
         "eval",
@@ -1054,6 +1009,24 @@ fn large_answers_are_read_up_to_the_setting() {
     );
 }
 
+/// `east eval --backend openai` of `model` on `dataset` through `url` into `out` (8 new tokens,
+/// unless `extra` says otherwise).
+fn eval_via(url: &str, model: &str, dataset: &str, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "eval",
+        "--backend",
+        "openai",
+        "--url",
+        url,
+        "--model",
+        model,
+    ];
+    args.extend(["--dataset", dataset, "--max-new-tokens", "8"]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    east(&args)
+}
+
 /// `east sample` through the test's server, with `args` added.
 fn sample_via(url: &str, out: &Path, args: &[&str]) -> (bool, String) {
     let mut all = sample_args(url, out.to_str().unwrap(), "2");
@@ -1234,7 +1207,7 @@ fn kill_9_of_east_run_leaves_no_forked_server_behind() {
 }
 
 /// `n` answers `\boxed{0}`, `\boxed{1}`, … in the form the request's endpoint answers in (n = 10
-/// answers the numbers questions right once each).
+/// answers each of [`write_number_questions`]' questions right once).
 fn varied_answers(_: usize, r: &Request) -> Reply {
     let n = r.body["n"].as_u64().unwrap_or(1) as usize;
     let chat = r.path.ends_with("/chat/completions");
@@ -1283,28 +1256,11 @@ fn resuming_with_other_prompts_is_refused() {
     assert!(ok, "{log}");
 
     let m = model().display().to_string();
+    let e = dir.path().join("eval");
     let eval = |extra: &[&str]| {
-        let e = dir.path().join("eval");
-        let mut args = vec![
-            "eval",
-            "--backend",
-            "openai",
-            "--url",
-            &server.url,
-            "--model",
-            &m,
-        ];
-        args.extend([
-            "--dataset",
-            "gsm8k",
-            "--limit",
-            "1",
-            "--max-new-tokens",
-            "4",
-        ]);
-        args.extend(["--out", e.to_str().unwrap()]);
+        let mut args = vec!["--limit", "1"];
         args.extend_from_slice(extra);
-        east(&args)
+        eval_via(&server.url, &m, "gsm8k", &e, &args)
     };
     let (ok, log) = eval(&[]);
     assert!(ok, "{log}");
@@ -1337,53 +1293,6 @@ fn resuming_with_other_prompts_is_refused() {
     assert!(!ok && log.contains("refusing to mix prompts"), "{log}");
 }
 
-/// A one-round `east run` of a tiny model whose samples come from `url`, evaluated natively.
-fn tiny_run_config(dir: &Path, url: &str) -> PathBuf {
-    let model = dir.join("tiny_model");
-    east::model::testing::write_tiny_model(&model, 5).unwrap();
-    let data = dir.join("numbers.jsonl");
-    write_number_questions(&data);
-    let text = format!(
-        r#"
-[model]
-path = "{model}"
-dtype = "f32"
-[data]
-dataset = "{data}"
-fields.id = "id"
-[sample]
-backend = "openai"
-n = 10
-max_new_tokens = 8
-[weight]
-metric = "uniform"
-require_boxed = false
-[train]
-epochs = 1
-batch_size = 2
-micro_batch_size = 1
-max_length = 64
-[eval]
-datasets = ["{data}"]
-limit = 2
-max_new_tokens = 4
-[run]
-name = "tiny"
-dir = "{dir}"
-eval_base = false
-[server]
-url = "{url}"
-retries = 1
-"#,
-        model = model.display(),
-        data = data.display(),
-        dir = dir.display(),
-    );
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The stage outcomes of the last `east run` in `run_log.jsonl` of the run at `root`.
 fn last_outcomes(root: &Path) -> Vec<(String, String)> {
     let events = lines(&root.join("run_log.jsonl"));
@@ -1409,20 +1318,47 @@ fn last_outcomes(root: &Path) -> Vec<(String, String)> {
 fn east_run_keys_samples_by_their_requests_and_locks_its_folders() {
     let server = FakeServer::start(varied_answers);
     let dir = tempfile::tempdir().unwrap();
-    let config = tiny_run_config(dir.path(), &server.url);
-    let cfg = config.to_str().unwrap();
-    let root = dir.path().join("tiny");
+    let tiny = dir.path().join("tiny_model");
+    east::model::testing::write_tiny_model(&tiny, 5).unwrap();
+    // run_config's run of the numbers questions, on the tiny model, evaluated natively
+    let config = run_config(dir.path(), None, 1);
+    let (model, url) = (
+        format!("model.path={:?}", tiny.display().to_string()),
+        format!("server.url={:?}", server.url),
+    );
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--set",
+            &model,
+            "--set",
+            &url,
+        ];
+        args.extend([
+            "--set",
+            "sample.n=10",
+            "--set",
+            "eval.backend=\"native\"",
+            "--set",
+            "run.eval_base=false",
+        ]);
+        args.extend_from_slice(extra);
+        east(&args)
+    };
+    let root = dir.path().join("served");
     let pid = format!("pid {}", std::process::id());
     for folder in ["round1/checkpoint", "round1/eval/numbers"] {
         let held = east::io::FileLock::output_dir(&root.join(folder)).unwrap();
-        let (ok, log) = east(&["run", "--config", cfg]);
+        let (ok, log) = run(&[]);
         assert!(
             !ok && log.contains("in use by another east process") && log.contains(&pid),
             "{folder}: {log}"
         );
         drop(held);
     }
-    let (ok, log) = east(&["run", "--config", cfg]);
+    let (ok, log) = run(&[]);
     assert!(ok, "{log}");
     // one samples file per key, each with its `.meta.json`
     let cached = || {
@@ -1434,10 +1370,7 @@ fn east_run_keys_samples_by_their_requests_and_locks_its_folders() {
     };
     assert_eq!(cached(), 1);
 
-    let (ok, log) = east(&[
-        "run",
-        "--config",
-        cfg,
+    let (ok, log) = run(&[
         "--set",
         "server.n_per_request=2",
         "--set",
@@ -1451,7 +1384,7 @@ fn east_run_keys_samples_by_their_requests_and_locks_its_folders() {
     );
     assert_eq!(cached(), 1);
 
-    let (ok, log) = east(&["run", "--config", cfg, "--set", "server.api=\"chat\""]);
+    let (ok, log) = run(&["--set", "server.api=\"chat\""]);
     assert!(ok, "{log}");
     let outcomes = last_outcomes(&root);
     assert!(
