@@ -7,7 +7,7 @@
 //! the run directories. Below the stages, modules that import no stage: [`schema`] (the file
 //! records between stages), [`data`] (datasets), [`decode`] (the batched decoder of sample and
 //! eval), [`grade`] (answer extraction and equivalence), [`model`] (Llama, loading, tokenizers),
-//! [`io`] and [`progress`]. [`config`] gathers the stages' config sections into one TOML file.
+//! [`io`], [`progress`] and [`tensorboard`] (event files for dashboards). [`config`] gathers the stages' config sections into one TOML file.
 
 // Shared leaves.
 pub mod data;
@@ -17,6 +17,7 @@ pub mod io;
 pub mod model;
 pub mod progress;
 pub mod schema;
+pub mod tensorboard;
 // The serving-engine backend of sample and eval (imports no stage).
 pub mod serve;
 
