@@ -423,6 +423,9 @@ struct TrainArgs {
     /// Memory budget in GiB for --gradient-checkpointing auto (default: the GPU's free memory; none on the CPU).
     #[arg(long, value_name = "GIB")]
     memory_limit: Option<f64>,
+    /// Dashboards besides train_log.jsonl: tensorboard (event files in OUT/tensorboard/, which W&B can read too) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     /// Print the estimated peak memory by part for this config and model (reads only the model's config) and exit without training.
     #[arg(long, conflicts_with_all = ["data", "out"])]
     estimate_memory: bool,
@@ -738,7 +741,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     args.model.apply(&mut config);
     override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
-        lora_targets, seed, engine, save_steps, gradient_checkpointing);
+        lora_targets, seed, engine, save_steps, gradient_checkpointing, report_to);
     let t = &mut config.train;
     if args.beta.is_some() {
         t.beta = args.beta;

@@ -6,6 +6,7 @@ use super::engine::{EngineChoice, LoraSpec};
 use super::loss::{LossConfig, Weighting};
 use super::optim::Schedule;
 use crate::schema::Loss;
+use crate::tensorboard::ReportTo;
 
 /// `[train]`: the weighted loss and its optimiser.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +63,9 @@ pub struct TrainConfig {
     /// Memory budget in GiB for `gradient_checkpointing = "auto"` (unset: the CUDA device's
     /// free memory; on the CPU, no limit).
     pub memory_limit: Option<f64>,
+    /// Dashboards the step metrics go to besides `train_log.jsonl` (TRL's `report_to`):
+    /// `["tensorboard"]` writes event files in `<out>/tensorboard/`. Does not change the weights.
+    pub report_to: ReportTo,
 }
 
 /// `train.gradient_checkpointing`: `false`, `true` or `"auto"`.
@@ -151,6 +155,7 @@ impl Default for TrainConfig {
             save_steps: 50,
             gradient_checkpointing: Checkpointing::Auto,
             memory_limit: None,
+            report_to: ReportTo::default(),
         }
     }
 }
@@ -307,6 +312,8 @@ impl TrainConfig {
             // checkpointing recomputes the same numbers: the weights do not depend on it
             o.remove("gradient_checkpointing");
             o.remove("memory_limit");
+            // where the step metrics are also logged: the weights do not depend on it
+            o.remove("report_to");
         }
         v
     }

@@ -27,6 +27,7 @@ use super::optim::{clip_scale, lr_at, warmup_steps, AdamW};
 use super::reference::{reference_logps, RefLogps};
 use crate::model::{LoadedModel, ModelConfig};
 use crate::schema::Loss;
+use crate::tensorboard::{self, EventWriter, ReportTo};
 
 /// One `east train` run.
 #[derive(Debug, Clone)]
@@ -125,6 +126,8 @@ struct Run {
     /// The current epoch's shuffle.
     order: (usize, Vec<usize>),
     log: StepLog,
+    /// `train.report_to = ["tensorboard"]`: the event file of this session.
+    board: Option<EventWriter>,
     bar: Option<ProgressBar>,
     last_loss: Option<f64>,
     last_saved: usize,
@@ -202,6 +205,7 @@ impl Run {
             }
             None => (0, StepLog::create(&job.out)?),
         };
+        let board = open_board(&job.out, t.report_to, start)?;
         let bar = progress_bar(job, &data, &engine_name, (start, total, per_epoch));
         Ok(Prepared::Ready(Box::new(Run {
             job: job.clone(),
@@ -225,6 +229,7 @@ impl Run {
             warmup: warmup_steps(total, t.warmup_ratio),
             order: (usize::MAX, Vec::new()),
             log,
+            board,
             bar,
             last_loss: None,
             last_saved: start,
@@ -368,6 +373,10 @@ impl Run {
             self.job.train.loss,
         );
         self.log.append(&line)?;
+        if let Some(board) = &mut self.board {
+            let scalars = tensorboard::scalars_of("train/", &line, &["step"]);
+            board.scalars((step + 1) as i64, &scalars)?;
+        }
         self.tokens_done += s.tokens;
         self.last_loss = Some(s.loss);
         if let Some(b) = &self.bar {
@@ -720,6 +729,32 @@ fn step_line(
         Loss::Sft => {}
     }
     line
+}
+
+/// `<out>/tensorboard/`, TensorBoard's copy of `train_log.jsonl`: the event files of earlier
+/// sessions cut back to the `start` steps this run keeps (all removed on a fresh start, as the
+/// log is), then with `report_to` a new file for this session, which a restart mark opens.
+fn open_board(
+    out: &Path,
+    report_to: ReportTo,
+    start: usize,
+) -> anyhow::Result<Option<EventWriter>> {
+    let dir = out.join("tensorboard");
+    let kept = tensorboard::retain(&dir, |e| e.step <= start as i64)?;
+    for (path, offset) in &kept.damaged {
+        eprintln!(
+            "east train: {}: a damaged record at byte {offset}; the events after it were dropped",
+            path.display()
+        );
+    }
+    if !report_to.tensorboard {
+        return Ok(None);
+    }
+    let mut board = EventWriter::create(&dir)?;
+    if start > 0 {
+        board.session_start(start as i64 + 1)?;
+    }
+    Ok(Some(board))
 }
 
 /// `train_log.jsonl`, one line per optimiser step; `lines` counts them so that a resume
