@@ -10,7 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use east::tensorboard::{self, frame, histogram, Event, EventFile, Value, ValueData, What};
+use std::sync::{Arc, Mutex};
+
+use east::tensorboard::{
+    self, frame, histogram, Event, EventFile, EventWriter, Value, ValueData, What,
+};
+use east::train::{SharedBoard, TrainJob};
 use serde_json::{json, Value as Json};
 
 fn fixture(name: &str) -> PathBuf {
@@ -349,6 +354,49 @@ fn wandb_is_refused_with_the_way_in() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("let W&B read the event files"), "{err}");
+}
+
+#[test]
+fn a_training_into_a_shared_folder_follows_the_steps_before_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (model, data) = tiny_setup(d.path());
+    let shared = d.path().join("run_tb");
+    // another stage's scalar, an earlier training's steps, and stale steps of this one
+    let mut w = EventWriter::create(&shared).unwrap();
+    w.scalars(1, &[("eval/accuracy".into(), 0.5)]).unwrap();
+    w.scalars(50, &[("train/loss".into(), 1.0)]).unwrap();
+    w.scalars(103, &[("train/loss".into(), 9.0)]).unwrap();
+    let overrides = [
+        format!("model.path={}", model.display()),
+        "train.loss=\"dpo\"".into(),
+        "train.batch_size=2".into(),
+        "train.micro_batch_size=1".into(),
+        "train.max_steps=4".into(),
+    ];
+    let c = east::config::Config::from_toml_str("", "test", &overrides).unwrap();
+    let out = d.path().join("ckpt");
+    let job = TrainJob {
+        progress: false,
+        board: Some(SharedBoard {
+            writer: Arc::new(Mutex::new(w)),
+            before: 100,
+        }),
+        ..TrainJob::new(c.model.clone(), c.train.clone(), data, out.clone())
+    };
+    east::train::train(&job).unwrap();
+    let got = series(&tensorboard::read_dir(&shared).unwrap());
+    assert_eq!(got["eval/accuracy"], [(1, 0.5)]);
+    let log = log_lines(&out);
+    let mut want = vec![(50, 1.0f32)];
+    want.extend(log.iter().map(|l| {
+        (
+            100 + l["step"].as_i64().unwrap(),
+            l["loss"].as_f64().unwrap() as f32,
+        )
+    }));
+    assert_eq!(got["train/loss"], want);
+    // train.report_to is off: the checkpoint folder has no event files
+    assert!(!out.join("tensorboard").exists());
 }
 
 /// Writes a straight and a killed-and-resumed run for

@@ -18,6 +18,7 @@ mod histogram;
 mod proto;
 mod record;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -99,33 +100,12 @@ impl EventWriter {
     /// Logs `scalars` (tag, value) at `step` as one event, now. Values become the protocol's
     /// 32-bit `simple_value`, as every TensorBoard writer stores scalars.
     pub fn scalars(&mut self, step: i64, scalars: &[(String, f64)]) -> Result<(), InputError> {
-        let values = scalars
-            .iter()
-            .map(|(tag, v)| Value {
-                tag: tag.clone(),
-                data: ValueData::Simple(*v as f32),
-            })
-            .collect();
+        let values = scalars.iter().map(|(t, v)| Value::scalar(t, *v)).collect();
         self.summary(step, values)
     }
 
-    /// Logs `histograms` (tag, histogram) at `step` as one event, now.
-    pub fn histograms(
-        &mut self,
-        step: i64,
-        histograms: Vec<(String, Histogram)>,
-    ) -> Result<(), InputError> {
-        let values = histograms
-            .into_iter()
-            .map(|(tag, h)| Value {
-                tag,
-                data: ValueData::Histogram(h),
-            })
-            .collect();
-        self.summary(step, values)
-    }
-
-    fn summary(&mut self, step: i64, values: Vec<Value>) -> Result<(), InputError> {
+    /// Logs `values` at `step` as one event, now (none: nothing).
+    pub fn summary(&mut self, step: i64, values: Vec<Value>) -> Result<(), InputError> {
         if values.is_empty() {
             return Ok(());
         }
@@ -134,6 +114,65 @@ impl EventWriter {
             step,
             what: What::Summary(values),
         })
+    }
+
+    /// Logs the `values` the folder does not hold yet at `step`: a tag with the same value at
+    /// `step` in any of its files is left out, one with another value there is replaced (the
+    /// old value removed). A stage can so log what it finds on disk on every run of a job,
+    /// and a step never shows a tag twice.
+    pub fn put(&mut self, step: i64, values: Vec<Value>) -> Result<(), InputError> {
+        let held = self.values_at(step)?;
+        let new: Vec<Value> = values
+            .into_iter()
+            .filter(|v| held.get(&v.tag) != Some(&v.data))
+            .collect();
+        let stale: Vec<String> = new
+            .iter()
+            .filter(|v| held.contains_key(&v.tag))
+            .map(|v| v.tag.clone())
+            .collect();
+        if !stale.is_empty() {
+            let dir = self.dir().to_path_buf();
+            rewrite(&dir, Some(&self.path), |e| without(e, step, &stale))?;
+            self.reopen()?;
+        }
+        self.summary(step, new)
+    }
+
+    /// [`retain`] over the writer's folder, its own file included (kept, and appended to
+    /// after, even when nothing but its `file_version` is left).
+    pub fn retain(&mut self, keep: impl Fn(&Event) -> bool) -> Result<Retained, InputError> {
+        let dir = self.dir().to_path_buf();
+        let done = rewrite(&dir, Some(&self.path), |e| keep(e).then(|| e.clone()))?;
+        self.reopen()?;
+        Ok(done)
+    }
+
+    /// The folder of the file.
+    fn dir(&self) -> &Path {
+        self.path.parent().expect("an event file lies in a folder")
+    }
+
+    /// Appends to the file under its name again, after a rewrite replaced it.
+    fn reopen(&mut self) -> Result<(), InputError> {
+        self.file = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| InputError::io(&self.path, e))?;
+        Ok(())
+    }
+
+    /// The summary values the folder holds at `step`, by tag (the last one read wins).
+    fn values_at(&self, step: i64) -> Result<HashMap<String, ValueData>, InputError> {
+        let mut held = HashMap::new();
+        for file in read_dir(self.dir())? {
+            for e in file.events.into_iter().filter(|e| e.step == step) {
+                if let What::Summary(values) = e.what {
+                    held.extend(values.into_iter().map(|v| (v.tag, v.data)));
+                }
+            }
+        }
+        Ok(held)
     }
 
     /// Marks a restart at `step` (`SessionLog.START`): a TensorBoard that still shows steps
@@ -146,6 +185,25 @@ impl EventWriter {
             what: What::SessionStart,
         })
     }
+}
+
+/// `e` without its values of the `tags` at `step`; `None` when nothing is left of it.
+fn without(e: &Event, step: i64, tags: &[String]) -> Option<Event> {
+    let What::Summary(values) = &e.what else {
+        return Some(e.clone());
+    };
+    if e.step != step {
+        return Some(e.clone());
+    }
+    let left: Vec<Value> = values
+        .iter()
+        .filter(|v| !tags.contains(&v.tag))
+        .cloned()
+        .collect();
+    (!left.is_empty()).then(|| Event {
+        what: What::Summary(left),
+        ..e.clone()
+    })
 }
 
 /// Seconds since the Unix epoch, as `wall_time` counts them.
@@ -273,6 +331,18 @@ pub struct Retained {
 /// with nothing else is removed; a file that keeps everything is not touched. Each rewrite
 /// replaces the file whole (a temporary file renamed over it).
 pub fn retain(dir: &Path, keep: impl Fn(&Event) -> bool) -> Result<Retained, InputError> {
+    rewrite(dir, None, |e| keep(e).then(|| e.clone()))
+}
+
+/// Rewrites the event files of `dir` through `edit`: the event it gives back (unchanged: the
+/// record is copied as it is), or `None` to drop it. `file_version` events and records that
+/// are no `Event` are kept without asking; so is the file `own` (a writer's open file), even
+/// when nothing else is left in it.
+fn rewrite(
+    dir: &Path,
+    own: Option<&Path>,
+    mut edit: impl FnMut(&Event) -> Option<Event>,
+) -> Result<Retained, InputError> {
     let mut done = Retained::default();
     for path in event_files(dir)? {
         let bytes = fs::read(&path).map_err(|e| InputError::io(&path, e))?;
@@ -280,30 +350,39 @@ pub fn retain(dir: &Path, keep: impl Fn(&Event) -> bool) -> Result<Retained, Inp
         if let Some(Stop::Damaged { offset }) = records.stopped {
             done.damaged.push((path.clone(), offset));
         }
-        let torn = usize::from(records.stopped.is_some());
-        let kept: Vec<&[u8]> = records
-            .data
-            .iter()
-            .copied()
-            .filter(|data| match Event::decode(data) {
-                Ok(e) => matches!(e.what, What::FileVersion { .. }) || keep(&e),
-                Err(_) => true,
-            })
-            .collect();
-        let dropped = records.data.len() - kept.len() + torn;
-        if dropped == 0 {
+        let mut changed = records.stopped.is_some();
+        done.dropped += usize::from(changed);
+        let (mut kept, mut only_versions) = (Vec::new(), true);
+        for data in &records.data {
+            let event = match Event::decode(data) {
+                Ok(e) if !matches!(e.what, What::FileVersion { .. }) => e,
+                _ => {
+                    kept.extend(frame(data));
+                    continue;
+                }
+            };
+            match edit(&event) {
+                Some(e) if e == event => kept.extend(frame(data)),
+                Some(e) => {
+                    kept.extend(frame(&e.encode()));
+                    changed = true;
+                }
+                None => {
+                    done.dropped += 1;
+                    changed = true;
+                    continue;
+                }
+            }
+            only_versions = false;
+        }
+        if !changed {
             continue;
         }
-        done.dropped += dropped;
-        let versions_only = kept
-            .iter()
-            .all(|d| Event::decode(d).is_ok_and(|e| matches!(e.what, What::FileVersion { .. })));
-        if versions_only {
+        if only_versions && own != Some(path.as_path()) {
             fs::remove_file(&path).map_err(|e| InputError::io(&path, e))?;
             done.removed += 1;
         } else {
-            let bytes: Vec<u8> = kept.iter().flat_map(|d| frame(d)).collect();
-            replace(&path, &bytes)?;
+            replace(&path, &kept)?;
         }
     }
     Ok(done)

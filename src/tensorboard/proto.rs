@@ -37,6 +37,23 @@ pub struct Value {
     pub data: ValueData,
 }
 
+impl Value {
+    /// A scalar: the protocol's 32-bit `simple_value`, as every TensorBoard writer stores them.
+    pub fn scalar(tag: impl Into<String>, v: f64) -> Value {
+        Value {
+            tag: tag.into(),
+            data: ValueData::Simple(v as f32),
+        }
+    }
+
+    pub fn histogram(tag: impl Into<String>, h: Histogram) -> Value {
+        Value {
+            tag: tag.into(),
+            data: ValueData::Histogram(h),
+        }
+    }
+}
+
 /// A value's `oneof value`: the two kinds east writes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ValueData {

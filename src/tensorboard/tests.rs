@@ -17,8 +17,11 @@ fn a_writer_starts_with_the_file_version_and_appends_whole_records() {
     assert!(name.starts_with("events.out.tfevents."), "{name}");
     w.scalars(1, &[("train/loss".into(), 0.5), ("train/lr".into(), 1e-6)])
         .unwrap();
-    w.histograms(1, vec![("h".into(), histogram(&[1.0, 2.0]).unwrap())])
-        .unwrap();
+    w.summary(
+        1,
+        vec![Value::histogram("h", histogram(&[1.0, 2.0]).unwrap())],
+    )
+    .unwrap();
     // nothing to log, no event
     w.scalars(2, &[]).unwrap();
     let f = read_file(w.path()).unwrap();
@@ -169,4 +172,66 @@ fn report_to_reads_trl_spellings_and_refuses_the_rest() {
         "[\"none\"]"
     );
     assert_eq!(serde_json::to_string(&on).unwrap(), "[\"tensorboard\"]");
+}
+
+#[test]
+fn put_logs_a_value_once_and_replaces_a_changed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut old = EventWriter::create(dir.path()).unwrap();
+    old.scalars(1, &[("eval/acc".into(), 0.25), ("other".into(), 7.0)])
+        .unwrap();
+    old.scalars(2, &[("eval/acc".into(), 0.5)]).unwrap();
+    drop(old);
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    // the same value at the same step: nothing written
+    let before = fs::read(w.path()).unwrap();
+    w.put(2, vec![Value::scalar("eval/acc", 0.5)]).unwrap();
+    assert_eq!(fs::read(w.path()).unwrap(), before);
+    // a new value at step 1 replaces the old one; its event keeps its other tag
+    w.put(
+        1,
+        vec![Value::scalar("eval/acc", 0.75), Value::scalar("new", 1.0)],
+    )
+    .unwrap();
+    // the writer still appends to its own file after the rewrite
+    w.scalars(3, &[("eval/acc".into(), 1.0)]).unwrap();
+    let mut got: Vec<(i64, String, ValueData)> = read_dir(dir.path())
+        .unwrap()
+        .into_iter()
+        .flat_map(|f| f.events)
+        .filter_map(|e| match e.what {
+            What::Summary(vs) => Some(vs.into_iter().map(move |v| (e.step, v.tag, v.data))),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    got.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let s = |x: f32| ValueData::Simple(x);
+    assert_eq!(
+        got,
+        [
+            (1, "eval/acc".into(), s(0.75)),
+            (1, "new".into(), s(1.0)),
+            (1, "other".into(), s(7.0)),
+            (2, "eval/acc".into(), s(0.5)),
+            (3, "eval/acc".into(), s(1.0)),
+        ]
+    );
+}
+
+#[test]
+fn a_writer_retaining_its_folder_keeps_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = EventWriter::create(dir.path()).unwrap();
+    w.scalars(5, &[("train/loss".into(), 1.0)]).unwrap();
+    let r = w.retain(|e| e.step < 5).unwrap();
+    assert_eq!((r.dropped, r.removed), (1, 0));
+    w.scalars(5, &[("train/loss".into(), 2.0)]).unwrap();
+    let files = read_dir(dir.path()).unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(steps(&files), [5]);
+    assert_eq!(
+        files[0].events.last().unwrap().what,
+        What::Summary(vec![Value::scalar("train/loss", 2.0)])
+    );
 }

@@ -15,6 +15,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::board::{self, Board, SharedBoard};
 use super::checkpoint::{self, ModelMeta, ResumeState};
 use super::config::TrainConfig;
 use super::data::{self, Example, Tokenizing, TrainData};
@@ -27,7 +28,6 @@ use super::optim::{clip_scale, lr_at, warmup_steps, AdamW};
 use super::reference::{reference_logps, RefLogps};
 use crate::model::{LoadedModel, ModelConfig};
 use crate::schema::Loss;
-use crate::tensorboard::{self, EventWriter, ReportTo};
 
 /// One `east train` run.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct TrainJob {
     /// Time the autograd engine's phases (forward, head, backward, optimizer…) into
     /// [`TrainReport::phases`]; each phase waits for the GPU, which slows training down.
     pub profile: bool,
+    /// An event folder of another stage that the step metrics also go to (`east run`).
+    pub board: Option<SharedBoard>,
 }
 
 impl TrainJob {
@@ -54,6 +56,7 @@ impl TrainJob {
             train,
             progress,
             profile: false,
+            board: None,
         }
     }
 }
@@ -126,8 +129,8 @@ struct Run {
     /// The current epoch's shuffle.
     order: (usize, Vec<usize>),
     log: StepLog,
-    /// `train.report_to = ["tensorboard"]`: the event file of this session.
-    board: Option<EventWriter>,
+    /// TensorBoard event files the step metrics also go to.
+    boards: Vec<Board>,
     bar: Option<ProgressBar>,
     last_loss: Option<f64>,
     last_saved: usize,
@@ -205,7 +208,7 @@ impl Run {
             }
             None => (0, StepLog::create(&job.out)?),
         };
-        let board = open_board(&job.out, t.report_to, start)?;
+        let boards = board::open(&job.out, t.report_to, job.board.as_ref(), start)?;
         let bar = progress_bar(job, &data, &engine_name, (start, total, per_epoch));
         Ok(Prepared::Ready(Box::new(Run {
             job: job.clone(),
@@ -229,7 +232,7 @@ impl Run {
             warmup: warmup_steps(total, t.warmup_ratio),
             order: (usize::MAX, Vec::new()),
             log,
-            board,
+            boards,
             bar,
             last_loss: None,
             last_saved: start,
@@ -373,9 +376,8 @@ impl Run {
             self.job.train.loss,
         );
         self.log.append(&line)?;
-        if let Some(board) = &mut self.board {
-            let scalars = tensorboard::scalars_of("train/", &line, &["step"]);
-            board.scalars((step + 1) as i64, &scalars)?;
+        for board in &mut self.boards {
+            board.log(step + 1, &line)?;
         }
         self.tokens_done += s.tokens;
         self.last_loss = Some(s.loss);
@@ -729,32 +731,6 @@ fn step_line(
         Loss::Sft => {}
     }
     line
-}
-
-/// `<out>/tensorboard/`, TensorBoard's copy of `train_log.jsonl`: the event files of earlier
-/// sessions cut back to the `start` steps this run keeps (all removed on a fresh start, as the
-/// log is), then with `report_to` a new file for this session, which a restart mark opens.
-fn open_board(
-    out: &Path,
-    report_to: ReportTo,
-    start: usize,
-) -> anyhow::Result<Option<EventWriter>> {
-    let dir = out.join("tensorboard");
-    let kept = tensorboard::retain(&dir, |e| e.step <= start as i64)?;
-    for (path, offset) in &kept.damaged {
-        eprintln!(
-            "east train: {}: a damaged record at byte {offset}; the events after it were dropped",
-            path.display()
-        );
-    }
-    if !report_to.tensorboard {
-        return Ok(None);
-    }
-    let mut board = EventWriter::create(&dir)?;
-    if start > 0 {
-        board.session_start(start as i64 + 1)?;
-    }
-    Ok(Some(board))
 }
 
 /// `train_log.jsonl`, one line per optimiser step; `lines` counts them so that a resume
