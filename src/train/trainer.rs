@@ -507,7 +507,7 @@ impl Run {
             "lora": t.lora,
             "merged": merged,
             "train": t,
-            "beta": t.beta(),
+            "beta": t.beta,
         })
     }
 }
