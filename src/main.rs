@@ -67,6 +67,9 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Dashboards of the whole run: tensorboard (one TensorBoard run in RUN_DIR/tensorboard/: every round's training scalars, accuracy per round, sampling throughput, entropy and weight histograms) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -508,6 +511,7 @@ fn config_key(subcommand: &str, arg: &str) -> Option<String> {
         ("sample", "dataset" | "split" | "limit") => "data",
         ("eval", "dataset") => return Some("eval.datasets".into()),
         ("weight", "loss") => "train",
+        ("run", "report_to") => "run",
         (s @ ("sample" | "cluster" | "weight" | "train" | "eval"), _) => s,
         _ => return None,
     };
@@ -567,7 +571,8 @@ fn with_config_defaults(cli: clap::Command) -> clap::Command {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
+    override_from!(args => config.run; report_to);
     let layout = east::pipeline::RunLayout::new(&config);
     let summaries = east::pipeline::run(&config)?;
     println!(

@@ -10,6 +10,8 @@ use std::path::Path;
 /// `pipeline`'s layout) → `pipeline` → `config` → the stages, a later stage above an earlier
 /// one → `generate` (the one engine interface of sample and eval) → `serve` and `decode` →
 /// the shared leaves.
+// one line per group (`tensorboard` is longer than rustfmt's short array elements)
+#[rustfmt::skip]
 const ORDER: &[&str] = &[
     "report", "pipeline", "config", // the whole run
     "eval", "train", "weight", "cluster", "sample", // the stages, last first

@@ -1,3 +1,6 @@
+use std::fs;
+use std::io::Write;
+
 use super::*;
 
 fn steps(files: &[EventFile]) -> Vec<i64> {
@@ -13,18 +16,26 @@ fn steps(files: &[EventFile]) -> Vec<i64> {
 fn a_writer_starts_with_the_file_version_and_appends_whole_records() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = EventWriter::create(dir.path()).unwrap();
-    let name = w.path().file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.starts_with("events.out.tfevents."), "{name}");
+    // no event, no file
+    assert_eq!(w.path(), None);
+    w.scalars(2, &[]).unwrap();
+    assert!(event_files(dir.path()).unwrap().is_empty());
     w.scalars(1, &[("train/loss".into(), 0.5), ("train/lr".into(), 1e-6)])
         .unwrap();
+    let name = w
+        .path()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(name.starts_with("events.out.tfevents."), "{name}");
     w.summary(
         1,
         vec![Value::histogram("h", histogram(&[1.0, 2.0]).unwrap())],
     )
     .unwrap();
-    // nothing to log, no event
-    w.scalars(2, &[]).unwrap();
-    let f = read_file(w.path()).unwrap();
+    let f = read_file(w.path().unwrap()).unwrap();
     assert_eq!(f.stopped, None);
     assert_eq!(f.events.len(), 3);
     assert!(matches!(
@@ -42,11 +53,13 @@ fn a_writer_starts_with_the_file_version_and_appends_whole_records() {
 #[test]
 fn a_new_session_sorts_after_the_files_already_there() {
     let dir = tempfile::tempdir().unwrap();
-    let a = EventWriter::create(dir.path()).unwrap();
-    let b = EventWriter::create(dir.path()).unwrap();
-    let c = EventWriter::create(dir.path()).unwrap();
-    let files = event_files(dir.path()).unwrap();
-    assert_eq!(files, [a.path(), b.path(), c.path()]);
+    let mut paths = Vec::new();
+    for _ in 0..3 {
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        w.scalars(1, &[("x".into(), 1.0)]).unwrap();
+        paths.push(w.path().unwrap().to_path_buf());
+    }
+    assert_eq!(event_files(dir.path()).unwrap(), paths);
 }
 
 #[test]
@@ -71,13 +84,13 @@ fn retain_drops_later_steps_and_a_torn_tail_and_removes_emptied_files() {
     );
     let mut f = fs::OpenOptions::new()
         .append(true)
-        .open(second.path())
+        .open(second.path().unwrap())
         .unwrap();
     f.write_all(&torn[..torn.len() - 3]).unwrap();
     assert_eq!(
-        read_file(second.path()).unwrap().stopped,
+        read_file(second.path().unwrap()).unwrap().stopped,
         Some(Stop::Torn {
-            offset: fs::metadata(second.path()).unwrap().len() as usize - torn.len() + 3
+            offset: fs::metadata(second.path().unwrap()).unwrap().len() as usize - torn.len() + 3
         })
     );
 
@@ -90,18 +103,18 @@ fn retain_drops_later_steps_and_a_torn_tail_and_removes_emptied_files() {
             damaged: vec![]
         }
     );
-    assert!(!second.path().exists());
+    assert!(!second.path().unwrap().exists());
     let files = read_dir(dir.path()).unwrap();
     assert_eq!(files.len(), 1);
     assert_eq!(steps(&files), [1, 2, 3]);
     // no temporary file is left behind, and a second pass changes nothing
     assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
-    let before = fs::read(first.path()).unwrap();
+    let before = fs::read(first.path().unwrap()).unwrap();
     assert_eq!(
         retain(dir.path(), |e| e.step <= 3).unwrap(),
         Retained::default()
     );
-    assert_eq!(fs::read(first.path()).unwrap(), before);
+    assert_eq!(fs::read(first.path().unwrap()).unwrap(), before);
 }
 
 #[test]
@@ -109,13 +122,13 @@ fn retain_reports_a_damaged_record_and_keeps_what_precedes_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut w = EventWriter::create(dir.path()).unwrap();
     w.scalars(1, &[("a".into(), 1.0)]).unwrap();
-    let good = fs::metadata(w.path()).unwrap().len() as usize;
+    let good = fs::metadata(w.path().unwrap()).unwrap().len() as usize;
     w.scalars(2, &[("a".into(), 2.0)]).unwrap();
-    let mut bytes = fs::read(w.path()).unwrap();
+    let mut bytes = fs::read(w.path().unwrap()).unwrap();
     bytes[good + 14] ^= 0x55;
-    fs::write(w.path(), &bytes).unwrap();
+    fs::write(w.path().unwrap(), &bytes).unwrap();
     let r = retain(dir.path(), |_| true).unwrap();
-    assert_eq!(r.damaged, vec![(w.path().to_path_buf(), good)]);
+    assert_eq!(r.damaged, vec![(w.path().unwrap().to_path_buf(), good)]);
     assert_eq!(steps(&read_dir(dir.path()).unwrap()), [1]);
 }
 
@@ -183,15 +196,15 @@ fn put_logs_a_value_once_and_replaces_a_changed_one() {
     old.scalars(2, &[("eval/acc".into(), 0.5)]).unwrap();
     drop(old);
     let mut w = EventWriter::create(dir.path()).unwrap();
-    // the same value at the same step: nothing written
-    let before = fs::read(w.path()).unwrap();
-    w.put(2, vec![Value::scalar("eval/acc", 0.5)]).unwrap();
-    assert_eq!(fs::read(w.path()).unwrap(), before);
+    // the same value at the same step: nothing written, not even a file
+    w.put(vec![(2, vec![Value::scalar("eval/acc", 0.5)])])
+        .unwrap();
+    assert_eq!(event_files(dir.path()).unwrap().len(), 1);
     // a new value at step 1 replaces the old one; its event keeps its other tag
-    w.put(
+    w.put(vec![(
         1,
         vec![Value::scalar("eval/acc", 0.75), Value::scalar("new", 1.0)],
-    )
+    )])
     .unwrap();
     // the writer still appends to its own file after the rewrite
     w.scalars(3, &[("eval/acc".into(), 1.0)]).unwrap();

@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::tensorboard::{self, Event, EventWriter, ReportTo, Retained, What};
 
 /// The tag prefix of a training's scalars (`train/loss`, …).
-const PREFIX: &str = "train/";
+pub const TRAIN_PREFIX: &str = "train/";
 
 /// An event folder another stage writes to, shared with this training: `east run`'s, whose
 /// x axis counts every optimiser step of the run, so each round's steps follow the last one's.
@@ -65,7 +65,7 @@ pub(super) fn open(
 impl Board {
     /// Logs the `train_log.jsonl` line of step `step` (1-based) as scalars `train/<key>`.
     pub(super) fn log(&mut self, step: usize, line: &Value) -> anyhow::Result<()> {
-        let scalars = tensorboard::scalars_of(PREFIX, line, &["step"]);
+        let scalars = tensorboard::scalars_of(TRAIN_PREFIX, line, &["step"]);
         match self {
             Board::Own(w) => w.scalars(step as i64, &scalars)?,
             Board::Shared(s) => lock(&s.writer).scalars(s.before + step as i64, &scalars)?,
@@ -76,7 +76,7 @@ impl Board {
 
 /// Whether `e` holds a training's scalars.
 fn is_training(e: &Event) -> bool {
-    matches!(&e.what, What::Summary(values) if values.iter().any(|v| v.tag.starts_with(PREFIX)))
+    matches!(&e.what, What::Summary(values) if values.iter().any(|v| v.tag.starts_with(TRAIN_PREFIX)))
 }
 
 /// The writer, even if a thread panicked holding it (each write is one whole record).

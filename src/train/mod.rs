@@ -25,7 +25,7 @@ pub mod optim;
 pub mod reference;
 pub mod trainer;
 
-pub use board::SharedBoard;
+pub use board::{SharedBoard, TRAIN_PREFIX};
 pub use config::TrainConfig;
 pub use engine::{Engine, EngineChoice, LoraSpec, Packed, RowStats};
 pub use trainer::{train, TrainJob, TrainReport};
