@@ -16,6 +16,9 @@ use east::tensorboard::{
     self, frame, histogram, Event, EventFile, EventWriter, Value, ValueData, What,
 };
 use east::train::{SharedBoard, TrainJob};
+
+#[path = "support/run_board.rs"]
+mod run_board;
 use serde_json::{json, Value as Json};
 
 fn fixture(name: &str) -> PathBuf {
@@ -194,30 +197,18 @@ const STEPS: usize = 30;
 
 fn train_cmd(model: &Path, data: &Path, out: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_east"));
-    c.args(["train", "--model", model.to_str().unwrap()]);
-    c.args([
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    c.args([
-        "--loss",
-        "dpo",
-        "--batch-size",
-        "2",
-        "--micro-batch-size",
-        "1",
-    ]);
-    c.args([
-        "--max-steps",
-        &STEPS.to_string(),
-        "--lr",
-        "1e-3",
-        "--save-steps",
-        "2",
-    ]);
-    c.args(["--report-to", "tensorboard"]);
+    c.arg("train");
+    c.arg("--model")
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    let settings = format!(
+        "--loss dpo --batch-size 2 --micro-batch-size 1 --max-steps {STEPS} --lr 1e-3 \
+         --save-steps 2 --report-to tensorboard"
+    );
+    c.args(settings.split_whitespace());
     c
 }
 
@@ -297,14 +288,6 @@ fn kill_after_the_checkpoint(model: &Path, data: &Path, out: &Path) -> Option<i6
     (last_logged_step(out) > saved).then_some(saved)
 }
 
-fn log_lines(out: &Path) -> Vec<Json> {
-    std::fs::read_to_string(out.join("train_log.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn a_killed_and_resumed_training_logs_each_step_once() {
     let d = tempfile::tempdir().unwrap();
@@ -316,7 +299,7 @@ fn a_killed_and_resumed_training_logs_each_step_once() {
     assert!(files.iter().all(|f| f.stopped.is_none()));
     assert_eq!(files[1].events[1].what, What::SessionStart);
     assert_eq!(files[1].events[1].step, saved + 1);
-    let log = log_lines(&out);
+    let log = run_board::json_lines(&out.join("train_log.jsonl"));
     assert_eq!(log.len(), STEPS);
     let got = series(&files);
     for key in [
@@ -386,7 +369,7 @@ fn a_training_into_a_shared_folder_follows_the_steps_before_it() {
     east::train::train(&job).unwrap();
     let got = series(&tensorboard::read_dir(&shared).unwrap());
     assert_eq!(got["eval/accuracy"], [(1, 0.5)]);
-    let log = log_lines(&out);
+    let log = run_board::json_lines(&out.join("train_log.jsonl"));
     let mut want = vec![(50, 1.0f32)];
     want.extend(log.iter().map(|l| {
         (

@@ -35,7 +35,8 @@ pub fn board(run: &Path) -> BTreeMap<(String, i64), ValueData> {
     out
 }
 
-fn json_lines(path: &Path) -> Vec<Value> {
+/// The JSON lines of a file.
+pub fn json_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .lines()
