@@ -19,7 +19,7 @@ use east::serve::Backend;
 use east::train::loss::Weighting;
 use east::train::optim::Schedule;
 use east::train::EngineChoice;
-use east::weight::{Mapping, Metric, PairStrategy};
+use east::weight::{Mapping, Metric, PairStrategy, QuestionSet};
 
 /// `override_from!(args => config.section; a, b, c)`: every flag given on the command line (`Some`)
 /// replaces the config key of the same name.
@@ -321,12 +321,21 @@ struct WeightArgs {
     /// Output range R of the linear mapping.
     #[arg(long)]
     range: Option<f64>,
+    /// Which questions train: `authors` (those with a boxed correct completion and a boxed wrong
+    /// answer, for every loss and metric) or `answered` (every one the metric can weigh).
+    #[arg(long, value_enum)]
+    questions: Option<QuestionSet>,
     /// How chosen/rejected completions are picked.
     #[arg(long, value_enum)]
     pairs: Option<PairStrategy>,
-    /// Whether a chosen completion must contain `\boxed` (the authors' filter).
+    /// Whether chosen completions, and the wrong ones that decide the authors' rejected answer,
+    /// must contain `\boxed` (the authors' filter).
     #[arg(long, value_name = "BOOL")]
     require_boxed: Option<bool>,
+    /// Keep questions whose completions are all correct (uniform and accuracy metrics, SFT;
+    /// needs --questions answered).
+    #[arg(long)]
+    keep_all_correct: bool,
     /// Seeds the per-question picks.
     #[arg(long)]
     seed: Option<u64>,
@@ -711,7 +720,8 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 
 fn weight(args: WeightArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
-    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed, require_boxed);
+    override_from!(args => config.weight; metric, mapping, a, range, questions, pairs, seed, require_boxed);
+    config.weight.keep_all_correct |= args.keep_all_correct;
     if let Some(v) = args.loss {
         config.train.loss = v;
     }
