@@ -95,6 +95,20 @@ fn log_lines(out: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The largest |a − b| over two f32 tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn dpo_loss_at_initialisation_is_log2_times_the_mean_weight() {
     let d = tiny_dir();
@@ -601,28 +615,10 @@ fn lora_writes_a_peft_adapter_that_east_loads_and_merges() {
     })
     .unwrap();
     for m in [&via_flag, &via_dir] {
-        let diff = (logits(m) - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&logits(m), &want);
         assert!(diff < 1e-4, "{diff}");
     }
-    let base_diff = (logits(&base) - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let base_diff = max_abs_diff(&logits(&base), &want);
     assert!(base_diff > 1e-3, "the adapter changes the model");
     // a broken adapter is refused with the reason
     let broken = d.path().join("broken");
@@ -1213,16 +1209,7 @@ fn lwp_weights_do_not_depend_on_the_micro_batch() {
             assert!((a["weight_mean"].as_f64().unwrap() - 1.0).abs() < 1e-6);
         }
         for (name, t16) in &w16 {
-            let diff = (t16 - &w[name])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(t16, &w[name]);
             assert!(diff < 1e-5, "micro {micro}: {name} differs by {diff}");
         }
     }

@@ -75,9 +75,8 @@ fn fixture() -> Fixture {
     }
 }
 
-#[test]
-fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
-    let f = fixture();
+/// `east cluster` of the fixture's samples into its clusters file, which must succeed.
+fn cluster(f: &Fixture) {
     let (ok, _, err) = east(&[
         "cluster",
         "--samples",
@@ -86,6 +85,12 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
         p(&f.clusters),
     ]);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
+    let f = fixture();
+    cluster(&f);
     let clusters = read_lines(&f.clusters);
     assert_eq!(clusters.len(), 4);
     // q1: {0.5, \frac{1}{2}} | {3} | {4}: p = (1/2, 1/4, 1/4) → 1.5 bits
@@ -154,16 +159,7 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
 #[test]
 fn dpo_and_kto_rows_follow_trl_conventions() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let (ok, _, err) = east(&[
         "weight",
         "--clusters",
@@ -356,16 +352,7 @@ fn bad_samples_are_clear_errors_naming_file_line_and_field() {
 #[test]
 fn weight_rejects_mismatched_inputs() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     // Samples lacking a question that clusters.jsonl has.
     let partial = f.samples.with_file_name("partial.jsonl");
     write_lines(&partial, &sample_lines()[..1]);
@@ -421,16 +408,7 @@ fn weight_cmd(clusters: &Path, samples: &Path, out: &Path) -> (bool, String, Str
 #[test]
 fn weight_refuses_samples_the_clusters_were_not_made_from() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let clusters = read_lines(&f.clusters);
     assert!(clusters
         .iter()
@@ -476,16 +454,7 @@ fn weight_refuses_samples_the_clusters_were_not_made_from() {
 #[test]
 fn cluster_statistics_outside_their_range_are_refused() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     for (field, value) in [("accuracy", 7.0), ("dominant_wrong", 1.5), ("entropy", 2.5)] {
         let mut lines = read_lines(&f.clusters);
         lines[1][field] = json!(value);
@@ -505,14 +474,7 @@ fn a_byte_order_mark_is_not_malformed_json() {
     let f = fixture();
     let text = std::fs::read_to_string(&f.samples).unwrap();
     std::fs::write(&f.samples, format!("\u{feff}{text}")).unwrap();
-    let (ok, _, err) = east(&[
-        "cluster",
-        "--samples",
-        p(&f.samples),
-        "--out",
-        p(&f.clusters),
-    ]);
-    assert!(ok, "{err}");
+    cluster(&f);
     let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
     assert!(ok, "{err}");
 }
@@ -537,16 +499,7 @@ fn a_second_writer_of_clusters_or_train_data_fails_at_once() {
     );
     assert!(!f.clusters.exists());
     drop(held);
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let _held = east::io::FileLock::output_file(&f.train).unwrap();
     let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
     assert!(!ok && err.contains(&pid), "{err}");
@@ -681,16 +634,7 @@ fn weigh(f: &Fixture, loss: &str, sets: &[&str]) -> Vec<(String, f64)> {
 #[test]
 fn every_metric_trains_on_the_same_questions() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let h4 = -(0.25f64 * 0.25f64.log2() + 0.75 * 0.75f64.log2());
     let by_ratio = |a: f64, b: f64| vec![a / ((a + b) / 2.0), b / ((a + b) / 2.0)];
     let cases: [(&str, Vec<f64>); 4] = [
@@ -801,14 +745,7 @@ fn question_set_lines() -> Vec<Value> {
 fn question_set_fixture() -> Fixture {
     let f = fixture();
     write_lines(&f.samples, &question_set_lines());
-    let (ok, _, err) = east(&[
-        "cluster",
-        "--samples",
-        p(&f.samples),
-        "--out",
-        p(&f.clusters),
-    ]);
-    assert!(ok, "{err}");
+    cluster(&f);
     f
 }
 
@@ -961,16 +898,7 @@ fn keep_all_correct_is_a_flag_that_needs_the_answered_set() {
 fn nothing_to_train_is_an_error_naming_the_clusters_file_and_why() {
     let f = fixture();
     write_lines(&f.samples, &question_set_lines()[..3]);
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
     assert!(!ok, "{err}");
     assert!(
