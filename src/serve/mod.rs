@@ -20,7 +20,7 @@ pub use client::{request_seed, Client, GenParams, Prompt, RequestError};
 pub use config::{Api, Backend, CheckpointFormat, ServerConfig};
 pub use pool::{generate, Job, PerRequest};
 
-use crate::model::{east_messages, LoadedModel, ModelText};
+use crate::model::{east_messages, ModelText};
 
 /// A connected server and how hard to drive it.
 pub struct Served {
@@ -49,13 +49,4 @@ impl Served {
             Prompt::Text(text.east_prompt_text(question)?)
         })
     }
-}
-
-/// Which engine generates the completions of `east sample` / `east eval`.
-#[derive(Clone, Copy)]
-pub enum Engine<'a> {
-    /// east's own decoder, on the loaded weights.
-    Native(&'a LoadedModel),
-    /// A connected OpenAI-compatible server (east needs only the model's [`ModelText`]).
-    Server(&'a Served),
 }

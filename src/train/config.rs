@@ -7,6 +7,9 @@ use super::loss::{LossConfig, Weighting};
 use super::optim::Schedule;
 use crate::schema::Loss;
 
+/// The DPO/KTO β of TRL's `DPOConfig` and `KTOConfig`, for a config that sets none.
+pub const DEFAULT_BETA: f64 = 0.1;
+
 /// `[train]`: the weighted loss and its optimiser.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,8 +24,9 @@ pub struct TrainConfig {
     pub micro_batch_size: usize,
     /// Peak learning rate.
     pub lr: f64,
-    /// DPO/KTO temperature; unset means the paper's 1B value for the loss (DPO 0.01, KTO 0.05).
-    pub beta: Option<f64>,
+    /// DPO/KTO temperature (TRL's default; the paper's values depend on the model: its configs
+    /// set them).
+    pub beta: f64,
     /// KTO weights of desirable and undesirable examples.
     pub desirable_weight: f64,
     pub undesirable_weight: f64,
@@ -130,7 +134,7 @@ impl Default for TrainConfig {
             batch_size: 16,
             micro_batch_size: 2,
             lr: 2e-6,
-            beta: None,
+            beta: DEFAULT_BETA,
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
             warmup_ratio: 0.1,
@@ -156,19 +160,11 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The DPO/KTO β in force: the configured one or the paper's 1B default for the loss.
-    pub fn beta(&self) -> f64 {
-        self.beta.unwrap_or(match self.loss {
-            Loss::Kto => 0.05,
-            _ => 0.01,
-        })
-    }
-
     /// The loss's hyperparameters.
     pub fn loss_config(&self) -> LossConfig {
         LossConfig {
             loss: self.loss,
-            beta: self.beta(),
+            beta: self.beta,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
             weighting: self.weighting,
@@ -213,11 +209,9 @@ impl TrainConfig {
         if self.lr <= 0.0 {
             return Err(("lr", format!("must be > 0, got {}", self.lr)));
         }
-        if let Some(beta) = self.beta {
-            finite("beta", beta)?;
-            if beta <= 0.0 {
-                return Err(("beta", format!("must be > 0, got {beta}")));
-            }
+        finite("beta", self.beta)?;
+        if self.beta <= 0.0 {
+            return Err(("beta", format!("must be > 0, got {}", self.beta)));
         }
         for (key, v) in [
             ("desirable_weight", self.desirable_weight),
@@ -296,18 +290,5 @@ impl TrainConfig {
             return Err(("merge", "only applies with train.lora = true (full fine-tuning writes a full checkpoint anyway)".into()));
         }
         Ok(())
-    }
-
-    /// The settings that decide the trained weights (how often resume checkpoints are written
-    /// does not), for fingerprints.
-    pub fn identity(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("the train config serialises");
-        if let Some(o) = v.as_object_mut() {
-            o.remove("save_steps");
-            // checkpointing recomputes the same numbers: the weights do not depend on it
-            o.remove("gradient_checkpointing");
-            o.remove("memory_limit");
-        }
-        v
     }
 }

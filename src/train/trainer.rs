@@ -508,7 +508,7 @@ impl Run {
             "lora": t.lora,
             "merged": merged,
             "train": t,
-            "beta": t.beta(),
+            "beta": t.beta,
         })
     }
 }
