@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use east::cluster::ClusterBy;
 use east::config::Config;
 use east::data::{self, DatasetSpec};
+use east::grade::{Grading, Preset};
 use east::io::FileLock;
 use east::model::{DTypeChoice, DeviceChoice};
 use east::schema::Loss;
@@ -467,6 +468,10 @@ struct EvalArgs {
     /// Questions decoded together.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// How predictions are graded: `exact`, or `qwen` (the Qwen2.5-Math toolkit's numeric rules,
+    /// as the paper's evaluation); a table of rules with `--set eval.grade={...}`.
+    #[arg(long, value_enum)]
+    grade: Option<Preset>,
     #[command(flatten)]
     server: ServerArgs,
     /// Folder for eval.json and predictions.jsonl.
@@ -877,6 +882,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit.is_some() {
         config.eval.limit = args.limit;
     }
+    if let Some(p) = args.grade {
+        config.eval.grade = Grading::Preset(p);
+    }
     let mut backend = config.eval.backend;
     args.server.apply(&mut backend, &mut config)?;
     config.eval.backend = backend;
@@ -905,12 +913,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         east::eval::evaluate(engine.as_ref(), &questions, &settings, &args.out)
     })?;
     println!(
-        "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
+        "{} {}: accuracy {:.2}% ({}/{}, graded {}), {} without an answer, {} truncated; {}",
         r.dataset,
         r.split,
         100.0 * r.accuracy,
         r.correct,
         r.n,
+        r.grading.label(),
         r.no_answer,
         r.truncated,
         east::eval::report_path(&args.out).display()

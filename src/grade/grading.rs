@@ -20,12 +20,12 @@ use super::GradeOptions;
 pub const QWEN_REL_TOL: f64 = 1e-4;
 
 /// A named grading preset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// Numbers compare exactly (east's default).
     Exact,
-    /// The Qwen2.5-Math toolkit's tolerance and percent rules.
+    /// The Qwen2.5-Math toolkit's rules: every number within a relative 1e-4, and ×100 / ÷100.
     Qwen,
 }
 
@@ -69,6 +69,20 @@ impl Default for Grading {
 }
 
 impl Grading {
+    /// How a report names it: the preset's name, or the rules as JSON.
+    pub fn label(&self) -> String {
+        match self {
+            Grading::Preset(Preset::Exact) => "exact".into(),
+            Grading::Preset(Preset::Qwen) => "qwen".into(),
+            Grading::Rules(r) => serde_json::to_string(r).expect("rules serialise"),
+        }
+    }
+
+    /// Whether this is the `exact` preset (the default).
+    pub fn is_exact(&self) -> bool {
+        *self == Grading::Preset(Preset::Exact)
+    }
+
     /// The numeric rules this grading stands for.
     pub fn rules(&self) -> NumericRules {
         match self {
