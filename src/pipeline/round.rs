@@ -17,6 +17,7 @@ use crate::io::FileLock;
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
 use crate::sample::{self, SampleSettings};
+use crate::stats::Accuracy;
 use crate::train::TrainJob;
 use crate::{cluster, data, generate, weight};
 
@@ -242,6 +243,10 @@ impl Round<'_> {
         self.summary
             .accuracy
             .insert(dataset.to_string(), report.accuracy);
+        if report.n > 0 {
+            let acc = Accuracy::of(report.correct, report.n);
+            self.summary.evals.insert(dataset.to_string(), acc);
+        }
         self.log.log(
             &serde_json::json!({"event": "eval", "round": t, "dataset": dataset,
             "accuracy": report.accuracy, "correct": report.correct, "n": report.n}),
