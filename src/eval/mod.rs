@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Question;
 use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
 use crate::generate::{self, Completion, Generator, Work};
-use crate::grade::{extract_answer, Answer, GradeOptions};
+use crate::grade::{extract_answer, Answer, GradeOptions, Grading};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::schema::Finish;
 use crate::serve::Backend;
@@ -39,6 +39,9 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// `native` (east's decoder) or `openai` (a server, see `[server]`).
     pub backend: Backend,
+    /// How predictions are graded: `"exact"`, `"qwen"` (the numeric rules of the Qwen2.5-Math
+    /// toolkit the paper evaluates with) or a table of the grader's numeric rules.
+    pub grade: Grading,
 }
 
 impl Default for EvalConfig {
@@ -50,6 +53,7 @@ impl Default for EvalConfig {
             max_new_tokens: 2048,
             batch_size: 32,
             backend: Backend::Native,
+            grade: Grading::default(),
         }
     }
 }
@@ -69,7 +73,9 @@ impl EvalConfig {
         if self.batch_size == 0 {
             return Err(("batch_size", "must be at least 1".into()));
         }
-        Ok(())
+        self.grade
+            .validate()
+            .map_err(|(rule, message)| ("grade", format!("{rule}: {message}")))
     }
 }
 
@@ -89,6 +95,9 @@ pub struct EvalSettings {
     /// The served model's name (`openai` backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,
+    /// How the predictions are graded (absent when exact, so older evaluations still match).
+    #[serde(default, skip_serializing_if = "Grading::is_exact")]
+    pub grading: Grading,
 }
 
 impl EvalSettings {
@@ -103,6 +112,7 @@ impl EvalSettings {
             batch_size: e.batch_size,
             backend: e.backend,
             served_model: None,
+            grading: e.grade,
         }
     }
 
@@ -137,13 +147,9 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Question `q`'s prediction: `completion` graded against its answer.
-    pub fn new(q: &Question, completion: Completion) -> Self {
-        let (pred, correct) = grade(
-            &completion.text,
-            &Answer::parse(&q.answer),
-            &GradeOptions::default(),
-        );
+    /// Question `q`'s prediction: `completion` graded against its answer with `opts`.
+    pub fn new(q: &Question, completion: Completion, opts: &GradeOptions) -> Self {
+        let (pred, correct) = grade(&completion.text, &Answer::parse(&q.answer), opts);
         Prediction {
             id: q.id.clone(),
             tokens: completion.tokens,
@@ -188,6 +194,9 @@ pub struct EvalReport {
     /// Completions with no extractable answer, and those cut by the token limit.
     pub no_answer: usize,
     pub truncated: usize,
+    /// How the predictions were graded (`eval.grade`): a preset name or the numeric rules.
+    #[serde(default)]
+    pub grading: Grading,
     pub settings: EvalSettings,
     /// Decoding time of the predictions, summed over every attempt (a resumed evaluation counts
     /// its earlier attempts too).
@@ -275,7 +284,8 @@ pub fn evaluate(
             cpu_shards: None,
         },
     };
-    let mut writer = EvalWriter::open(dir, questions, log, done.len())?;
+    let grading = settings.grading.options();
+    let mut writer = EvalWriter::open(dir, questions, &grading, log, done.len())?;
     engine.generate(&work, &mut writer)?;
     writer.finish();
     // The report is computed from the file, so resumed and uninterrupted runs agree.
@@ -337,6 +347,7 @@ fn summarize(
         by_type: BTreeMap::new(),
         no_answer: 0,
         truncated: 0,
+        grading: settings.grading,
         settings: settings.clone(),
         seconds: decode_seconds(&metrics_path(dir))?,
         generated_tokens: 0,

@@ -29,6 +29,7 @@ use crate::data::DatasetSpec;
 use crate::io::{write_json_atomic, FileLock};
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
+use crate::stats::Accuracy;
 use board::RunBoard;
 use round::Round;
 use serving::ServerSlot;
@@ -108,6 +109,10 @@ pub struct RoundSummary {
     pub model: String,
     /// Dataset → greedy accuracy.
     pub accuracy: BTreeMap<String, f64>,
+    /// Dataset → the same accuracy with its number of questions and Wilson's 95% interval
+    /// (absent from summaries written before east 0.1's report statistics).
+    #[serde(default)]
+    pub evals: BTreeMap<String, Accuracy>,
     pub stages: Vec<StageRecord>,
 }
 
@@ -150,6 +155,7 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
                 round: t,
                 model: current.label.clone(),
                 accuracy: BTreeMap::new(),
+                evals: BTreeMap::new(),
                 stages: vec![],
             },
             board: board.as_ref(),

@@ -18,6 +18,7 @@ use crate::io::FileLock;
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
 use crate::sample::{self, SampleSettings};
+use crate::stats::Accuracy;
 use crate::train::TrainJob;
 use crate::{cluster, data, generate, weight};
 
@@ -161,14 +162,8 @@ impl Round<'_> {
                 "weight": options}),
         }
         .run(self.log, || {
-            let s = weight::weight_files(&clusters, samples, &train_data, &options)?;
-            if s.examples == 0 {
-                anyhow::bail!(
-                    "no training examples: none of the {} questions passed the filters (dropped: {}); sample more (sample.n, data.limit) or use a stronger model",
-                    s.questions,
-                    s.dropped_text()
-                );
-            }
+            // A round in which no question can train is an error of weight_files itself.
+            weight::weight_files(&clusters, samples, &train_data, &options)?;
             Ok(())
         })?;
         self.report(|b| b.weighted(t, &train_data))?;
@@ -261,6 +256,10 @@ impl Round<'_> {
         self.summary
             .accuracy
             .insert(dataset.to_string(), report.accuracy);
+        if report.n > 0 {
+            let acc = Accuracy::of(report.correct, report.n);
+            self.summary.evals.insert(dataset.to_string(), acc);
+        }
         self.report(|b| b.evaluated(t, &dataset_dir_name(dataset), report.accuracy))?;
         self.log.log(
             &serde_json::json!({"event": "eval", "round": t, "dataset": dataset,

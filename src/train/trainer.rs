@@ -93,7 +93,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     for step in run.start..run.total {
         let t0 = Instant::now();
         let step_out = run.accumulate_gradients(step)?;
-        let (lr, grad_norm) = run.optimizer_step(step)?;
+        let (lr, grad_norm) = run.optimizer_step(step, step_out.grad_scale)?;
         run.log_step(step, &step_out, lr, grad_norm, t0.elapsed().as_secs_f64())?;
         run.save_if_due(step + 1)?;
     }
@@ -142,6 +142,8 @@ struct StepOut {
     loss: f64,
     tokens: usize,
     metrics: Metrics,
+    /// Factor of the accumulated gradient ([`LossConfig::batch_scale`]; 1 but for LW(P)).
+    grad_scale: f64,
 }
 
 impl Run {
@@ -262,6 +264,7 @@ impl Run {
             loss: 0.0,
             tokens: 0,
             metrics: Metrics::default(),
+            grad_scale: 1.0,
         };
         for (mi, micro) in batch.chunks(self.job.train.micro_batch_size).enumerate() {
             let seed = dropout_seed(self.job.train.seed, step, mi);
@@ -270,6 +273,11 @@ impl Run {
             out.tokens += tokens;
             out.metrics.add(&lo.metrics);
         }
+        // LW(P) normalises over the whole batch (Eq. 9), known only now: the gradient is
+        // scaled with the same factor before clipping, in `optimizer_step`.
+        out.grad_scale = self.loss.batch_scale(&out.metrics);
+        out.loss *= out.grad_scale;
+        out.metrics.weight_sum *= out.grad_scale;
         Ok(out)
     }
 
@@ -338,11 +346,12 @@ impl Run {
         Ok((lo, packed.tokens.len()))
     }
 
-    /// Clips the accumulated gradients to `max_grad_norm` and takes the AdamW step at the
-    /// scheduled learning rate. Returns (learning rate, gradient norm before clipping).
-    fn optimizer_step(&mut self, step: usize) -> anyhow::Result<(f64, f64)> {
+    /// Scales the accumulated gradients by `grad_scale`, clips them to `max_grad_norm` and
+    /// takes the AdamW step at the scheduled learning rate. Returns (learning rate, gradient
+    /// norm before clipping).
+    fn optimizer_step(&mut self, step: usize, grad_scale: f64) -> anyhow::Result<(f64, f64)> {
         let t = &self.job.train;
-        let grad_norm = self.engine.grad_sq_norm()?.sqrt();
+        let grad_norm = self.engine.grad_sq_norm()?.sqrt() * grad_scale;
         if !grad_norm.is_finite() {
             bail!(
                 "step {}: the gradient norm is not finite; training stopped before the update. {}",
@@ -351,8 +360,11 @@ impl Run {
             );
         }
         let lr = lr_at(t.lr, step, self.total, self.warmup, t.schedule);
-        self.engine
-            .step(&self.opt, lr, clip_scale(grad_norm, t.max_grad_norm))?;
+        self.engine.step(
+            &self.opt,
+            lr,
+            grad_scale * clip_scale(grad_norm, t.max_grad_norm),
+        )?;
         Ok((lr, grad_norm))
     }
 
