@@ -68,6 +68,9 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Dashboards of the whole run: tensorboard (one TensorBoard run in RUN_DIR/tensorboard/: every round's training scalars, accuracy per round, sampling throughput, entropy and weight histograms) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -442,6 +445,9 @@ struct TrainArgs {
     /// Memory budget in GiB for --gradient-checkpointing auto (default: the GPU's free memory; none on the CPU).
     #[arg(long, value_name = "GIB")]
     memory_limit: Option<f64>,
+    /// Dashboards besides train_log.jsonl: tensorboard (event files in OUT/tensorboard/, which W&B can read too) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     /// Print the estimated peak memory by part for this config and model (reads only the model's config) and exit without training.
     #[arg(long, conflicts_with_all = ["data", "out"])]
     estimate_memory: bool,
@@ -519,6 +525,7 @@ fn config_key(subcommand: &str, arg: &str) -> Option<String> {
         ("sample", "dataset" | "split" | "limit") => "data",
         ("eval", "dataset") => return Some("eval.datasets".into()),
         ("weight", "loss") => "train",
+        ("run", "report_to") => "run",
         (s @ ("sample" | "cluster" | "weight" | "train" | "eval"), _) => s,
         _ => return None,
     };
@@ -578,7 +585,8 @@ fn with_config_defaults(cli: clap::Command) -> clap::Command {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
+    override_from!(args => config.run; report_to);
     let layout = east::pipeline::RunLayout::new(&config);
     let summaries = east::pipeline::run(&config)?;
     println!(
@@ -760,7 +768,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     args.model.apply(&mut config);
     override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, beta, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
-        lora_targets, seed, engine, save_steps, gradient_checkpointing);
+        lora_targets, seed, engine, save_steps, gradient_checkpointing, report_to);
     let t = &mut config.train;
     if args.memory_limit.is_some() {
         t.memory_limit = args.memory_limit;

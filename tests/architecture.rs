@@ -10,11 +10,13 @@ use std::path::Path;
 /// `pipeline`'s layout) → `pipeline` → `config` → the stages, a later stage above an earlier
 /// one → `generate` (the one engine interface of sample and eval) → `serve` and `decode` →
 /// the shared leaves.
+// one line per group (`tensorboard` is longer than rustfmt's short array elements)
+#[rustfmt::skip]
 const ORDER: &[&str] = &[
     "report", "pipeline", "config", // the whole run
     "eval", "train", "weight", "cluster", "sample", // the stages, last first
     "generate", "serve", "decode", // the engines of sample and eval
-    "data", "schema", "progress", "stats", "grade", "model", "io", // the shared leaves
+    "data", "schema", "progress", "stats", "grade", "model", "tensorboard", "io", // the shared leaves
 ];
 
 /// Modules the README says import nothing of east.

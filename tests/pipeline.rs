@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use east::model::testing::write_tiny_model;
 
+#[path = "support/run_board.rs"]
+mod run_board;
+
 const QUESTIONS: usize = 10;
 
 fn east(args: &[&str]) -> (bool, String) {
@@ -368,10 +371,15 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
     );
     summary_accuracies_have_counts_and_wilson_intervals(&full);
 
-    // The same run killed in sampling, training and evaluation, then finished.
+    // The same run killed in sampling, training and evaluation, then finished; with its
+    // TensorBoard folder, which must hold each step once.
     let killed_dir = fx.root.join("killed");
     let killed = killed_dir.join("tiny");
-    let args = run_args(cfg, killed_dir.to_str().unwrap(), &[]);
+    let args = run_args(
+        cfg,
+        killed_dir.to_str().unwrap(),
+        &["--report-to", "tensorboard"],
+    );
     let mut interrupted = 0;
     interrupted += kill_when(&args, || {
         samples_file(&killed_dir).is_some_and(|p| line_count(&p) >= 2)
@@ -421,9 +429,18 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
         );
     }
 
-    // Rerunning a finished run does nothing.
+    run_board::check(&killed, 2, "questions");
+
+    // Rerunning a finished run does nothing (and logs nothing again).
+    let board = run_board::board(&killed);
+    let files = east::tensorboard::event_files(&killed.join("tensorboard")).unwrap();
     let (ok, log) = east(&as_strs(&args));
     assert!(ok, "{log}");
+    assert_eq!(run_board::board(&killed), board);
+    assert_eq!(
+        east::tensorboard::event_files(&killed.join("tensorboard")).unwrap(),
+        files
+    );
     assert!(
         stage_outcomes(&killed)
             .iter()

@@ -15,6 +15,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::board::{self, Board, SharedBoard};
 use super::checkpoint::{self, ModelMeta, ResumeState};
 use super::config::TrainConfig;
 use super::data::{self, Example, Tokenizing, TrainData};
@@ -40,6 +41,8 @@ pub struct TrainJob {
     /// Time the autograd engine's phases (forward, head, backward, optimizer…) into
     /// [`TrainReport::phases`]; each phase waits for the GPU, which slows training down.
     pub profile: bool,
+    /// An event folder of another stage that the step metrics also go to (`east run`).
+    pub board: Option<SharedBoard>,
 }
 
 impl TrainJob {
@@ -53,6 +56,7 @@ impl TrainJob {
             train,
             progress,
             profile: false,
+            board: None,
         }
     }
 }
@@ -125,6 +129,8 @@ struct Run {
     /// The current epoch's shuffle.
     order: (usize, Vec<usize>),
     log: StepLog,
+    /// TensorBoard event files the step metrics also go to.
+    boards: Vec<Board>,
     bar: Option<ProgressBar>,
     last_loss: Option<f64>,
     last_saved: usize,
@@ -204,6 +210,7 @@ impl Run {
             }
             None => (0, StepLog::create(&job.out)?),
         };
+        let boards = board::open(&job.out, t.report_to, job.board.as_ref(), start)?;
         let bar = progress_bar(job, &data, &engine_name, (start, total, per_epoch));
         Ok(Prepared::Ready(Box::new(Run {
             job: job.clone(),
@@ -227,6 +234,7 @@ impl Run {
             warmup: warmup_steps(total, t.warmup_ratio),
             order: (usize::MAX, Vec::new()),
             log,
+            boards,
             bar,
             last_loss: None,
             last_saved: start,
@@ -380,6 +388,9 @@ impl Run {
             self.job.train.loss,
         );
         self.log.append(&line)?;
+        for board in &mut self.boards {
+            board.log(step + 1, &line)?;
+        }
         self.tokens_done += s.tokens;
         self.last_loss = Some(s.loss);
         if let Some(b) = &self.bar {
