@@ -11,11 +11,7 @@
 set -euo pipefail
 config="${1:?usage: scripts/sweep_a.sh CONFIG [--set key=value ...]}"
 shift
-root="$(cd "$(dirname "$0")/.." && pwd)"
-east="${EAST:-$root/target/release/east}"
-if [ ! -x "$east" ]; then
-    (cd "$root" && cargo build --release --locked)
-fi
+source "$(dirname "$0")/lib/east-bin.sh"
 grid="${A:--3 -2.5 -2 -1.5 -1.25 -1 -0.5 0.1 0.2 0.5 0.7 1 1.5 2 2.5 3}"
 name="$("$east" config --config "$config" "$@" --get run.name)"
 dir="$("$east" config --config "$config" "$@" --get run.dir)"

@@ -13,6 +13,7 @@ use crate::eval::EvalConfig;
 use crate::model::{ModelConfig, PromptStyle};
 use crate::sample::SampleConfig;
 use crate::serve::{Api, Backend, ServerConfig};
+use crate::tensorboard::ReportTo;
 use crate::train::TrainConfig;
 use crate::weight::{WeightConfig, WeightOptions};
 
@@ -65,6 +66,10 @@ pub struct RunConfig {
     pub eval_base: bool,
     /// Round 1's samples made elsewhere (`east merge` of shards, a vLLM job) instead of sampling.
     pub samples: Option<String>,
+    /// Dashboards of the whole run: `["tensorboard"]` writes one TensorBoard run in
+    /// `<run>/tensorboard/` (every round's training scalars, per-round accuracy, sampling
+    /// throughput, entropy and weight histograms).
+    pub report_to: ReportTo,
 }
 
 impl Default for RunConfig {
@@ -75,6 +80,7 @@ impl Default for RunConfig {
             rounds: 1,
             eval_base: true,
             samples: None,
+            report_to: ReportTo::default(),
         }
     }
 }

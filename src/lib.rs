@@ -7,7 +7,8 @@
 //! the run directories. Below the stages, modules that import no stage: [`schema`] (the file
 //! records between stages), [`data`] (datasets), [`decode`] (the batched decoder of sample and
 //! eval), [`grade`] (answer extraction and equivalence), [`model`] (Llama, loading, tokenizers),
-//! [`io`] and [`progress`]; [`serve`] (a server's client) and [`generate`] (the one engine
+//! [`io`], [`progress`], [`stats`] (Wilson intervals, McNemar, pass@k) and [`tensorboard`]
+//! (event files for dashboards); [`serve`] (a server's client) and [`generate`] (the one engine
 //! interface of sample and eval, over [`decode`] and [`serve`]). [`config`] gathers the
 //! stages' config sections into one TOML file.
 
@@ -19,6 +20,9 @@ pub mod io;
 pub mod model;
 pub mod progress;
 pub mod schema;
+pub mod tensorboard;
+// Intervals and tests of accuracies (the report's statistics, and summary.json's intervals).
+pub mod stats;
 // The serving-engine backend of sample and eval (imports no stage).
 pub mod serve;
 // Where sample and eval get completions: east's decoder or a server, behind one trait.

@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use east::cluster::ClusterBy;
 use east::config::Config;
 use east::data::{self, DatasetSpec};
+use east::grade::{Grading, Preset};
 use east::io::FileLock;
 use east::model::{DTypeChoice, DeviceChoice};
 use east::schema::Loss;
@@ -19,7 +20,7 @@ use east::serve::Backend;
 use east::train::loss::Weighting;
 use east::train::optim::Schedule;
 use east::train::EngineChoice;
-use east::weight::{Mapping, Metric, PairStrategy};
+use east::weight::{Mapping, Metric, PairStrategy, QuestionSet};
 
 /// `override_from!(args => config.section; a, b, c)`: every flag given on the command line (`Some`)
 /// replaces the config key of the same name.
@@ -67,6 +68,9 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Dashboards of the whole run: tensorboard (one TensorBoard run in RUN_DIR/tensorboard/: every round's training scalars, accuracy per round, sampling throughput, entropy and weight histograms) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     #[command(flatten)]
     config: ConfigArgs,
 }
@@ -330,12 +334,21 @@ struct WeightArgs {
     /// Output range R of the linear mapping.
     #[arg(long)]
     range: Option<f64>,
+    /// Which questions train: `authors` (those with a boxed correct completion and a boxed wrong
+    /// answer, for every loss and metric) or `answered` (every one the metric can weigh).
+    #[arg(long, value_enum)]
+    questions: Option<QuestionSet>,
     /// How chosen/rejected completions are picked.
     #[arg(long, value_enum)]
     pairs: Option<PairStrategy>,
-    /// Whether a chosen completion must contain `\boxed` (the authors' filter).
+    /// Whether chosen completions, and the wrong ones that decide the authors' rejected answer,
+    /// must contain `\boxed` (the authors' filter).
     #[arg(long, value_name = "BOOL")]
     require_boxed: Option<bool>,
+    /// Keep questions whose completions are all correct (uniform and accuracy metrics, SFT;
+    /// needs --questions answered).
+    #[arg(long)]
+    keep_all_correct: bool,
     /// Seeds the per-question picks.
     #[arg(long)]
     seed: Option<u64>,
@@ -432,6 +445,9 @@ struct TrainArgs {
     /// Memory budget in GiB for --gradient-checkpointing auto (default: the GPU's free memory; none on the CPU).
     #[arg(long, value_name = "GIB")]
     memory_limit: Option<f64>,
+    /// Dashboards besides train_log.jsonl: tensorboard (event files in OUT/tensorboard/, which W&B can read too) or none.
+    #[arg(long, value_name = "none|tensorboard")]
+    report_to: Option<east::tensorboard::ReportTo>,
     /// Print the estimated peak memory by part for this config and model (reads only the model's config) and exit without training.
     #[arg(long, conflicts_with_all = ["data", "out"])]
     estimate_memory: bool,
@@ -458,6 +474,10 @@ struct EvalArgs {
     /// Questions decoded together.
     #[arg(long)]
     batch_size: Option<usize>,
+    /// How predictions are graded: `exact`, or `qwen` (the Qwen2.5-Math toolkit's numeric rules,
+    /// as the paper's evaluation); a table of rules with `--set eval.grade={...}`.
+    #[arg(long, value_enum)]
+    grade: Option<Preset>,
     #[command(flatten)]
     server: ServerArgs,
     /// Folder for eval.json and predictions.jsonl.
@@ -505,6 +525,7 @@ fn config_key(subcommand: &str, arg: &str) -> Option<String> {
         ("sample", "dataset" | "split" | "limit") => "data",
         ("eval", "dataset") => return Some("eval.datasets".into()),
         ("weight", "loss") => "train",
+        ("run", "report_to") => "run",
         (s @ ("sample" | "cluster" | "weight" | "train" | "eval"), _) => s,
         _ => return None,
     };
@@ -564,7 +585,8 @@ fn with_config_defaults(cli: clap::Command) -> clap::Command {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = args.config.load()?;
+    let mut config = args.config.load()?;
+    override_from!(args => config.run; report_to);
     let layout = east::pipeline::RunLayout::new(&config);
     let summaries = east::pipeline::run(&config)?;
     println!(
@@ -718,7 +740,8 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 
 fn weight(args: WeightArgs) -> anyhow::Result<()> {
     let mut config = args.config.load()?;
-    override_from!(args => config.weight; metric, mapping, a, range, pairs, seed, require_boxed);
+    override_from!(args => config.weight; metric, mapping, a, range, questions, pairs, seed, require_boxed);
+    config.weight.keep_all_correct |= args.keep_all_correct;
     if let Some(v) = args.loss {
         config.train.loss = v;
     }
@@ -745,7 +768,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
     args.model.apply(&mut config);
     override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, beta, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
-        lora_targets, seed, engine, save_steps, gradient_checkpointing);
+        lora_targets, seed, engine, save_steps, gradient_checkpointing, report_to);
     let t = &mut config.train;
     if args.memory_limit.is_some() {
         t.memory_limit = args.memory_limit;
@@ -867,6 +890,9 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if args.limit.is_some() {
         config.eval.limit = args.limit;
     }
+    if let Some(p) = args.grade {
+        config.eval.grade = Grading::Preset(p);
+    }
     let mut backend = config.eval.backend;
     args.server.apply(&mut backend, &mut config)?;
     config.eval.backend = backend;
@@ -894,12 +920,13 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         east::eval::evaluate(engine.as_ref(), &questions, &settings, &args.out)
     })?;
     println!(
-        "{} {}: accuracy {:.2}% ({}/{}), {} without an answer, {} truncated; {}",
+        "{} {}: accuracy {:.2}% ({}/{}, graded {}), {} without an answer, {} truncated; {}",
         r.dataset,
         r.split,
         100.0 * r.accuracy,
         r.correct,
         r.n,
+        r.grading.label(),
         r.no_answer,
         r.truncated,
         east::eval::report_path(&args.out).display()

@@ -10,15 +10,17 @@ use std::path::Path;
 /// `pipeline`'s layout) → `pipeline` → `config` → the stages, a later stage above an earlier
 /// one → `generate` (the one engine interface of sample and eval) → `serve` and `decode` →
 /// the shared leaves.
+// one line per group (`tensorboard` is longer than rustfmt's short array elements)
+#[rustfmt::skip]
 const ORDER: &[&str] = &[
     "report", "pipeline", "config", // the whole run
     "eval", "train", "weight", "cluster", "sample", // the stages, last first
     "generate", "serve", "decode", // the engines of sample and eval
-    "data", "schema", "progress", "grade", "model", "io", // the shared leaves
+    "data", "schema", "progress", "stats", "grade", "model", "tensorboard", "io", // the shared leaves
 ];
 
 /// Modules the README says import nothing of east.
-const IMPORT_NOTHING: &[&str] = &["grade", "model"];
+const IMPORT_NOTHING: &[&str] = &["grade", "model", "stats"];
 
 /// The Rust text of `src` without comments, string and character literals, where a path in
 /// prose or in a message is not an import.

@@ -13,6 +13,9 @@ use serde_json::Value;
 
 use east::model::testing::write_tiny_model;
 
+#[path = "support/run_board.rs"]
+mod run_board;
+
 const QUESTIONS: usize = 10;
 
 fn east(args: &[&str]) -> (bool, String) {
@@ -77,6 +80,9 @@ batch_rows = 12
 
 [weight]
 a = 1.5
+# The random model rarely boxes two answers of one question; the looser question set keeps
+# enough questions for weights that differ.
+questions = "answered"
 
 [train]
 loss = "sft"
@@ -307,6 +313,44 @@ fn stage_outcomes(run: &Path) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// Every round's `evals` entry in summary.json carries its eval.json's counts and Wilson's 95%
+/// interval, here worked out from the textbook formula (z = 1.96).
+fn summary_accuracies_have_counts_and_wilson_intervals(run: &Path) {
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for r in summary.as_array().unwrap() {
+        let round = r["round"].as_u64().unwrap();
+        for (dataset, acc) in r["evals"].as_object().unwrap() {
+            let dir = east::pipeline::dataset_dir_name(dataset);
+            let eval_json = run.join(format!("round{round}/eval/{dir}/eval.json"));
+            let eval: Value =
+                serde_json::from_str(&std::fs::read_to_string(&eval_json).unwrap()).unwrap();
+            let (k, n) = (
+                eval["correct"].as_f64().unwrap(),
+                eval["n"].as_f64().unwrap(),
+            );
+            assert_eq!(acc["n"].as_f64(), Some(n), "{acc}");
+            assert_eq!(acc["correct"].as_f64(), Some(k), "{acc}");
+            assert_eq!(r["accuracy"][dataset].as_f64(), acc["accuracy"].as_f64());
+            let (p, z) = (k / n, 1.959963984540054_f64);
+            let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+            let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+            let (low, high) = (
+                acc["ci95"]["low"].as_f64().unwrap(),
+                acc["ci95"]["high"].as_f64().unwrap(),
+            );
+            assert!((low - (centre - half).max(0.0)).abs() < 1e-12, "{acc}");
+            assert!((high - (centre + half).min(1.0)).abs() < 1e-12, "{acc}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "summary.json has an interval for every evaluation"
+    );
+}
+
 #[test]
 fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
     let fx = fixture(2);
@@ -325,11 +369,17 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
         "{:?}",
         stage_outcomes(&full)
     );
+    summary_accuracies_have_counts_and_wilson_intervals(&full);
 
-    // The same run killed in sampling, training and evaluation, then finished.
+    // The same run killed in sampling, training and evaluation, then finished; with its
+    // TensorBoard folder, which must hold each step once.
     let killed_dir = fx.root.join("killed");
     let killed = killed_dir.join("tiny");
-    let args = run_args(cfg, killed_dir.to_str().unwrap(), &[]);
+    let args = run_args(
+        cfg,
+        killed_dir.to_str().unwrap(),
+        &["--report-to", "tensorboard"],
+    );
     let mut interrupted = 0;
     interrupted += kill_when(&args, || {
         samples_file(&killed_dir).is_some_and(|p| line_count(&p) >= 2)
@@ -379,9 +429,18 @@ fn a_killed_run_continues_to_the_same_result_and_only_changed_stages_rerun() {
         );
     }
 
-    // Rerunning a finished run does nothing.
+    run_board::check(&killed, 2, "questions");
+
+    // Rerunning a finished run does nothing (and logs nothing again).
+    let board = run_board::board(&killed);
+    let files = east::tensorboard::event_files(&killed.join("tensorboard")).unwrap();
     let (ok, log) = east(&as_strs(&args));
     assert!(ok, "{log}");
+    assert_eq!(run_board::board(&killed), board);
+    assert_eq!(
+        east::tensorboard::event_files(&killed.join("tensorboard")).unwrap(),
+        files
+    );
     assert!(
         stage_outcomes(&killed)
             .iter()

@@ -7,9 +7,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use east::report::stats::{
-    bootstrap_mean, ks, majority_correct, mcnemar_exact, pass_at_k, wilson, Z_975,
-};
+use east::stats::{bootstrap_mean, ks, majority_correct, mcnemar_exact, pass_at_k, wilson, Z_975};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 

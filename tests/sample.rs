@@ -487,6 +487,92 @@ fn eval_grades_greedy_predictions_and_resumes() {
     assert_eq!(a, b);
 }
 
+/// `eval.grade` (`--grade`) decides how predictions are graded, is written into eval.json as
+/// `grading`, and is part of what an evaluation folder resumes with: references 100 times the
+/// tiny model's numeric predictions are right under `qwen` (the toolkit's percent rule) and
+/// wrong under `exact`, and a folder graded one way refuses the other.
+#[test]
+fn eval_grades_with_the_grading_asked_for_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model_seeded(dir.path(), 2);
+    let data = dir.path().join("q.jsonl");
+    let write = |answers: &[String]| {
+        let text: String = answers
+            .iter()
+            .enumerate()
+            .map(|(i, a)| format!("{}\n", serde_json::json!({"id": format!("q{i}"), "question": format!("Question {i}?"), "answer": a})))
+            .collect();
+        std::fs::write(&data, text).unwrap();
+    };
+    write(&vec!["12345".to_string(); 4]);
+    let run = |out: &Path, grade: &str| {
+        let args = [
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--dataset",
+            data.to_str().unwrap(),
+            "--max-new-tokens",
+            "16",
+            "--set",
+            "data.fields.id=\"id\"",
+            "--grade",
+            grade,
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        east(&args)
+    };
+    let probe = dir.path().join("probe");
+    assert!(run(&probe, "exact").0);
+    // References 100 × each nonzero number the model predicted; the others stay unmatched.
+    let answers: Vec<String> = lines(&probe.join("predictions.jsonl"))
+        .iter()
+        .map(
+            |p| match p["pred"].as_str().and_then(|x| x.parse::<i64>().ok()) {
+                Some(v) if v != 0 && v.abs() < 1_000_000 => (v * 100).to_string(),
+                _ => "12345".to_string(),
+            },
+        )
+        .collect();
+    let percent = answers.iter().filter(|a| *a != "12345").count();
+    assert!(
+        percent >= 1,
+        "the tiny model's greedy text should hold a number"
+    );
+    write(&answers);
+    let report = |out: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(out.join("eval.json")).unwrap()).unwrap()
+    };
+    let (qwen, exact) = (dir.path().join("qwen"), dir.path().join("exact"));
+    assert!(run(&qwen, "qwen").0);
+    assert!(run(&exact, "exact").0);
+    assert_eq!(report(&qwen)["grading"], "qwen");
+    assert_eq!(report(&qwen)["correct"], percent);
+    assert_eq!(report(&exact)["grading"], "exact");
+    assert_eq!(report(&exact)["correct"], 0);
+    let (ok, log) = run(&qwen, "exact");
+    assert!(
+        !ok && log.contains("predictions made with other settings"),
+        "{log}"
+    );
+    // A grading east does not know is an error naming the key and the choices.
+    let bad = dir.path().join("bad");
+    let (ok, log) = east(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--set",
+        "eval.grade={ approximate = 2.0 }",
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        !ok && log.contains("eval.grade") && log.contains("approximate"),
+        "{log}"
+    );
+}
+
 /// `east merge` needs every shard 0..N−1 exactly once: the last shard left out (which the check
 /// for holes in the question indexes cannot see) or a shard given twice is an error, and nothing
 /// is written.

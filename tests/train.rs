@@ -95,6 +95,20 @@ fn log_lines(out: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The largest |a − b| over two f32 tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 #[test]
 fn dpo_loss_at_initialisation_is_log2_times_the_mean_weight() {
     let d = tiny_dir();
@@ -601,28 +615,10 @@ fn lora_writes_a_peft_adapter_that_east_loads_and_merges() {
     })
     .unwrap();
     for m in [&via_flag, &via_dir] {
-        let diff = (logits(m) - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&logits(m), &want);
         assert!(diff < 1e-4, "{diff}");
     }
-    let base_diff = (logits(&base) - &want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let base_diff = max_abs_diff(&logits(&base), &want);
     assert!(base_diff > 1e-3, "the adapter changes the model");
     // a broken adapter is refused with the reason
     let broken = d.path().join("broken");
@@ -1163,4 +1159,58 @@ fn peft_gives_the_same_logits_for_an_east_adapter() {
         .flat_map(|(a, b)| a.iter().zip(b))
         .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(moved > 1e-2, "{moved}");
+}
+
+/// LW(P) divides each example's perplexity by its mean over the optimiser batch (Eq. 9, B =
+/// batch_size), not over the micro-batch: at batch 16, micro-batches of 16, 4 and 1 log the
+/// same loss, weight mean (1) and gradient norm, and train the same weights. (Normalising per
+/// micro-batch, micro-batch 1 would weigh every example 1.)
+#[test]
+fn lwp_weights_do_not_depend_on_the_micro_batch() {
+    let d = tiny_dir();
+    let data = d.path().join("sft16.jsonl");
+    let rows: Vec<Value> = (0..16)
+        .map(|i| {
+            let (q, a, _) = QA[i % 4];
+            json!({"id": format!("q{i}"), "prompt": msgs(&format!("{q} ({i})")),
+                   "completion": assistant(&format!("{}{a}", "so ".repeat(i / 4))), "weight": 1.0})
+        })
+        .collect();
+    write_rows(&data, &rows);
+    let run = |micro: usize| {
+        let out = d.path().join(format!("lwp-micro{micro}"));
+        let set = [
+            "train.batch_size=16".to_string(),
+            format!("train.micro_batch_size={micro}"),
+            "train.max_steps=2".into(),
+            "train.warmup_ratio=0".into(),
+            "train.lr=1e-3".into(),
+            "train.weighting=\"lwp\"".into(),
+            "train.engine=\"cpu\"".into(),
+        ];
+        let set: Vec<&str> = set.iter().map(String::as_str).collect();
+        east::train::train(&job(&d.path().join("model"), &data, &out, &set)).unwrap();
+        let st =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        (log_lines(&out), st)
+    };
+    let (log16, w16) = run(16);
+    for micro in [4, 1] {
+        let (log, w) = run(micro);
+        for (a, b) in log16.iter().zip(&log) {
+            for key in ["loss", "weight_mean", "grad_norm"] {
+                let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+                assert!(
+                    (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                    "micro {micro}, step {}: {key} {y} vs {x} at micro 16",
+                    a["step"]
+                );
+            }
+            assert!((a["weight_mean"].as_f64().unwrap() - 1.0).abs() < 1e-6);
+        }
+        for (name, t16) in &w16 {
+            let diff = max_abs_diff(t16, &w[name]);
+            assert!(diff < 1e-5, "micro {micro}: {name} differs by {diff}");
+        }
+    }
 }

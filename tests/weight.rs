@@ -75,9 +75,8 @@ fn fixture() -> Fixture {
     }
 }
 
-#[test]
-fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
-    let f = fixture();
+/// `east cluster` of the fixture's samples into its clusters file, which must succeed.
+fn cluster(f: &Fixture) {
     let (ok, _, err) = east(&[
         "cluster",
         "--samples",
@@ -86,6 +85,12 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
         p(&f.clusters),
     ]);
     assert!(ok, "{err}");
+}
+
+#[test]
+fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
+    let f = fixture();
+    cluster(&f);
     let clusters = read_lines(&f.clusters);
     assert_eq!(clusters.len(), 4);
     // q1: {0.5, \frac{1}{2}} | {3} | {4}: p = (1/2, 1/4, 1/4) → 1.5 bits
@@ -154,16 +159,7 @@ fn cluster_then_weight_sft_matches_hand_computed_entropy_weights() {
 #[test]
 fn dpo_and_kto_rows_follow_trl_conventions() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let (ok, _, err) = east(&[
         "weight",
         "--clusters",
@@ -261,6 +257,8 @@ fn invalid_mapping_is_a_clear_error_and_writes_nothing() {
         "-1",
         "--set",
         "weight.keep_all_correct=true", // the all-correct q2 has accuracy metric 0
+        "--set",
+        "weight.questions=\"answered\"",
         "--out",
         p(&f.train),
     ]);
@@ -354,16 +352,7 @@ fn bad_samples_are_clear_errors_naming_file_line_and_field() {
 #[test]
 fn weight_rejects_mismatched_inputs() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     // Samples lacking a question that clusters.jsonl has.
     let partial = f.samples.with_file_name("partial.jsonl");
     write_lines(&partial, &sample_lines()[..1]);
@@ -419,16 +408,7 @@ fn weight_cmd(clusters: &Path, samples: &Path, out: &Path) -> (bool, String, Str
 #[test]
 fn weight_refuses_samples_the_clusters_were_not_made_from() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let clusters = read_lines(&f.clusters);
     assert!(clusters
         .iter()
@@ -474,16 +454,7 @@ fn weight_refuses_samples_the_clusters_were_not_made_from() {
 #[test]
 fn cluster_statistics_outside_their_range_are_refused() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     for (field, value) in [("accuracy", 7.0), ("dominant_wrong", 1.5), ("entropy", 2.5)] {
         let mut lines = read_lines(&f.clusters);
         lines[1][field] = json!(value);
@@ -503,14 +474,7 @@ fn a_byte_order_mark_is_not_malformed_json() {
     let f = fixture();
     let text = std::fs::read_to_string(&f.samples).unwrap();
     std::fs::write(&f.samples, format!("\u{feff}{text}")).unwrap();
-    let (ok, _, err) = east(&[
-        "cluster",
-        "--samples",
-        p(&f.samples),
-        "--out",
-        p(&f.clusters),
-    ]);
-    assert!(ok, "{err}");
+    cluster(&f);
     let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
     assert!(ok, "{err}");
 }
@@ -535,16 +499,7 @@ fn a_second_writer_of_clusters_or_train_data_fails_at_once() {
     );
     assert!(!f.clusters.exists());
     drop(held);
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let _held = east::io::FileLock::output_file(&f.train).unwrap();
     let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
     assert!(!ok && err.contains(&pid), "{err}");
@@ -679,16 +634,7 @@ fn weigh(f: &Fixture, loss: &str, sets: &[&str]) -> Vec<(String, f64)> {
 #[test]
 fn every_metric_trains_on_the_same_questions() {
     let f = fixture();
-    assert!(
-        east(&[
-            "cluster",
-            "--samples",
-            p(&f.samples),
-            "--out",
-            p(&f.clusters)
-        ])
-        .0
-    );
+    cluster(&f);
     let h4 = -(0.25f64 * 0.25f64.log2() + 0.75 * 0.75f64.log2());
     let by_ratio = |a: f64, b: f64| vec![a / ((a + b) / 2.0), b / ((a + b) / 2.0)];
     let cases: [(&str, Vec<f64>); 4] = [
@@ -712,19 +658,256 @@ fn every_metric_trains_on_the_same_questions() {
     // keep_all_correct: vanilla and accuracy keep q2 (accuracy weighs it 0); EAST still cannot
     // weigh it (entropy 0) and DPO has no wrong completion to pair it with.
     let keep = "weight.keep_all_correct=true";
+    let answered = "weight.questions=\"answered\"";
     let ids = |rows: Vec<(String, f64)>| rows.into_iter().map(|r| r.0).collect::<Vec<_>>();
     assert_eq!(
-        ids(weigh(&f, "sft", &["weight.metric=\"uniform\"", keep])),
+        ids(weigh(
+            &f,
+            "sft",
+            &["weight.metric=\"uniform\"", keep, answered]
+        )),
         ["q1", "q2", "q4"]
     );
-    let acc = weigh(&f, "sft", &["weight.metric=\"accuracy\"", keep]);
+    let acc = weigh(&f, "sft", &["weight.metric=\"accuracy\"", keep, answered]);
     assert_eq!((acc[1].0.as_str(), acc[1].1), ("q2", 0.0));
     assert_eq!(
-        ids(weigh(&f, "sft", &["weight.metric=\"entropy\"", keep])),
+        ids(weigh(
+            &f,
+            "sft",
+            &["weight.metric=\"entropy\"", keep, answered]
+        )),
         ["q1", "q4"]
     );
     assert_eq!(
-        ids(weigh(&f, "dpo", &["weight.metric=\"uniform\"", keep])),
+        ids(weigh(
+            &f,
+            "dpo",
+            &["weight.metric=\"uniform\"", keep, answered]
+        )),
         ["q1", "q4"]
     );
+}
+
+/// Every case the authors' `construct_pair_fn` (data_generation/util.py) distinguishes, one
+/// question each: qa all correct, qb all wrong, qc correct only without a box, qd wrong only
+/// without a box, qe the no-answer cluster as the largest wrong one (3 of 5), qf two boxed wrong
+/// answers tied at one box each (9 seen first; 8 has a second, unboxed completion), qg the
+/// boxed count deciding (3 has three completions but one box, 2 has two boxes).
+fn question_set_lines() -> Vec<Value> {
+    let q = |id: &str, answer: &str, completions: &[&str]| json!({"id": id, "question": format!("{id}?"), "answer": answer, "completions": completions});
+    vec![
+        q("qa", "2", &["\\boxed{2}", "\\boxed{2}", "\\boxed{2}"]),
+        q("qb", "3", &["\\boxed{4}", "\\boxed{5}", "no idea"]),
+        q("qc", "4", &["The answer is 4.", "\\boxed{5}", "\\boxed{5}"]),
+        q(
+            "qd",
+            "5",
+            &["\\boxed{5}", "The answer is 6.", "The answer is 7."],
+        ),
+        q(
+            "qe",
+            "6",
+            &[
+                "\\boxed{6}",
+                "I am not sure.",
+                "Let me think again.",
+                "I give up.",
+                "\\boxed{8}",
+            ],
+        ),
+        q(
+            "qf",
+            "7",
+            &[
+                "\\boxed{7}",
+                "\\boxed{9}",
+                "\\boxed{8}",
+                "The answer is 8.",
+                "\\boxed{7}",
+            ],
+        ),
+        q(
+            "qg",
+            "8",
+            &[
+                "\\boxed{8}",
+                "The answer is 3.",
+                "The answer is 3.",
+                "\\boxed{3}",
+                "\\boxed{2}",
+                "\\boxed{2}",
+            ],
+        ),
+    ]
+}
+
+/// The question-set fixture clustered; returns the fixture.
+fn question_set_fixture() -> Fixture {
+    let f = fixture();
+    write_lines(&f.samples, &question_set_lines());
+    cluster(&f);
+    f
+}
+
+/// The rows `east weight` writes for `args` (after the files and `--out`), and its summary.
+fn weigh_rows(f: &Fixture, name: &str, args: &[&str]) -> (Vec<Value>, Value) {
+    let out = f.train.with_file_name(format!("{name}.jsonl"));
+    let mut all = vec![
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--out",
+        p(&out),
+    ];
+    all.extend(args);
+    let (ok, _, err) = east(&all);
+    assert!(ok, "{args:?}: {err}");
+    let summary = std::fs::read_to_string(out.with_file_name(format!("{name}.summary.json")));
+    (
+        read_lines(&out),
+        serde_json::from_str(&summary.unwrap()).unwrap(),
+    )
+}
+
+fn ids(rows: &[Value]) -> Vec<&str> {
+    let mut ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    ids.dedup(); // KTO writes two rows per question
+    ids
+}
+
+fn text<'a>(row: &'a Value, field: &str) -> &'a str {
+    row[field][0]["content"].as_str().unwrap()
+}
+
+/// `weight.questions = "authors"` (the default) keeps exactly the questions the authors' code
+/// makes a pair for, for every loss and every metric; SFT, DPO and KTO share the pair (SFT's
+/// completion is DPO's chosen one); the rejected completion is of the most frequent *boxed* wrong
+/// answer, and R (the rejection metric, the rows' `dominant_wrong`) is that answer's count / n.
+#[test]
+fn the_authors_question_set_is_the_same_for_every_loss_and_metric() {
+    let f = question_set_fixture();
+    let metrics = ["entropy", "accuracy", "rejection", "uniform"];
+    let mut sets = Vec::new();
+    for loss in ["sft", "dpo", "kto"] {
+        for metric in metrics {
+            let name = format!("{loss}_{metric}");
+            let (rows, summary) = weigh_rows(&f, &name, &["--loss", loss, "--metric", metric]);
+            assert_eq!(ids(&rows), ["qe", "qf", "qg"], "{name}");
+            assert_eq!(
+                summary["dropped"],
+                json!({"all_correct": 1, "all_wrong": 1, "no_boxed_correct": 1, "no_boxed_wrong": 1}),
+                "{name}"
+            );
+            sets.push((loss, metric, rows));
+        }
+    }
+    let rows_of = |loss: &str, metric: &str| {
+        &sets
+            .iter()
+            .find(|(l, m, _)| *l == loss && *m == metric)
+            .unwrap()
+            .2
+    };
+    let (sft, dpo, kto) = (
+        rows_of("sft", "entropy"),
+        rows_of("dpo", "entropy"),
+        rows_of("kto", "entropy"),
+    );
+    // qe rejects its one boxed wrong answer, not the three unanswered completions; qf the tie's
+    // first boxed answer (9), not 8 (two completions, one boxed); qg the answer with two boxes.
+    let rejected: Vec<&str> = dpo.iter().map(|r| text(r, "rejected")).collect();
+    assert_eq!(rejected, ["\\boxed{8}", "\\boxed{9}", "\\boxed{2}"]);
+    for (i, row) in dpo.iter().enumerate() {
+        assert_eq!(text(row, "chosen"), text(&sft[i], "completion"));
+        assert_eq!(text(row, "chosen"), text(&kto[2 * i], "completion"));
+        assert_eq!(text(row, "rejected"), text(&kto[2 * i + 1], "completion"));
+    }
+    let r = [1.0 / 5.0, 1.0 / 5.0, 2.0 / 6.0];
+    let mean = r.iter().sum::<f64>() / 3.0;
+    for (i, row) in rows_of("sft", "rejection").iter().enumerate() {
+        assert!((row["dominant_wrong"].as_f64().unwrap() - r[i]).abs() < 1e-12);
+        assert!((row["weight"].as_f64().unwrap() - r[i] / mean).abs() < 1e-12);
+    }
+}
+
+/// `weight.questions = "answered"` is the looser rule: SFT keeps qd (its wrong answers have no
+/// box); DPO keeps it only with `pairs = "random"`, which may reject an unboxed completion; the
+/// rejection metric cannot weigh it (R = 0).
+#[test]
+fn the_answered_question_set_keeps_questions_without_a_boxed_wrong_answer() {
+    let f = question_set_fixture();
+    let answered = ["--questions", "answered"];
+    let run = |name: &str, extra: &[&str]| {
+        let args: Vec<&str> = answered.iter().chain(extra).copied().collect();
+        weigh_rows(&f, name, &args)
+    };
+    let (sft, _) = run("sft", &["--loss", "sft"]);
+    assert_eq!(ids(&sft), ["qd", "qe", "qf", "qg"]);
+    let (dpo, summary) = run("dpo", &["--loss", "dpo"]);
+    assert_eq!(ids(&dpo), ["qe", "qf", "qg"]);
+    assert_eq!(summary["dropped"]["no_boxed_wrong"], 1);
+    let (random, _) = run("random", &["--loss", "dpo", "--pairs", "random"]);
+    assert_eq!(ids(&random), ["qd", "qe", "qf", "qg"]);
+    let qd = text(&random[0], "rejected");
+    assert!(qd == "The answer is 6." || qd == "The answer is 7.", "{qd}");
+    let (rejection, summary) = run("rejection", &["--loss", "sft", "--metric", "rejection"]);
+    assert_eq!(ids(&rejection), ["qe", "qf", "qg"]);
+    assert_eq!(summary["dropped"]["zero_metric"], 1);
+}
+
+/// `--keep-all-correct` keeps qa for the metrics that can weigh it, and only with the question
+/// set that allows it: with the authors' set it would be ignored, so it is an error.
+#[test]
+fn keep_all_correct_is_a_flag_that_needs_the_answered_set() {
+    let f = question_set_fixture();
+    let out = f.train.with_file_name("refused.jsonl");
+    let (ok, _, err) = east(&[
+        "weight",
+        "--clusters",
+        p(&f.clusters),
+        "--samples",
+        p(&f.samples),
+        "--keep-all-correct",
+        "--out",
+        p(&out),
+    ]);
+    assert!(
+        !ok && err.contains("weight.keep_all_correct") && err.contains("answered"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (rows, _) = weigh_rows(
+        &f,
+        "kept",
+        &[
+            "--keep-all-correct",
+            "--questions",
+            "answered",
+            "--metric",
+            "uniform",
+        ],
+    );
+    assert_eq!(ids(&rows), ["qa", "qd", "qe", "qf", "qg"]);
+}
+
+/// A round in which no question can train is an error naming the clusters file and the reasons,
+/// as `east run` treats it; nothing is written.
+#[test]
+fn nothing_to_train_is_an_error_naming_the_clusters_file_and_why() {
+    let f = fixture();
+    write_lines(&f.samples, &question_set_lines()[..3]);
+    cluster(&f);
+    let (ok, _, err) = weight_cmd(&f.clusters, &f.samples, &f.train);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("clusters.jsonl")
+            && err.contains("none of its 3 questions can train")
+            && err.contains("1 all_wrong, 1 all_correct, 1 no_boxed_correct")
+            && err.contains("weight.require_boxed"),
+        "{err}"
+    );
+    assert!(!f.train.exists());
+    assert!(!f.train.with_file_name("train.summary.json").exists());
 }

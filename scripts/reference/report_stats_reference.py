@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference values for the statistics of `east report` (src/report/stats.rs), computed with
+"""Reference values for the statistics of `east report` (src/stats.rs), computed with
 statsmodels and scipy, for tests/report.rs (tests/fixtures/report_stats_reference.json).
 
 * Wilson's 95% score interval of a proportion:

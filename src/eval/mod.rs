@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Question;
 use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
 use crate::generate::{self, Completion, Generator, PromptKey, Work};
-use crate::grade::{extract_answer, Answer, GradeOptions};
+use crate::grade::{extract_answer, Answer, GradeOptions, Grading};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::schema::Finish;
 use crate::serve::Backend;
@@ -39,6 +39,9 @@ pub struct EvalConfig {
     pub batch_size: usize,
     /// `native` (east's decoder) or `openai` (a server, see `[server]`).
     pub backend: Backend,
+    /// How predictions are graded: `"exact"`, `"qwen"` (the numeric rules of the Qwen2.5-Math
+    /// toolkit the paper evaluates with) or a table of the grader's numeric rules.
+    pub grade: Grading,
 }
 
 impl Default for EvalConfig {
@@ -50,6 +53,7 @@ impl Default for EvalConfig {
             max_new_tokens: 2048,
             batch_size: 32,
             backend: Backend::Native,
+            grade: Grading::default(),
         }
     }
 }
@@ -69,7 +73,9 @@ impl EvalConfig {
         if self.batch_size == 0 {
             return Err(("batch_size", "must be at least 1".into()));
         }
-        Ok(())
+        self.grade
+            .validate()
+            .map_err(|(rule, message)| ("grade", format!("{rule}: {message}")))
     }
 }
 
@@ -93,6 +99,9 @@ pub struct EvalSettings {
     /// older versions, which are then not resumed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptKey>,
+    /// How the predictions are graded (absent when exact, so older evaluations still match).
+    #[serde(default, skip_serializing_if = "Grading::is_exact")]
+    pub grading: Grading,
 }
 
 impl EvalSettings {
@@ -108,6 +117,7 @@ impl EvalSettings {
             backend: e.backend,
             served_model: None,
             prompt: None,
+            grading: e.grade,
         }
     }
 
@@ -143,13 +153,9 @@ pub struct Prediction {
 }
 
 impl Prediction {
-    /// Question `q`'s prediction: `completion` graded against its answer.
-    pub fn new(q: &Question, completion: Completion) -> Self {
-        let (pred, correct) = grade(
-            &completion.text,
-            &Answer::parse(&q.answer),
-            &GradeOptions::default(),
-        );
+    /// Question `q`'s prediction: `completion` graded against its answer with `opts`.
+    pub fn new(q: &Question, completion: Completion, opts: &GradeOptions) -> Self {
+        let (pred, correct) = grade(&completion.text, &Answer::parse(&q.answer), opts);
         Prediction {
             id: q.id.clone(),
             tokens: completion.tokens,
@@ -194,6 +200,9 @@ pub struct EvalReport {
     /// Completions with no extractable answer, and those cut by the token limit.
     pub no_answer: usize,
     pub truncated: usize,
+    /// How the predictions were graded (`eval.grade`): a preset name or the numeric rules.
+    #[serde(default)]
+    pub grading: Grading,
     pub settings: EvalSettings,
     /// Decoding time of the predictions, summed over every attempt (a resumed evaluation counts
     /// its earlier attempts too).
@@ -281,7 +290,8 @@ pub fn evaluate(
             cpu_shards: None,
         },
     };
-    let mut writer = EvalWriter::open(dir, questions, log, done.len())?;
+    let grading = settings.grading.options();
+    let mut writer = EvalWriter::open(dir, questions, &grading, log, done.len())?;
     engine.generate(&work, &mut writer)?;
     writer.finish();
     // The report is computed from the file, so resumed and uninterrupted runs agree.
@@ -351,6 +361,7 @@ fn summarize(
         by_type: BTreeMap::new(),
         no_answer: 0,
         truncated: 0,
+        grading: settings.grading,
         settings: settings.clone(),
         seconds: decode_seconds(&metrics_path(dir))?,
         generated_tokens: 0,

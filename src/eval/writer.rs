@@ -9,12 +9,14 @@ use indicatif::ProgressBar;
 use super::{metrics_path, Prediction};
 use crate::data::Question;
 use crate::generate::{Completion, Note, Sink, Span};
+use crate::grade::GradeOptions;
 use crate::io::{AppendLog, InputError};
 use crate::progress::{self, MetricsLog};
 
 /// The [`Sink`] of an evaluation.
 pub(super) struct EvalWriter<'a> {
     questions: &'a [Question],
+    grading: &'a GradeOptions,
     log: AppendLog,
     metrics: MetricsLog,
     bar: ProgressBar,
@@ -26,11 +28,12 @@ pub(super) struct EvalWriter<'a> {
 }
 
 impl<'a> EvalWriter<'a> {
-    /// Writes to `log` (predictions.jsonl in `dir`, opened for appending, already holding
-    /// `resumed` predictions).
+    /// Grades with `grading` and writes to `log` (predictions.jsonl in `dir`, opened for
+    /// appending, already holding `resumed` predictions).
     pub(super) fn open(
         dir: &Path,
         questions: &'a [Question],
+        grading: &'a GradeOptions,
         log: AppendLog,
         resumed: usize,
     ) -> anyhow::Result<Self> {
@@ -39,6 +42,7 @@ impl<'a> EvalWriter<'a> {
         bar.set_position(resumed as u64);
         Ok(EvalWriter {
             questions,
+            grading,
             log,
             metrics,
             bar,
@@ -72,7 +76,7 @@ impl Sink for EvalWriter<'_> {
         let Some(completion) = completions.into_iter().next() else {
             anyhow::bail!("the engine gave no completion for question {index}");
         };
-        let prediction = Prediction::new(&self.questions[index], completion);
+        let prediction = Prediction::new(&self.questions[index], completion, self.grading);
         self.finished += 1;
         self.correct += usize::from(prediction.correct);
         let path = self.path();

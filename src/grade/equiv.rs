@@ -26,8 +26,13 @@ pub struct GradeOptions {
     /// so it does not match `\frac{2}{3}`, and `12.57` does not match `4\pi`. `Some(tol)`
     /// accepts a number written with a decimal point (on either side) within relative
     /// tolerance `tol` of the other side (the Qwen2.5-Math toolkit's rule with `tol = 1e-4`);
-    /// integers and fractions without decimals are still compared exactly.
+    /// integers and fractions without decimals are still compared exactly (unless
+    /// `approximate_all`).
     pub approximate: Option<f64>,
+    /// Whether `approximate` covers every number, integers and exact fractions too, as the
+    /// toolkit's `numeric_equal` does (`123457` ~ `123456`, `10001` ~ `10000` at 1e-4). Off by
+    /// default: an integer answer is exact.
+    pub approximate_all: bool,
     /// The toolkit's percentage rule: a number also matches the other side times 100 or divided
     /// by 100 (`0.5` ~ `50`). Off by default (the Qwen2.5-Math evaluation turns it on).
     /// It is symmetric: `a = 100 b` iff `b = a / 100`.
@@ -41,6 +46,7 @@ impl Default for GradeOptions {
         GradeOptions {
             rel_tol: 1e-9,
             approximate: None,
+            approximate_all: false,
             percent_rule: false,
             symbolic_points: 8,
         }
@@ -721,7 +727,8 @@ const FLOAT_ZERO: f64 = 1e-14;
 
 /// Two numbers, `xd` / `yd` telling whether each was written with a decimal fraction:
 /// exact rationals exactly; a float (irrational arithmetic) within `rel_tol`; a decimal within
-/// `approximate` when that is on. Integers are never approximate.
+/// `approximate` when that is on (every number with `approximate_all`). Integers are otherwise
+/// never approximate.
 fn num_close(x: Num, y: Num, xd: bool, yd: bool, opts: &GradeOptions) -> bool {
     let exact = match (x, y) {
         (Num::R(a, b), Num::R(c, d)) => {
@@ -740,7 +747,7 @@ fn num_close(x: Num, y: Num, xd: bool, yd: bool, opts: &GradeOptions) -> bool {
         return true;
     }
     match opts.approximate {
-        Some(tol) => (xd || yd) && isclose(fx, fy, tol),
+        Some(tol) => (xd || yd || opts.approximate_all) && isclose(fx, fy, tol),
         None => false,
     }
 }

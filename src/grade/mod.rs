@@ -55,7 +55,12 @@
 //! Changed, deliberately:
 //! * percent rule (`pred == ref·100` or `ref/100`) is **off** by default ([`GradeOptions`]);
 //! * numbers compare exactly as rationals instead of to 1e-4 (the toolkit equates 123456 and
-//!   123457, `0.6667` and `2/3`); `approximate: Some(1e-4)` restores its rule for decimals;
+//!   123457, `0.6667` and `2/3`); `approximate: Some(1e-4)` restores its rule for decimals, and
+//!   with `approximate_all` for every number. The [`Grading`] preset `qwen` turns on both
+//!   numeric rules as the toolkit's `math_equal(pred, gt)` has them (checked against it in
+//!   [`grading`]'s tests); its percent rule then covers every number (the toolkit's, plain
+//!   numbers only: `\frac{1}{2}` ≢ `50` there), and `\pi` is π (the toolkit's sympy reads it
+//!   as a symbol, so no number equals `4\pi` there);
 //! * several boxes joined by connectors are one (set) answer, not the last box alone; the
 //!   `Answer:` header and the last math span are tried before the last number;
 //! * `\frac34\%` keeps its percent sign (3/400); Unicode math is read as LaTeX;
@@ -87,10 +92,12 @@
 
 mod equiv;
 mod extract;
+pub mod grading;
 mod latex;
 mod normalize;
 
 pub use equiv::{is_equivalent, Answer, GradeOptions};
+pub use grading::{Grading, NumericRules, Preset};
 
 /// Changes whenever a grading rule does, so that `east run` grades a finished round's
 /// completions and evaluations again instead of keeping verdicts of an older grader.

@@ -11,6 +11,7 @@
 //! of what determines them (model, questions, sampling settings, seed), so a sweep over `a`, or
 //! SFT vs DPO vs KTO on the same round, samples once.
 
+mod board;
 mod layout;
 mod round;
 mod serving;
@@ -28,6 +29,8 @@ use crate::data::DatasetSpec;
 use crate::io::{write_json_atomic, FileLock};
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
+use crate::stats::Accuracy;
+use board::RunBoard;
 use round::Round;
 use serving::ServerSlot;
 
@@ -102,6 +105,10 @@ pub struct RoundSummary {
     pub model: String,
     /// Dataset → greedy accuracy.
     pub accuracy: BTreeMap<String, f64>,
+    /// Dataset → the same accuracy with its number of questions and Wilson's 95% interval
+    /// (absent from summaries written before east 0.1's report statistics).
+    #[serde(default)]
+    pub evals: BTreeMap<String, Accuracy>,
     pub stages: Vec<StageRecord>,
 }
 
@@ -127,6 +134,10 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
     let mut summaries = Vec::new();
     // Dropped on every way out of this function (errors included): stops a launched server.
     let mut server = ServerSlot::new(&layout.root.join("run_log.jsonl"))?;
+    let board = match config.run.report_to.tensorboard {
+        true => Some(RunBoard::open(&layout.root)?),
+        false => None,
+    };
     let base = ModelRef::base(config);
     let first = if config.run.eval_base { 0 } else { 1 };
     let mut current = base;
@@ -140,8 +151,10 @@ pub fn run(config: &Config) -> anyhow::Result<Vec<RoundSummary>> {
                 round: t,
                 model: current.label.clone(),
                 accuracy: BTreeMap::new(),
+                evals: BTreeMap::new(),
                 stages: vec![],
             },
+            board: board.as_ref(),
         };
         // round 0 evaluates the base model; round t trains on its samples first
         if t > 0 {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use super::board::RunBoard;
 use super::layout::{dataset_dir_name, RunLayout};
 use super::serving::{self, ServerSlot};
 use super::stage::{key_of, remove_path, short_hex, Outcome, Stage, StageRecord};
@@ -17,6 +18,7 @@ use crate::io::FileLock;
 use crate::model::ModelConfig;
 use crate::progress::MetricsLog;
 use crate::sample::{self, SampleSettings};
+use crate::stats::Accuracy;
 use crate::train::TrainJob;
 use crate::{cluster, data, generate, weight};
 
@@ -27,6 +29,8 @@ pub(super) struct Round<'a> {
     pub t: usize,
     pub log: &'a mut MetricsLog,
     pub summary: RoundSummary,
+    /// `run.report_to = ["tensorboard"]`: the run's event folder.
+    pub board: Option<&'a RunBoard>,
 }
 
 impl Round<'_> {
@@ -45,6 +49,11 @@ impl Round<'_> {
         // Training needs the GPU memory a serving engine holds.
         server.stop()?;
         self.train(current, &weight_key)
+    }
+
+    /// Logs to the run's event folder, if it has one, what `f` reads from a finished stage.
+    fn report(&self, f: impl FnOnce(&RunBoard) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        self.board.map_or(Ok(()), f)
     }
 
     /// Records a stage's outcome; returns its key.
@@ -68,6 +77,7 @@ impl Round<'_> {
         };
         let samples = self.layout.samples(t);
         link_into_round(&source, &samples)?;
+        self.report(|b| b.sampled(t, &sample::log_path(&source)))?;
         Ok((samples, self.done(record)))
     }
 
@@ -131,6 +141,7 @@ impl Round<'_> {
             cluster::cluster_file(samples, &clusters, &config.cluster, None)?;
             Ok(())
         })?;
+        self.report(|b| b.clustered(t, &clusters))?;
         Ok(self.done(record))
     }
 
@@ -152,16 +163,11 @@ impl Round<'_> {
                 "weight": options}),
         }
         .run(self.log, || {
-            let s = weight::weight_files(&clusters, samples, &train_data, &options)?;
-            if s.examples == 0 {
-                anyhow::bail!(
-                    "no training examples: none of the {} questions passed the filters (dropped: {}); sample more (sample.n, data.limit) or use a stronger model",
-                    s.questions,
-                    s.dropped_text()
-                );
-            }
+            // A round in which no question can train is an error of weight_files itself.
+            weight::weight_files(&clusters, samples, &train_data, &options)?;
             Ok(())
         })?;
+        self.report(|b| b.weighted(t, &train_data))?;
         Ok(self.done(record))
     }
 
@@ -185,10 +191,12 @@ impl Round<'_> {
                 "train": train.identity()}),
         }
         .run(self.log, || {
-            let job = TrainJob::new(current.model.clone(), train, data, checkpoint.clone());
+            let mut job = TrainJob::new(current.model.clone(), train, data, checkpoint.clone());
+            job.board = self.board.map(|b| b.training(self.layout, t)).transpose()?;
             crate::train::train(&job)?;
             Ok(())
         })?;
+        self.report(|b| b.trained(self.layout, t))?;
         let key = self.done(record);
         let merged = checkpoint.join("merged");
         let path = if merged.join("config.json").exists() {
@@ -255,6 +263,11 @@ impl Round<'_> {
         self.summary
             .accuracy
             .insert(dataset.to_string(), report.accuracy);
+        if report.n > 0 {
+            let acc = Accuracy::of(report.correct, report.n);
+            self.summary.evals.insert(dataset.to_string(), acc);
+        }
+        self.report(|b| b.evaluated(t, &dataset_dir_name(dataset), report.accuracy))?;
         self.log.log(
             &serde_json::json!({"event": "eval", "round": t, "dataset": dataset,
             "accuracy": report.accuracy, "correct": report.correct, "n": report.n}),

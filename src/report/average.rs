@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::evals::{paired, Evaluation};
-use super::stats::{bootstrap_mean, wilson, Interval, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 use super::RunView;
+use crate::stats::{bootstrap_mean, wilson, Interval, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 use crate::train::loss::Weighting;
 use crate::weight::{Mapping, Metric};
 

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::evals::{paired, Accuracy, Evaluation};
-use super::stats::{bootstrap_mean, mcnemar_exact, Interval, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
+use crate::stats::{bootstrap_mean, mcnemar_exact, Interval, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 
 /// The level a difference is called significant at.
 pub const ALPHA: f64 = 0.05;

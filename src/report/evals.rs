@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::stats::{wilson, Interval};
 use crate::eval::{predictions_path, report_path};
 use crate::io::{read_jsonl, InputError};
+pub use crate::stats::Accuracy;
 
 /// The grading an `eval.json` without a `grading` field was made with.
 pub const DEFAULT_GRADING: &str = "exact";
@@ -39,39 +39,6 @@ struct Outcome {
     id: String,
     answer: String,
     correct: bool,
-}
-
-/// An accuracy with its number of questions and Wilson's 95% interval, as `summary.json` has it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Accuracy {
-    pub n: usize,
-    pub correct: usize,
-    pub accuracy: f64,
-    pub ci95: Interval,
-}
-
-impl Accuracy {
-    /// `correct` of `n` (n ≥ 1).
-    pub fn of(correct: usize, n: usize) -> Accuracy {
-        Accuracy {
-            n,
-            correct,
-            accuracy: correct as f64 / n as f64,
-            ci95: wilson(correct, n),
-        }
-    }
-
-    /// "52.0 [45.1, 58.8] (104/200)": points, the interval in points, the counts.
-    pub fn cell(&self) -> String {
-        format!(
-            "{:.1} [{:.1}, {:.1}] ({}/{})",
-            100.0 * self.accuracy,
-            100.0 * self.ci95.low,
-            100.0 * self.ci95.high,
-            self.correct,
-            self.n
-        )
-    }
 }
 
 /// Each question's reference answer and whether it was answered correctly, by question id.

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write;
 
 use super::compare::{self, Outcome, ALPHA};
-use super::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 use super::{average, sampled, Figure, RunView, Summary};
+use crate::stats::{BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED};
 
 /// Everything `report.md` shows.
 pub struct Document<'a> {

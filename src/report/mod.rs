@@ -12,7 +12,6 @@ pub mod figures;
 pub mod markdown;
 pub mod rounds;
 pub mod sampled;
-pub mod stats;
 pub mod svg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +28,7 @@ use crate::config::Config;
 use crate::io::{file_safe, InputError};
 use crate::pipeline::{RoundSummary, RunLayout};
 use crate::schema::ClusterRecord;
+use crate::stats;
 use crate::train::loss::Weighting;
 use crate::weight::{Mapping, Metric};
 

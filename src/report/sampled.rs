@@ -5,10 +5,10 @@ use serde::Serialize;
 use std::fmt::Write;
 
 use super::evals::Accuracy;
-use super::stats::{
+use crate::schema::ClusterRecord;
+use crate::stats::{
     bootstrap_mean, ks, majority_correct, pass_at_k, Interval, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED,
 };
-use crate::schema::ClusterRecord;
 
 /// pass@k over a round's questions: the mean of each question's unbiased estimate, with a
 /// percentile bootstrap interval over questions.

@@ -6,6 +6,7 @@ use super::engine::{EngineChoice, LoraSpec};
 use super::loss::{LossConfig, Weighting};
 use super::optim::Schedule;
 use crate::schema::Loss;
+use crate::tensorboard::ReportTo;
 
 /// The DPO/KTO β of TRL's `DPOConfig` and `KTOConfig`, for a config that sets none.
 pub const DEFAULT_BETA: f64 = 0.1;
@@ -66,6 +67,9 @@ pub struct TrainConfig {
     /// Memory budget in GiB for `gradient_checkpointing = "auto"` (unset: the CUDA device's
     /// free memory; on the CPU, no limit).
     pub memory_limit: Option<f64>,
+    /// Dashboards the step metrics go to besides `train_log.jsonl` (TRL's `report_to`):
+    /// `["tensorboard"]` writes event files in `<out>/tensorboard/`. Does not change the weights.
+    pub report_to: ReportTo,
 }
 
 /// `train.gradient_checkpointing`: `false`, `true` or `"auto"`.
@@ -155,6 +159,7 @@ impl Default for TrainConfig {
             save_steps: 50,
             gradient_checkpointing: Checkpointing::Auto,
             memory_limit: None,
+            report_to: ReportTo::default(),
         }
     }
 }

@@ -89,6 +89,8 @@ impl TrainConfig {
             // activation checkpointing recomputes the same numbers, whatever the memory budget
             gradient_checkpointing: _,
             memory_limit: _,
+            // where the step metrics are also logged: not what is trained
+            report_to: _,
         } = self.clone();
         TrainIdentity {
             loss,
@@ -282,6 +284,9 @@ mod tests {
                 c.gradient_checkpointing = Checkpointing::On
             }),
             ("memory_limit", Never, |c| c.memory_limit = Some(12.0)),
+            ("report_to", Never, |c| {
+                c.report_to = crate::tensorboard::ReportTo { tensorboard: true }
+            }),
         ]
     }
 

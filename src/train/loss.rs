@@ -6,10 +6,14 @@
 //! over the micro-batches of one step is `(1/B) Σ_i w_i ℓ_i`.
 //!
 //! Weights: `data` (train.jsonl's `weight`), `none` (1), `lwp` (LW(P): per-example perplexity
-//! divided by its mean over the micro-batch — the forward pass, as a loss written in TRL's
-//! `compute_loss` sees it), `lww` (LW(W), WPO: `exp(mean_t log[π(y_t)/Σ_v π(v)²])`). DPO's
-//! local weights multiply the chosen and rejected ones; LW weights are constants of the
-//! gradient (detached).
+//! divided by its mean over the optimiser batch, the paper's Eq. 9 with B = `batch_size`), `lww`
+//! (LW(W), WPO: `exp(mean_t log[π(y_t)/Σ_v π(v)²])`). DPO's local weights multiply the chosen
+//! and rejected ones; LW weights are constants of the gradient (detached).
+//!
+//! LW(P)'s batch mean is known only after the step's last micro-batch. Since the weights are
+//! constants, each micro-batch weighs its examples by their raw perplexity and
+//! [`LossConfig::batch_scale`] then divides the step's loss, weight sum and accumulated gradient
+//! by the batch mean: the result is the same for any micro-batch size.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +28,7 @@ pub enum Weighting {
     Data,
     /// Every example weighs 1.
     None,
-    /// LW(P): per-example perplexity over its micro-batch mean.
+    /// LW(P): per-example perplexity over its mean over the optimiser batch.
     Lwp,
     /// LW(W), WPO: `exp(mean_t log[π(y_t)/Σ_v π(v)²])`.
     Lww,
@@ -109,15 +113,6 @@ fn ppl(s: &RowStats) -> f64 {
 
 fn wpo(s: &RowStats) -> f64 {
     (s.wpo / s.tokens.max(1) as f64).exp()
-}
-
-/// Normalises by the mean (LW(P)); all-equal or degenerate lists become all 1.
-fn over_mean(v: Vec<f64>) -> Vec<f64> {
-    let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-    if !(mean.is_finite() && mean > 0.0) {
-        return vec![1.0; v.len()];
-    }
-    v.into_iter().map(|x| x / mean).collect()
 }
 
 /// A micro-batch's policy statistics, with what its objective needs beside them.
@@ -282,7 +277,8 @@ pub fn kto(
 }
 
 /// Each example's weight: from the data, 1, or the policy's local uncertainty (LW(P), LW(W);
-/// DPO multiplies the chosen and rejected ones).
+/// DPO multiplies the chosen and rejected ones). LW(P)'s are the raw perplexities: the step
+/// divides them by their batch mean ([`LossConfig::batch_scale`]).
 pub fn example_weights(weighting: Weighting, rows: &Rows, data_weights: &[f64]) -> Vec<f64> {
     let local = |f: fn(&RowStats) -> f64| -> Vec<f64> {
         match rows {
@@ -299,12 +295,31 @@ pub fn example_weights(weighting: Weighting, rows: &Rows, data_weights: &[f64]) 
     match weighting {
         Weighting::Data => data_weights.to_vec(),
         Weighting::None => vec![1.0; rows.examples()],
-        Weighting::Lwp => over_mean(local(ppl)),
+        Weighting::Lwp => local(ppl),
         Weighting::Lww => local(wpo),
     }
 }
 
 impl LossConfig {
+    /// What a whole optimiser step's sums (loss, weight sum, accumulated gradient) are
+    /// multiplied by once every micro-batch is done: for LW(P), 1 / the mean raw weight over the
+    /// batch (`step` holds the sums of every micro-batch's [`Metrics`]), which turns each
+    /// example's perplexity into its perplexity over the batch mean (Eq. 9); 1 for the other
+    /// weightings, whose weights are final per example.
+    pub fn batch_scale(&self, step: &Metrics) -> f64 {
+        if self.weighting != Weighting::Lwp {
+            return 1.0;
+        }
+        let mean = step.weight_sum / step.examples.max(1) as f64;
+        // A perplexity is ≥ 1, so the mean is too unless it overflowed (then the loss is not
+        // finite and the step fails before this).
+        if mean.is_finite() && mean > 0.0 {
+            1.0 / mean
+        } else {
+            1.0
+        }
+    }
+
     /// The SFT coefficients when they do not depend on the policy (weighting `data`/`none`):
     /// `c_i = −w_i / (n_i · B)`; `tokens[i]` = response tokens of example `i`.
     pub fn known_coefs(
@@ -627,9 +642,15 @@ mod tests {
             None,
             2,
         );
+        // Raw perplexities per micro-batch; the step divides by their batch mean.
         let (p0, p1) = (1f64.exp(), 2f64.exp());
-        assert!((lwp.weights[0] - p0 / ((p0 + p1) / 2.0)).abs() < 1e-12);
-        assert!((lwp.weights.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+        assert!((lwp.weights[0] - p0).abs() < 1e-12 && (lwp.weights[1] - p1).abs() < 1e-12);
+        let scale = cfg(Loss::Sft, Weighting::Lwp).batch_scale(&lwp.metrics);
+        assert!((scale - 1.0 / ((p0 + p1) / 2.0)).abs() < 1e-15);
+        assert_eq!(
+            cfg(Loss::Sft, Weighting::Lww).batch_scale(&lwp.metrics),
+            1.0
+        );
         let lww = compute(
             &cfg(Loss::Sft, Weighting::Lww),
             &stats,
@@ -658,5 +679,52 @@ mod tests {
         assert!(cfg(Loss::Sft, Weighting::Lwp)
             .known_coefs(&[1.0], &[1], 1)
             .is_none());
+    }
+
+    /// LW(P) over micro-batches of 16, 4 and 1 at batch 16, each step's sums scaled by
+    /// `batch_scale`: the weights, the loss and every gradient coefficient equal Eq. 9 computed
+    /// by hand over the whole batch, `w_i = PPL_i / mean_16(PPL)`.
+    #[test]
+    fn lwp_normalises_over_the_batch_whatever_the_micro_batch() {
+        let stats: Vec<RowStats> = (0..16)
+            .map(|i| row(-(0.5 + 0.37 * i as f64) * (3 + i % 5) as f64, 3 + i % 5))
+            .collect();
+        let ppl: Vec<f64> = stats
+            .iter()
+            .map(|s| (-s.logp / s.tokens as f64).exp())
+            .collect();
+        let mean = ppl.iter().sum::<f64>() / 16.0;
+        let want_w: Vec<f64> = ppl.iter().map(|p| p / mean).collect();
+        let nll = |i: usize| -stats[i].logp / stats[i].tokens as f64;
+        let want_loss: f64 = (0..16).map(|i| want_w[i] * nll(i)).sum::<f64>() / 16.0;
+        let c = cfg(Loss::Sft, Weighting::Lwp);
+        for micro in [16, 4, 1] {
+            let (mut loss, mut weights, mut coefs) = (0.0, Vec::new(), Vec::new());
+            let mut step = Metrics::default();
+            for chunk in stats.chunks(micro) {
+                let out = compute(&c, chunk, None, &vec![7.0; chunk.len()], None, None, 16);
+                loss += out.loss;
+                weights.extend(out.weights);
+                coefs.extend(out.coefs);
+                step.add(&out.metrics);
+            }
+            let scale = c.batch_scale(&step);
+            assert!((loss * scale - want_loss).abs() < 1e-12, "micro {micro}");
+            assert!(
+                (step.weight_sum * scale - 16.0).abs() < 1e-12,
+                "micro {micro}"
+            );
+            for i in 0..16 {
+                assert!(
+                    (weights[i] * scale - want_w[i]).abs() < 1e-12,
+                    "micro {micro} {i}"
+                );
+                let want_c = -want_w[i] / (stats[i].tokens as f64 * 16.0);
+                assert!(
+                    (coefs[i] * scale - want_c).abs() < 1e-15,
+                    "micro {micro} {i}"
+                );
+            }
+        }
     }
 }

@@ -10,8 +10,10 @@
 //! * [`reference`]: DPO/KTO's frozen reference log-probabilities, cached beside the data.
 //! * [`identity`]: the fingerprints that decide whether a rerun resumes, skips or refuses.
 //! * [`memory`]: the peak-memory estimate by part (`--estimate-memory`, checkpointing "auto").
+//! * [`board`]: the step metrics as TensorBoard event files (`train.report_to`, `east run`).
 //! * [`config`]: the `[train]` section.
 
+pub mod board;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -23,6 +25,7 @@ pub mod optim;
 pub mod reference;
 pub mod trainer;
 
+pub use board::{SharedBoard, TRAIN_PREFIX};
 pub use config::TrainConfig;
 pub use engine::{Engine, EngineChoice, LoraSpec, Packed, RowStats};
 pub use trainer::{train, TrainJob, TrainReport};

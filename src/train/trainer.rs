@@ -15,6 +15,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::board::{self, Board, SharedBoard};
 use super::checkpoint::{self, ModelMeta, ResumeState};
 use super::config::TrainConfig;
 use super::data::{self, Example, Tokenizing, TrainData};
@@ -40,6 +41,8 @@ pub struct TrainJob {
     /// Time the autograd engine's phases (forward, head, backward, optimizer…) into
     /// [`TrainReport::phases`]; each phase waits for the GPU, which slows training down.
     pub profile: bool,
+    /// An event folder of another stage that the step metrics also go to (`east run`).
+    pub board: Option<SharedBoard>,
 }
 
 impl TrainJob {
@@ -53,6 +56,7 @@ impl TrainJob {
             train,
             progress,
             profile: false,
+            board: None,
         }
     }
 }
@@ -89,7 +93,7 @@ pub fn train(job: &TrainJob) -> anyhow::Result<TrainReport> {
     for step in run.start..run.total {
         let t0 = Instant::now();
         let step_out = run.accumulate_gradients(step)?;
-        let (lr, grad_norm) = run.optimizer_step(step)?;
+        let (lr, grad_norm) = run.optimizer_step(step, step_out.grad_scale)?;
         run.log_step(step, &step_out, lr, grad_norm, t0.elapsed().as_secs_f64())?;
         run.save_if_due(step + 1)?;
     }
@@ -125,6 +129,8 @@ struct Run {
     /// The current epoch's shuffle.
     order: (usize, Vec<usize>),
     log: StepLog,
+    /// TensorBoard event files the step metrics also go to.
+    boards: Vec<Board>,
     bar: Option<ProgressBar>,
     last_loss: Option<f64>,
     last_saved: usize,
@@ -136,6 +142,8 @@ struct StepOut {
     loss: f64,
     tokens: usize,
     metrics: Metrics,
+    /// Factor of the accumulated gradient ([`LossConfig::batch_scale`]; 1 but for LW(P)).
+    grad_scale: f64,
 }
 
 impl Run {
@@ -202,6 +210,7 @@ impl Run {
             }
             None => (0, StepLog::create(&job.out)?),
         };
+        let boards = board::open(&job.out, t.report_to, job.board.as_ref(), start)?;
         let bar = progress_bar(job, &data, &engine_name, (start, total, per_epoch));
         Ok(Prepared::Ready(Box::new(Run {
             job: job.clone(),
@@ -225,6 +234,7 @@ impl Run {
             warmup: warmup_steps(total, t.warmup_ratio),
             order: (usize::MAX, Vec::new()),
             log,
+            boards,
             bar,
             last_loss: None,
             last_saved: start,
@@ -254,6 +264,7 @@ impl Run {
             loss: 0.0,
             tokens: 0,
             metrics: Metrics::default(),
+            grad_scale: 1.0,
         };
         for (mi, micro) in batch.chunks(self.job.train.micro_batch_size).enumerate() {
             let seed = dropout_seed(self.job.train.seed, step, mi);
@@ -262,6 +273,11 @@ impl Run {
             out.tokens += tokens;
             out.metrics.add(&lo.metrics);
         }
+        // LW(P) normalises over the whole batch (Eq. 9), known only now: the gradient is
+        // scaled with the same factor before clipping, in `optimizer_step`.
+        out.grad_scale = self.loss.batch_scale(&out.metrics);
+        out.loss *= out.grad_scale;
+        out.metrics.weight_sum *= out.grad_scale;
         Ok(out)
     }
 
@@ -330,11 +346,12 @@ impl Run {
         Ok((lo, packed.tokens.len()))
     }
 
-    /// Clips the accumulated gradients to `max_grad_norm` and takes the AdamW step at the
-    /// scheduled learning rate. Returns (learning rate, gradient norm before clipping).
-    fn optimizer_step(&mut self, step: usize) -> anyhow::Result<(f64, f64)> {
+    /// Scales the accumulated gradients by `grad_scale`, clips them to `max_grad_norm` and
+    /// takes the AdamW step at the scheduled learning rate. Returns (learning rate, gradient
+    /// norm before clipping).
+    fn optimizer_step(&mut self, step: usize, grad_scale: f64) -> anyhow::Result<(f64, f64)> {
         let t = &self.job.train;
-        let grad_norm = self.engine.grad_sq_norm()?.sqrt();
+        let grad_norm = self.engine.grad_sq_norm()?.sqrt() * grad_scale;
         if !grad_norm.is_finite() {
             bail!(
                 "step {}: the gradient norm is not finite; training stopped before the update. {}",
@@ -343,8 +360,11 @@ impl Run {
             );
         }
         let lr = lr_at(t.lr, step, self.total, self.warmup, t.schedule);
-        self.engine
-            .step(&self.opt, lr, clip_scale(grad_norm, t.max_grad_norm))?;
+        self.engine.step(
+            &self.opt,
+            lr,
+            grad_scale * clip_scale(grad_norm, t.max_grad_norm),
+        )?;
         Ok((lr, grad_norm))
     }
 
@@ -368,6 +388,9 @@ impl Run {
             self.job.train.loss,
         );
         self.log.append(&line)?;
+        for board in &mut self.boards {
+            board.log(step + 1, &line)?;
+        }
         self.tokens_done += s.tokens;
         self.last_loss = Some(s.loss);
         if let Some(b) = &self.bar {

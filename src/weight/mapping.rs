@@ -3,8 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::schema::ClusterRecord;
-
 /// Per-question uncertainty fed to the mapping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -13,22 +11,13 @@ pub enum Metric {
     Entropy,
     /// 1 − fraction of correct completions.
     Accuracy,
-    /// Share of the most frequent wrong answer.
+    /// R: the share of the most frequent boxed wrong answer (the authors' rejected answer).
     Rejection,
     /// Every question weighs 1 (vanilla self-training).
     Uniform,
 }
 
 impl Metric {
-    pub fn value(self, record: &ClusterRecord) -> f64 {
-        match self {
-            Metric::Entropy => record.entropy,
-            Metric::Accuracy => 1.0 - record.accuracy,
-            Metric::Rejection => record.dominant_wrong,
-            Metric::Uniform => 1.0,
-        }
-    }
-
     /// Whether a question with metric 0 carries no signal and is dropped (entropy: all answers
     /// agree; rejection: no wrong answer), as the reference code does.
     pub fn drops_zero(self) -> bool {

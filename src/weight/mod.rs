@@ -1,16 +1,19 @@
-//! `east weight`, the stage between clustering and training: decide which questions train, turn
-//! each one's uncertainty into a weight ([`mapping`]), pick its chosen and rejected completions
-//! ([`pairs`]) and write the weighted training set ([`trainset`]). It needs no model.
+//! `east weight`, the stage between clustering and training: decide which questions train
+//! ([`questions`]), pick their chosen and rejected completions ([`pairs`]), turn each one's
+//! uncertainty into a weight ([`mapping`]) and write the weighted training set ([`trainset`]).
+//! It needs no model.
 
 pub mod mapping;
 pub mod pairs;
+pub mod questions;
 pub mod trainset;
 
 use serde::{Deserialize, Serialize};
 
 pub use mapping::{map_weights, Mapping, MappingError, Metric};
-pub use pairs::{pick_pair, DropReason, PairStrategy, Pick};
-pub use trainset::{weight_files, WeightSummary};
+pub use pairs::{DropReason, PairStrategy, Pick, Question};
+pub use questions::QuestionSet;
+pub use trainset::{weight_files, WeightError, WeightSummary};
 
 use crate::schema::Loss;
 
@@ -26,15 +29,19 @@ pub struct WeightConfig {
     pub a: f64,
     /// Output range R of the linear mapping.
     pub range: f64,
+    /// Which questions train.
+    pub questions: QuestionSet,
     /// How chosen/rejected completions are picked.
     pub pairs: PairStrategy,
+    /// Seeds the per-question picks.
     pub seed: u64,
-    /// Chosen completions must contain `\boxed` (the authors' filter; turn off for models that
-    /// state answers another way).
+    /// Chosen completions, and the wrong ones that decide the authors' rejected answer, must
+    /// contain `\boxed` (the authors' filter; turn off for models that state answers another way).
     pub require_boxed: bool,
     /// Keep questions whose completions are all correct (for the metrics that can weigh them:
-    /// uniform and accuracy). Off by default: every metric then trains on the same questions as
-    /// EAST, which drops them (entropy 0), as the authors' code does for every method.
+    /// uniform and accuracy; only with `questions = "answered"`). Off by default: every metric
+    /// then trains on the same questions as EAST, which drops them (entropy 0), as the authors'
+    /// code does for every method.
     pub keep_all_correct: bool,
 }
 
@@ -45,6 +52,7 @@ impl Default for WeightConfig {
             mapping: Mapping::Power,
             a: 1.0,
             range: 1.0,
+            questions: QuestionSet::Authors,
             pairs: PairStrategy::Authors,
             seed: 42,
             require_boxed: true,
@@ -63,6 +71,14 @@ impl WeightConfig {
         }
         if self.range <= 0.0 {
             return Err(("range", format!("must be > 0, got {}", self.range)));
+        }
+        if self.keep_all_correct && self.questions == QuestionSet::Authors {
+            return Err((
+                "keep_all_correct",
+                "needs weight.questions = \"answered\": the authors' question set drops the \
+                 questions whose completions are all correct (they have no wrong answer to pair)"
+                    .into(),
+            ));
         }
         Ok(())
     }

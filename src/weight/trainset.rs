@@ -7,40 +7,16 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::mapping::{map_weights, Metric};
-use super::pairs::{pick_pair, DropReason, Pick};
+use super::mapping::{map_weights, MappingError, Metric};
+use super::pairs::{DropReason, Question};
+use super::questions::{admit, Admitted};
 use super::WeightOptions;
-use crate::io::{parse_line, read_jsonl, write_json_atomic, AtomicFile, InputError, JsonlBatches};
+use crate::io::{
+    parse_line, read_jsonl, write_json_atomic, AtomicFile, InputError, JsonlBatches, RawLine,
+};
 use crate::model::{east_messages, Message};
 use crate::progress;
 use crate::schema::{ClusterRecord, Loss, SampleRecord, TrainRow};
-
-/// Decides, for one question, whether it trains and with which metric value. All-wrong
-/// questions never train; all-correct ones only with `keep_all_correct` (and then only for a
-/// metric that can weigh them and a loss that needs no wrong completion), so that by default
-/// every metric trains on exactly the questions EAST trains on.
-fn admit(
-    record: &ClusterRecord,
-    metric: Metric,
-    loss: Loss,
-    keep_all_correct: bool,
-) -> Result<f64, DropReason> {
-    if !record.correct.iter().any(|&c| c) {
-        return Err(DropReason::AllWrong);
-    }
-    let all_correct = record.correct.iter().all(|&c| c);
-    if all_correct && !keep_all_correct {
-        return Err(DropReason::AllCorrect);
-    }
-    let value = metric.value(record);
-    if metric.drops_zero() && value == 0.0 {
-        return Err(DropReason::ZeroMetric);
-    }
-    if loss.needs_rejected() && all_correct {
-        return Err(DropReason::NoRejected);
-    }
-    Ok(value)
-}
 
 /// Min, mean and max of a list.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
@@ -79,200 +55,93 @@ pub struct WeightSummary {
     pub weight_stats: Option<Stats>,
 }
 
-/// One kept question: its weight and picks, waiting for its completions' text.
-struct Kept {
-    weight: f64,
-    record: ClusterRecord,
-}
-
 impl WeightSummary {
     /// "24 all_wrong, 8 no_boxed_correct", or "none".
     pub fn dropped_text(&self) -> String {
-        if self.dropped.is_empty() {
-            return "none".into();
-        }
-        self.dropped
-            .iter()
-            .map(|(reason, n)| format!("{n} {}", reason.name()))
-            .collect::<Vec<_>>()
-            .join(", ")
+        dropped_text(&self.dropped)
     }
 }
 
+fn dropped_text(dropped: &BTreeMap<DropReason, usize>) -> String {
+    if dropped.is_empty() {
+        return "none".into();
+    }
+    dropped
+        .iter()
+        .map(|(reason, n)| format!("{n} {}", reason.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `east weight` wrote nothing (besides bad input, an [`InputError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{}: no training examples: none of its {questions} questions can train (dropped: {dropped}); {hint}", .clusters.display())]
+    NothingKept {
+        clusters: PathBuf,
+        questions: usize,
+        dropped: String,
+        hint: &'static str,
+    },
+    #[error("{}: cannot weight {kept} questions: {source}", .clusters.display())]
+    Mapping {
+        clusters: PathBuf,
+        kept: usize,
+        source: MappingError,
+    },
+}
+
+/// One kept question: what its rows need.
+struct Kept {
+    id: String,
+    question: String,
+    /// The chosen completion, then the rejected one (DPO/KTO).
+    texts: Vec<String>,
+    value: f64,
+    entropy: f64,
+    accuracy: f64,
+    rejection: f64,
+}
+
+/// The questions a samples file yields: kept ones in file order, and drop counts.
+#[derive(Default)]
+struct Admissions {
+    kept: Vec<Kept>,
+    dropped: BTreeMap<DropReason, usize>,
+}
+
 /// Reads clusters and samples, writes train.jsonl and `<out stem>.summary.json` atomically.
+/// Writing no example is an error ([`WeightError::NothingKept`]), as a training set without
+/// examples cannot train.
 pub fn weight_files(
     clusters: &Path,
     samples: &Path,
     out: &Path,
     options: &WeightOptions,
 ) -> anyhow::Result<WeightSummary> {
-    // Pass 1: every question's cluster summary (small: no completion text) decides who trains,
-    // since the normalisation of the weights needs all kept questions at once.
-    let records: Vec<(usize, ClusterRecord)> = read_jsonl(clusters)?;
-    let mut seen = HashSet::new();
-    for (line, r) in &records {
-        r.validate(clusters, *line)?;
-        if !seen.insert(r.id.clone()) {
-            return Err(InputError::field(
-                clusters,
-                *line,
-                "id",
-                format!("duplicate id `{}`", r.id),
-            )
-            .into());
+    let records = read_clusters(clusters)?;
+    let questions = records.order.len();
+    let admissions = admit_samples(clusters, samples, records, options)?;
+    if admissions.kept.is_empty() {
+        return Err(WeightError::NothingKept {
+            clusters: clusters.to_path_buf(),
+            questions,
+            dropped: dropped_text(&admissions.dropped),
+            hint: hint(&admissions.dropped),
         }
-    }
-    let questions = records.len();
-    let mut dropped: BTreeMap<DropReason, usize> = BTreeMap::new();
-    let mut candidates: Vec<(f64, ClusterRecord)> = Vec::new();
-    for (_, r) in records {
-        match admit(
-            &r,
-            options.weight.metric,
-            options.loss,
-            options.weight.keep_all_correct,
-        ) {
-            Ok(v) => candidates.push((v, r)),
-            Err(reason) => *dropped.entry(reason).or_default() += 1,
-        }
-    }
-
-    // Pass 2 over the (large) samples: pick completions, which needs their text. Questions whose
-    // picks fail are dropped before weights are computed, so the kept weights average exactly 1.
-    let mut by_id: HashMap<String, (f64, ClusterRecord)> = candidates
-        .into_iter()
-        .map(|(v, r)| (r.id.clone(), (v, r)))
-        .collect();
-    let mut picks: HashMap<String, (f64, Pick)> = HashMap::new();
-    let mut order: Vec<String> = Vec::new();
-    let mut prompts: HashMap<String, (String, Vec<String>)> = HashMap::new();
-    let mut sample_ids = HashSet::new();
-    let total_bytes = std::fs::metadata(samples)
-        .map_err(|e| InputError::io(samples, e))?
-        .len();
-    let bar = progress::bytes_bar(total_bytes, "weight");
-    let mut batches = JsonlBatches::open(samples, 256)?;
-    while let Some(batch) = batches.next_batch()? {
-        let parsed: Vec<Result<(SampleRecord, bool), InputError>> = batch
-            .par_iter()
-            .map(|line| {
-                let r: SampleRecord = parse_line(samples, line)?;
-                r.validate(samples, line.number)?;
-                let same = by_id
-                    .get(&r.id)
-                    .is_none_or(|(_, record)| graded_from(record, &r));
-                Ok((r, same))
-            })
-            .collect();
-        for (line, result) in batch.iter().zip(parsed) {
-            bar.inc(line.text.len() as u64 + 1);
-            let (sample, same) = result?;
-            if !sample_ids.insert(sample.id.clone()) {
-                return Err(InputError::field(
-                    samples,
-                    line.number,
-                    "id",
-                    format!("duplicate id `{}`", sample.id),
-                )
-                .into());
-            }
-            let Some((value, record)) = by_id.get(&sample.id) else {
-                continue;
-            };
-            if sample.completions.len() != record.n() {
-                return Err(InputError::field(
-                    samples,
-                    line.number,
-                    "completions",
-                    format!(
-                        "question `{}` has {} completions but {} in {}",
-                        sample.id,
-                        sample.completions.len(),
-                        record.n(),
-                        clusters.display()
-                    ),
-                )
-                .into());
-            }
-            if !same {
-                return Err(InputError::field(
-                    samples,
-                    line.number,
-                    "completions",
-                    format!(
-                        "question `{}` is not the one {} was graded from: {} and {} come from different sampling runs (rerun east cluster on {})",
-                        sample.id,
-                        clusters.display(),
-                        clusters.display(),
-                        samples.display(),
-                        samples.display()
-                    ),
-                )
-                .into());
-            }
-            match pick_pair(
-                record,
-                &sample.completions,
-                options.loss,
-                options.weight.pairs,
-                options.weight.seed,
-                options.weight.require_boxed,
-            ) {
-                Ok(pick) => {
-                    let texts = std::iter::once(pick.chosen)
-                        .chain(pick.rejected)
-                        .map(|i| sample.completions[i].clone())
-                        .collect();
-                    prompts.insert(sample.id.clone(), (sample.question, texts));
-                    picks.insert(sample.id.clone(), (*value, pick));
-                    order.push(sample.id);
-                }
-                Err(reason) => *dropped.entry(reason).or_default() += 1,
-            }
-        }
-    }
-    bar.finish_and_clear();
-    if let Some(missing) = by_id.keys().find(|id| !sample_ids.contains(*id)) {
-        return Err(InputError::file(
-            samples,
-            format!("question `{missing}` of {} is missing", clusters.display()),
-        )
         .into());
     }
-
-    let values: Vec<f64> = order.iter().map(|id| picks[id].0).collect();
-    let weights = if order.is_empty() {
-        Vec::new()
-    } else if options.weight.metric == Metric::Uniform {
-        vec![1.0; order.len()]
-    } else {
-        map_weights(
-            &values,
-            options.weight.mapping,
-            options.weight.a,
-            options.weight.range,
-        )
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot weight {} questions: {e}",
-                clusters.display(),
-                values.len()
-            )
-        })?
-    };
+    let values: Vec<f64> = admissions.kept.iter().map(|k| k.value).collect();
+    let weights = weights_of(&values, options).map_err(|source| WeightError::Mapping {
+        clusters: clusters.to_path_buf(),
+        kept: values.len(),
+        source,
+    })?;
 
     let mut writer = AtomicFile::create(out)?;
     let mut examples = 0;
-    for (id, weight) in order.iter().zip(&weights) {
-        let (_, record) = by_id
-            .remove(id)
-            .expect("picked questions come from candidates");
-        let kept = Kept {
-            weight: *weight,
-            record,
-        };
-        let (question, texts) = &prompts[id];
-        for row in rows(&kept, question, texts, options.loss) {
+    for (kept, weight) in admissions.kept.iter().zip(&weights) {
+        for row in rows(kept, *weight, options.loss) {
             writer.write_json_line(&row)?;
             examples += 1;
         }
@@ -283,8 +152,8 @@ pub fn weight_files(
         out: out.to_path_buf(),
         options: options.clone(),
         questions,
-        kept: order.len(),
-        dropped,
+        kept: admissions.kept.len(),
+        dropped: admissions.dropped,
         examples,
         metric_stats: Stats::of(&values),
         weight_stats: Stats::of(&weights),
@@ -293,6 +162,182 @@ pub fn weight_files(
     write_json_atomic(&summary_path(out), &summary)?;
     writer.commit()?;
     Ok(summary)
+}
+
+/// What to change when nothing trains, from the reasons questions were dropped.
+fn hint(dropped: &BTreeMap<DropReason, usize>) -> &'static str {
+    let has = |r| dropped.contains_key(&r);
+    if has(DropReason::NoBoxedCorrect) || has(DropReason::NoBoxedWrong) {
+        "for a model that does not write \\boxed{} set weight.require_boxed = false; \
+         weight.questions = \"answered\" also keeps questions without a boxed wrong answer (SFT)"
+    } else {
+        "sample more completions or questions (sample.n, data.limit) or start from a stronger model"
+    }
+}
+
+/// A clusters file: every question's record by id (small: no completion text), and the ids in
+/// file order.
+struct Clusters {
+    by_id: HashMap<String, ClusterRecord>,
+    order: Vec<String>,
+}
+
+/// Reads and checks a clusters file.
+fn read_clusters(clusters: &Path) -> Result<Clusters, InputError> {
+    let mut c = Clusters {
+        by_id: HashMap::new(),
+        order: Vec::new(),
+    };
+    for (line, r) in read_jsonl::<ClusterRecord>(clusters)? {
+        r.validate(clusters, line)?;
+        let id = r.id.clone();
+        if c.by_id.insert(id.clone(), r).is_some() {
+            return Err(InputError::field(
+                clusters,
+                line,
+                "id",
+                format!("duplicate id `{id}`"),
+            ));
+        }
+        c.order.push(id);
+    }
+    Ok(c)
+}
+
+/// The mapping's weights, or 1 for every question with the uniform metric.
+fn weights_of(values: &[f64], options: &WeightOptions) -> Result<Vec<f64>, MappingError> {
+    let w = &options.weight;
+    if w.metric == Metric::Uniform {
+        return Ok(vec![1.0; values.len()]);
+    }
+    map_weights(values, w.mapping, w.a, w.range)
+}
+
+/// One pass over the (large) samples file: each line is checked against its clusters record
+/// and admitted or dropped; only the kept questions' picked texts stay in memory.
+fn admit_samples(
+    clusters: &Path,
+    samples: &Path,
+    records: Clusters,
+    options: &WeightOptions,
+) -> anyhow::Result<Admissions> {
+    let mut out = Admissions::default();
+    let mut sample_ids = HashSet::new();
+    let total_bytes = std::fs::metadata(samples)
+        .map_err(|e| InputError::io(samples, e))?
+        .len();
+    let bar = progress::bytes_bar(total_bytes, "weight");
+    let mut batches = JsonlBatches::open(samples, 256)?;
+    while let Some(batch) = batches.next_batch()? {
+        let admitted: Vec<_> = batch
+            .par_iter()
+            .map(|line| admit_line(clusters, samples, line, &records.by_id, options))
+            .collect();
+        for (line, result) in batch.iter().zip(admitted) {
+            bar.inc(line.text.len() as u64 + 1);
+            let (id, admission) = result?;
+            if !sample_ids.insert(id.clone()) {
+                return Err(InputError::field(
+                    samples,
+                    line.number,
+                    "id",
+                    format!("duplicate id `{id}`"),
+                )
+                .into());
+            }
+            match admission {
+                Some(Ok(kept)) => out.kept.push(kept),
+                Some(Err(reason)) => *out.dropped.entry(reason).or_default() += 1,
+                None => {}
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let missing: Vec<&String> = records
+        .order
+        .iter()
+        .filter(|id| !sample_ids.contains(*id))
+        .collect();
+    if !missing.is_empty() {
+        let named: Vec<String> = missing.iter().take(5).map(|id| format!("`{id}`")).collect();
+        return Err(InputError::file(
+            samples,
+            format!(
+                "{} question(s) of {} are missing: {}{}",
+                missing.len(),
+                clusters.display(),
+                named.join(", "),
+                if missing.len() > 5 { ", …" } else { "" }
+            ),
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+/// One samples line: its id and, when the clusters file has the question, whether it trains.
+fn admit_line(
+    clusters: &Path,
+    samples: &Path,
+    line: &RawLine,
+    records: &HashMap<String, ClusterRecord>,
+    options: &WeightOptions,
+) -> Result<(String, Option<Result<Kept, DropReason>>), InputError> {
+    let sample: SampleRecord = parse_line(samples, line)?;
+    sample.validate(samples, line.number)?;
+    let Some(record) = records.get(&sample.id) else {
+        return Ok((sample.id, None));
+    };
+    if sample.completions.len() != record.n() {
+        return Err(InputError::field(
+            samples,
+            line.number,
+            "completions",
+            format!(
+                "question `{}` has {} completions but {} in {}",
+                sample.id,
+                sample.completions.len(),
+                record.n(),
+                clusters.display()
+            ),
+        ));
+    }
+    if !graded_from(record, &sample) {
+        return Err(InputError::field(
+            samples,
+            line.number,
+            "completions",
+            format!(
+                "question `{}` is not the one {c} was graded from: {c} and {s} come from different sampling runs (rerun east cluster on {s})",
+                sample.id,
+                c = clusters.display(),
+                s = samples.display(),
+            ),
+        ));
+    }
+    let question = Question {
+        record,
+        completions: &sample.completions,
+        require_boxed: options.weight.require_boxed,
+    };
+    let admission = admit(&question, options).map(|a| keep(record, &sample, a));
+    Ok((sample.id, Some(admission)))
+}
+
+/// What a kept question's rows need, with its picked completions' text.
+fn keep(record: &ClusterRecord, sample: &SampleRecord, a: Admitted) -> Kept {
+    Kept {
+        id: record.id.clone(),
+        question: sample.question.clone(),
+        texts: std::iter::once(a.pick.chosen)
+            .chain(a.pick.rejected)
+            .map(|i| sample.completions[i].clone())
+            .collect(),
+        value: a.value,
+        entropy: record.entropy,
+        accuracy: record.accuracy,
+        rejection: a.rejection,
+    }
 }
 
 /// Whether `sample` is the samples line `record` was graded from: its fingerprint where the
@@ -319,20 +364,21 @@ pub fn summary_path(out: &Path) -> PathBuf {
     out.with_file_name(format!("{stem}.summary.json"))
 }
 
-fn rows(kept: &Kept, question: &str, texts: &[String], loss: Loss) -> Vec<TrainRow> {
+fn rows(kept: &Kept, weight: f64, loss: Loss) -> Vec<TrainRow> {
     let assistant = |t: &String| Some(vec![Message::new("assistant", t)]);
     let base = TrainRow {
-        id: kept.record.id.clone(),
-        prompt: east_messages(question),
+        id: kept.id.clone(),
+        prompt: east_messages(&kept.question),
         completion: None,
         chosen: None,
         rejected: None,
         label: None,
-        weight: kept.weight,
-        entropy: kept.record.entropy,
-        accuracy: kept.record.accuracy,
-        dominant_wrong: kept.record.dominant_wrong,
+        weight,
+        entropy: kept.entropy,
+        accuracy: kept.accuracy,
+        dominant_wrong: kept.rejection,
     };
+    let texts = &kept.texts;
     match loss {
         Loss::Sft => vec![TrainRow {
             completion: assistant(&texts[0]),
@@ -355,52 +401,5 @@ fn rows(kept: &Kept, question: &str, texts: &[String], loss: Loss) -> Vec<TrainR
                 ..base
             },
         ],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::weight::pairs::tests::record;
-
-    #[test]
-    fn admission_rules() {
-        let mut r = record(&[false, false], &[0, 0], &[(2, false)]);
-        for keep in [false, true] {
-            assert_eq!(
-                admit(&r, Metric::Uniform, Loss::Sft, keep),
-                Err(DropReason::AllWrong)
-            );
-        }
-        r = record(&[true, true], &[0, 0], &[(2, true)]);
-        r.entropy = 0.0;
-        r.accuracy = 1.0;
-        r.dominant_wrong = 0.0;
-        // All correct: dropped for every metric and loss by default.
-        for metric in [
-            Metric::Entropy,
-            Metric::Rejection,
-            Metric::Accuracy,
-            Metric::Uniform,
-        ] {
-            for loss in [Loss::Sft, Loss::Dpo, Loss::Kto] {
-                assert_eq!(admit(&r, metric, loss, false), Err(DropReason::AllCorrect));
-            }
-        }
-        // keep_all_correct: only where the metric can weigh them and no wrong one is needed.
-        assert_eq!(
-            admit(&r, Metric::Entropy, Loss::Sft, true),
-            Err(DropReason::ZeroMetric)
-        );
-        assert_eq!(
-            admit(&r, Metric::Rejection, Loss::Sft, true),
-            Err(DropReason::ZeroMetric)
-        );
-        assert_eq!(admit(&r, Metric::Accuracy, Loss::Sft, true), Ok(0.0));
-        assert_eq!(admit(&r, Metric::Uniform, Loss::Sft, true), Ok(1.0));
-        assert_eq!(
-            admit(&r, Metric::Uniform, Loss::Dpo, true),
-            Err(DropReason::NoRejected)
-        );
     }
 }

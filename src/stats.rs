@@ -1,11 +1,12 @@
 //! The statistics of the report: Wilson's interval of an accuracy, the paired bootstrap and the
 //! exact McNemar test of a difference between two evaluations on the same questions, and pass@k
 //! and maj@k from a question's samples. Pure functions of counts and outcomes; checked against
-//! statsmodels and scipy (`scripts/reference/report_stats_reference.py`).
+//! statsmodels and scipy (`scripts/reference/report_stats_reference.py`). A leaf: `east report`
+//! and `east run`'s summary.json both use it, and it imports nothing of east.
 
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The 0.975 quantile of the standard normal distribution (scipy's `norm.ppf(0.975)`).
 pub const Z_975: f64 = 1.959963984540054;
@@ -18,7 +19,7 @@ pub const BOOTSTRAP_RESAMPLES: usize = 10_000;
 pub const BOOTSTRAP_SEED: u64 = 42;
 
 /// A 95% interval `[low, high]`, as fractions (accuracy 0.5 is 0.5, not 50).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub low: f64,
     pub high: f64,
@@ -47,6 +48,39 @@ pub fn wilson(correct: usize, n: usize) -> Interval {
     Interval {
         low: low.max(0.0),
         high: high.min(1.0),
+    }
+}
+
+/// An accuracy with its number of questions and Wilson's 95% interval, as `summary.json` has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Accuracy {
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    pub ci95: Interval,
+}
+
+impl Accuracy {
+    /// `correct` of `n` (n ≥ 1).
+    pub fn of(correct: usize, n: usize) -> Accuracy {
+        Accuracy {
+            n,
+            correct,
+            accuracy: correct as f64 / n as f64,
+            ci95: wilson(correct, n),
+        }
+    }
+
+    /// "52.0 [45.1, 58.8] (104/200)": points, the interval in points, the counts.
+    pub fn cell(&self) -> String {
+        format!(
+            "{:.1} [{:.1}, {:.1}] ({}/{})",
+            100.0 * self.accuracy,
+            100.0 * self.ci95.low,
+            100.0 * self.ci95.high,
+            self.correct,
+            self.n
+        )
     }
 }
 
