@@ -88,10 +88,18 @@ impl Default for RunConfig {
 impl RunConfig {
     /// Range checks that types alone cannot express: `(key, message)` of the first bad key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+        // `..` and `.` would put the run in run.dir's parent or in run.dir itself, `_samples`
+        // in the samples cache beside the runs.
+        if self.name.is_empty()
+            || self.name.contains(['/', '\\'])
+            || matches!(self.name.as_str(), "." | ".." | SAMPLES_CACHE)
+        {
             return Err((
                 "name",
-                format!("must be a non-empty folder name, got `{}`", self.name),
+                format!(
+                    "must be a folder name (not `.`, `..` or `{SAMPLES_CACHE}`), got `{}`",
+                    self.name
+                ),
             ));
         }
         if self.rounds == 0 {
@@ -100,6 +108,9 @@ impl RunConfig {
         Ok(())
     }
 }
+
+/// The folder under `run.dir` that holds the samples cache shared by the runs.
+pub const SAMPLES_CACHE: &str = "_samples";
 
 /// The configs of `configs/`, compiled into the binary: (name, TOML text).
 pub const BUNDLED: &[(&str, &str)] = &[
@@ -235,6 +246,15 @@ impl Config {
             loss: self.train.loss,
             weight: self.weight.clone(),
         }
+    }
+
+    /// Whether `key` (`section.key`) is a key of the schema that is not set (an optional key
+    /// at its default, none), as opposed to no key at all.
+    pub fn is_unset(&self, key: &str) -> bool {
+        let value = serde_json::to_value(self).expect("config serialises");
+        key.split('.')
+            .try_fold(&value, |v, part| v.get(part))
+            .is_some_and(serde_json::Value::is_null)
     }
 
     /// The configuration as TOML (what `east run` stores in the run directory).

@@ -536,11 +536,12 @@ impl FileLock {
         Self::acquire(&output_lock_path(out), &out.display().to_string())
     }
 
-    /// Takes the lock of the output folder `dir` (`dir/.lock`, as `east run` locks a run
-    /// directory), creating the folder.
+    /// Takes the lock of the output folder `dir`: `.<name>.lock` beside it
+    /// ([`output_lock_path`]), creating the parent folder only. Beside, not inside: `east run`
+    /// removes a stale output folder whole while holding its lock, and a lock file removed with
+    /// it would let a second writer take a new one.
     pub fn output_dir(dir: &Path) -> anyhow::Result<FileLock> {
-        fs::create_dir_all(dir).map_err(|e| InputError::io(dir, e))?;
-        Self::acquire(&dir.join(".lock"), &dir.display().to_string())
+        Self::output_file(dir)
     }
 
     /// Takes the lock at `path` or fails at once, saying who holds it.

@@ -661,7 +661,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
     let mut served = None;
     let engine = open_engine(&config, backend, config.sample.n, &mut served)?;
     let settings =
-        east::sample::SampleSettings::new(config.model.path.clone(), &config.data, &config.sample);
+        east::sample::SampleSettings::new(config.model.label(), &config.data, &config.sample);
     let r = east::sample::sample_questions(
         engine.as_ref(),
         &questions,
@@ -916,8 +916,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
         )?;
         let mut served = None;
         let engine = open_engine(&config, backend, 1, &mut served)?;
-        let settings =
-            east::eval::EvalSettings::new(&config.eval, config.model.path.clone(), &dataset);
+        let settings = east::eval::EvalSettings::new(&config.eval, config.model.label(), &dataset);
         east::eval::evaluate(engine.as_ref(), &questions, &settings, &args.out)
     })?;
     println!(
@@ -951,6 +950,8 @@ fn show_config(args: ConfigCmdArgs) -> anyhow::Result<()> {
             match found {
                 Some(toml::Value::String(s)) => println!("{s}"),
                 Some(other) => println!("{other}"),
+                // TOML has no "none": an unset optional key prints nothing
+                None if config.is_unset(key) => eprintln!("{key} is not set (none)"),
                 None => anyhow::bail!("no config key `{key}`"),
             }
         }

@@ -247,3 +247,66 @@ fn authors_style() {
         "{e}"
     );
 }
+
+/// A template is code from the model's author: one that loops 10^10 times (two nested
+/// `range(100000)`, which ran until killed) stops at the fuel limit, one that doubles a string
+/// 40 times (which aborted the process on a 1 GiB allocation) stops at the memory limit. Both
+/// are errors naming the model's template, within seconds; the second template is refused from
+/// then on, and `east sample` with it exits with the error instead of aborting.
+#[test]
+fn runaway_templates_stop_at_their_budget() {
+    let (_d, dir) = tiny_dir();
+    let cases = [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "template instructions",
+        ),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+            "more than 256 MiB",
+        ),
+    ];
+    for (template, why) in cases {
+        // one rendering, timed (`-- --nocapture` prints it)
+        let chat = Chat::from_template(template, BTreeMap::new(), ChatSettings::default()).unwrap();
+        let started = std::time::Instant::now();
+        let e = chat.east_prompt("q").unwrap_err().to_string();
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("{secs:.2} s to stop {template}");
+        assert!(secs < 10.0 && e.contains(why), "{secs} s: {e}");
+        // loaded with a model, the error names the model
+        set_template(&dir, Some(template));
+        let e = load_dir(&dir).east_prompt_ids("q").unwrap_err().to_string();
+        assert!(
+            e.contains(why) && e.contains(dir.to_str().unwrap()) && e.contains("chat template"),
+            "{e}"
+        );
+    }
+    let e = load_dir(&dir).east_prompt_ids("q").unwrap_err().to_string();
+    assert!(e.contains("refused from now on"), "{e}");
+
+    let out = dir.parent().unwrap().join("s.jsonl");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_east"))
+        .args([
+            "sample",
+            "--model",
+            dir.to_str().unwrap(),
+            "--dataset",
+            "gsm8k",
+            "--limit",
+            "1",
+        ])
+        .args([
+            "--n",
+            "1",
+            "--max-new-tokens",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("more than 256 MiB"), "{stderr}");
+}

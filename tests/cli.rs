@@ -215,3 +215,46 @@ fn bundled_configs_load_by_name_from_anywhere() {
         stderr(&o)
     );
 }
+
+/// `config --get` of a key that exists but is unset (an optional key at its default) prints
+/// nothing and says so; only a key that does not exist is an error. `run.name` may not leave
+/// `run.dir` (`..`, `.`) or be the samples cache.
+#[test]
+fn config_get_of_unset_keys_and_run_names_that_leave_run_dir() {
+    let get = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_east"))
+            .args(["config"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = get(&["--get", "data.limit"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "");
+    assert!(
+        stderr(&o).contains("data.limit is not set"),
+        "{}",
+        stderr(&o)
+    );
+    let o = get(&["--set", "data.limit=5", "--get", "data.limit"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "5");
+    let o = get(&["--get", "data.limits"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no config key `data.limits`"),
+        "{}",
+        stderr(&o)
+    );
+    for name in ["..", ".", "_samples"] {
+        let o = get(&[
+            "--set",
+            &format!("run.name=\"{name}\""),
+            "--get",
+            "run.name",
+        ]);
+        assert!(
+            !o.status.success() && stderr(&o).contains("run.name"),
+            "{name}: {}",
+            stderr(&o)
+        );
+    }
+}

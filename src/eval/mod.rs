@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Question;
 use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
-use crate::generate::{self, Completion, Generator, Work};
+use crate::generate::{self, Completion, Generator, PromptKey, Work};
 use crate::grade::{extract_answer, Answer, GradeOptions, Grading};
 use crate::io::{read_jsonl, write_json_atomic, AppendLog, InputError};
 use crate::schema::Finish;
@@ -95,6 +95,10 @@ pub struct EvalSettings {
     /// The served model's name (`openai` backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,
+    /// How the prompts were rendered and sent (set from the engine; absent in evaluations of
+    /// older versions, which are then not resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptKey>,
     /// How the predictions are graded (absent when exact, so older evaluations still match).
     #[serde(default, skip_serializing_if = "Grading::is_exact")]
     pub grading: Grading,
@@ -112,6 +116,7 @@ impl EvalSettings {
             batch_size: e.batch_size,
             backend: e.backend,
             served_model: None,
+            prompt: None,
             grading: e.grade,
         }
     }
@@ -126,6 +131,7 @@ impl EvalSettings {
             );
         }
         self.served_model = engine.served().map(|s| s.client.model.clone());
+        self.prompt = Some(engine.prompt_key());
         Ok(self)
     }
 }
@@ -304,6 +310,14 @@ fn prepare_dir(dir: &Path, settings: &EvalSettings) -> anyhow::Result<()> {
         let old: Option<EvalSettings> = std::fs::read_to_string(&settings_file)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(old) = old.as_ref().filter(|o| o.prompt != settings.prompt) {
+            anyhow::bail!(
+                "{} holds predictions of prompts rendered or sent otherwise ({}, now {}: model.prompt_style, model.date, server.api); remove the folder or choose another --out",
+                dir.display(),
+                serde_json::to_string(&old.prompt).unwrap_or_default(),
+                serde_json::to_string(&settings.prompt).unwrap_or_default(),
+            );
+        }
         if old.as_ref() != Some(settings) {
             anyhow::bail!(
                 "{} holds predictions made with other settings (see {}); remove the folder or choose another --out",

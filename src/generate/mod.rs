@@ -13,11 +13,14 @@ mod server;
 
 use std::collections::HashSet;
 
+use serde::{Deserialize, Serialize};
+
 use crate::data::Question;
 use crate::decode::{fit_context, DecodeSettings};
-use crate::model::{ModelConfig, ModelText};
+use crate::model::chat::PinnedDate;
+use crate::model::{ChatSettings, ModelConfig, ModelText, PromptStyle};
 use crate::schema::Finish;
-use crate::serve::{Backend, Served};
+use crate::serve::{Api, Backend, Served, ServerConfig};
 
 pub use server::ServerGenerator;
 
@@ -41,6 +44,49 @@ pub trait Generator {
             Some(_) => Backend::Openai,
             None => Backend::Native,
         }
+    }
+
+    /// What decides this engine's prompts besides the model and the questions.
+    fn prompt_key(&self) -> PromptKey {
+        PromptKey::new(
+            self.text().chat.settings(),
+            self.served().map(|s| s.client.api()),
+        )
+    }
+}
+
+/// What decides the prompt a question is sent as, besides the model's files and the question:
+/// `model.prompt_style`, `model.date`, east's way of rendering
+/// ([`crate::model::chat::RENDERING`]) and, for a server, `server.api` (east's rendered text or
+/// the messages, rendered by the server's template). Part of the settings a samples file or an
+/// evaluation is resumed with, so that one file never holds prompts of two kinds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptKey {
+    pub style: PromptStyle,
+    pub date: PinnedDate,
+    pub rendering: String,
+    /// `server.api`; none for east's own decoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Api>,
+}
+
+impl PromptKey {
+    /// The key of prompts rendered with `chat` settings and sent through `api` (none: east's
+    /// own decoder).
+    pub fn new(chat: ChatSettings, api: Option<Api>) -> Self {
+        PromptKey {
+            style: chat.style,
+            date: chat.date,
+            rendering: crate::model::chat::RENDERING.to_string(),
+            api,
+        }
+    }
+
+    /// The key the engine of `backend` will have, from the configuration alone (what `east
+    /// run` keys a stage by before starting any server).
+    pub fn of_config(model: &ModelConfig, backend: Backend, server: &ServerConfig) -> Self {
+        let api = (backend == Backend::Openai).then_some(server.api);
+        Self::new(model.chat_settings(), api)
     }
 }
 

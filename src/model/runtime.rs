@@ -50,6 +50,15 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// A readable name of the model: `path`, or `path + adapter`. What sample and eval
+    /// settings name the model by (so that another adapter is another model).
+    pub fn label(&self) -> String {
+        match &self.adapter {
+            Some(a) => format!("{} + {a}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
     /// The prompt settings this section gives.
     pub fn chat_settings(&self) -> ChatSettings {
         ChatSettings {

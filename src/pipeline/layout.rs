@@ -21,7 +21,7 @@ impl RunLayout {
         let parent = PathBuf::from(&config.run.dir);
         RunLayout {
             root: parent.join(&config.run.name),
-            samples_cache: parent.join("_samples"),
+            samples_cache: parent.join(crate::config::SAMPLES_CACHE),
         }
     }
 
@@ -30,7 +30,7 @@ impl RunLayout {
         let parent = root.parent().map(Path::to_path_buf).unwrap_or_default();
         RunLayout {
             root: root.to_path_buf(),
-            samples_cache: parent.join("_samples"),
+            samples_cache: parent.join(crate::config::SAMPLES_CACHE),
         }
     }
 

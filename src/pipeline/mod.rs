@@ -89,14 +89,10 @@ impl ModelRef {
             // way of rendering must not reuse samples or evaluations made with other prompts.
             "prompt": [m.prompt_style, m.date, crate::model::chat::RENDERING],
         }));
-        let label = match &m.adapter {
-            Some(a) => format!("{} + {a}", m.path),
-            None => m.path.clone(),
-        };
         ModelRef {
             model: m.clone(),
             key,
-            label,
+            label: m.label(),
         }
     }
 }

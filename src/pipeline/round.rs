@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::board::RunBoard;
 use super::layout::{dataset_dir_name, RunLayout};
-use super::serving::ServerSlot;
+use super::serving::{self, ServerSlot};
 use super::stage::{key_of, remove_path, short_hex, Outcome, Stage, StageRecord};
 use super::{dataset_fingerprint, questions_fingerprint, ModelRef, RoundSummary};
 use crate::config::Config;
@@ -97,8 +97,9 @@ impl Round<'_> {
             &config.data,
             &config.sample,
         );
-        let inputs = serde_json::json!({"settings": settings, "model": current.key,
+        let mut inputs = serde_json::json!({"settings": settings, "model": current.key,
             "questions": questions_fingerprint(config)?});
+        serving::key_requests(&mut inputs, config, config.sample.backend);
         let cached = layout
             .samples_cache
             .join(format!("{}.jsonl", key_of(&inputs)));
@@ -178,6 +179,8 @@ impl Round<'_> {
         let data = self.layout.train_data(t);
         let mut train = config.train.clone();
         train.merge |= train.lora && t < config.run.rounds;
+        // the lock `east train --out` takes
+        let _lock = FileLock::output_dir(&checkpoint)?;
         let record = Stage {
             name: "train",
             round: t,
@@ -229,14 +232,18 @@ impl Round<'_> {
         let (config, layout, t) = (self.config, self.layout, self.t);
         let dir = layout.eval_dir(t, dataset);
         let settings = EvalSettings::new(&config.eval, model.label.clone(), dataset);
+        let mut inputs = serde_json::json!({"model": model.key, "eval": settings,
+            "fields": config.data.fields, "grader": crate::grade::VERSION,
+            "questions": dataset_fingerprint(dataset)});
+        serving::key_requests(&mut inputs, config, config.eval.backend);
+        // the lock `east eval --out` takes: no evaluation of its own into this folder meanwhile
+        let _lock = FileLock::output_dir(&dir)?;
         let record = Stage {
             name: &format!("eval {}", dataset_dir_name(dataset)),
             round: t,
             output: &dir,
             sidecars: vec![],
-            inputs: serde_json::json!({"model": model.key, "eval": settings,
-                "fields": config.data.fields, "grader": crate::grade::VERSION,
-                "questions": dataset_fingerprint(dataset)}),
+            inputs,
         }
         .run(self.log, || {
             let e = &config.eval;

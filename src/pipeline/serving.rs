@@ -30,6 +30,18 @@ struct Running {
     _launched: Option<Launched>,
 }
 
+/// Adds to a stage's `inputs` what of `[server]` decides the requests of a stage on `backend`:
+/// `server.api` (east's rendered prompt or the messages) and `server.model` (the `model` of
+/// every request). Nothing for the native decoder, so its keys stay as they were. How requests
+/// travel (URLs, concurrency, timeouts, retries, `n_per_request`, `max_response_mb`) is not
+/// part of it: changing it must not discard samples.
+pub(super) fn key_requests(inputs: &mut serde_json::Value, config: &Config, backend: Backend) {
+    if backend == Backend::Openai {
+        inputs["server"] =
+            serde_json::json!({"api": config.server.api, "model": config.server.model});
+    }
+}
+
 /// Refuses `east run` settings no server can satisfy, before any work.
 pub(super) fn check(config: &Config) -> anyhow::Result<()> {
     let sample = config.sample.backend == Backend::Openai;

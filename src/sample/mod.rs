@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataConfig, Question};
 use crate::decode::{DecodeSettings, SamplerPlacement, Sampling};
-use crate::generate::{self, Generator, Work};
+use crate::generate::{self, Generator, PromptKey, Work};
 use crate::io::{write_json_atomic, AppendLog, InputError};
 use crate::serve::{Backend, Served};
 pub use merge::merge_shards;
@@ -118,6 +118,10 @@ pub struct SampleSettings {
     /// The served model's name (`openai` backend): resuming from another one is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,
+    /// How the prompts were rendered and sent (set from the engine; absent in files of older
+    /// versions, which are then not resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptKey>,
 }
 
 impl SampleSettings {
@@ -130,6 +134,7 @@ impl SampleSettings {
             limit: data.limit,
             sample: sample.clone(),
             served_model: None,
+            prompt: None,
         }
     }
 
@@ -143,6 +148,7 @@ impl SampleSettings {
             );
         }
         self.served_model = engine.served().map(|s| s.client.model.clone());
+        self.prompt = Some(engine.prompt_key());
         Ok(self)
     }
 }
@@ -327,6 +333,14 @@ fn check_resume(out: &Path, meta: &SampleMeta) -> anyhow::Result<()> {
             was.served_model.as_deref().unwrap_or("none"),
             backend_name(now.sample.backend),
             now.served_model.as_deref().unwrap_or("none"),
+        );
+    }
+    if was.prompt != now.prompt {
+        anyhow::bail!(
+            "{} was sampled with prompts rendered or sent otherwise ({}, now {}: model.prompt_style, model.date, server.api); refusing to mix prompts: remove it or choose another --out",
+            out.display(),
+            serde_json::to_string(&was.prompt).unwrap_or_default(),
+            serde_json::to_string(&now.prompt).unwrap_or_default(),
         );
     }
     if was != now || old.shard != meta.shard {

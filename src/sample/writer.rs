@@ -127,9 +127,10 @@ impl Sink for SampleWriter<'_> {
     fn note(&mut self, note: Note) -> anyhow::Result<()> {
         match note {
             Note::PerRequest { n, reason } => {
-                self.bar.println(format!(
-                    "server: {n} completion(s) per request from now on ({reason})"
-                ));
+                // on stderr whether or not the bar is drawn (println shows only on a terminal)
+                self.bar.suspend(|| {
+                    eprintln!("server: {n} completion(s) per request from now on ({reason})")
+                });
                 self.metrics
                     .log(&serde_json::json!({"event": "n_per_request",
                     "n_per_request": n, "reason": reason}))?;

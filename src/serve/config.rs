@@ -65,6 +65,8 @@ pub struct ServerConfig {
     pub retries: usize,
     /// Completions asked for per request (default: all n, or 1 once a server refuses n > 1).
     pub n_per_request: Option<usize>,
+    /// Largest answer read, in MB (10^6 bytes): an answer of n long completions is large.
+    pub max_response_mb: u64,
     /// Command `east run` starts for each round's model: `{model}`, `{adapter}`, `{port}`, `{seed}`.
     pub launch: Option<String>,
     /// Seconds `east run` waits for a launched server's `/v1/models`.
@@ -84,12 +86,19 @@ impl Default for ServerConfig {
             timeout_s: 600.0,
             retries: 5,
             n_per_request: None,
+            max_response_mb: 256,
             launch: None,
             startup_timeout_s: 900.0,
             checkpoint_format: CheckpointFormat::Hf,
         }
     }
 }
+
+/// The longest `timeout_s` and `startup_timeout_s`: a day.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// The largest `max_response_mb` (it is held in memory whole).
+pub const MAX_RESPONSE_MB: u64 = 65_536;
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -115,13 +124,24 @@ impl ServerConfig {
         if self.concurrency == 0 {
             return Err(("concurrency", "must be at least 1".into()));
         }
-        if !(self.timeout_s.is_finite() && self.timeout_s > 0.0) {
-            return Err(("timeout_s", format!("must be > 0, got {}", self.timeout_s)));
+        for (key, value) in [
+            ("timeout_s", self.timeout_s),
+            ("startup_timeout_s", self.startup_timeout_s),
+        ] {
+            if !(value.is_finite() && value > 0.0 && value <= MAX_SECONDS) {
+                return Err((
+                    key,
+                    format!("must be > 0 and at most {MAX_SECONDS} (a day), got {value}"),
+                ));
+            }
         }
-        if !(self.startup_timeout_s.is_finite() && self.startup_timeout_s > 0.0) {
+        if !(1..=MAX_RESPONSE_MB).contains(&self.max_response_mb) {
             return Err((
-                "startup_timeout_s",
-                format!("must be > 0, got {}", self.startup_timeout_s),
+                "max_response_mb",
+                format!(
+                    "must be between 1 and {MAX_RESPONSE_MB}, got {}",
+                    self.max_response_mb
+                ),
             ));
         }
         if self.n_per_request == Some(0) {
@@ -156,5 +176,77 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_are_bounded() {
+        let ok = ServerConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        for (key, bad) in [
+            (
+                "timeout_s",
+                ServerConfig {
+                    timeout_s: 1e20,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "timeout_s",
+                ServerConfig {
+                    timeout_s: f64::INFINITY,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "timeout_s",
+                ServerConfig {
+                    timeout_s: 0.0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "startup_timeout_s",
+                ServerConfig {
+                    startup_timeout_s: 1e20,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "startup_timeout_s",
+                ServerConfig {
+                    startup_timeout_s: f64::NAN,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_response_mb",
+                ServerConfig {
+                    max_response_mb: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "max_response_mb",
+                ServerConfig {
+                    max_response_mb: u64::MAX,
+                    ..ok.clone()
+                },
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().0, key);
+        }
+        let day = ServerConfig {
+            timeout_s: MAX_SECONDS,
+            startup_timeout_s: MAX_SECONDS,
+            ..ok
+        };
+        assert_eq!(day.validate(), Ok(()));
+        // what the bound keeps away: a panic converting the seconds
+        assert!(std::time::Duration::try_from_secs_f64(1e20).is_err());
     }
 }

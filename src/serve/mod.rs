@@ -1,17 +1,20 @@
 //! Sampling and evaluation on an OpenAI-compatible serving engine (vLLM, SGLang, llama.cpp's
 //! server): the `[server]` section ([`ServerConfig`]), a blocking client with retries and
-//! least-outstanding-requests balancing over several URLs ([`Client`]), concurrent generation
-//! of many questions in order ([`generate`]), response parsing ([`response`]), and the server
-//! that `east run` starts for each round's model ([`launch`]).
+//! least-outstanding-requests balancing over several URLs, failing ones out of rotation
+//! ([`Client`], [`balance`]), concurrent generation of many questions in order
+//! ([`generate`]), response parsing ([`response`]), and the server that `east run` starts for
+//! each round's model ([`launch`]; its process group and watchdog: [`group`]).
 //!
 //! Prompts are rendered by east ([`ModelText::east_prompt_text`], the text the native sampler
 //! tokenizes; only the tokenizer, config and chat template are loaded, not the weights) and
 //! sent to `/v1/completions`, so a question's prompt is the same whichever backend samples it;
 //! `server.api = "chat"` sends the messages instead.
 
+pub mod balance;
 pub mod client;
 pub mod config;
 pub mod gguf_export;
+pub mod group;
 pub mod launch;
 pub mod pool;
 pub mod response;

@@ -54,6 +54,16 @@ pub fn generate(
     if jobs.is_empty() {
         return Ok(());
     }
+    // as the native decoder: a template that renders nothing is no prompt to sample from
+    if let Some(job) = jobs
+        .iter()
+        .find(|j| matches!(&j.prompt, Prompt::Text(t) if t.is_empty()))
+    {
+        anyhow::bail!(
+            "question `{}`: empty prompt (the model's chat template rendered nothing)",
+            job.id
+        );
+    }
     let (client, concurrency, per_request) =
         (&server.client, server.concurrency, &server.per_request);
     let next_job = AtomicUsize::new(0);

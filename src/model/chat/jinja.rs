@@ -3,8 +3,17 @@
 //! `tojson` that writes what Python's `json.dumps` writes, the Python string/dict methods
 //! (`.strip()`, `.startswith()`, `.items()`, … — minijinja-contrib's pycompat), and the
 //! tokenizer's special tokens (`bos_token`, `eos_token`, …) as variables.
+//!
+//! A template is code from the model's author, so it runs within a budget: [`FUEL`]
+//! instructions (minijinja's fuel: a loop that does not end stops there), [`MEMORY`] bytes
+//! and [`TIME`] ([`budget`]: a template that builds ever larger strings stops there). Going
+//! over it is an error naming the model's template; a template that went over its memory or
+//! time budget is refused from then on.
+
+mod budget;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
@@ -12,12 +21,25 @@ use minijinja::{Environment, Error, ErrorKind};
 use super::date::PinnedDate;
 use super::Message;
 
+/// Instructions one rendering may execute. The templates of tests/fixtures/chat_templates
+/// use at most 1,490 for a conversation of 22 messages (`real_templates_use_a_fraction_of_the_fuel`);
+/// two nested `range(100000)` loops stop here after about a quarter of a second.
+pub const FUEL: u64 = 5_000_000;
+
+/// Bytes one rendering may hold at once (its output, strings and lists it builds).
+pub const MEMORY: usize = 256 << 20;
+
+/// Wall-clock time one rendering may take (fuel bounds the instructions, not what one costs).
+pub const TIME: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// A compiled chat template with the values it is rendered with.
 pub struct ChatTemplate {
     source: String,
-    env: Environment<'static>,
+    env: Arc<Environment<'static>>,
     /// `bos_token`, `eos_token`, … (transformers passes `tokenizer.special_tokens_map`).
     special_tokens: BTreeMap<String, String>,
+    /// Set when a rendering went over the memory or time budget (its thread is abandoned).
+    refused: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -171,6 +193,7 @@ impl ChatTemplate {
         special_tokens: BTreeMap<String, String>,
         date: PinnedDate,
     ) -> Result<Self, String> {
+        warm_up();
         let mut env = Environment::new();
         env.set_syntax(
             minijinja::syntax::SyntaxConfig::builder()
@@ -186,12 +209,14 @@ impl ChatTemplate {
                 .map_err(|e| Error::new(ErrorKind::InvalidOperation, e))
         });
         env.add_filter("tojson", tojson);
+        env.set_fuel(Some(FUEL));
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| describe(&e))?;
         Ok(Self {
             source: source.to_string(),
-            env,
+            env: Arc::new(env),
             special_tokens,
+            refused: Mutex::new(None),
         })
     }
 
@@ -221,9 +246,54 @@ impl ChatTemplate {
         );
         ctx.insert("tools".into(), Value::from(()));
         ctx.insert("documents".into(), Value::from(()));
-        let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
-        template.render(ctx).map_err(|e| describe(&e))
+        if let Some(why) = self.refused.lock().expect("refused lock").as_ref() {
+            return Err(why.clone());
+        }
+        let env = Arc::clone(&self.env);
+        let limits = budget::Limits {
+            memory: MEMORY,
+            time: TIME,
+        };
+        let rendered = budget::run(limits, move || {
+            let template = env.get_template(NAME).map_err(|e| describe(&e))?;
+            template.render(ctx).map_err(|e| describe_run(&e))
+        });
+        match rendered {
+            Ok(out) => out,
+            Err(e @ (budget::Exceeded::Memory(_) | budget::Exceeded::Time(_))) => {
+                let why = format!(
+                    "rendering stopped: {e}, past east's limits for a chat template ({} MiB, {:.0} s); this template is refused from now on",
+                    MEMORY >> 20,
+                    TIME.as_secs_f64()
+                );
+                *self.refused.lock().expect("refused lock") = Some(why.clone());
+                Err(why)
+            }
+            Err(e) => Err(format!("rendering failed: {e}")),
+        }
     }
+}
+
+/// Initialises, outside any budget, the lazy statics of minijinja a rendering may touch first
+/// (its small-integer strings, its default formatter): a budgeted thread parked inside their
+/// initialisation would hold their lock for good ([`budget`]).
+fn warm_up() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let env = Environment::new();
+        let _ = env.render_str("{{ 1 }}{{ 1.5 }}{{ [1, 'a'] | length }}{{ 'a' ~ 1 }}", ());
+    });
+}
+
+/// A rendering error; running out of fuel says what the limit is.
+fn describe_run(e: &Error) -> String {
+    if e.kind() == ErrorKind::OutOfFuel {
+        return format!(
+            "rendering stopped after {FUEL} template instructions (east's limit for a chat template; a loop that does not end?): {}",
+            describe(e)
+        );
+    }
+    describe(e)
 }
 
 /// An error with its chain (minijinja puts the line in the outer error, the cause inside).
@@ -279,6 +349,67 @@ mod tests {
             t.render(&[], false).unwrap(),
             "{\n  \"a\": [\n    1,\n    {}\n  ],\n  \"b\": true\n}"
         );
+    }
+
+    /// The real templates of tests/fixtures/chat_templates stay far inside the fuel budget:
+    /// a conversation of 22 messages uses under 1% of [`FUEL`] (1,490 at most, Mistral-Nemo's).
+    #[test]
+    fn real_templates_use_a_fraction_of_the_fuel() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join("chat_templates_reference.json")).unwrap(),
+        )
+        .unwrap();
+        let mut conversation = vec![Message::system("Please reason step by step.")];
+        for k in 0..10 {
+            conversation.push(Message::user(format!("What is {k} + {k}?")));
+            conversation.push(Message::assistant(format!(
+                "{k} + {k} = \\boxed{{{}}}",
+                2 * k
+            )));
+        }
+        let mut checked = 0;
+        for entry in std::fs::read_dir(root.join("chat_templates")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "jinja") {
+                continue;
+            }
+            let name = path.file_stem().unwrap().to_str().unwrap();
+            let specials: BTreeMap<String, String> =
+                serde_json::from_value(reference["specials"][name].clone()).unwrap();
+            let t = ChatTemplate::new(
+                &std::fs::read_to_string(&path).unwrap(),
+                specials.clone(),
+                "2024-07-26".parse().unwrap(),
+            )
+            .unwrap();
+            let mut ctx: BTreeMap<String, Value> = specials
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect();
+            // Mistral-Nemo renders the system message only before the last user turn
+            let mut msgs = conversation.clone();
+            msgs.push(Message::user("And 11 + 11?"));
+            ctx.insert(
+                "messages".into(),
+                Value::from(minijinja::value::Serde(&msgs)),
+            );
+            ctx.insert("add_generation_prompt".into(), Value::from(true));
+            let captured = t
+                .env
+                .get_template(NAME)
+                .unwrap()
+                .render_captured(ctx)
+                .unwrap();
+            let (used, _) = captured.state().fuel_levels().unwrap();
+            assert!(used * 100 < FUEL, "{name}: {used} instructions");
+            assert!(
+                used > 100,
+                "{name}: {used} instructions: was the conversation rendered?"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 7, "{checked} templates");
     }
 
     #[test]
