@@ -146,6 +146,18 @@ impl Config {
     /// A path that is not a file but names a bundled config (`gsm8k_1b.toml` or `gsm8k_1b`, see
     /// [`BUNDLED`]) loads that one, so `east run --config gsm8k_1b.toml` works from any folder.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let (config, origin) = Self::load_unchecked(path, overrides)?;
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without the range checks, and the origin that names where the values
+    /// came from: for a command whose flags still change keys, which validates once at the end
+    /// (a flag may mend what the file alone gets wrong, such as one side of a cross-key rule).
+    pub fn load_unchecked(
+        path: Option<&Path>,
+        overrides: &[String],
+    ) -> Result<(Config, String), ConfigError> {
         let (text, origin) = match path {
             Some(p) if !p.exists() && bundled(p).is_some() => {
                 let (name, text) = bundled(p).expect("checked");
@@ -160,7 +172,7 @@ impl Config {
             ),
             None => (String::new(), "defaults".to_string()),
         };
-        Self::from_toml_str(&text, &origin, overrides)
+        Self::parse_toml_str(&text, &origin, overrides)
     }
 
     /// Parses TOML text (errors are attributed to `origin`), applies overrides, validates.
@@ -169,14 +181,26 @@ impl Config {
         origin: &str,
         overrides: &[String],
     ) -> Result<Config, ConfigError> {
+        let (config, origin) = Self::parse_toml_str(text, origin, overrides)?;
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// Parses TOML text and applies overrides without validating; returns the config and the
+    /// origin that names both (`FILE with --set k=v`). The overrides are validated with the file,
+    /// never before it, so `--set` can mend a value the file gets wrong.
+    fn parse_toml_str(
+        text: &str,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<(Config, String), ConfigError> {
         // Parse the file alone first so its errors carry the file's line and column.
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        config.validate(origin)?;
         if overrides.is_empty() {
-            return Ok(config);
+            return Ok((config, origin.to_string()));
         }
         let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
@@ -193,8 +217,7 @@ impl Config {
                     origin: origin.clone(),
                     message: e.to_string(),
                 })?;
-        config.validate(&origin)?;
-        Ok(config)
+        Ok((config, origin))
     }
 
     /// Range checks that types alone cannot express, section by section.

@@ -138,6 +138,14 @@ impl ConfigArgs {
     fn load(&self) -> anyhow::Result<Config> {
         Ok(Config::load(self.config.as_deref(), &self.set)?)
     }
+
+    /// The config before the stage's flags are applied, unvalidated, and the origin its errors
+    /// name once the flags are in: the stage validates the whole once, so a flag can mend what
+    /// the file alone gets wrong (one side of a cross-key rule).
+    fn load_for_flags(&self) -> anyhow::Result<(Config, String)> {
+        let (config, origin) = Config::load_unchecked(self.config.as_deref(), &self.set)?;
+        Ok((config, format!("{origin} and the command line")))
+    }
 }
 
 /// Which model to load; overrides `[model]`.
@@ -585,8 +593,9 @@ fn with_config_defaults(cli: clap::Command) -> clap::Command {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     override_from!(args => config.run; report_to);
+    config.validate(&origin)?;
     let layout = east::pipeline::RunLayout::new(&config);
     let summaries = east::pipeline::run(&config)?;
     println!(
@@ -639,7 +648,7 @@ fn report(args: ReportArgs) -> anyhow::Result<()> {
 }
 
 fn sample(args: SampleArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     args.model.apply(&mut config);
     override_from!(args => config.data; dataset, split);
     override_from!(args => config.sample; n, temperature, top_p, max_new_tokens, seed, batch_rows);
@@ -655,7 +664,7 @@ fn sample(args: SampleArgs) -> anyhow::Result<()> {
     if backend == Backend::Openai && args.batch_rows.is_some() {
         anyhow::bail!("--batch-rows sizes east's own decoder; with --backend openai the server batches (server.concurrency sets the requests in flight)");
     }
-    config.validate("command line")?;
+    config.validate(&origin)?;
     let _lock = FileLock::output_file(&args.out)?;
     let questions = config.data.questions()?;
     let mut served = None;
@@ -693,7 +702,7 @@ fn merge(args: MergeArgs) -> anyhow::Result<()> {
 }
 
 fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     if let Some(by) = args.by {
         config.cluster.by = by;
     }
@@ -701,7 +710,7 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
     if args.approximate.is_some() {
         config.cluster.approximate = args.approximate;
     }
-    config.validate("command line")?;
+    config.validate(&origin)?;
     let references: Option<HashMap<String, String>> = match &args.dataset {
         Some(spec) => {
             let split = args.split.as_deref().unwrap_or("train");
@@ -739,13 +748,13 @@ fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 fn weight(args: WeightArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     override_from!(args => config.weight; metric, mapping, a, range, questions, pairs, seed, require_boxed);
     config.weight.keep_all_correct |= args.keep_all_correct;
     if let Some(v) = args.loss {
         config.train.loss = v;
     }
-    config.validate("command line")?;
+    config.validate(&origin)?;
     let options = config.weight_options();
     let _lock = FileLock::output_file(&args.out)?;
     let s = east::weight::weight_files(&args.clusters, &args.samples, &args.out, &options)
@@ -764,7 +773,7 @@ fn weight(args: WeightArgs) -> anyhow::Result<()> {
 }
 
 fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     args.model.apply(&mut config);
     override_from!(args => config.train; loss, epochs, batch_size, micro_batch_size, lr, beta, desirable_weight, undesirable_weight,
         warmup_ratio, schedule, weight_decay, max_grad_norm, max_length, weighting, lora_rank, lora_alpha, lora_dropout,
@@ -790,7 +799,7 @@ fn train(args: TrainArgs) -> anyhow::Result<()> {
             anyhow::bail!("{flag} only applies to LoRA training: add --lora (or set train.lora = true in the config)");
         }
     }
-    config.validate("command line")?;
+    config.validate(&origin)?;
     if args.estimate_memory {
         return estimate_memory(&config);
     }
@@ -881,7 +890,7 @@ fn in_output_dir<T>(
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {
-    let mut config = args.config.load()?;
+    let (mut config, origin) = args.config.load_for_flags()?;
     args.model.apply(&mut config);
     override_from!(args => config.eval; split, max_new_tokens, batch_size);
     if let Some(v) = &args.dataset {
@@ -899,7 +908,7 @@ fn eval(args: EvalArgs) -> anyhow::Result<()> {
     if backend == Backend::Openai && args.batch_size.is_some() {
         anyhow::bail!("--batch-size sizes east's own decoder; with --backend openai the server batches (server.concurrency sets the requests in flight)");
     }
-    config.validate("command line")?;
+    config.validate(&origin)?;
     if config.eval.datasets.len() != 1 {
         anyhow::bail!(
             "east eval evaluates one dataset at a time: pass --dataset (config has {:?})",

@@ -258,3 +258,44 @@ fn config_get_of_unset_keys_and_run_names_that_leave_run_dir() {
         );
     }
 }
+
+/// The stage's flags and the file are validated as one config: a flag can mend one side of a
+/// cross-key rule that the file alone breaks, and an error still names the file.
+#[test]
+fn flags_are_validated_together_with_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keep.toml");
+    // keep_all_correct contradicts the default question set ("authors")
+    std::fs::write(&cfg, "[weight]\nkeep_all_correct = true\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let missing = dir.path().join("missing.jsonl");
+    let missing = missing.to_str().unwrap();
+    let out = dir.path().join("train.jsonl");
+    let base = [
+        "weight",
+        "--config",
+        cfg,
+        "--clusters",
+        missing,
+        "--samples",
+        missing,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+
+    let o = east(&base);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(cfg) && e.contains("weight.keep_all_correct"),
+        "{e}"
+    );
+
+    // --questions answered makes the file's value meaningful: the command goes on to read its
+    // (missing) clusters file instead of refusing the config.
+    let o = east(&[&base[..], &["--questions", "answered"]].concat());
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(!e.contains("weight.keep_all_correct"), "{e}");
+    assert!(e.contains("missing.jsonl"), "{e}");
+}
