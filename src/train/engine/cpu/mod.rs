@@ -41,8 +41,30 @@ struct LayerIdx {
     ln2: usize,
     /// q, k, v, o, gate, up, down (see [`PROJECTIONS`]).
     lin: [usize; 7],
+    /// The bias of each projection that has one (the config's `Arch`: Qwen2's q/k/v).
+    bias: [Option<usize>; 7],
+    /// The per-head RMS norms of q and k (Qwen3).
+    q_norm: Option<usize>,
+    k_norm: Option<usize>,
     /// LoRA (A, B) of each projection, when targeted.
     lora: [Option<(usize, usize)>; 7],
+}
+
+/// What a per-head q/k norm keeps for its backward: the projection's output (the norm's
+/// input) and one `1/rms` per token and head.
+struct HeadNormActs<T> {
+    x: Vec<T>,
+    rstd: Vec<T>,
+}
+
+/// Per-forward data every layer reads.
+struct FwdCtx<'a, T> {
+    batch: &'a Packed,
+    pos: &'a [u32],
+    cos: &'a [T],
+    sin: &'a [T],
+    /// LoRA dropout stream (None: off).
+    seed: Option<u64>,
 }
 
 /// Activations of one layer kept for the backward.
@@ -60,6 +82,9 @@ struct LayerActs<T> {
     up: Vec<T>,
     /// `dropout(x)·Aᵀ` of each LoRA projection.
     lora_u: [Option<Vec<T>>; 7],
+    /// The q and k norms' inputs and scales (Qwen3).
+    q_pre: Option<HeadNormActs<T>>,
+    k_pre: Option<HeadNormActs<T>>,
 }
 
 /// What a training forward leaves for the backward.
@@ -178,19 +203,9 @@ pub struct CpuEngine<T: Float> {
     pub timings: Timings,
 }
 
+/// `(in, out)` of projection `which` (see [`PROJECTIONS`]).
 fn dims_of(cfg: &LlamaConfig, which: usize) -> (usize, usize) {
-    let h = cfg.hidden_size;
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let i = cfg.intermediate_size;
-    // (in, out)
-    match which {
-        0 => (h, q),
-        1 | 2 => (h, kv),
-        3 => (q, h),
-        4 | 5 => (h, i),
-        _ => (i, h),
-    }
+    cfg.projection_dims()[which]
 }
 
 impl<T: Float> CpuEngine<T> {
@@ -235,10 +250,21 @@ impl<T: Float> CpuEngine<T> {
             for (w, slot) in lin.iter_mut().enumerate() {
                 *slot = get(&format!("{}.weight", projection_path(l, w)))?;
             }
+            let bias = std::array::from_fn(|w| {
+                let name = format!("{}.bias", projection_path(l, w));
+                index.get(&name).copied()
+            });
+            let norm = |n: &str| -> anyhow::Result<Option<usize>> {
+                let name = format!("{p}.self_attn.{n}.weight");
+                cfg.arch.qk_norm.then(|| get(&name)).transpose()
+            };
             layers.push(LayerIdx {
                 ln1: get(&format!("{p}.input_layernorm.weight"))?,
                 ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
                 lin,
+                bias,
+                q_norm: norm("q_norm")?,
+                k_norm: norm("k_norm")?,
                 lora: [None; 7],
             });
         }
@@ -414,12 +440,18 @@ impl<T: Float> CpuEngine<T> {
             gate,
             up,
             lora_u,
+            q_pre,
+            k_pre,
         } = a;
         for b in [x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up] {
             self.recycle(b);
         }
         for u in lora_u.into_iter().flatten() {
             self.recycle(u);
+        }
+        for HeadNormActs { x, rstd } in [q_pre, k_pre].into_iter().flatten() {
+            self.recycle(x);
+            self.recycle(rstd);
         }
     }
 
@@ -428,7 +460,7 @@ impl<T: Float> CpuEngine<T> {
         self.pool.borrow_mut().clear();
     }
 
-    /// `y = x·Wᵀ (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
+    /// `y = x·Wᵀ (+ b) (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
     fn lin_fwd(
         &self,
         layer: usize,
@@ -441,6 +473,9 @@ impl<T: Float> CpuEngine<T> {
         let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let li = &self.layers[layer];
         linear_fwd(x, &self.data[li.lin[which]], y, n, in_dim, out_dim, false);
+        if let Some(b) = li.bias[which] {
+            bias_fwd(&mut y[..n * out_dim], &self.data[b]);
+        }
         let (ai, bi) = li.lora[which]?;
         let spec = self.lora.as_ref().expect("lora indices imply a spec");
         let r = spec.rank;
@@ -475,8 +510,8 @@ impl<T: Float> CpuEngine<T> {
         Some(u)
     }
 
-    /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight and LoRA gradients
-    /// accumulated when they train.
+    /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight, bias and LoRA
+    /// gradients accumulated when they train.
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(
         &mut self,
@@ -494,6 +529,9 @@ impl<T: Float> CpuEngine<T> {
         let wi = self.layers[layer].lin[which];
         if self.trainable[wi] {
             linear_bwd_w(dy, x, &mut self.grads[wi], n, in_dim, out_dim, T::one());
+        }
+        if let Some(b) = self.layers[layer].bias[which].filter(|&b| self.trainable[b]) {
+            bias_bwd(&dy[..n * out_dim], &mut self.grads[b]);
         }
         linear_bwd_x(
             dy,
@@ -561,6 +599,106 @@ impl<T: Float> CpuEngine<T> {
         self.recycle(du);
     }
 
+    /// The per-head RMS norm of `x` (q or k, `heads` per token) when the layer has one
+    /// (`norm`: its weight's index): the normed values, and what the backward needs.
+    fn head_norm_fwd(
+        &self,
+        norm: Option<usize>,
+        x: Vec<T>,
+        heads: usize,
+    ) -> (Vec<T>, Option<HeadNormActs<T>>) {
+        let Some(w) = norm else {
+            return (x, None);
+        };
+        let d = self.cfg.head_dim;
+        let rows = x.len() / d;
+        let (mut y, mut rstd) = (self.buf(x.len()), self.buf(rows));
+        debug_assert_eq!(rows % heads, 0);
+        rms_norm_fwd(
+            &x,
+            &self.data[w],
+            self.cfg.rms_norm_eps,
+            &mut y,
+            &mut rstd,
+            d,
+        );
+        (y, Some(HeadNormActs { x, rstd }))
+    }
+
+    /// One decoder layer's forward on `x` (`n` tokens × hidden): its output and what its
+    /// backward needs. `hbuf` is scratch for the norms' outputs.
+    fn layer_fwd(
+        &mut self,
+        l: usize,
+        x: Vec<T>,
+        hbuf: &mut [T],
+        c: &FwdCtx<T>,
+    ) -> (Vec<T>, LayerActs<T>) {
+        let cfg = self.cfg.clone();
+        let (h, ff, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let n = c.batch.tokens.len();
+        let (eps, seed) = (cfg.rms_norm_eps, c.seed);
+        let li = self.layers[l].clone();
+        let mut rstd1 = self.buf(n);
+        rms_norm_fwd(&x, &self.data[li.ln1], eps, hbuf, &mut rstd1, h);
+        let (mut q, mut k, mut v) = (
+            self.buf(n * heads * d),
+            self.buf(n * kv_heads * d),
+            self.buf(n * kv_heads * d),
+        );
+        let uq = self.lin_fwd(l, 0, hbuf, &mut q, n, seed);
+        let uk = self.lin_fwd(l, 1, hbuf, &mut k, n, seed);
+        let uv = self.lin_fwd(l, 2, hbuf, &mut v, n, seed);
+        let (mut q, q_pre) = self.head_norm_fwd(li.q_norm, q, heads);
+        let (mut k, k_pre) = self.head_norm_fwd(li.k_norm, k, kv_heads);
+        rope_inplace(&mut q, heads, d, c.pos, c.cos, c.sin, false);
+        rope_inplace(&mut k, kv_heads, d, c.pos, c.cos, c.sin, false);
+        let (mut att, mut lse) = (self.buf(n * heads * d), self.buf(n * heads));
+        let ta = Instant::now();
+        attention_fwd(
+            &q,
+            &k,
+            &v,
+            &c.batch.rows,
+            self.attn_shape(),
+            &mut att,
+            &mut lse,
+        );
+        self.timings.attention_forward += ta.elapsed().as_secs_f64();
+        let mut x_mid = self.buf(n * h);
+        let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
+        add_assign(&mut x_mid, &x);
+        let mut rstd2 = self.buf(n);
+        rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, hbuf, &mut rstd2, h);
+        let (mut gate, mut up) = (self.buf(n * ff), self.buf(n * ff));
+        let ug = self.lin_fwd(l, 4, hbuf, &mut gate, n, seed);
+        let uu = self.lin_fwd(l, 5, hbuf, &mut up, n, seed);
+        let mut s = self.buf(n * ff);
+        swiglu_fwd(&gate, &up, &mut s);
+        let mut x_out = self.buf(n * h);
+        let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
+        self.recycle(s);
+        add_assign(&mut x_out, &x_mid);
+        let acts = LayerActs {
+            x_in: x,
+            rstd1,
+            q,
+            k,
+            v,
+            lse,
+            att,
+            x_mid,
+            rstd2,
+            gate,
+            up,
+            lora_u: [uq, uk, uv, uo, ug, uu, ud],
+            q_pre,
+            k_pre,
+        };
+        (x_out, acts)
+    }
+
     /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
     /// (training) with this stream, off when None.
     fn run(
@@ -575,14 +713,12 @@ impl<T: Float> CpuEngine<T> {
         }
         let t0 = Instant::now();
         let cfg = self.cfg.clone();
-        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        let qw = cfg.num_attention_heads * cfg.head_dim;
-        let kw = cfg.num_key_value_heads * cfg.head_dim;
+        let h = cfg.hidden_size;
         let n = batch.tokens.len();
         let eps = cfg.rms_norm_eps;
         let pos = batch.positions();
+        cfg.check_sequence_len(batch.max_row_len())?;
         let (cos, sin) = self.rope_tables(batch.max_row_len());
-        let shape = self.attn_shape();
         let vocab = cfg.vocab_size;
         if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
             bail!("token id {bad} is outside the vocabulary ({vocab})");
@@ -599,69 +735,16 @@ impl<T: Float> CpuEngine<T> {
         }
         let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
         let mut hbuf = self.buf(n * h);
+        let ctx = FwdCtx {
+            batch,
+            pos: &pos,
+            cos: &cos,
+            sin: &sin,
+            seed,
+        };
         for l in 0..cfg.num_hidden_layers {
-            let li = self.layers[l].clone();
-            let mut rstd1 = self.buf(n);
-            rms_norm_fwd(&x, &self.data[li.ln1], eps, &mut hbuf, &mut rstd1, h);
-            let mut q = self.buf(n * qw);
-            let mut k = self.buf(n * kw);
-            let mut v = self.buf(n * kw);
-            let uq = self.lin_fwd(l, 0, &hbuf, &mut q, n, seed);
-            let uk = self.lin_fwd(l, 1, &hbuf, &mut k, n, seed);
-            let uv = self.lin_fwd(l, 2, &hbuf, &mut v, n, seed);
-            rope_inplace(
-                &mut q,
-                cfg.num_attention_heads,
-                cfg.head_dim,
-                &pos,
-                &cos,
-                &sin,
-                false,
-            );
-            rope_inplace(
-                &mut k,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                &pos,
-                &cos,
-                &sin,
-                false,
-            );
-            let mut att = self.buf(n * qw);
-            let mut lse = self.buf(n * cfg.num_attention_heads);
-            let ta = Instant::now();
-            attention_fwd(&q, &k, &v, &batch.rows, shape, &mut att, &mut lse);
-            self.timings.attention_forward += ta.elapsed().as_secs_f64();
-            let mut x_mid = self.buf(n * h);
-            let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
-            add_assign(&mut x_mid, &x);
-            let mut rstd2 = self.buf(n);
-            rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, &mut hbuf, &mut rstd2, h);
-            let mut gate = self.buf(n * ff);
-            let mut up = self.buf(n * ff);
-            let ug = self.lin_fwd(l, 4, &hbuf, &mut gate, n, seed);
-            let uu = self.lin_fwd(l, 5, &hbuf, &mut up, n, seed);
-            let mut s = self.buf(n * ff);
-            swiglu_fwd(&gate, &up, &mut s);
-            let mut x_out = self.buf(n * h);
-            let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
-            self.recycle(s);
-            add_assign(&mut x_out, &x_mid);
-            let x_in = std::mem::replace(&mut x, x_out);
-            let acts = LayerActs {
-                x_in,
-                rstd1,
-                q,
-                k,
-                v,
-                lse,
-                att,
-                x_mid,
-                rstd2,
-                gate,
-                up,
-                lora_u: [uq, uk, uv, uo, ug, uu, ud],
-            };
+            let (x_out, acts) = self.layer_fwd(l, x, &mut hbuf, &ctx);
+            x = x_out;
             if keep {
                 layers.push(acts);
             } else {
@@ -805,97 +888,95 @@ impl<T: Float> CpuEngine<T> {
         Ok((stats, dht))
     }
 
-    fn layer_bwd(&mut self, l: usize, a: LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
-        let cfg = self.cfg.clone();
-        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        let qw = cfg.num_attention_heads * cfg.head_dim;
-        let kw = cfg.num_key_value_heads * cfg.head_dim;
-        let n = s.batch.tokens.len();
+    /// The backward of an RMS norm of rows of width `width` with weight `self.data[w]`:
+    /// `dx (=|+=) ∂x`, and `∂w` accumulated when the weight trains.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_bwd(
+        &mut self,
+        w: usize,
+        dy: &[T],
+        x: &[T],
+        rstd: &[T],
+        dx: &mut [T],
+        accumulate: bool,
+        width: usize,
+    ) {
+        let mut dw = self.trainable[w].then(|| std::mem::take(&mut self.grads[w]));
+        rms_norm_bwd(
+            dy,
+            x,
+            &self.data[w],
+            rstd,
+            dx,
+            accumulate,
+            dw.as_deref_mut(),
+            width,
+        );
+        if let Some(dw) = dw {
+            self.grads[w] = dw;
+        }
+    }
+
+    /// The backward of [`Self::head_norm_fwd`]: the gradient of the norm's input from `dy`'s
+    /// (returned; `dy` itself when the layer has no such norm).
+    fn head_norm_bwd(
+        &mut self,
+        norm: Option<usize>,
+        dy: Vec<T>,
+        acts: Option<&HeadNormActs<T>>,
+    ) -> Vec<T> {
+        let (Some(w), Some(a)) = (norm, acts) else {
+            return dy;
+        };
+        let mut dx = self.buf(dy.len());
+        self.norm_bwd(w, &dy, &a.x, &a.rstd, &mut dx, false, self.cfg.head_dim);
+        self.recycle(dy);
+        dx
+    }
+
+    /// The MLP half of a layer's backward: `dx` (the gradient of the layer's output) gains the
+    /// gradient through the MLP and its norm.
+    fn mlp_bwd(&mut self, l: usize, a: &LayerActs<T>, dx: &mut [T], n: usize, seed: u64) {
+        let (h, ff) = (self.cfg.hidden_size, self.cfg.intermediate_size);
         let li = self.layers[l].clone();
-        let seed = s.dropout_seed;
-        // MLP
         let mut sw = self.buf(n * ff);
         let mut dup = self.buf(n * ff);
         swiglu_fwd_sig(&a.gate, &a.up, &mut sw, &mut dup); // dup holds σ(gate) for now
         let mut ds = self.buf(n * ff);
-        self.lin_bwd(
-            l,
-            6,
-            &sw,
-            dx,
-            &mut ds,
-            false,
-            a.lora_u[6].as_deref(),
-            n,
-            seed,
-        );
+        let u = |w: usize| a.lora_u[w].as_deref();
+        self.lin_bwd(l, 6, &sw, dx, &mut ds, false, u(6), n, seed);
         swiglu_bwd_sig(&mut ds, &mut dup, &a.gate, &a.up); // ds: dgate, dup: dup
         std::mem::swap(&mut sw, &mut ds); // sw: dgate
         self.recycle(ds);
         let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
         let mut dh = self.buf(n * h);
-        self.lin_bwd(
-            l,
-            4,
-            &hb,
-            &sw,
-            &mut dh,
-            false,
-            a.lora_u[4].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            5,
-            &hb,
-            &dup,
-            &mut dh,
-            true,
-            a.lora_u[5].as_deref(),
-            n,
-            seed,
-        );
-        self.recycle(sw);
-        self.recycle(dup);
-        {
-            let ln2 = li.ln2;
-            let mut dw = if self.trainable[ln2] {
-                Some(std::mem::take(&mut self.grads[ln2]))
-            } else {
-                None
-            };
-            rms_norm_bwd(
-                &dh,
-                &a.x_mid,
-                &self.data[ln2],
-                &a.rstd2,
-                dx,
-                true,
-                dw.as_deref_mut(),
-                h,
-            );
-            if let Some(dw) = dw {
-                self.grads[ln2] = dw;
-            }
+        self.lin_bwd(l, 4, &hb, &sw, &mut dh, false, u(4), n, seed);
+        self.lin_bwd(l, 5, &hb, &dup, &mut dh, true, u(5), n, seed);
+        for b in [sw, dup, hb] {
+            self.recycle(b);
         }
-        // attention
-        let mut datt = self.buf(n * qw);
-        self.lin_bwd(
-            l,
-            3,
-            &a.att,
-            dx,
-            &mut datt,
-            false,
-            a.lora_u[3].as_deref(),
-            n,
-            seed,
+        self.norm_bwd(li.ln2, &dh, &a.x_mid, &a.rstd2, dx, true, h);
+        self.recycle(dh);
+    }
+
+    /// The attention half of a layer's backward: `dx` (the gradient of the attention's
+    /// residual sum) gains the gradient through attention, the q/k norms and the input norm.
+    fn attn_bwd(&mut self, l: usize, a: &LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
+        let cfg = self.cfg.clone();
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let n = s.batch.tokens.len();
+        let li = self.layers[l].clone();
+        let seed = s.dropout_seed;
+        let u = |w: usize| a.lora_u[w].as_deref();
+        let mut datt = self.buf(n * heads * d);
+        self.lin_bwd(l, 3, &a.att, dx, &mut datt, false, u(3), n, seed);
+        let (mut dq, mut dk, mut dv) = (
+            self.buf(n * heads * d),
+            self.buf(n * kv_heads * d),
+            self.buf(n * kv_heads * d),
         );
-        let mut dq = self.buf(n * qw);
-        let mut dk = self.buf(n * kw);
-        let mut dv = self.buf(n * kw);
         let ta = Instant::now();
         attention_bwd(
             &a.q,
@@ -912,81 +993,26 @@ impl<T: Float> CpuEngine<T> {
         );
         self.timings.attention_backward += ta.elapsed().as_secs_f64();
         self.recycle(datt);
-        rope_inplace(
-            &mut dq,
-            cfg.num_attention_heads,
-            cfg.head_dim,
-            &s.pos,
-            &s.cos,
-            &s.sin,
-            true,
-        );
-        rope_inplace(
-            &mut dk,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            &s.pos,
-            &s.cos,
-            &s.sin,
-            true,
-        );
+        rope_inplace(&mut dq, heads, d, &s.pos, &s.cos, &s.sin, true);
+        rope_inplace(&mut dk, kv_heads, d, &s.pos, &s.cos, &s.sin, true);
+        let dq = self.head_norm_bwd(li.q_norm, dq, a.q_pre.as_ref());
+        let dk = self.head_norm_bwd(li.k_norm, dk, a.k_pre.as_ref());
+        let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_in, &self.data[li.ln1], &a.rstd1, &mut hb, h);
-        self.lin_bwd(
-            l,
-            0,
-            &hb,
-            &dq,
-            &mut dh,
-            false,
-            a.lora_u[0].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            1,
-            &hb,
-            &dk,
-            &mut dh,
-            true,
-            a.lora_u[1].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            2,
-            &hb,
-            &dv,
-            &mut dh,
-            true,
-            a.lora_u[2].as_deref(),
-            n,
-            seed,
-        );
+        let mut dh = self.buf(n * h);
+        self.lin_bwd(l, 0, &hb, &dq, &mut dh, false, u(0), n, seed);
+        self.lin_bwd(l, 1, &hb, &dk, &mut dh, true, u(1), n, seed);
+        self.lin_bwd(l, 2, &hb, &dv, &mut dh, true, u(2), n, seed);
         for b in [dq, dk, dv, hb] {
             self.recycle(b);
         }
-        let ln1 = li.ln1;
-        let mut dw = if self.trainable[ln1] {
-            Some(std::mem::take(&mut self.grads[ln1]))
-        } else {
-            None
-        };
-        rms_norm_bwd(
-            &dh,
-            &a.x_in,
-            &self.data[ln1],
-            &a.rstd1,
-            dx,
-            true,
-            dw.as_deref_mut(),
-            h,
-        );
-        if let Some(dw) = dw {
-            self.grads[ln1] = dw;
-        }
+        self.norm_bwd(li.ln1, &dh, &a.x_in, &a.rstd1, dx, true, h);
         self.recycle(dh);
+    }
+
+    fn layer_bwd(&mut self, l: usize, a: LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
+        self.mlp_bwd(l, &a, dx, s.batch.tokens.len(), s.dropout_seed);
+        self.attn_bwd(l, &a, dx, s);
         self.recycle_acts(a);
     }
 
@@ -1012,25 +1038,7 @@ impl<T: Float> CpuEngine<T> {
         // final norm backward at the target rows
         let nt = s.batch.targets.len();
         let mut dxt = self.buf(nt * h);
-        let norm = self.norm;
-        let mut dw = if self.trainable[norm] {
-            Some(std::mem::take(&mut self.grads[norm]))
-        } else {
-            None
-        };
-        rms_norm_bwd(
-            &dht,
-            &s.xt,
-            &self.data[norm],
-            &s.rstd_t,
-            &mut dxt,
-            false,
-            dw.as_deref_mut(),
-            h,
-        );
-        if let Some(dw) = dw {
-            self.grads[norm] = dw;
-        }
+        self.norm_bwd(self.norm, &dht, &s.xt, &s.rstd_t, &mut dxt, false, h);
         let mut dx = self.zbuf(n * h);
         for (i, t) in s.batch.targets.iter().enumerate() {
             dx[t.pos * h..(t.pos + 1) * h].copy_from_slice(&dxt[i * h..(i + 1) * h]);
