@@ -1,5 +1,6 @@
-//! The CPU training engine: a Llama forward pass that keeps exactly what its hand-written
-//! backward needs, over rows packed without padding, in f32 (training) or f64 (gradient checks).
+//! The CPU training engine: the decoder's forward pass (every family: the projections' biases
+//! and the per-head q/k norms come from the config's `Arch`) that keeps exactly what its
+//! hand-written backward needs, over rows packed without padding, in f32 (training) or f64 (gradient checks).
 //!
 //! Why not candle's autograd here: its backward computes the gradient of *both* operands of
 //! every op (a weight-sized gradient for a frozen weight, an activation-sized one for every
@@ -12,7 +13,8 @@
 //!
 //! Kept per layer (tokens × …): the layer input, q/k/v after RoPE, the attention output, the
 //! residual between attention and MLP, gate and up projections, and per-token norm scales and
-//! attention log-sum-exps; norm outputs and `silu(gate)·up` are recomputed.
+//! attention log-sum-exps (with q/k norms: q and k as projected and their per-head scales);
+//! norm outputs and `silu(gate)·up` are recomputed.
 
 pub mod kernels;
 
