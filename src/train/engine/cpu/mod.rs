@@ -210,16 +210,116 @@ fn dims_of(cfg: &LlamaConfig, which: usize) -> (usize, usize) {
     cfg.projection_dims()[which]
 }
 
+/// The engine's tensors while it is being built: names, shapes, values, and which train.
+#[derive(Default)]
+struct Params<T> {
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    data: Vec<Vec<T>>,
+    trainable: Vec<bool>,
+}
+
+impl<T: Float> Params<T> {
+    /// Appends a tensor; returns its index.
+    fn push(&mut self, name: String, shape: Vec<usize>, data: Vec<T>, trains: bool) -> usize {
+        self.names.push(name);
+        self.shapes.push(shape);
+        self.data.push(data);
+        self.trainable.push(trains);
+        self.names.len() - 1
+    }
+
+    /// LoRA matrices on `spec`'s targets of every layer, initialised from `seed` as PEFT does
+    /// (`A` uniform in ±1/√in, `B` = 0); records their indices in `layers`.
+    fn add_lora(
+        &mut self,
+        cfg: &LlamaConfig,
+        spec: &LoraSpec,
+        seed: u64,
+        layers: &mut [LayerIdx],
+    ) -> anyhow::Result<()> {
+        if spec.rank == 0 {
+            bail!("LoRA rank must be at least 1");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for (l, layer) in layers.iter_mut().enumerate() {
+            for (w, slot) in layer.lora.iter_mut().enumerate() {
+                if !spec.targets.iter().any(|t| t == PROJECTIONS[w]) {
+                    continue;
+                }
+                let (in_dim, out_dim) = dims_of(cfg, w);
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a: Vec<T> = (0..spec.rank * in_dim)
+                    .map(|_| T::from_f64c(rng.random_range(-bound..bound)))
+                    .collect();
+                let ai = self.push(peft_name(l, w, "A"), vec![spec.rank, in_dim], a, true);
+                let b = vec![T::zero(); out_dim * spec.rank];
+                self.push(peft_name(l, w, "B"), vec![out_dim, spec.rank], b, true);
+                *slot = Some((ai, ai + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where layer `l`'s tensors are in the parameter list (`index`: name → position): its
+/// norms, projections, their biases and the q/k norms where the family has them.
+fn layer_index(
+    cfg: &LlamaConfig,
+    l: usize,
+    index: &std::collections::HashMap<String, usize>,
+) -> anyhow::Result<LayerIdx> {
+    let get = |n: &str| -> anyhow::Result<usize> {
+        index
+            .get(n)
+            .copied()
+            .with_context(|| format!("model has no {n}"))
+    };
+    let p = format!("model.layers.{l}");
+    let mut lin = [0usize; 7];
+    for (w, slot) in lin.iter_mut().enumerate() {
+        *slot = get(&format!("{}.weight", projection_path(l, w)))?;
+    }
+    let bias = std::array::from_fn(|w| {
+        let name = format!("{}.bias", projection_path(l, w));
+        index.get(&name).copied()
+    });
+    let norm = |n: &str| -> anyhow::Result<Option<usize>> {
+        let name = format!("{p}.self_attn.{n}.weight");
+        cfg.arch.qk_norm.then(|| get(&name)).transpose()
+    };
+    Ok(LayerIdx {
+        ln1: get(&format!("{p}.input_layernorm.weight"))?,
+        ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+        lin,
+        bias,
+        q_norm: norm("q_norm")?,
+        k_norm: norm("k_norm")?,
+        lora: [None; 7],
+    })
+}
+
+/// A buffer of zeros the size of each trainable tensor, an empty one for each frozen one.
+fn zeros_where<T: Float>(data: &[Vec<T>], trainable: &[bool]) -> Vec<Vec<T>> {
+    data.iter()
+        .zip(trainable)
+        .map(|(d, &t)| {
+            if t {
+                vec![T::zero(); d.len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
+}
+
 impl<T: Float> CpuEngine<T> {
     /// Copies the weights of `model` (any dtype, any device) into the engine. Without `lora`
     /// every weight trains; with it only the LoRA matrices do (initialised from `seed` as PEFT
     /// does: `A` uniform in ±1/sqrt(in), `B` = 0).
     pub fn new(model: &Llama, lora: Option<LoraSpec>, seed: u64) -> anyhow::Result<Self> {
         let cfg = model.config().clone();
-        let mut names = Vec::new();
-        let mut shapes = Vec::new();
-        let mut data = Vec::new();
-        let mut index = std::collections::HashMap::new();
+        let mut p = Params::default();
         for (name, t) in model.named_tensors() {
             let v: Vec<T> = t
                 .to_device(&Device::Cpu)?
@@ -227,11 +327,14 @@ impl<T: Float> CpuEngine<T> {
                 .flatten_all()?
                 .to_vec1()
                 .with_context(|| format!("reading {name}"))?;
-            index.insert(name.clone(), names.len());
-            names.push(name);
-            shapes.push(t.dims().to_vec());
-            data.push(v);
+            p.push(name, t.dims().to_vec(), v, lora.is_none());
         }
+        let index: std::collections::HashMap<String, usize> = p
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
         let get = |n: &str| -> anyhow::Result<usize> {
             index
                 .get(n)
@@ -245,99 +348,29 @@ impl<T: Float> CpuEngine<T> {
             get("lm_head.weight")?
         };
         let norm = get("model.norm.weight")?;
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let mut lin = [0usize; 7];
-            for (w, slot) in lin.iter_mut().enumerate() {
-                *slot = get(&format!("{}.weight", projection_path(l, w)))?;
-            }
-            let bias = std::array::from_fn(|w| {
-                let name = format!("{}.bias", projection_path(l, w));
-                index.get(&name).copied()
-            });
-            let norm = |n: &str| -> anyhow::Result<Option<usize>> {
-                let name = format!("{p}.self_attn.{n}.weight");
-                cfg.arch.qk_norm.then(|| get(&name)).transpose()
-            };
-            layers.push(LayerIdx {
-                ln1: get(&format!("{p}.input_layernorm.weight"))?,
-                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                lin,
-                bias,
-                q_norm: norm("q_norm")?,
-                k_norm: norm("k_norm")?,
-                lora: [None; 7],
-            });
-        }
-        let base_count = names.len();
-        let mut trainable = vec![lora.is_none(); base_count];
+        let mut layers = (0..cfg.num_hidden_layers)
+            .map(|l| layer_index(&cfg, l, &index))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(spec) = &lora {
-            if spec.rank == 0 {
-                bail!("LoRA rank must be at least 1");
-            }
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            for (l, layer) in layers.iter_mut().enumerate() {
-                for (w, slot) in layer.lora.iter_mut().enumerate() {
-                    if !spec.targets.iter().any(|t| t == PROJECTIONS[w]) {
-                        continue;
-                    }
-                    let (in_dim, out_dim) = dims_of(&cfg, w);
-                    let bound = 1.0 / (in_dim as f64).sqrt();
-                    let a: Vec<T> = (0..spec.rank * in_dim)
-                        .map(|_| T::from_f64c(rng.random_range(-bound..bound)))
-                        .collect();
-                    let ai = names.len();
-                    names.push(peft_name(l, w, "A"));
-                    shapes.push(vec![spec.rank, in_dim]);
-                    data.push(a);
-                    trainable.push(true);
-                    names.push(peft_name(l, w, "B"));
-                    shapes.push(vec![out_dim, spec.rank]);
-                    data.push(vec![T::zero(); out_dim * spec.rank]);
-                    trainable.push(true);
-                    *slot = Some((ai, ai + 1));
-                }
-            }
+            p.add_lora(&cfg, spec, seed, &mut layers)?;
         }
+        let Params {
+            names,
+            shapes,
+            data,
+            trainable,
+        } = p;
         let order: Vec<usize> = (0..names.len()).filter(|&i| trainable[i]).collect();
-        let grads = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let exp_avg = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let exp_avg_sq = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
         let head_chunk =
             ((64usize << 20) / (cfg.vocab_size * std::mem::size_of::<T>()).max(1)).clamp(16, 1024);
         Ok(CpuEngine {
             cfg,
+            grads: zeros_where(&data, &trainable),
+            exp_avg: zeros_where(&data, &trainable),
+            exp_avg_sq: zeros_where(&data, &trainable),
             names,
             shapes,
             data,
-            grads,
-            exp_avg,
-            exp_avg_sq,
             trainable,
             order,
             embed,
@@ -545,12 +578,30 @@ impl<T: Float> CpuEngine<T> {
             accumulate,
             T::one(),
         );
-        let Some((ai, bi)) = self.layers[layer].lora[which] else {
-            return;
-        };
+        if let Some(ab) = self.layers[layer].lora[which] {
+            let u = u.expect("LoRA forward kept its intermediate");
+            self.lora_bwd(layer, which, ab, x, dy, dx, u, n, seed);
+        }
+    }
+
+    /// The LoRA part of [`Self::lin_bwd`] for the adapter `(A, B)` = `ab` (indices): its
+    /// gradients, and `dx += ∂x` through it. `u` is the forward's `dropout(x)·Aᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd(
+        &mut self,
+        layer: usize,
+        which: usize,
+        (ai, bi): (usize, usize),
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        u: &[T],
+        n: usize,
+        seed: u64,
+    ) {
+        let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let spec = self.lora.clone().expect("lora indices imply a spec");
         let (r, scale) = (spec.rank, T::from_f64c(spec.scale()));
-        let u = u.expect("LoRA forward kept its intermediate");
         // dB += scale · dyᵀ·u
         unsafe {
             gemm_raw(
@@ -701,6 +752,19 @@ impl<T: Float> CpuEngine<T> {
         (x_out, acts)
     }
 
+    /// The embeddings of `tokens`, one row of `hidden` each.
+    fn embed_rows(&self, tokens: &[u32]) -> Vec<T> {
+        let h = self.cfg.hidden_size;
+        let mut x = self.buf(tokens.len() * h);
+        let e = &self.data[self.embed];
+        x.par_chunks_mut(h)
+            .zip(tokens.par_iter())
+            .for_each(|(row, &t)| {
+                row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
+            });
+        x
+    }
+
     /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
     /// (training) with this stream, off when None.
     fn run(
@@ -726,15 +790,7 @@ impl<T: Float> CpuEngine<T> {
             bail!("token id {bad} is outside the vocabulary ({vocab})");
         }
 
-        let mut x = self.buf(n * h);
-        {
-            let e = &self.data[self.embed];
-            x.par_chunks_mut(h)
-                .zip(batch.tokens.par_iter())
-                .for_each(|(row, &t)| {
-                    row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
-                });
-        }
+        let mut x = self.embed_rows(&batch.tokens);
         let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
         let mut hbuf = self.buf(n * h);
         let ctx = FwdCtx {
