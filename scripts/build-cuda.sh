@@ -372,9 +372,11 @@ if [ -x "$check" ]; then
     tmp="$(mktemp -d)"
     trap 'rm -rf "$tmp"' EXIT
     mkdir -p "$root/gpu/ref"
-    "$check" make-model --shape tiny --seed 7 --out "$tmp/tiny" >/dev/null
-    "$check" logits --model "$tmp/tiny" --device cpu --dtype f32 --out "$root/gpu/ref/tiny-logits-cpu.json" >/dev/null
-    "$check" train-bench --model "$tmp/tiny" --device cpu --dtype f32 --work "$tmp/tw" --steps 3 --batch 4 \
-        --micro-batch 2 --len 64 --lr 1e-3 --out "$root/gpu/ref/tiny-train-cpu.json" >/dev/null
+    for fam in tiny tiny-qwen2 tiny-qwen3 tiny-mistral; do
+        "$check" make-model --shape "$fam" --seed 7 --out "$tmp/$fam" >/dev/null
+        "$check" logits --model "$tmp/$fam" --device cpu --dtype f32 --out "$root/gpu/ref/$fam-logits-cpu.json" >/dev/null
+        "$check" train-bench --model "$tmp/$fam" --device cpu --dtype f32 --work "$tmp/tw" --steps 3 --batch 4 \
+            --micro-batch 2 --len 64 --lr 1e-3 --out "$root/gpu/ref/$fam-train-cpu.json" >/dev/null
+    done
     say "CPU references in gpu/ref/: $(ls "$root/gpu/ref" | tr '\n' ' '); gpu/ is $(du -sh "$root/gpu" | cut -f1)"
 fi

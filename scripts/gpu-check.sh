@@ -10,10 +10,11 @@
 #   scripts/gpu-check.sh --dry-run-cpu     # the same steps on the CPU with small shapes
 #
 # Steps (each with its own timeout; steps that would start after the budget are skipped):
-#  1. agreement on the seeded tiny model against the CPU reference made at build time: logits
-#     of a prompt (prefill and the training forward; max |Δ|) and greedy continuations of two
-#     prompts in one left-padded batch, in f32 (must match) and bf16 (reported); 3 SFT steps in
-#     f32 (loss and gradient norm against the CPU engine's).
+#  1. agreement on a seeded small model of each family (Llama, Qwen2, Qwen3, Mistral) against
+#     the CPU reference made at build time: logits of a prompt (prefill and the training
+#     forward; max |Δ|) and greedy continuations of two prompts in one left-padded batch, in f32
+#     (must match) and bf16 (reported); 3 SFT steps in f32 (loss and gradient norm against the
+#     CPU engine's).
 #  2. Llama-3.2-1B shape, random bf16 weights: east sampling (n = 128, 256 new tokens, EOS
 #     disabled) and transformers generate; 10 SFT steps of 16 × 512 tokens, full fine-tuning,
 #     east (f32 masters, bf16 compute) and PyTorch (f32 weights, bf16 autocast).
@@ -209,16 +210,23 @@ PY
 oom() { grep -qiE 'out of memory|OUT_OF_MEMORY|CUDA_ERROR_OUT_OF_MEMORY' "$work/$1.err"; }
 
 # --- 1. agreement ----------------------------------------------------------------------------
+# one small model per family: tiny (Llama), tiny-qwen2 (q/k/v biases, tied), tiny-qwen3 (q/k
+# norms, head_dim 128), tiny-mistral (explicit head_dim, a sliding window longer than the rows)
 tiny="$work/tiny"
-run_step make-tiny 60 "$bin" make-model --shape tiny --seed 7 --out "$tiny"
-if [ -f "$ref/tiny-logits-cpu.json" ]; then
-    run_step agree-f32 90 "$bin" logits --model "$tiny" --device $dev --dtype f32 --reference "$ref/tiny-logits-cpu.json"
-    run_step agree-bf16 90 "$bin" logits --model "$tiny" --device $dev --dtype bf16 --reference "$ref/tiny-logits-cpu.json"
-    run_step agree-train-f32 120 "$bin" train-bench --model "$tiny" --device $dev --dtype f32 --work "$work/tw" \
-        --steps 3 --batch 4 --micro-batch 2 --len 64 --lr 1e-3 "${engine[@]}" --reference "$ref/tiny-train-cpu.json"
-else
-    say "!! no CPU reference in $ref (scripts/build-cuda.sh makes it); agreement skipped"
-fi
+for fam in tiny tiny-qwen2 tiny-qwen3 tiny-mistral; do
+    m="$work/$fam"
+    run_step "make-$fam" 60 "$bin" make-model --shape "$fam" --seed 7 --out "$m"
+    if [ ! -f "$ref/$fam-logits-cpu.json" ]; then
+        say "!! no CPU reference for $fam in $ref (scripts/build-cuda.sh makes it); its agreement skipped"
+        continue
+    fi
+    # the Llama's steps keep their names (agree-f32, …) as before; the others get the family's
+    sfx=""; [ "$fam" = tiny ] || sfx="-${fam#tiny-}"
+    run_step "agree-f32$sfx" 90 "$bin" logits --model "$m" --device $dev --dtype f32 --reference "$ref/$fam-logits-cpu.json"
+    run_step "agree-bf16$sfx" 90 "$bin" logits --model "$m" --device $dev --dtype bf16 --reference "$ref/$fam-logits-cpu.json"
+    run_step "agree-train-f32$sfx" 120 "$bin" train-bench --model "$m" --device $dev --dtype f32 --work "$work/tw" \
+        --steps 3 --batch 4 --micro-batch 2 --len 64 --lr 1e-3 "${engine[@]}" --reference "$ref/$fam-train-cpu.json"
+done
 
 # the east CLI itself on the GPU: sampling two GSM8K questions with the tiny model
 if [ -n "$east_cli" ]; then

@@ -119,6 +119,14 @@ pub const BUNDLED: &[(&str, &str)] = &[
     ("gsm8k_8b", include_str!("../configs/gsm8k_8b.toml")),
     ("math_1b", include_str!("../configs/math_1b.toml")),
     ("math_8b", include_str!("../configs/math_8b.toml")),
+    (
+        "gsm8k_qwen2.5_math_1.5b",
+        include_str!("../configs/gsm8k_qwen2.5_math_1.5b.toml"),
+    ),
+    (
+        "math_qwen2.5_math_1.5b",
+        include_str!("../configs/math_qwen2.5_math_1.5b.toml"),
+    ),
 ];
 
 /// The bundled config a bare name (`gsm8k_1b` or `gsm8k_1b.toml`, no folder) stands for.

@@ -91,7 +91,7 @@ fn templates_render_as_transformers_does() {
         }
         *checked.entry(name.to_string()).or_default() += 1;
     }
-    assert_eq!(checked.len(), 7, "{checked:?}");
+    assert_eq!(checked.len(), 9, "{checked:?}");
     assert!(checked.values().all(|&n| n == 4), "{checked:?}");
 }
 

@@ -446,12 +446,12 @@ fn wrong_architecture_is_a_typed_error() {
     let p = dir.path().join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    cfg["model_type"] = "qwen2".into();
-    cfg["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+    cfg["model_type"] = "gemma2".into();
+    cfg["architectures"] = serde_json::json!(["Gemma2ForCausalLM"]);
     std::fs::write(&p, cfg.to_string()).unwrap();
     let err = load(dir.path().to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
     assert!(
-        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"),
+        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "gemma2"),
         "{err}"
     );
 }
@@ -467,7 +467,7 @@ fn gguf_with_other_architecture_is_rejected() {
         candle_core::quantized::GgmlDType::F32,
     )
     .unwrap();
-    let arch = gguf_file::Value::String("qwen2".into());
+    let arch = gguf_file::Value::String("gemma2".into());
     gguf_file::write(
         &mut f,
         &[("general.architecture", &arch)],
@@ -477,7 +477,7 @@ fn gguf_with_other_architecture_is_rejected() {
     drop(f);
     let err = load(p.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap_err();
     assert!(
-        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "qwen2"),
+        matches!(&err, ModelError::WrongArchitecture { found, .. } if found == "gemma2"),
         "{err}"
     );
 }
@@ -1080,11 +1080,13 @@ fn invalid_configs_are_rejected() {
     let e = cfg_json(&format!(r#"{{{base},"hidden_size":64,"num_attention_heads":4,"rope_scaling":{{"rope_type":"yarn","factor":4.0}}}}"#)).unwrap_err();
     assert!(e.to_string().contains("yarn"), "{e}");
     let e = cfg_json(&format!(
-        r#"{{{base},"hidden_size":64,"num_attention_heads":4,"attention_bias":true}}"#
+        r#"{{{base},"hidden_size":64,"num_attention_heads":4,"mlp_bias":true}}"#
     ))
     .unwrap_err();
+    assert!(e.to_string().contains("mlp_bias"), "{e}");
+    let e = cfg_json(r#"{"model_type":"qwen2","vocab_size":1000,"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,"num_attention_heads":4,"attention_bias":true}"#).unwrap_err();
     assert!(e.to_string().contains("attention_bias"), "{e}");
-    let e = cfg_json(r#"{"model_type":"mistral","vocab_size":1000}"#).unwrap_err();
+    let e = cfg_json(r#"{"model_type":"gemma2","vocab_size":1000}"#).unwrap_err();
     assert!(matches!(e, ModelError::WrongArchitecture { .. }), "{e}");
 }
 
@@ -1097,6 +1099,7 @@ fn llama3_inv_freq_matches_transformers() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let want: Vec<f64> = serde_json::from_value(fx["llama31_inv_freq"].clone()).unwrap();
     let cfg = LlamaConfig {
+        arch: Default::default(),
         vocab_size: 10,
         hidden_size: 4096,
         intermediate_size: 14336,

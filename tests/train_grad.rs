@@ -8,18 +8,66 @@
 //!   rows packed without padding and longer than one attention block) and against candle's
 //!   autograd, tensor by tensor, with tied and untied embeddings;
 //! * LoRA gradients (with dropout) against finite differences, frozen weights without gradients.
+//!
+//! Each check runs on every family's layer: Llama, Qwen2 (q/k/v biases), Qwen3 (per-head q/k
+//! norms, `head_dim` ≠ hidden / heads) and Llama with `attention_bias` (o_proj's bias too).
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
+use east::model::config::{Arch, Family};
 use east::model::testing::{write_tiny_model_with, TinySpec};
 use east::model::{load, Llama};
 use east::train::engine::cpu::CpuEngine;
 use east::train::{Engine, LoraSpec, Packed};
 
 fn tiny(seed: u64, tied: bool) -> (tempfile::TempDir, east::model::LoadedModel) {
+    tiny_family(seed, tied, &FAMILIES[0])
+}
+
+/// A layer of each family: (label, arch, head_dim).
+struct FamilyCase {
+    label: &'static str,
+    arch: fn() -> Arch,
+    head_dim: Option<usize>,
+}
+
+const FAMILIES: [FamilyCase; 4] = [
+    FamilyCase {
+        label: "llama",
+        arch: Arch::default,
+        head_dim: None,
+    },
+    FamilyCase {
+        label: "qwen2",
+        arch: || Arch::of(Family::Qwen2),
+        head_dim: None,
+    },
+    FamilyCase {
+        label: "qwen3",
+        arch: || Arch::of(Family::Qwen3),
+        head_dim: Some(32),
+    },
+    FamilyCase {
+        label: "llama attention_bias",
+        arch: || Arch {
+            qkv_bias: true,
+            o_bias: true,
+            ..Arch::default()
+        },
+        head_dim: None,
+    },
+];
+
+fn tiny_family(
+    seed: u64,
+    tied: bool,
+    family: &FamilyCase,
+) -> (tempfile::TempDir, east::model::LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
     let spec = TinySpec {
         tie_word_embeddings: tied,
+        arch: (family.arch)(),
+        head_dim: family.head_dim,
         ..TinySpec::default()
     };
     write_tiny_model_with(dir.path(), seed, &spec).unwrap();
@@ -40,29 +88,13 @@ fn batch() -> Packed {
 
 const COEFS: [f64; 3] = [0.7, -1.3, 0.4];
 
-/// Every tensor kind once per layer.
+/// Every tensor of the model (each kind once per layer: norms, projections, their biases and
+/// the q/k norms where the family has them; embeddings, final norm, lm_head when untied).
 fn kinds(cfg: &east::model::LlamaConfig) -> Vec<String> {
-    let mut v = vec!["model.embed_tokens.weight".to_string()];
-    for l in 0..cfg.num_hidden_layers {
-        for t in [
-            "input_layernorm",
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "post_attention_layernorm",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
-            v.push(format!("model.layers.{l}.{t}.weight"));
-        }
-    }
-    v.push("model.norm.weight".into());
-    if !cfg.tie_word_embeddings {
-        v.push("lm_head.weight".into());
-    }
-    v
+    Llama::expected_tensors(cfg)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
 }
 
 /// A few indices of a tensor with `len` values; for the embedding, entries of used tokens.
@@ -85,8 +117,10 @@ fn engine_objective(e: &mut CpuEngine<f64>, b: &Packed) -> f64 {
 
 #[test]
 fn cpu_engine_gradients_match_finite_differences_for_every_parameter_kind() {
-    for tied in [false, true] {
-        let (_d, m) = tiny(21, tied);
+    let cases = FAMILIES.iter().flat_map(|f| [(f, false), (f, true)]);
+    for (family, tied) in cases {
+        let label = family.label;
+        let (_d, m) = tiny_family(21, tied, family);
         let mut e = CpuEngine::<f64>::new(&m.model, None, 0).unwrap();
         let b = batch();
         e.forward(&b, None, 0).unwrap();
@@ -109,7 +143,7 @@ fn cpu_engine_gradients_match_finite_differences_for_every_parameter_kind() {
                 let fd = (up - down) / (2.0 * eps);
                 assert!(
                     (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
-                    "tied={tied} {name}[{i}]: analytic {} vs finite difference {fd}",
+                    "{label} tied={tied} {name}[{i}]: analytic {} vs finite difference {fd}",
                     g[i]
                 );
             }
@@ -175,7 +209,13 @@ fn varmap_model(dir: &std::path::Path, cfg: &east::model::LlamaConfig) -> (VarMa
 
 #[test]
 fn forward_hidden_autograd_matches_finite_differences_for_every_parameter_kind() {
-    let (d, m) = tiny(5, false);
+    for family in &FAMILIES {
+        forward_hidden_autograd_matches_finite_differences(family);
+    }
+}
+
+fn forward_hidden_autograd_matches_finite_differences(family: &FamilyCase) {
+    let (d, m) = tiny_family(5, false, family);
     let (varmap, model) = varmap_model(d.path(), &m.config);
     let b = batch();
     let coefs = Tensor::new(&COEFS, &Device::Cpu).unwrap();
@@ -211,7 +251,8 @@ fn forward_hidden_autograd_matches_finite_differences_for_every_parameter_kind()
                 .unwrap();
             assert!(
                 (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
-                "{name}[{i}]: autograd {} vs finite difference {fd}",
+                "{} {name}[{i}]: autograd {} vs finite difference {fd}",
+                family.label,
                 g[i]
             );
         }
@@ -220,8 +261,10 @@ fn forward_hidden_autograd_matches_finite_differences_for_every_parameter_kind()
 
 #[test]
 fn cpu_engine_matches_candle_autograd_tensor_by_tensor() {
-    for tied in [false, true] {
-        let (d, m) = tiny(9, tied);
+    let cases = FAMILIES.iter().flat_map(|f| [(f, false), (f, true)]);
+    for (family, tied) in cases {
+        let label = family.label;
+        let (d, m) = tiny_family(9, tied, family);
         let (varmap, model) = varmap_model(d.path(), &m.config);
         let b = batch();
         let lp = autograd_logps(&model, &b);
@@ -257,7 +300,7 @@ fn cpu_engine_matches_candle_autograd_tensor_by_tensor() {
                 .fold(0f64, |a, (x, y)| a.max((x - y).abs()));
             assert!(
                 diff <= 1e-9 * scale.max(1.0),
-                "tied={tied} {name}: max |Δ| {diff} (max |g| {scale})"
+                "{label} tied={tied} {name}: max |Δ| {diff} (max |g| {scale})"
             );
         }
     }
@@ -296,7 +339,13 @@ fn coefficients_in_the_forward_give_the_same_gradients_as_in_the_backward() {
 
 #[test]
 fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
-    let (_d, m) = tiny(13, false);
+    for family in &FAMILIES {
+        lora_gradients_match_finite_differences(family);
+    }
+}
+
+fn lora_gradients_match_finite_differences(family: &FamilyCase) {
+    let (_d, m) = tiny_family(13, false, family);
     let spec = LoraSpec {
         rank: 4,
         alpha: 8.0,
@@ -330,6 +379,14 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
         "frozen base weight has no gradient buffer"
     );
     assert!(e.grad("model.embed_tokens.weight").is_none());
+    // the adapted projections' own biases and the q/k norms stay frozen too
+    for frozen in kinds(&m.config) {
+        assert!(
+            e.grad(&frozen).is_none(),
+            "{}: {frozen} trains",
+            family.label
+        );
+    }
     let objective = |e: &mut CpuEngine<f64>| {
         let s = e.forward(&b, None, seed).unwrap();
         e.discard();
@@ -349,7 +406,8 @@ fn lora_gradients_match_finite_differences_and_the_base_stays_frozen() {
             let fd = (up - down) / (2.0 * eps);
             assert!(
                 (fd - g[i]).abs() <= 1e-6 * (1.0 + g[i].abs()),
-                "{name}[{i}]: analytic {} vs finite difference {fd}",
+                "{} {name}[{i}]: analytic {} vs finite difference {fd}",
+                family.label,
                 g[i]
             );
         }
@@ -369,8 +427,10 @@ fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn autograd_engine_matches_the_cpu_engine() {
     use east::train::engine::autograd::AutogradEngine;
-    for tied in [false, true] {
-        let (_d, m) = tiny(17, tied);
+    let cases = FAMILIES.iter().flat_map(|f| [(f, false), (f, true)]);
+    for (family, tied) in cases {
+        let (_d, m) = tiny_family(17, tied, family);
+        let tied = format!("{} tied={tied}", family.label);
         let b = batch();
         let mut c = CpuEngine::<f64>::new(&m.model, None, 0).unwrap();
         let mut a = AutogradEngine::new(&m.model, None, 0).unwrap();
@@ -440,8 +500,14 @@ fn autograd_engine_matches_the_cpu_engine() {
 
 #[test]
 fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
+    for family in &FAMILIES {
+        autograd_engine_lora_matches_the_cpu_engine(family);
+    }
+}
+
+fn autograd_engine_lora_matches_the_cpu_engine(family: &FamilyCase) {
     use east::train::engine::autograd::AutogradEngine;
-    let (_d, m) = tiny(19, false);
+    let (_d, m) = tiny_family(19, false, family);
     let spec = LoraSpec {
         rank: 3,
         alpha: 6.0,
@@ -485,7 +551,12 @@ fn autograd_engine_lora_matches_the_cpu_engine_with_dropout() {
             .to_vec1()
             .unwrap();
         let d = max_rel_diff(c.grad(&p.name).unwrap(), &g);
-        assert!(d < 1e-9, "{}: relative difference {d}", p.name);
+        assert!(
+            d < 1e-9,
+            "{} {}: relative difference {d}",
+            family.label,
+            p.name
+        );
     }
     assert!(a.grad("model.layers.0.self_attn.q_proj.weight").is_none());
 }

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use east::model::train_ops::{
-    attention, attention_probs, rms_norm, rope, softmax_masked, swiglu, RopeTables,
+    add_bias, attention, attention_probs, rms_norm, rope, softmax_masked, swiglu, RopeTables,
 };
 
 /// Deterministic, uneven test values.
@@ -470,6 +470,43 @@ fn swiglu_backward_is_the_finite_difference_of_the_host_formula() {
     assert_close(&flat(grads.get(up.as_tensor()).unwrap()), &du, 1e-7, "∂up");
 }
 
+/// A projection's bias (Qwen2's q/k/v): `y + b` over rows, in a (B, T, n) layout; a frozen
+/// bias (LoRA) gets no gradient and leaves `y`'s unchanged.
+#[test]
+fn bias_backward_is_the_finite_difference_of_the_host_formula() {
+    let n = 7;
+    let (ys, bs, cs) = (values(2 * 3 * n, 18), values(n, 19), values(2 * 3 * n, 20));
+    let host = |y: &[f64], b: &[f64]| -> Vec<f64> {
+        y.chunks(n)
+            .flat_map(|row| row.iter().zip(b).map(|(a, c)| a + c).collect::<Vec<_>>())
+            .collect()
+    };
+    let y = var(&ys, &[2, 3, n]);
+    let b = var(&bs, &[n]);
+    let out = add_bias(y.as_tensor(), b.as_tensor()).unwrap();
+    assert_close(&flat(&out), &host(&ys, &bs), 1e-15, "y + b");
+    let c = Tensor::from_vec(cs.clone(), (2, 3, n), &Device::Cpu).unwrap();
+    let grads = (out * &c).unwrap().sum_all().unwrap().backward().unwrap();
+    let dy = finite_differences(&ys, &|y| weighted(&host(y, &bs), &cs));
+    let db = finite_differences(&bs, &|b| weighted(&host(&ys, b), &cs));
+    assert_close(&flat(grads.get(y.as_tensor()).unwrap()), &dy, 1e-7, "∂y");
+    assert_close(&flat(grads.get(b.as_tensor()).unwrap()), &db, 1e-7, "∂b");
+    let frozen = Tensor::from_vec(bs.clone(), n, &Device::Cpu).unwrap();
+    let grads = (add_bias(y.as_tensor(), &frozen).unwrap() * &c)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert!(grads.get(&frozen).is_none());
+    assert_close(
+        &flat(grads.get(y.as_tensor()).unwrap()),
+        &dy,
+        1e-7,
+        "∂y, frozen b",
+    );
+}
+
 /// Without a tracked input the ops return their values and add no graph node.
 #[test]
 fn untracked_inputs_give_plain_values() {
@@ -478,6 +515,7 @@ fn untracked_inputs_give_plain_values() {
     let w = Tensor::from_vec(values(4, 17), 4, &Device::Cpu).unwrap();
     for y in [
         rms_norm(&x, &w, 1e-5).unwrap(),
+        add_bias(&x, &w).unwrap(),
         softmax_masked(&x, None).unwrap(),
         swiglu(&x, &x).unwrap(),
     ] {

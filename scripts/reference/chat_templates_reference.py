@@ -44,6 +44,10 @@ TEMPLATES = {
     "mistralai-Mistral-Nemo-Instruct-2407": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": {"bos_token": "<｜begin▁of▁sentence｜>",
                                                  "eos_token": "<｜end▁of▁sentence｜>"},
+    "Qwen-Qwen3-0.6B": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
+    "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": {"bos_token": "<｜begin▁of▁sentence｜>",
+                                                 "eos_token": "<｜end▁of▁sentence｜>",
+                                                 "pad_token": "<｜end▁of▁sentence｜>"},
 }
 
 PROMPTS = {

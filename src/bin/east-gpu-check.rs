@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use east::decode::{generate_group, DecodeSettings, Request, SamplerPlacement, Sampling};
+use east::model::config::{Arch, Family, SlidingWindow};
 use east::model::testing::{published_shape, write_random_model, write_tiny_model_with, TinySpec};
 use east::model::{DTypeChoice, KvCache, LoadedModel, ModelConfig, RopeScaling};
 use east::train::{train, EngineChoice, TrainConfig, TrainJob};
@@ -43,7 +44,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a seeded random-weight model folder: `tiny` (f32, 3 layers, hidden 256, GQA,
-    /// llama3 RoPE: the agreement model), `1b` or `8b` (Llama-3.2-1B / Llama-3.1-8B shapes, bf16),
+    /// llama3 RoPE: the agreement model) and its Qwen2, Qwen3 and Mistral variants
+    /// (`tiny-qwen2`, `tiny-qwen3`, `tiny-mistral`), `1b` or `8b` (Llama-3.2-1B / Llama-3.1-8B
+    /// shapes, bf16),
     /// `mini` (the 1B's vocabulary on 2 layers of hidden 256, bf16: for CPU dry runs).
     MakeModel {
         #[arg(long)]
@@ -248,9 +251,51 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agreement model: small, but with the 1B's head size, GQA and llama3 RoPE scaling.
-fn tiny_spec() -> TinySpec {
+/// The agreement model of `shape` (`tiny`, `tiny-qwen2`, `tiny-qwen3`, `tiny-mistral`), or
+/// None. `tiny`: a Llama, small but with the 1B's head size, GQA and llama3 RoPE scaling; the
+/// others the same trunk with their family's layout: Qwen2's q/k/v biases and tied embeddings,
+/// Qwen3's q/k norms and a head_dim (128) wider than hidden / heads, Mistral's explicit
+/// head_dim and a sliding window longer than the rows; Qwen's RoPE θ 10⁶ without scaling.
+fn tiny_spec(shape: &str) -> Option<TinySpec> {
+    let llama = tiny_llama_spec();
+    let qwen = |family| TinySpec {
+        arch: Arch::of(family),
+        rope_theta: 1_000_000.0,
+        rope_scaling: None,
+        ..llama.clone()
+    };
+    Some(match shape {
+        "tiny" => llama,
+        "tiny-qwen2" => TinySpec {
+            tie_word_embeddings: true,
+            ..qwen(Family::Qwen2)
+        },
+        "tiny-qwen3" => TinySpec {
+            head_dim: Some(128),
+            ..qwen(Family::Qwen3)
+        },
+        "tiny-mistral" => TinySpec {
+            arch: Arch {
+                sliding_window: Some(SlidingWindow {
+                    size: 4096,
+                    first_layer: 0,
+                }),
+                ..Arch::of(Family::Mistral)
+            },
+            head_dim: Some(128),
+            rope_theta: 1_000_000.0,
+            rope_scaling: None,
+            ..llama
+        },
+        _ => return None,
+    })
+}
+
+/// The Llama agreement model.
+fn tiny_llama_spec() -> TinySpec {
     TinySpec {
+        arch: Arch::default(),
+        head_dim: None,
         num_hidden_layers: 3,
         hidden_size: 256,
         intermediate_size: 512,
@@ -278,7 +323,9 @@ fn file_sha256(path: &Path) -> anyhow::Result<String> {
 fn make_model(shape: &str, seed: u64, out: &Path) -> anyhow::Result<Value> {
     let t = Instant::now();
     let cfg = match shape {
-        "tiny" => write_tiny_model_with(out, seed, &tiny_spec())?,
+        s if tiny_spec(s).is_some() => {
+            write_tiny_model_with(out, seed, &tiny_spec(s).expect("tested"))?
+        }
         "mini" => {
             // the 1B's vocabulary, tokenizer and RoPE on a small trunk: the 1b/8b code path at
             // CPU size (gpu-check.sh --dry-run-cpu)
@@ -294,7 +341,9 @@ fn make_model(shape: &str, seed: u64, out: &Path) -> anyhow::Result<Value> {
         }
         s => {
             let cfg = published_shape(s)
-                .with_context(|| format!("--shape {s}: expected tiny, mini, 1b or 8b"))?;
+                .with_context(|| {
+                    format!("--shape {s}: expected tiny, tiny-qwen2, tiny-qwen3, tiny-mistral, mini, 1b or 8b")
+                })?;
             write_random_model(out, &cfg, seed)?;
             cfg
         }

@@ -120,6 +120,11 @@ impl KvCache {
         if let Some(&p) = left_pad.iter().find(|&&p| p > capacity) {
             candle_core::bail!("KvCache::new: left_pad {p} exceeds the capacity {capacity}")
         }
+        // the longest row a cache of this capacity can hold: fail before any work when the
+        // model's sliding window would cut it
+        let unpadded = capacity - left_pad.iter().copied().min().unwrap_or(0);
+        cfg.check_sequence_len(unpadded)
+            .map_err(|e| e.into_candle())?;
         let shape = (batch, cfg.num_key_value_heads, capacity, cfg.head_dim);
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| {

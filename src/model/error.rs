@@ -13,11 +13,16 @@ pub enum ModelError {
     #[error("file not found: {}{hint}", path.display())]
     MissingFile { path: PathBuf, hint: String },
 
-    /// The checkpoint is not a Llama-architecture model.
+    /// The checkpoint is not of a family east runs.
     #[error(
-        "{origin}: unsupported architecture `{found}` (east runs Llama-family models: `llama`)"
+        "{origin}: unsupported architecture `{found}` (east runs `llama`, `mistral`, `qwen2` and `qwen3` models; GGUF: `llama`, `qwen2`, `qwen3`)"
     )]
     WrongArchitecture { found: String, origin: String },
+
+    /// A sequence longer than the model's sliding attention window, which east does not
+    /// implement (up to the window it equals attending to every earlier token).
+    #[error("a sequence of {tokens} tokens is longer than the model's sliding attention window of {window} tokens (`sliding_window` in config.json, `*.attention.sliding_window` in GGUF metadata), which east does not implement: shorten the sequences (sample.max_new_tokens, eval.max_new_tokens, train.max_length)")]
+    SlidingWindow { tokens: usize, window: usize },
 
     /// A tensor exists but has the wrong shape for the config.
     #[error("{origin}: tensor `{name}` has shape {found:?}, the config expects {expected:?}")]

@@ -1,7 +1,9 @@
-//! GGUF (llama.cpp) checkpoints: every tensor is dequantized to f32 (then cast to the requested
-//! dtype), renamed to its Hugging Face name, and the Q/K row permutation that llama.cpp's
-//! `convert_hf_to_gguf.py` applies for its interleaved RoPE is undone, so the HF
-//! (`rotate_half`) RoPE of [`super::llama::Llama`] is correct.
+//! GGUF (llama.cpp) checkpoints of the `llama`, `qwen2` and `qwen3` architectures: every
+//! tensor is dequantized to f32 (then cast to the requested dtype), renamed to its Hugging Face
+//! name (one table, [`gguf_to_hf_name`] / [`hf_to_gguf_name`]), and the Q/K row permutation
+//! that llama.cpp's `convert_hf_to_gguf.py` applies to `llama` models for its interleaved RoPE
+//! is undone (it leaves Qwen's as they are), so the HF (`rotate_half`) RoPE of
+//! [`super::llama::Llama`] is correct.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,61 +28,113 @@ pub struct GgufModel {
     pub chat_template: Option<String>,
 }
 
-/// The HF name of a llama.cpp tensor name, or None if it is not part of a Llama model.
-pub fn gguf_to_hf_name(name: &str) -> Option<String> {
-    let simple = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
+/// llama.cpp's and Hugging Face's names of the per-layer tensors of every family east reads
+/// and writes (after `blk.{i}.` and `model.layers.{i}.`): one table for both directions.
+const LAYER_NAMES: [(&str, &str); 15] = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_q.bias", "self_attn.q_proj.bias"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_k.bias", "self_attn.k_proj.bias"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_v.bias", "self_attn.v_proj.bias"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("attn_output.bias", "self_attn.o_proj.bias"),
+    ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+    ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+];
+
+/// The same for the tensors outside the layers.
+const GLOBAL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Renames `name` from one naming (`from`: layer prefix and table side) to the other.
+fn rename(name: &str, gguf_to_hf: bool) -> Option<String> {
+    let side = |pair: &(&'static str, &'static str)| {
+        if gguf_to_hf {
+            (pair.0, pair.1)
+        } else {
+            (pair.1, pair.0)
+        }
     };
-    if let Some(s) = simple {
-        return Some(s.to_string());
+    if let Some((_, to)) = GLOBAL_NAMES.iter().map(side).find(|(f, _)| *f == name) {
+        return Some(to.to_string());
     }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf = match rest {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "ffn_norm.weight" => "post_attention_layernorm.weight",
-        _ => return None,
+    let (from_prefix, to_prefix) = if gguf_to_hf {
+        ("blk.", "model.layers.")
+    } else {
+        ("model.layers.", "blk.")
     };
-    Some(format!("model.layers.{layer}.{hf}"))
+    let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (_, to) = LAYER_NAMES.iter().map(side).find(|(f, _)| *f == rest)?;
+    Some(format!("{to_prefix}{layer}.{to}"))
 }
 
-/// Undo llama.cpp's permutation of the rows of `q_proj` / `k_proj` (`n_head` = query heads for
-/// Q, kv heads for K). convert_hf_to_gguf maps HF rows `(head, half, i)` to
-/// `(head, i, half)`; this maps them back (the inverse of its `permute`).
-pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
-    if n_head == 0 || rows % (2 * n_head) != 0 {
-        candle_core::bail!("unpermute_qk: {rows} rows are not 2 × {n_head} heads")
+/// The HF name of a llama.cpp tensor name, or None if it is not a tensor of a family east runs.
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    rename(name, true)
+}
+
+/// The llama.cpp name of an HF tensor name (the inverse of [`gguf_to_hf_name`]).
+pub fn hf_to_gguf_name(name: &str) -> Option<String> {
+    rename(name, false)
+}
+
+/// The query or key heads (for [`permute_qk`] / [`unpermute_qk`]) of an HF tensor that
+/// llama.cpp permutes in `llama` GGUFs (q/k weights and biases), else None.
+pub fn permuted_heads(name: &str, cfg: &LlamaConfig) -> Option<usize> {
+    if !cfg.arch.gguf_permutes_qk() {
+        return None;
     }
-    let half = rows / n_head / 2;
-    w.reshape((n_head, half, 2, cols))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((rows, cols))
+    let q = ["self_attn.q_proj.weight", "self_attn.q_proj.bias"];
+    let k = ["self_attn.k_proj.weight", "self_attn.k_proj.bias"];
+    if q.iter().any(|s| name.ends_with(s)) {
+        Some(cfg.num_attention_heads)
+    } else if k.iter().any(|s| name.ends_with(s)) {
+        Some(cfg.num_key_value_heads)
+    } else {
+        None
+    }
+}
+
+/// Undo llama.cpp's permutation of the rows of `q_proj` / `k_proj` (weight `(rows, cols)` or
+/// bias `(rows,)`; `n_head` = query heads for Q, kv heads for K). convert_hf_to_gguf maps HF
+/// rows `(head, half, i)` to `(head, i, half)`; this maps them back (the inverse of its
+/// `permute`).
+pub fn unpermute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    permute_rows(w, n_head, true)
 }
 
 /// The inverse of [`unpermute_qk`] (llama.cpp's permutation), for tests and exporting.
 pub fn permute_qk(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (rows, cols) = w.dims2()?;
+    permute_rows(w, n_head, false)
+}
+
+/// Rows `(head, a, b)` → `(head, b, a)` with `(a, b)` = `(half, 2)` (`undo`) or `(2, half)`.
+fn permute_rows(w: &Tensor, n_head: usize, undo: bool) -> candle_core::Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let (rows, cols) = match dims.as_slice() {
+        [r] => (*r, 1),
+        [r, c] => (*r, *c),
+        _ => candle_core::bail!("permute_qk: a weight or a bias, not shape {dims:?}"),
+    };
     if n_head == 0 || rows % (2 * n_head) != 0 {
         candle_core::bail!("permute_qk: {rows} rows are not 2 × {n_head} heads")
     }
     let half = rows / n_head / 2;
-    w.reshape((n_head, 2, half, cols))?
+    let (a, b) = if undo { (half, 2) } else { (2, half) };
+    w.reshape((n_head, a, b, cols))?
         .transpose(1, 2)?
         .contiguous()?
-        .reshape((rows, cols))
+        .reshape(dims)
 }
 
 fn gguf_err(path: &Path, msg: impl ToString) -> ModelError {
@@ -127,7 +181,7 @@ fn llama3_scaling_from_rope_freqs(
     ))
 }
 
-/// Read a llama GGUF: config, HF-named dequantized tensors (on `device`, in `dtype`),
+/// Read a GGUF: config, HF-named dequantized tensors (on `device`, in `dtype`),
 /// tokenizer and chat template.
 pub fn read_gguf(path: &Path, device: &Device, dtype: DType) -> Result<GgufModel> {
     read_gguf_parts(path, device, dtype, true)
@@ -183,7 +237,10 @@ fn read_gguf_parts(path: &Path, device: &Device, dtype: DType, weights: bool) ->
         let Some(hf) = gguf_to_hf_name(name) else {
             return Err(ModelError::UnexpectedTensor {
                 name: name.clone(),
-                why: "not a tensor of the Llama architecture".into(),
+                why: format!(
+                    "not a tensor of a `{}` model east knows",
+                    config.arch.family.gguf_arch()
+                ),
                 origin: origin.clone(),
             });
         };
@@ -194,14 +251,9 @@ fn read_gguf_parts(path: &Path, device: &Device, dtype: DType, weights: bool) ->
             .dequantize(&Device::Cpu)
             .and_then(|t| t.to_dtype(DType::F32))
             .map_err(|e| gguf_err(path, format!("{name}: {e}")))?;
-        if hf.ends_with("q_proj.weight") || hf.ends_with("k_proj.weight") {
-            let heads = if hf.ends_with("q_proj.weight") {
-                config.num_attention_heads
-            } else {
-                config.num_key_value_heads
-            };
+        if let Some(heads) = permuted_heads(&hf, &config) {
             // A wrong shape is reported later, by name, against the config.
-            if t.rank() == 2 && t.dims()[0] % (2 * heads) == 0 {
+            if t.rank() <= 2 && t.dims()[0] % (2 * heads) == 0 {
                 t = unpermute_qk(&t, heads)?;
             }
         }

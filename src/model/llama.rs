@@ -1,4 +1,6 @@
-//! The Llama decoder (HF layout and tensor names) with two forward paths:
+//! The decoder of every family east runs (HF layout and tensor names; what the families
+//! change, biases and q/k norms, comes from the config's [`Arch`](super::config::Arch)) with
+//! two forward paths:
 //!
 //! * [`Llama::forward_hidden`] + [`Llama::logits`]: no cache, every position, padding mask,
 //!   differentiable: RMS norm, RoPE, attention and SwiGLU are
@@ -16,6 +18,7 @@ use candle_nn::VarBuilder;
 
 use super::cache::KvCache;
 use super::config::LlamaConfig;
+use super::config::PROJECTIONS;
 use super::packed::{PackedMatmul, PackedWeight};
 use super::train_ops;
 
@@ -27,8 +30,9 @@ pub trait LinearAdapter: std::fmt::Debug + Send + Sync {
     fn forward(&self, layer: &LinearLayer, x: &Tensor) -> Result<Tensor>;
 }
 
-/// A bias-free projection `y = x · Wᵀ`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear`
-/// layout), with an optional [`LinearAdapter`] that takes over its forward.
+/// A projection `y = x · Wᵀ (+ b)`, `W` of shape `(out_dim, in_dim)` (HF `nn.Linear` layout),
+/// `b` of shape `(out_dim,)` when the family's projection has a bias, with an optional
+/// [`LinearAdapter`] that takes over its forward.
 ///
 /// On the CPU a weight that is not a training variable is stored transposed, `(in_dim,
 /// out_dim)` contiguous, which gemm multiplies ~1.5× faster; [`LinearLayer::weight`] is then a
@@ -43,6 +47,8 @@ pub struct LinearLayer {
     /// `weight_t` packed for the decoder's products, made on its first decode step (see
     /// [`LinearLayer::decode_forward`]); None inside where it does not apply.
     packed: Arc<OnceLock<Option<PackedWeight>>>,
+    /// `(out_dim,)`, added after the product (Qwen2's q/k/v).
+    bias: Option<Tensor>,
     adapter: Option<Arc<dyn LinearAdapter>>,
 }
 
@@ -52,10 +58,17 @@ impl LinearLayer {
             weight: weight.clone(),
             weight_t: None,
             packed: Arc::default(),
+            bias: None,
             adapter: None,
         };
         l.store(weight);
         l
+    }
+
+    /// The layer with `bias` `(out_dim,)` added after the product.
+    pub fn with_bias(mut self, bias: Option<Tensor>) -> Self {
+        self.bias = bias;
+        self
     }
 
     /// A layer over `weight` as it is, never a transposed copy: for a layer that is kept but
@@ -65,6 +78,7 @@ impl LinearLayer {
             weight,
             weight_t: None,
             packed: Arc::default(),
+            bias: None,
             adapter: None,
         }
     }
@@ -86,9 +100,16 @@ impl LinearLayer {
         }
     }
 
-    /// Load `weight` of shape `(out_dim, in_dim)` from `vb` (e.g. `vb.pp("q_proj")`).
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self::new(vb.get((out_dim, in_dim), "weight")?))
+    /// Load `weight` of shape `(out_dim, in_dim)` from `vb` (e.g. `vb.pp("q_proj")`), and
+    /// `bias` `(out_dim,)` when `bias`.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let b = bias.then(|| vb.get(out_dim, "bias")).transpose()?;
+        Ok(Self::new(vb.get((out_dim, in_dim), "weight")?).with_bias(b))
+    }
+
+    /// The bias, `(out_dim,)`, when the projection has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
     }
 
     /// The weight, `(out_dim, in_dim)` (possibly a non-contiguous view).
@@ -150,7 +171,10 @@ impl LinearLayer {
         let dims = x.dims();
         let mut out = dims[..dims.len() - 1].to_vec();
         let x2 = x.reshape((out.iter().product::<usize>(), self.in_dim()))?;
-        let y = x2.contiguous()?.apply_op1_no_bwd(&PackedMatmul(p))?;
+        let mut y = x2.contiguous()?.apply_op1_no_bwd(&PackedMatmul(p))?;
+        if let Some(b) = &self.bias {
+            y = y.broadcast_add(b)?;
+        }
         out.push(self.out_dim());
         y.reshape(out)
     }
@@ -166,7 +190,7 @@ impl LinearLayer {
             && x.elem_count() >= 2 * self.in_dim()
     }
 
-    /// `x · Wᵀ` over the last dimension of `x`, any number of leading dimensions.
+    /// `x · Wᵀ (+ b)` over the last dimension of `x`, any number of leading dimensions.
     pub fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
         let in_dim = *dims.last().unwrap_or(&0);
@@ -183,6 +207,10 @@ impl LinearLayer {
         } else {
             // A frozen weight: a matmul whose backward yields only the input's gradient.
             x2.apply_op1(FrozenMatmul { rhs })?
+        };
+        let y = match &self.bias {
+            Some(b) => train_ops::add_bias(&y, b)?,
+            None => y,
         };
         let mut out = lead;
         out.push(self.out_dim());
@@ -252,9 +280,13 @@ pub struct Attention {
     pub k_proj: LinearLayer,
     pub v_proj: LinearLayer,
     pub o_proj: LinearLayer,
+    /// `(head_dim,)` RMS norm weights over each head of q and of k, before RoPE (Qwen3).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    rms_norm_eps: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -311,18 +343,42 @@ struct TrainCtx {
 
 impl Attention {
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let q = cfg.num_attention_heads * cfg.head_dim;
-        let kv = cfg.num_key_value_heads * cfg.head_dim;
+        let dims = cfg.projection_dims();
+        let proj = |w: usize| {
+            let (i, o) = dims[w];
+            LinearLayer::load(vb.pp(PROJECTIONS[w]), i, o, cfg.arch.has_bias(w))
+        };
+        let norm = |name: &str| {
+            cfg.arch
+                .qk_norm
+                .then(|| vb.pp(name).get(cfg.head_dim, "weight"))
+                .transpose()
+        };
         Ok(Self {
-            q_proj: LinearLayer::load(vb.pp("q_proj"), h, q)?,
-            k_proj: LinearLayer::load(vb.pp("k_proj"), h, kv)?,
-            v_proj: LinearLayer::load(vb.pp("v_proj"), h, kv)?,
-            o_proj: LinearLayer::load(vb.pp("o_proj"), q, h)?,
+            q_proj: proj(0)?,
+            k_proj: proj(1)?,
+            v_proj: proj(2)?,
+            o_proj: proj(3)?,
+            q_norm: norm("q_norm")?,
+            k_norm: norm("k_norm")?,
             n_heads: cfg.num_attention_heads,
             n_kv_heads: cfg.num_key_value_heads,
             head_dim: cfg.head_dim,
+            rms_norm_eps: cfg.rms_norm_eps,
         })
+    }
+
+    /// The per-head q/k RMS norms (Qwen3) of `q` `(B, H, T, D)` and `k` `(B, KV, T, D)`,
+    /// when the family has them: [`train_ops::rms_norm`] in the training graph, candle's
+    /// fused kernel in the KV-cached decoder.
+    fn norm_qk(&self, q: Tensor, k: Tensor, cached: bool) -> Result<(Tensor, Tensor)> {
+        let eps = self.rms_norm_eps;
+        let norm = |x: Tensor, w: &Option<Tensor>| match w {
+            None => Ok(x),
+            Some(w) if cached => candle_nn::ops::rms_norm(&x, w, eps as f32),
+            Some(w) => train_ops::rms_norm(&x, w, eps),
+        };
+        Ok((norm(q, &self.q_norm)?, norm(k, &self.k_norm)?))
     }
 
     /// q, k, v as `(B, heads, T, D)`, contiguous; the projections by
@@ -369,6 +425,7 @@ impl Attention {
     /// Training/scoring attention: RoPE with the queries' tables carrying the `1/√d` scale.
     fn forward_train(&self, x: &Tensor, ctx: &TrainCtx) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, false)?;
+        let (q, k) = self.norm_qk(q, k, false)?;
         let q = train_ops::rope(&q, &ctx.q_rope)?;
         let k = train_ops::rope(&k, &ctx.k_rope)?;
         let y = self.attend(&q, &k, &v, ctx.mask.as_ref())?;
@@ -383,6 +440,7 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor> {
         let (q, k, v) = self.qkv(x, true)?;
+        let (q, k) = self.norm_qk(q, k, true)?;
         let q = candle_nn::rotary_emb::rope(&q, ctx.cos, ctx.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, ctx.cos, ctx.sin)?;
         let kv = cache.append(layer, &k, &v)?;
@@ -424,6 +482,45 @@ pub type LayerFn = Arc<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 pub type LayerRunner<'a> = &'a dyn Fn(usize, LayerFn, &Tensor) -> Result<Tensor>;
 
 impl Block {
+    /// The layer's tensors under their HF names, in [`LlamaConfig::layer_tensors`]' order.
+    fn named_tensors(&self, layer: usize) -> Vec<(String, Tensor)> {
+        let p = format!("model.layers.{layer}");
+        let a = &self.self_attn;
+        let mut v = vec![(
+            format!("{p}.input_layernorm.weight"),
+            self.input_layernorm.clone(),
+        )];
+        let projections = [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &self.mlp.gate_proj,
+            &self.mlp.up_proj,
+            &self.mlp.down_proj,
+        ];
+        for (w, lin) in projections.into_iter().enumerate() {
+            if w == 4 {
+                for (n, t) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
+                    if let Some(t) = t {
+                        v.push((format!("{p}.self_attn.{n}.weight"), t.clone()));
+                    }
+                }
+                v.push((
+                    format!("{p}.post_attention_layernorm.weight"),
+                    self.post_attention_layernorm.clone(),
+                ));
+            }
+            let group = if w < 4 { "self_attn" } else { "mlp" };
+            let module = format!("{p}.{group}.{}", PROJECTIONS[w]);
+            v.push((format!("{module}.weight"), lin.weight().clone()));
+            if let Some(b) = lin.bias() {
+                v.push((format!("{module}.bias"), b.clone()));
+            }
+        }
+        v
+    }
+
     /// The training/scoring forward of the layer: pre-norm attention and MLP with residuals.
     fn forward_train(&self, x: &Tensor, ctx: &TrainCtx, eps: f64) -> Result<Tensor> {
         let h = train_ops::rms_norm(x, &self.input_layernorm, eps)?;
@@ -436,20 +533,26 @@ impl Block {
 
     fn load(vb: VarBuilder, cfg: &LlamaConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let dims = cfg.projection_dims();
+        let mlp = vb.pp("mlp");
+        let proj =
+            |w: usize| LinearLayer::load(mlp.pp(PROJECTIONS[w]), dims[w].0, dims[w].1, false);
         Ok(Self {
             input_layernorm: vb.pp("input_layernorm").get(h, "weight")?,
             self_attn: Attention::load(vb.pp("self_attn"), cfg)?,
             post_attention_layernorm: vb.pp("post_attention_layernorm").get(h, "weight")?,
             mlp: Mlp {
-                gate_proj: LinearLayer::load(vb.pp("mlp.gate_proj"), h, cfg.intermediate_size)?,
-                up_proj: LinearLayer::load(vb.pp("mlp.up_proj"), h, cfg.intermediate_size)?,
-                down_proj: LinearLayer::load(vb.pp("mlp.down_proj"), cfg.intermediate_size, h)?,
+                gate_proj: proj(4)?,
+                up_proj: proj(5)?,
+                down_proj: proj(6)?,
             },
         })
     }
 }
 
-/// A Llama-architecture causal LM (Llama 2/3/3.1/3.2, SmolLM2, …) with HF tensor names.
+/// A causal LM of any family east runs (Llama 2/3/3.1/3.2, SmolLM2, Mistral, Qwen2/2.5,
+/// Qwen3; see [`Family`](super::config::Family)) with HF tensor names. The name is
+/// historical: every family is Llama's layout plus what its [`Arch`](super::config::Arch) adds.
 #[derive(Debug, Clone)]
 pub struct Llama {
     pub embed_tokens: Tensor,
@@ -484,7 +587,7 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings {
             LinearLayer::new(embed_tokens.clone())
         } else {
-            LinearLayer::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size)?
+            LinearLayer::load(vb.pp("lm_head"), cfg.hidden_size, cfg.vocab_size, false)?
         };
         let inv: Vec<f32> = cfg.rope_inv_freq().iter().map(|&f| f as f32).collect();
         let inv_freq = Tensor::new(inv.as_slice(), &device)?;
@@ -513,27 +616,16 @@ impl Llama {
     }
 
     /// `(name, shape)` of every tensor a checkpoint of `cfg` must hold, HF names, in order
-    /// (`lm_head.weight` only when embeddings are not tied).
+    /// (`lm_head.weight` only when embeddings are not tied; each layer as
+    /// [`LlamaConfig::layer_tensors`]).
     pub fn expected_tensors(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         let h = cfg.hidden_size;
-        let q = cfg.num_attention_heads * cfg.head_dim;
-        let kv = cfg.num_key_value_heads * cfg.head_dim;
-        let i = cfg.intermediate_size;
         let mut v = vec![(
             "model.embed_tokens.weight".to_string(),
             vec![cfg.vocab_size, h],
         )];
         for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
-            v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-            v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-            v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-            v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
-            v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
-            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+            v.extend(cfg.layer_tensors(l));
         }
         v.push(("model.norm.weight".to_string(), vec![h]));
         if !cfg.tie_word_embeddings {
@@ -543,37 +635,15 @@ impl Llama {
     }
 
     /// Every weight under its HF name (what a `model.safetensors` checkpoint holds;
-    /// `lm_head.weight` only when not tied). Adapters are not included.
+    /// `lm_head.weight` only when not tied), in [`Llama::expected_tensors`]' order. Adapters
+    /// are not included.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         let mut v = vec![(
             "model.embed_tokens.weight".to_string(),
             self.embed_tokens.clone(),
         )];
         for (l, b) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            v.push((
-                format!("{p}.input_layernorm.weight"),
-                b.input_layernorm.clone(),
-            ));
-            for (n, lin) in [
-                ("self_attn.q_proj", &b.self_attn.q_proj),
-                ("self_attn.k_proj", &b.self_attn.k_proj),
-                ("self_attn.v_proj", &b.self_attn.v_proj),
-                ("self_attn.o_proj", &b.self_attn.o_proj),
-            ] {
-                v.push((format!("{p}.{n}.weight"), lin.weight().clone()));
-            }
-            v.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                b.post_attention_layernorm.clone(),
-            ));
-            for (n, lin) in [
-                ("mlp.gate_proj", &b.mlp.gate_proj),
-                ("mlp.up_proj", &b.mlp.up_proj),
-                ("mlp.down_proj", &b.mlp.down_proj),
-            ] {
-                v.push((format!("{p}.{n}.weight"), lin.weight().clone()));
-            }
+            v.extend(b.named_tensors(l));
         }
         v.push(("model.norm.weight".to_string(), self.norm.clone()));
         if !self.cfg.tie_word_embeddings {
@@ -674,6 +744,10 @@ impl Llama {
             }
             None => vec![vec![true; t]; b],
         };
+        let longest = real.iter().map(|r| r.iter().filter(|&&x| x).count()).max();
+        self.cfg
+            .check_sequence_len(longest.unwrap_or(0))
+            .map_err(|e| e.into_candle())?;
         let mut positions = Vec::with_capacity(b * t);
         let mut mask = Vec::with_capacity(b * t * t);
         let mut any_masked = false;
@@ -765,6 +839,10 @@ impl Llama {
         let start = cache.len();
         let l = start + t;
         let pads = cache.left_pad().to_vec();
+        let longest = l - pads.iter().copied().min().unwrap_or(0).min(l);
+        self.cfg
+            .check_sequence_len(longest)
+            .map_err(|e| e.into_candle())?;
         let mut positions = Vec::with_capacity(b * t);
         for &p in &pads {
             for c in start..l {

@@ -304,7 +304,7 @@ fn finish(
     })
 }
 
-/// Load a llama GGUF file (dequantized to `dtype`); its chat template is
+/// Load a GGUF file of any family east runs (dequantized to `dtype`); its chat template is
 /// `tokenizer.chat_template`.
 pub fn load_gguf(
     path: &Path,

@@ -3,9 +3,10 @@
 //! `(r, in)`, `B` of shape `(out, r)`), read, merged into a loaded model
 //! (`W ← W + (α/r)·B·A`, or `α/√r` with rsLoRA), and written.
 //!
-//! Supported: LoRA on the decoder projections (q/k/v/o/gate/up/down) without bias, DoRA,
-//! per-module rank/alpha patterns or extra trained modules; anything else is refused with the
-//! reason rather than silently ignored.
+//! Supported: LoRA on the decoder projections (q/k/v/o/gate/up/down; the same module names in
+//! every family east runs, a projection's own bias staying frozen) without trained biases,
+//! DoRA, per-module rank/alpha patterns or extra trained modules; anything else is refused
+//! with the reason rather than silently ignored.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,16 +17,9 @@ use serde_json::{json, Value};
 use super::error::{read_json, ModelError, Result};
 use super::llama::Llama;
 
-/// The projections east applies LoRA to.
-pub const LORA_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+/// The projections east applies LoRA to: every projection of a decoder layer, named alike in
+/// every family.
+pub const LORA_TARGETS: [&str; 7] = super::config::PROJECTIONS;
 
 /// A LoRA adapter read from disk.
 #[derive(Debug, Clone)]
@@ -63,7 +57,46 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
             hint: " (a PEFT adapter folder needs adapter_config.json)".into(),
         });
     }
-    let cfg = read_json(&cfg_path)?;
+    let settings = adapter_settings(dir, &read_json(&cfg_path)?)?;
+    let st_path = dir.join("adapter_model.safetensors");
+    if !st_path.is_file() {
+        let hint = if dir.join("adapter_model.bin").is_file() {
+            " (adapter_model.bin is a pickle; save the adapter with safe_serialization=True)"
+        } else {
+            ""
+        };
+        return Err(ModelError::MissingFile {
+            path: st_path,
+            hint: hint.into(),
+        });
+    }
+    let halves = read_halves(&st_path)?;
+    let weights = pair_halves(halves, settings.rank, &st_path.display().to_string())?;
+    if weights.is_empty() {
+        return Err(invalid(dir, "the adapter holds no LoRA weights"));
+    }
+    Ok(PeftAdapter {
+        dir: dir.to_path_buf(),
+        rank: settings.rank,
+        alpha: settings.alpha,
+        scale: settings.scale,
+        targets: settings.targets,
+        base_model: settings.base_model,
+        weights,
+    })
+}
+
+/// What adapter_config.json says, checked against what east supports.
+struct AdapterSettings {
+    rank: usize,
+    alpha: f64,
+    scale: f64,
+    targets: Vec<String>,
+    base_model: Option<String>,
+}
+
+/// Reads and checks adapter_config.json (`cfg`) of the adapter in `dir`.
+fn adapter_settings(dir: &Path, cfg: &Value) -> Result<AdapterSettings> {
     let peft_type = cfg
         .get("peft_type")
         .and_then(Value::as_str)
@@ -83,13 +116,44 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
     }
     let alpha = cfg.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0);
     let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
+    refuse_unsupported(dir, cfg, &flag)?;
+    let scale = if flag("use_rslora") {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    };
+    let targets: Vec<String> = match cfg.get("target_modules") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
+    };
+    let base_model = cfg
+        .get("base_model_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    Ok(AdapterSettings {
+        rank,
+        alpha,
+        scale,
+        targets,
+        base_model,
+    })
+}
+
+/// Refuses the adapter settings east does not implement (DoRA, fan-in-fan-out, trained
+/// biases, per-module ranks, fully trained extra modules), naming them.
+fn refuse_unsupported(dir: &Path, cfg: &Value, flag: &dyn Fn(&str) -> bool) -> Result<()> {
     if flag("use_dora") {
         return Err(invalid(dir, "DoRA adapters (use_dora) are not supported"));
     }
     if flag("fan_in_fan_out") {
         return Err(invalid(
             dir,
-            "fan_in_fan_out adapters are not supported (Llama projections are nn.Linear)",
+            "fan_in_fan_out adapters are not supported (the projections are nn.Linear)",
         ));
     }
     if let Some(b) = cfg.get("bias").and_then(Value::as_str) {
@@ -122,58 +186,32 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
             "`modules_to_save` (fully trained extra modules) is not supported",
         ));
     }
-    let scale = if flag("use_rslora") {
-        alpha / (rank as f64).sqrt()
-    } else {
-        alpha / rank as f64
-    };
-    let targets: Vec<String> = match cfg.get("target_modules") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => Vec::new(),
-    };
-    let base_model = cfg
-        .get("base_model_name_or_path")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    Ok(())
+}
 
-    let st_path = dir.join("adapter_model.safetensors");
-    if !st_path.is_file() {
-        let hint = if dir.join("adapter_model.bin").is_file() {
-            " (adapter_model.bin is a pickle; save the adapter with safe_serialization=True)"
-        } else {
-            ""
-        };
-        return Err(ModelError::MissingFile {
-            path: st_path,
-            hint: hint.into(),
-        });
-    }
-    let tensors = candle_core::safetensors::load(&st_path, &Device::Cpu)?;
-    let mut halves: BTreeMap<String, (Option<Tensor>, Option<Tensor>)> = BTreeMap::new();
+/// A module's LoRA matrices as read: (A, B), either possibly missing.
+type Halves = BTreeMap<String, (Option<Tensor>, Option<Tensor>)>;
+
+/// The LoRA matrices of adapter_model.safetensors by module path (PEFT's names, with or
+/// without the `.default` adapter name), in f32; a tensor of anything else is an error.
+fn read_halves(st_path: &Path) -> Result<Halves> {
+    let tensors = candle_core::safetensors::load(st_path, &Device::Cpu)?;
     let origin = st_path.display().to_string();
+    let mut halves = Halves::new();
     for (name, t) in tensors {
         let rest = name.strip_prefix("base_model.model.").unwrap_or(&name);
-        let (module, ab) = if let Some(m) = rest
-            .strip_suffix(".lora_A.weight")
-            .or_else(|| rest.strip_suffix(".lora_A.default.weight"))
-        {
-            (m, 'A')
-        } else if let Some(m) = rest
-            .strip_suffix(".lora_B.weight")
-            .or_else(|| rest.strip_suffix(".lora_B.default.weight"))
-        {
-            (m, 'B')
-        } else {
-            return Err(ModelError::UnexpectedTensor {
+        let half = |ab: &str| {
+            rest.strip_suffix(&format!(".lora_{ab}.weight"))
+                .or_else(|| rest.strip_suffix(&format!(".lora_{ab}.default.weight")))
+        };
+        let (module, is_a) = match (half("A"), half("B")) {
+            (Some(m), _) => (m, true),
+            (None, Some(m)) => (m, false),
+            (None, None) => return Err(ModelError::UnexpectedTensor {
                 name,
                 why: "not a LoRA A/B matrix of a decoder projection (only q/k/v/o/gate/up/down LoRA is supported)".into(),
                 origin,
-            });
+            }),
         };
         let ok = module.starts_with("model.layers.")
             && LORA_TARGETS
@@ -188,12 +226,21 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
         }
         let t = t.to_dtype(DType::F32)?;
         let e = halves.entry(module.to_string()).or_default();
-        if ab == 'A' {
+        if is_a {
             e.0 = Some(t);
         } else {
             e.1 = Some(t);
         }
     }
+    Ok(halves)
+}
+
+/// Every module's (A, B), both present and of rank `rank`.
+fn pair_halves(
+    halves: Halves,
+    rank: usize,
+    origin: &str,
+) -> Result<BTreeMap<String, (Tensor, Tensor)>> {
     let mut weights = BTreeMap::new();
     for (module, (a, b)) in halves {
         match (a, b) {
@@ -205,7 +252,7 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
                         name: format!("{module}.lora_A/B"),
                         expected: vec![rank],
                         found: vec![ra, rb],
-                        origin: origin.clone(),
+                        origin: origin.to_string(),
                     });
                 }
                 weights.insert(module, (a, b));
@@ -216,23 +263,12 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter> {
                         "base_model.model.{module}.lora_{}.weight",
                         if a.is_none() { "A" } else { "B" }
                     ),
-                    origin: origin.clone(),
+                    origin: origin.to_string(),
                 })
             }
         }
     }
-    if weights.is_empty() {
-        return Err(invalid(dir, "the adapter holds no LoRA weights"));
-    }
-    Ok(PeftAdapter {
-        dir: dir.to_path_buf(),
-        rank,
-        alpha,
-        scale,
-        targets,
-        base_model,
-        weights,
-    })
+    Ok(weights)
 }
 
 /// The merged weight `W + scale·B·A` (computed in f32, returned in `w`'s dtype and device).

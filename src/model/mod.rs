@@ -1,6 +1,6 @@
-//! Llama-family models for east: configuration, weights loading (Hugging Face hub, local
-//! safetensors folders, GGUF), tokenizers, chat prompts, a differentiable forward for
-//! training/scoring and a KV-cached batched forward for sampling.
+//! The models east runs (the Llama, Mistral, Qwen2 and Qwen3 families): configuration, weights
+//! loading (Hugging Face hub, local safetensors folders, GGUF), tokenizers, chat prompts, a
+//! differentiable forward for training/scoring and a KV-cached batched forward for sampling.
 //!
 //! ```no_run
 //! use candle_core::{DType, Device, Tensor};
@@ -17,8 +17,13 @@
 //! # Map
 //! * [`load()`] (`load.rs`): `--model` spec → [`LoadedModel`] {model, tokenizer, config, chat,
 //!   eos_ids, bos_id, pad_id, …}; typed [`ModelError`]s; [`load::save_checkpoint`].
-//! * [`Llama`] (`llama.rs`): HF tensor names, GQA, RoPE (rotate_half, llama3/linear scaling),
-//!   tied or untied head.
+//! * [`LlamaConfig`] (`config.rs`): shapes, RoPE, special tokens and the [`Arch`]: what the
+//!   families differ in (q/k/v and o biases, per-head q/k norms, sliding window), read from
+//!   config.json or GGUF metadata; every forward, checkpoints, the LoRA targets, the memory
+//!   estimate and the GGUF export read it.
+//! * [`Llama`] (`llama.rs`): the decoder of every family: HF tensor names, GQA, RoPE
+//!   (rotate_half, llama3/linear scaling), biases and q/k norms as the [`Arch`] says, tied or
+//!   untied head.
 //!   - [`Llama::forward_hidden`] `(B,T)` ids + optional `(B,T)` mask → `(B,T,hidden)` final-norm
 //!     states, every op differentiable (norms, RoPE, softmax and SwiGLU through
 //!     [`train_ops`], one graph node each with a hand-written backward); [`Llama::logits`] maps any `(…, hidden)` to the vocab
@@ -41,8 +46,10 @@
 //! * [`tokenizer`]: `encode` (no special tokens added; those spelled in the text are parsed),
 //!   `decode`, GGUF → `tokenizers::Tokenizer` (byte-level BPE, `smollm` / `llama-bpe` / `gpt2`
 //!   pre-tokenizers).
-//! * [`gguf`]: dequantization, llama.cpp → HF names, Q/K un-permutation.
-//! * [`testing`]: a tiny seeded Llama folder for tests ([`testing::write_tiny_model`]).
+//! * [`gguf`]: dequantization, llama.cpp ↔ HF names (one table), Q/K un-permutation of
+//!   `llama` GGUFs.
+//! * [`testing`]: a tiny seeded model folder of any family for tests
+//!   ([`testing::write_tiny_model`]).
 //!
 //! # Conventions
 //! Token ids are `u32`. Weights: f32 on the CPU (candle's CPU bf16 matmul converts on every
@@ -74,7 +81,7 @@ pub use cache::KvCache;
 pub use chat::{
     east_messages, Chat, ChatFormat, ChatSettings, Message, PromptStyle, EAST_SYSTEM_PROMPT,
 };
-pub use config::{LlamaConfig, RopeScaling};
+pub use config::{Arch, Family, LlamaConfig, RopeScaling, SlidingWindow};
 pub use error::ModelError;
 pub use llama::{LayerFn, LayerRunner, LinearAdapter, LinearLayer, Llama};
 pub use load::{load, load_text, LoadedModel, ModelSource, ModelText};

@@ -1,4 +1,4 @@
-//! A tiny, seeded, random Llama written as a real Hugging Face folder, so tests (of this and
+//! A tiny, seeded, random model of any family east runs written as a real Hugging Face folder, so tests (of this and
 //! other modules) can load a model offline: `config.json`, `model.safetensors`,
 //! `tokenizer.json` (byte-level BPE with ChatML special tokens), `tokenizer_config.json`
 //! (ChatML chat template) and `generation_config.json`.
@@ -13,16 +13,20 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use super::config::{LlamaConfig, RopeScaling};
+use super::config::{Arch, LlamaConfig, RopeScaling};
 use super::error::{ModelError, Result};
 use super::llama::Llama;
 use super::load::write_atomic;
 use super::tokenizer::byte_level_bpe_json;
 
-/// Shape of the tiny model. The default: 2 layers, hidden 64, 4 heads, 2 kv heads,
+/// Shape of the tiny model. The default: a Llama of 2 layers, hidden 64, 4 heads, 2 kv heads,
 /// intermediate 128, untied embeddings, vocabulary from [`tiny_tokenizer_json`] (~300).
 #[derive(Debug, Clone)]
 pub struct TinySpec {
+    /// The family and its settings (biases, q/k norms, sliding window).
+    pub arch: Arch,
+    /// None: `hidden_size / num_attention_heads`.
+    pub head_dim: Option<usize>,
     pub num_hidden_layers: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -37,6 +41,8 @@ pub struct TinySpec {
 impl Default for TinySpec {
     fn default() -> Self {
         Self {
+            arch: Arch::default(),
+            head_dim: None,
             num_hidden_layers: 2,
             hidden_size: 64,
             intermediate_size: 128,
@@ -191,13 +197,16 @@ fn write_chatml_sidecars(dir: &Path, max_position_embeddings: usize) -> Result<(
 /// The config of a tiny model for `vocab_size` tokens.
 pub fn tiny_config(spec: &TinySpec, vocab_size: usize) -> LlamaConfig {
     LlamaConfig {
+        arch: spec.arch,
         vocab_size,
         hidden_size: spec.hidden_size,
         intermediate_size: spec.intermediate_size,
         num_hidden_layers: spec.num_hidden_layers,
         num_attention_heads: spec.num_attention_heads,
         num_key_value_heads: spec.num_key_value_heads,
-        head_dim: spec.hidden_size / spec.num_attention_heads,
+        head_dim: spec
+            .head_dim
+            .unwrap_or(spec.hidden_size / spec.num_attention_heads),
         rms_norm_eps: 1e-5,
         rope_theta: spec.rope_theta,
         rope_scaling: spec.rope_scaling.clone(),
@@ -222,6 +231,8 @@ pub fn random_weights(
             (0..n)
                 .map(|_| 1.0 + rng.random_range(-0.2f32..0.2))
                 .collect()
+        } else if name.ends_with(".bias") {
+            (0..n).map(|_| rng.random_range(-0.5f32..0.5)).collect()
         } else {
             // Uniform with std 1/sqrt(fan_in) (embeddings: std 1); the lm_head gets a larger
             // scale so the logits are spread like a trained model's.
@@ -289,6 +300,7 @@ pub fn published_shape(name: &str) -> Option<LlamaConfig> {
         _ => return None,
     };
     Some(LlamaConfig {
+        arch: Arch::default(),
         vocab_size: 128_256,
         hidden_size: hidden,
         intermediate_size: inter,

@@ -60,9 +60,14 @@ pub fn token_id(tokenizer: &Tokenizer, token: &str) -> Option<u32> {
 /// Llama 3's pre-tokenizer split (from its tokenizer.json / llama.cpp `llama-bpe`).
 pub const LLAMA3_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Qwen2's pre-tokenizer split (its tokenizer.json; llama.cpp `qwen2`): Llama 3's, but digits
+/// one by one.
+pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// The pre-tokenizer (in tokenizer.json form) for a llama.cpp `tokenizer.ggml.pre` value,
-/// and whether BPE should ignore merges for whole-word vocabulary hits (Llama 3 does).
-fn pre_tokenizer_for(pre: &str, origin: &str) -> Result<(Value, bool)> {
+/// whether BPE should ignore merges for whole-word vocabulary hits (Llama 3 does), and the
+/// normalizer (Qwen2's tokenizer.json: NFC).
+fn pre_tokenizer_for(pre: &str, origin: &str) -> Result<(Value, bool, Value)> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     match pre {
         // GPT-2 regex on top of single-digit splitting (llama.cpp: "\p{N}" then the GPT-2
@@ -73,6 +78,7 @@ fn pre_tokenizer_for(pre: &str, origin: &str) -> Result<(Value, bool)> {
                 byte_level(true),
             ]}),
             false,
+            Value::Null,
         )),
         "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => Ok((
             json!({"type": "Sequence", "pretokenizers": [
@@ -80,11 +86,21 @@ fn pre_tokenizer_for(pre: &str, origin: &str) -> Result<(Value, bool)> {
                 byte_level(false),
             ]}),
             true,
+            Value::Null,
         )),
-        "gpt2" | "default" | "" => Ok((byte_level(true), false)),
+        // Qwen2/2.5/3 and the DeepSeek-R1 Qwen distills
+        "qwen2" | "deepseek-r1-qwen" => Ok((
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT_REGEX}, "behavior": "Isolated", "invert": false},
+                byte_level(false),
+            ]}),
+            false,
+            json!({"type": "NFC"}),
+        )),
+        "gpt2" | "default" | "" => Ok((byte_level(true), false, Value::Null)),
         other => Err(tok_err(
             origin,
-            format!("GGUF pre-tokenizer `{other}` is not supported (supported: smollm, starcoder, llama-bpe, gpt2)"),
+            format!("GGUF pre-tokenizer `{other}` is not supported (supported: smollm, starcoder, llama-bpe, qwen2, deepseek-r1-qwen, gpt2)"),
         )),
     }
 }
@@ -99,7 +115,7 @@ pub fn byte_level_bpe_json(
     pre: &str,
     origin: &str,
 ) -> Result<Value> {
-    let (pre_tokenizer, ignore_merges) = pre_tokenizer_for(pre, origin)?;
+    let (pre_tokenizer, ignore_merges, normalizer) = pre_tokenizer_for(pre, origin)?;
     let mut vocab = serde_json::Map::new();
     let mut added = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
@@ -117,7 +133,7 @@ pub fn byte_level_bpe_json(
         "truncation": null,
         "padding": null,
         "added_tokens": added,
-        "normalizer": null,
+        "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},

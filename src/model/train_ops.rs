@@ -1,5 +1,6 @@
-//! The training forward's ops with hand-written backward passes: RMS norm, RoPE, the attention
-//! probabilities (scores and masked softmax in one) and SwiGLU.
+//! The training forward's ops with hand-written backward passes: RMS norm (also Qwen3's per-head
+//! q/k norms), a projection's bias, RoPE, the attention probabilities (scores and masked
+//! softmax in one) and SwiGLU.
 //!
 //! Each op computes its output outside candle's graph (with candle's fused kernel where there
 //! is one) and enters the graph as a single node whose backward is the formula written here.
@@ -321,6 +322,40 @@ impl Backward for RmsNormBackward {
             None
         };
         Ok(vec![dx, dw])
+    }
+}
+
+/// `y + b` for a bias `b` `(n,)` broadcast over the leading dimensions of `y` `(…, n)`: a
+/// projection's bias (Qwen2's q, k and v).
+///
+/// Backward: `∂y = g`, `∂b = Σ_rows g` (a product with a row of ones, like a norm's weight
+/// gradient, in the accumulation dtype).
+pub fn add_bias(y: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = y.detach().broadcast_add(&b.detach())?;
+    attach2(y, b, out, BiasBackward)
+}
+
+struct BiasBackward;
+
+impl Backward for BiasBackward {
+    const NAME: &'static str = "east-bias";
+
+    fn backward(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let b = inputs[1];
+        let dy = wants[0].then(|| grad.clone());
+        let db = if wants[1] {
+            let acc = accumulation_dtype(grad.dtype());
+            Some(sum_rows(&grad.to_dtype(acc)?)?.to_dtype(b.dtype())?)
+        } else {
+            None
+        };
+        Ok(vec![dy, db])
     }
 }
 

@@ -1,42 +1,19 @@
 //! A round's trained model as a GGUF file for llama.cpp's server (`server.checkpoint_format =
 //! "gguf"`): the base GGUF's metadata (architecture, RoPE, tokenizer, chat template) is copied,
 //! and the model's weights (as east loads them: a full checkpoint, a merged model, or base +
-//! adapter merged) are written as f32 under llama.cpp's names, with the Q/K row permutation
-//! that llama.cpp's converter applies (the inverse of what east's GGUF reader undoes).
+//! adapter merged) are written as f32 under llama.cpp's names (biases and Qwen3's q/k norms
+//! included), with the Q/K row permutation that llama.cpp's converter applies to `llama` models
+//! (the inverse of what east's GGUF reader undoes; Qwen's rows are written as they are).
 
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use crate::model::gguf::permute_qk;
+use crate::model::gguf::{permute_qk, permuted_heads};
 use crate::model::{load_model, LlamaConfig, ModelConfig};
 
-/// The llama.cpp name of an HF tensor name (the inverse of `gguf_to_hf_name`).
-pub fn hf_to_gguf_name(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let g = match rest {
-        "self_attn.q_proj.weight" => "attn_q.weight",
-        "self_attn.k_proj.weight" => "attn_k.weight",
-        "self_attn.v_proj.weight" => "attn_v.weight",
-        "self_attn.o_proj.weight" => "attn_output.weight",
-        "mlp.gate_proj.weight" => "ffn_gate.weight",
-        "mlp.up_proj.weight" => "ffn_up.weight",
-        "mlp.down_proj.weight" => "ffn_down.weight",
-        "input_layernorm.weight" => "attn_norm.weight",
-        "post_attention_layernorm.weight" => "ffn_norm.weight",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}"))
-}
+pub use crate::model::gguf::hf_to_gguf_name;
 
 /// Writes `tensors` (HF names, f32) with `base`'s metadata to `out` (atomically).
 pub fn write_gguf(
@@ -48,6 +25,19 @@ pub fn write_gguf(
     let mut f = std::fs::File::open(base).map_err(|e| crate::io::InputError::io(base, e))?;
     let content = gguf_file::Content::read(&mut f)
         .map_err(|e| anyhow::anyhow!("{}: not a GGUF file: {e}", base.display()))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != config.arch.family.gguf_arch() {
+        anyhow::bail!(
+            "{}: its architecture `{arch}` is not the model's (`{}`): export onto a GGUF of the same family",
+            base.display(),
+            config.arch.family.gguf_arch()
+        );
+    }
     let mut metadata: Vec<(String, gguf_file::Value)> = content
         .metadata
         .clone()
@@ -71,10 +61,8 @@ pub fn write_gguf(
         let g = hf_to_gguf_name(name)
             .ok_or_else(|| anyhow::anyhow!("tensor {name} has no GGUF name"))?;
         let mut t = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
-        if name.ends_with("q_proj.weight") {
-            t = permute_qk(&t, config.num_attention_heads)?;
-        } else if name.ends_with("k_proj.weight") {
-            t = permute_qk(&t, config.num_key_value_heads)?;
+        if let Some(heads) = permuted_heads(name, config) {
+            t = permute_qk(&t, heads)?;
         }
         qtensors.push((g, QTensor::quantize(&t.contiguous()?, GgmlDType::F32)?));
     }
@@ -136,6 +124,10 @@ mod tests {
             "model.layers.3.self_attn.q_proj.weight",
             "model.layers.0.mlp.down_proj.weight",
             "model.layers.11.post_attention_layernorm.weight",
+            "model.layers.2.self_attn.k_proj.bias",
+            "model.layers.1.self_attn.q_norm.weight",
+            "model.layers.1.self_attn.k_norm.weight",
+            "model.layers.0.self_attn.o_proj.bias",
         ] {
             let g = hf_to_gguf_name(n).unwrap();
             assert_eq!(crate::model::gguf::gguf_to_hf_name(&g).as_deref(), Some(n));

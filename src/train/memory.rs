@@ -103,10 +103,7 @@ fn master(dtype: DType) -> DType {
 
 /// `(in, out)` of the seven projections of a layer, in [`super::engine::PROJECTIONS`] order.
 fn projections(cfg: &LlamaConfig) -> [(usize, usize); 7] {
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+    cfg.projection_dims()
 }
 
 /// Trainable elements: every weight, or the LoRA matrices.
@@ -129,7 +126,9 @@ pub fn trainable_elems(cfg: &LlamaConfig, lora: Option<&LoraSpec>) -> u64 {
 /// `b` rows of `t` (model dtype), counted from the ops of `Llama::forward_hidden`:
 /// the residual input, both norms' outputs, the attention and MLP sums (6·h per token); q, k
 /// and v as projected and made contiguous, q and k after RoPE, the attention output and its
-/// contiguous copy (5·q + 5·kv); gate, up and their SwiGLU product (3·i). No attention
+/// contiguous copy (5·q + 5·kv); gate, up and their SwiGLU product (3·i). What the family's
+/// [`Arch`](crate::model::config::Arch) adds: each biased projection's sum (its output width
+/// again), the q/k norms' outputs (q + kv). No attention
 /// probabilities: `train_ops::attention` recomputes them in its backward (they were
 /// `(b, heads, t, t)` per layer, the largest activation of long rows). With LoRA each adapted projection also keeps the adapter's
 /// product and the sum (2·out) and the rank-sized middle; with dropout the mask and the
@@ -146,6 +145,15 @@ pub fn layer_activation_elems(
     let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
     let i = cfg.intermediate_size as u64;
     let mut per_token = 6 * h + 5 * q + 5 * kv + 3 * i;
+    let arch = &cfg.arch;
+    for (w, (_, dout)) in projections(cfg).iter().enumerate() {
+        if arch.has_bias(w) {
+            per_token += *dout as u64;
+        }
+    }
+    if arch.qk_norm {
+        per_token += q + kv;
+    }
     if let Some(spec) = lora {
         for ((din, dout), name) in projections(cfg).iter().zip(super::engine::PROJECTIONS) {
             if spec.targets.iter().any(|t| t == name) {
@@ -509,9 +517,11 @@ pub fn log(est: &MemoryEstimate) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::{Arch, Family};
 
     fn tiny() -> LlamaConfig {
         LlamaConfig {
+            arch: Arch::default(),
             vocab_size: 100,
             hidden_size: 8,
             intermediate_size: 16,
@@ -643,5 +653,23 @@ mod tests {
             32 * 156 * 4 + 4 * 32 * 8 * 4
         );
         assert_eq!(off.part("recomputation working set"), 0);
+    }
+
+    #[test]
+    fn family_biases_and_head_norms_are_counted() {
+        let mut cfg = tiny();
+        let per_layer = 64 + 64 + 64 + 384 + 16;
+        cfg.arch = Arch::of(Family::Qwen2);
+        // q, k and v biases: 8 + 4 + 4 per layer
+        assert_eq!(cfg.num_parameters(), 1608 + 2 * (per_layer + 16));
+        // per token: Llama's 156, and each biased projection's sum (8 + 4 + 4)
+        assert_eq!(layer_activation_elems(&cfg, None, 2, 16), 32 * (156 + 16));
+        cfg.arch = Arch::of(Family::Qwen3);
+        // q_norm and k_norm: head_dim 4 each per layer
+        assert_eq!(cfg.num_parameters(), 1608 + 2 * (per_layer + 8));
+        // the norms' outputs: q (8) and kv (4) per token
+        assert_eq!(layer_activation_elems(&cfg, None, 2, 16), 32 * (156 + 12));
+        cfg.arch = Arch::of(Family::Mistral);
+        assert_eq!(cfg.num_parameters(), 1608 + 2 * per_layer);
     }
 }

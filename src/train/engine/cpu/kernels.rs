@@ -208,6 +208,40 @@ pub fn linear_bwd_w<T: Float>(
     }
 }
 
+/// `y[r] += b` for every row `r` of `y` (rows of width `b.len()`): a projection's bias.
+pub fn bias_fwd<T: Float>(y: &mut [T], b: &[T]) {
+    let w = b.len();
+    let rpt = rows_per_task(y.len() / w.max(1), w);
+    y.par_chunks_mut(rpt * w).for_each(|yc| {
+        for yr in yc.chunks_mut(w) {
+            for (o, &bv) in yr.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    });
+}
+
+/// Backward of [`bias_fwd`]: `db += Σ_rows dy` (rows of width `db.len()`), each column summed
+/// in f64.
+pub fn bias_bwd<T: Float>(dy: &[T], db: &mut [T]) {
+    let w = db.len();
+    let n = dy.len() / w.max(1);
+    let cols = (w / rayon::current_num_threads().max(1)).max(64).min(w);
+    db.par_chunks_mut(cols).enumerate().for_each(|(ci, dbc)| {
+        let c0 = ci * cols;
+        let mut acc = vec![0f64; dbc.len()];
+        for r in 0..n {
+            let row = &dy[r * w + c0..r * w + c0 + dbc.len()];
+            for (a, &g) in acc.iter_mut().zip(row) {
+                *a += g.to_f64c();
+            }
+        }
+        for (o, a) in dbc.iter_mut().zip(acc) {
+            *o += T::from_f64c(a);
+        }
+    });
+}
+
 /// Rows handed to one rayon task in elementwise kernels (amortises scheduling).
 fn rows_per_task(n: usize, width: usize) -> usize {
     let target = 1 << 15; // ~32k elements per task

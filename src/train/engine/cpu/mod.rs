@@ -1,5 +1,6 @@
-//! The CPU training engine: a Llama forward pass that keeps exactly what its hand-written
-//! backward needs, over rows packed without padding, in f32 (training) or f64 (gradient checks).
+//! The CPU training engine: the decoder's forward pass (every family: the projections' biases
+//! and the per-head q/k norms come from the config's `Arch`) that keeps exactly what its
+//! hand-written backward needs, over rows packed without padding, in f32 (training) or f64 (gradient checks).
 //!
 //! Why not candle's autograd here: its backward computes the gradient of *both* operands of
 //! every op (a weight-sized gradient for a frozen weight, an activation-sized one for every
@@ -12,7 +13,8 @@
 //!
 //! Kept per layer (tokens × …): the layer input, q/k/v after RoPE, the attention output, the
 //! residual between attention and MLP, gate and up projections, and per-token norm scales and
-//! attention log-sum-exps; norm outputs and `silu(gate)·up` are recomputed.
+//! attention log-sum-exps (with q/k norms: q and k as projected and their per-head scales);
+//! norm outputs and `silu(gate)·up` are recomputed.
 
 pub mod kernels;
 
@@ -41,8 +43,30 @@ struct LayerIdx {
     ln2: usize,
     /// q, k, v, o, gate, up, down (see [`PROJECTIONS`]).
     lin: [usize; 7],
+    /// The bias of each projection that has one (the config's `Arch`: Qwen2's q/k/v).
+    bias: [Option<usize>; 7],
+    /// The per-head RMS norms of q and k (Qwen3).
+    q_norm: Option<usize>,
+    k_norm: Option<usize>,
     /// LoRA (A, B) of each projection, when targeted.
     lora: [Option<(usize, usize)>; 7],
+}
+
+/// What a per-head q/k norm keeps for its backward: the projection's output (the norm's
+/// input) and one `1/rms` per token and head.
+struct HeadNormActs<T> {
+    x: Vec<T>,
+    rstd: Vec<T>,
+}
+
+/// Per-forward data every layer reads.
+struct FwdCtx<'a, T> {
+    batch: &'a Packed,
+    pos: &'a [u32],
+    cos: &'a [T],
+    sin: &'a [T],
+    /// LoRA dropout stream (None: off).
+    seed: Option<u64>,
 }
 
 /// Activations of one layer kept for the backward.
@@ -60,6 +84,9 @@ struct LayerActs<T> {
     up: Vec<T>,
     /// `dropout(x)·Aᵀ` of each LoRA projection.
     lora_u: [Option<Vec<T>>; 7],
+    /// The q and k norms' inputs and scales (Qwen3).
+    q_pre: Option<HeadNormActs<T>>,
+    k_pre: Option<HeadNormActs<T>>,
 }
 
 /// What a training forward leaves for the backward.
@@ -178,19 +205,112 @@ pub struct CpuEngine<T: Float> {
     pub timings: Timings,
 }
 
+/// `(in, out)` of projection `which` (see [`PROJECTIONS`]).
 fn dims_of(cfg: &LlamaConfig, which: usize) -> (usize, usize) {
-    let h = cfg.hidden_size;
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let i = cfg.intermediate_size;
-    // (in, out)
-    match which {
-        0 => (h, q),
-        1 | 2 => (h, kv),
-        3 => (q, h),
-        4 | 5 => (h, i),
-        _ => (i, h),
+    cfg.projection_dims()[which]
+}
+
+/// The engine's tensors while it is being built: names, shapes, values, and which train.
+#[derive(Default)]
+struct Params<T> {
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    data: Vec<Vec<T>>,
+    trainable: Vec<bool>,
+}
+
+impl<T: Float> Params<T> {
+    /// Appends a tensor; returns its index.
+    fn push(&mut self, name: String, shape: Vec<usize>, data: Vec<T>, trains: bool) -> usize {
+        self.names.push(name);
+        self.shapes.push(shape);
+        self.data.push(data);
+        self.trainable.push(trains);
+        self.names.len() - 1
     }
+
+    /// LoRA matrices on `spec`'s targets of every layer, initialised from `seed` as PEFT does
+    /// (`A` uniform in ±1/√in, `B` = 0); records their indices in `layers`.
+    fn add_lora(
+        &mut self,
+        cfg: &LlamaConfig,
+        spec: &LoraSpec,
+        seed: u64,
+        layers: &mut [LayerIdx],
+    ) -> anyhow::Result<()> {
+        if spec.rank == 0 {
+            bail!("LoRA rank must be at least 1");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        for (l, layer) in layers.iter_mut().enumerate() {
+            for (w, slot) in layer.lora.iter_mut().enumerate() {
+                if !spec.targets.iter().any(|t| t == PROJECTIONS[w]) {
+                    continue;
+                }
+                let (in_dim, out_dim) = dims_of(cfg, w);
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a: Vec<T> = (0..spec.rank * in_dim)
+                    .map(|_| T::from_f64c(rng.random_range(-bound..bound)))
+                    .collect();
+                let ai = self.push(peft_name(l, w, "A"), vec![spec.rank, in_dim], a, true);
+                let b = vec![T::zero(); out_dim * spec.rank];
+                self.push(peft_name(l, w, "B"), vec![out_dim, spec.rank], b, true);
+                *slot = Some((ai, ai + 1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where layer `l`'s tensors are in the parameter list (`index`: name → position): its
+/// norms, projections, their biases and the q/k norms where the family has them.
+fn layer_index(
+    cfg: &LlamaConfig,
+    l: usize,
+    index: &std::collections::HashMap<String, usize>,
+) -> anyhow::Result<LayerIdx> {
+    let get = |n: &str| -> anyhow::Result<usize> {
+        index
+            .get(n)
+            .copied()
+            .with_context(|| format!("model has no {n}"))
+    };
+    let p = format!("model.layers.{l}");
+    let mut lin = [0usize; 7];
+    for (w, slot) in lin.iter_mut().enumerate() {
+        *slot = get(&format!("{}.weight", projection_path(l, w)))?;
+    }
+    let bias = std::array::from_fn(|w| {
+        let name = format!("{}.bias", projection_path(l, w));
+        index.get(&name).copied()
+    });
+    let norm = |n: &str| -> anyhow::Result<Option<usize>> {
+        let name = format!("{p}.self_attn.{n}.weight");
+        cfg.arch.qk_norm.then(|| get(&name)).transpose()
+    };
+    Ok(LayerIdx {
+        ln1: get(&format!("{p}.input_layernorm.weight"))?,
+        ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
+        lin,
+        bias,
+        q_norm: norm("q_norm")?,
+        k_norm: norm("k_norm")?,
+        lora: [None; 7],
+    })
+}
+
+/// A buffer of zeros the size of each trainable tensor, an empty one for each frozen one.
+fn zeros_where<T: Float>(data: &[Vec<T>], trainable: &[bool]) -> Vec<Vec<T>> {
+    data.iter()
+        .zip(trainable)
+        .map(|(d, &t)| {
+            if t {
+                vec![T::zero(); d.len()]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect()
 }
 
 impl<T: Float> CpuEngine<T> {
@@ -199,10 +319,7 @@ impl<T: Float> CpuEngine<T> {
     /// does: `A` uniform in ±1/sqrt(in), `B` = 0).
     pub fn new(model: &Llama, lora: Option<LoraSpec>, seed: u64) -> anyhow::Result<Self> {
         let cfg = model.config().clone();
-        let mut names = Vec::new();
-        let mut shapes = Vec::new();
-        let mut data = Vec::new();
-        let mut index = std::collections::HashMap::new();
+        let mut p = Params::default();
         for (name, t) in model.named_tensors() {
             let v: Vec<T> = t
                 .to_device(&Device::Cpu)?
@@ -210,11 +327,14 @@ impl<T: Float> CpuEngine<T> {
                 .flatten_all()?
                 .to_vec1()
                 .with_context(|| format!("reading {name}"))?;
-            index.insert(name.clone(), names.len());
-            names.push(name);
-            shapes.push(t.dims().to_vec());
-            data.push(v);
+            p.push(name, t.dims().to_vec(), v, lora.is_none());
         }
+        let index: std::collections::HashMap<String, usize> = p
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
         let get = |n: &str| -> anyhow::Result<usize> {
             index
                 .get(n)
@@ -228,88 +348,29 @@ impl<T: Float> CpuEngine<T> {
             get("lm_head.weight")?
         };
         let norm = get("model.norm.weight")?;
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let mut lin = [0usize; 7];
-            for (w, slot) in lin.iter_mut().enumerate() {
-                *slot = get(&format!("{}.weight", projection_path(l, w)))?;
-            }
-            layers.push(LayerIdx {
-                ln1: get(&format!("{p}.input_layernorm.weight"))?,
-                ln2: get(&format!("{p}.post_attention_layernorm.weight"))?,
-                lin,
-                lora: [None; 7],
-            });
-        }
-        let base_count = names.len();
-        let mut trainable = vec![lora.is_none(); base_count];
+        let mut layers = (0..cfg.num_hidden_layers)
+            .map(|l| layer_index(&cfg, l, &index))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(spec) = &lora {
-            if spec.rank == 0 {
-                bail!("LoRA rank must be at least 1");
-            }
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            for (l, layer) in layers.iter_mut().enumerate() {
-                for (w, slot) in layer.lora.iter_mut().enumerate() {
-                    if !spec.targets.iter().any(|t| t == PROJECTIONS[w]) {
-                        continue;
-                    }
-                    let (in_dim, out_dim) = dims_of(&cfg, w);
-                    let bound = 1.0 / (in_dim as f64).sqrt();
-                    let a: Vec<T> = (0..spec.rank * in_dim)
-                        .map(|_| T::from_f64c(rng.random_range(-bound..bound)))
-                        .collect();
-                    let ai = names.len();
-                    names.push(peft_name(l, w, "A"));
-                    shapes.push(vec![spec.rank, in_dim]);
-                    data.push(a);
-                    trainable.push(true);
-                    names.push(peft_name(l, w, "B"));
-                    shapes.push(vec![out_dim, spec.rank]);
-                    data.push(vec![T::zero(); out_dim * spec.rank]);
-                    trainable.push(true);
-                    *slot = Some((ai, ai + 1));
-                }
-            }
+            p.add_lora(&cfg, spec, seed, &mut layers)?;
         }
+        let Params {
+            names,
+            shapes,
+            data,
+            trainable,
+        } = p;
         let order: Vec<usize> = (0..names.len()).filter(|&i| trainable[i]).collect();
-        let grads = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let exp_avg = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
-        let exp_avg_sq = (0..names.len())
-            .map(|i| {
-                if trainable[i] {
-                    vec![T::zero(); data[i].len()]
-                } else {
-                    Vec::new()
-                }
-            })
-            .collect();
         let head_chunk =
             ((64usize << 20) / (cfg.vocab_size * std::mem::size_of::<T>()).max(1)).clamp(16, 1024);
         Ok(CpuEngine {
             cfg,
+            grads: zeros_where(&data, &trainable),
+            exp_avg: zeros_where(&data, &trainable),
+            exp_avg_sq: zeros_where(&data, &trainable),
             names,
             shapes,
             data,
-            grads,
-            exp_avg,
-            exp_avg_sq,
             trainable,
             order,
             embed,
@@ -414,12 +475,18 @@ impl<T: Float> CpuEngine<T> {
             gate,
             up,
             lora_u,
+            q_pre,
+            k_pre,
         } = a;
         for b in [x_in, rstd1, q, k, v, lse, att, x_mid, rstd2, gate, up] {
             self.recycle(b);
         }
         for u in lora_u.into_iter().flatten() {
             self.recycle(u);
+        }
+        for HeadNormActs { x, rstd } in [q_pre, k_pre].into_iter().flatten() {
+            self.recycle(x);
+            self.recycle(rstd);
         }
     }
 
@@ -428,7 +495,7 @@ impl<T: Float> CpuEngine<T> {
         self.pool.borrow_mut().clear();
     }
 
-    /// `y = x·Wᵀ (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
+    /// `y = x·Wᵀ (+ b) (+ LoRA)`; returns the LoRA intermediate `dropout(x)·Aᵀ`.
     fn lin_fwd(
         &self,
         layer: usize,
@@ -441,6 +508,9 @@ impl<T: Float> CpuEngine<T> {
         let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let li = &self.layers[layer];
         linear_fwd(x, &self.data[li.lin[which]], y, n, in_dim, out_dim, false);
+        if let Some(b) = li.bias[which] {
+            bias_fwd(&mut y[..n * out_dim], &self.data[b]);
+        }
         let (ai, bi) = li.lora[which]?;
         let spec = self.lora.as_ref().expect("lora indices imply a spec");
         let r = spec.rank;
@@ -475,8 +545,8 @@ impl<T: Float> CpuEngine<T> {
         Some(u)
     }
 
-    /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight and LoRA gradients
-    /// accumulated when they train.
+    /// Backward of [`Self::lin_fwd`]: `dx (=|+=) dy·W (+ LoRA)`, weight, bias and LoRA
+    /// gradients accumulated when they train.
     #[allow(clippy::too_many_arguments)]
     fn lin_bwd(
         &mut self,
@@ -495,6 +565,9 @@ impl<T: Float> CpuEngine<T> {
         if self.trainable[wi] {
             linear_bwd_w(dy, x, &mut self.grads[wi], n, in_dim, out_dim, T::one());
         }
+        if let Some(b) = self.layers[layer].bias[which].filter(|&b| self.trainable[b]) {
+            bias_bwd(&dy[..n * out_dim], &mut self.grads[b]);
+        }
         linear_bwd_x(
             dy,
             &self.data[wi],
@@ -505,12 +578,30 @@ impl<T: Float> CpuEngine<T> {
             accumulate,
             T::one(),
         );
-        let Some((ai, bi)) = self.layers[layer].lora[which] else {
-            return;
-        };
+        if let Some(ab) = self.layers[layer].lora[which] {
+            let u = u.expect("LoRA forward kept its intermediate");
+            self.lora_bwd(layer, which, ab, x, dy, dx, u, n, seed);
+        }
+    }
+
+    /// The LoRA part of [`Self::lin_bwd`] for the adapter `(A, B)` = `ab` (indices): its
+    /// gradients, and `dx += ∂x` through it. `u` is the forward's `dropout(x)·Aᵀ`.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_bwd(
+        &mut self,
+        layer: usize,
+        which: usize,
+        (ai, bi): (usize, usize),
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+        u: &[T],
+        n: usize,
+        seed: u64,
+    ) {
+        let (in_dim, out_dim) = dims_of(&self.cfg, which);
         let spec = self.lora.clone().expect("lora indices imply a spec");
         let (r, scale) = (spec.rank, T::from_f64c(spec.scale()));
-        let u = u.expect("LoRA forward kept its intermediate");
         // dB += scale · dyᵀ·u
         unsafe {
             gemm_raw(
@@ -561,6 +652,119 @@ impl<T: Float> CpuEngine<T> {
         self.recycle(du);
     }
 
+    /// The per-head RMS norm of `x` (q or k, `heads` per token) when the layer has one
+    /// (`norm`: its weight's index): the normed values, and what the backward needs.
+    fn head_norm_fwd(
+        &self,
+        norm: Option<usize>,
+        x: Vec<T>,
+        heads: usize,
+    ) -> (Vec<T>, Option<HeadNormActs<T>>) {
+        let Some(w) = norm else {
+            return (x, None);
+        };
+        let d = self.cfg.head_dim;
+        let rows = x.len() / d;
+        let (mut y, mut rstd) = (self.buf(x.len()), self.buf(rows));
+        debug_assert_eq!(rows % heads, 0);
+        rms_norm_fwd(
+            &x,
+            &self.data[w],
+            self.cfg.rms_norm_eps,
+            &mut y,
+            &mut rstd,
+            d,
+        );
+        (y, Some(HeadNormActs { x, rstd }))
+    }
+
+    /// One decoder layer's forward on `x` (`n` tokens × hidden): its output and what its
+    /// backward needs. `hbuf` is scratch for the norms' outputs.
+    fn layer_fwd(
+        &mut self,
+        l: usize,
+        x: Vec<T>,
+        hbuf: &mut [T],
+        c: &FwdCtx<T>,
+    ) -> (Vec<T>, LayerActs<T>) {
+        let cfg = self.cfg.clone();
+        let (h, ff, d) = (cfg.hidden_size, cfg.intermediate_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let n = c.batch.tokens.len();
+        let (eps, seed) = (cfg.rms_norm_eps, c.seed);
+        let li = self.layers[l].clone();
+        let mut rstd1 = self.buf(n);
+        rms_norm_fwd(&x, &self.data[li.ln1], eps, hbuf, &mut rstd1, h);
+        let (mut q, mut k, mut v) = (
+            self.buf(n * heads * d),
+            self.buf(n * kv_heads * d),
+            self.buf(n * kv_heads * d),
+        );
+        let uq = self.lin_fwd(l, 0, hbuf, &mut q, n, seed);
+        let uk = self.lin_fwd(l, 1, hbuf, &mut k, n, seed);
+        let uv = self.lin_fwd(l, 2, hbuf, &mut v, n, seed);
+        let (mut q, q_pre) = self.head_norm_fwd(li.q_norm, q, heads);
+        let (mut k, k_pre) = self.head_norm_fwd(li.k_norm, k, kv_heads);
+        rope_inplace(&mut q, heads, d, c.pos, c.cos, c.sin, false);
+        rope_inplace(&mut k, kv_heads, d, c.pos, c.cos, c.sin, false);
+        let (mut att, mut lse) = (self.buf(n * heads * d), self.buf(n * heads));
+        let ta = Instant::now();
+        attention_fwd(
+            &q,
+            &k,
+            &v,
+            &c.batch.rows,
+            self.attn_shape(),
+            &mut att,
+            &mut lse,
+        );
+        self.timings.attention_forward += ta.elapsed().as_secs_f64();
+        let mut x_mid = self.buf(n * h);
+        let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
+        add_assign(&mut x_mid, &x);
+        let mut rstd2 = self.buf(n);
+        rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, hbuf, &mut rstd2, h);
+        let (mut gate, mut up) = (self.buf(n * ff), self.buf(n * ff));
+        let ug = self.lin_fwd(l, 4, hbuf, &mut gate, n, seed);
+        let uu = self.lin_fwd(l, 5, hbuf, &mut up, n, seed);
+        let mut s = self.buf(n * ff);
+        swiglu_fwd(&gate, &up, &mut s);
+        let mut x_out = self.buf(n * h);
+        let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
+        self.recycle(s);
+        add_assign(&mut x_out, &x_mid);
+        let acts = LayerActs {
+            x_in: x,
+            rstd1,
+            q,
+            k,
+            v,
+            lse,
+            att,
+            x_mid,
+            rstd2,
+            gate,
+            up,
+            lora_u: [uq, uk, uv, uo, ug, uu, ud],
+            q_pre,
+            k_pre,
+        };
+        (x_out, acts)
+    }
+
+    /// The embeddings of `tokens`, one row of `hidden` each.
+    fn embed_rows(&self, tokens: &[u32]) -> Vec<T> {
+        let h = self.cfg.hidden_size;
+        let mut x = self.buf(tokens.len() * h);
+        let e = &self.data[self.embed];
+        x.par_chunks_mut(h)
+            .zip(tokens.par_iter())
+            .for_each(|(row, &t)| {
+                row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
+            });
+        x
+    }
+
     /// The forward pass. `keep`: keep activations for the backward; `seed`: LoRA dropout on
     /// (training) with this stream, off when None.
     fn run(
@@ -575,93 +779,30 @@ impl<T: Float> CpuEngine<T> {
         }
         let t0 = Instant::now();
         let cfg = self.cfg.clone();
-        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        let qw = cfg.num_attention_heads * cfg.head_dim;
-        let kw = cfg.num_key_value_heads * cfg.head_dim;
+        let h = cfg.hidden_size;
         let n = batch.tokens.len();
         let eps = cfg.rms_norm_eps;
         let pos = batch.positions();
+        cfg.check_sequence_len(batch.max_row_len())?;
         let (cos, sin) = self.rope_tables(batch.max_row_len());
-        let shape = self.attn_shape();
         let vocab = cfg.vocab_size;
         if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= vocab) {
             bail!("token id {bad} is outside the vocabulary ({vocab})");
         }
 
-        let mut x = self.buf(n * h);
-        {
-            let e = &self.data[self.embed];
-            x.par_chunks_mut(h)
-                .zip(batch.tokens.par_iter())
-                .for_each(|(row, &t)| {
-                    row.copy_from_slice(&e[t as usize * h..(t as usize + 1) * h]);
-                });
-        }
+        let mut x = self.embed_rows(&batch.tokens);
         let mut layers = Vec::with_capacity(if keep { cfg.num_hidden_layers } else { 0 });
         let mut hbuf = self.buf(n * h);
+        let ctx = FwdCtx {
+            batch,
+            pos: &pos,
+            cos: &cos,
+            sin: &sin,
+            seed,
+        };
         for l in 0..cfg.num_hidden_layers {
-            let li = self.layers[l].clone();
-            let mut rstd1 = self.buf(n);
-            rms_norm_fwd(&x, &self.data[li.ln1], eps, &mut hbuf, &mut rstd1, h);
-            let mut q = self.buf(n * qw);
-            let mut k = self.buf(n * kw);
-            let mut v = self.buf(n * kw);
-            let uq = self.lin_fwd(l, 0, &hbuf, &mut q, n, seed);
-            let uk = self.lin_fwd(l, 1, &hbuf, &mut k, n, seed);
-            let uv = self.lin_fwd(l, 2, &hbuf, &mut v, n, seed);
-            rope_inplace(
-                &mut q,
-                cfg.num_attention_heads,
-                cfg.head_dim,
-                &pos,
-                &cos,
-                &sin,
-                false,
-            );
-            rope_inplace(
-                &mut k,
-                cfg.num_key_value_heads,
-                cfg.head_dim,
-                &pos,
-                &cos,
-                &sin,
-                false,
-            );
-            let mut att = self.buf(n * qw);
-            let mut lse = self.buf(n * cfg.num_attention_heads);
-            let ta = Instant::now();
-            attention_fwd(&q, &k, &v, &batch.rows, shape, &mut att, &mut lse);
-            self.timings.attention_forward += ta.elapsed().as_secs_f64();
-            let mut x_mid = self.buf(n * h);
-            let uo = self.lin_fwd(l, 3, &att, &mut x_mid, n, seed);
-            add_assign(&mut x_mid, &x);
-            let mut rstd2 = self.buf(n);
-            rms_norm_fwd(&x_mid, &self.data[li.ln2], eps, &mut hbuf, &mut rstd2, h);
-            let mut gate = self.buf(n * ff);
-            let mut up = self.buf(n * ff);
-            let ug = self.lin_fwd(l, 4, &hbuf, &mut gate, n, seed);
-            let uu = self.lin_fwd(l, 5, &hbuf, &mut up, n, seed);
-            let mut s = self.buf(n * ff);
-            swiglu_fwd(&gate, &up, &mut s);
-            let mut x_out = self.buf(n * h);
-            let ud = self.lin_fwd(l, 6, &s, &mut x_out, n, seed);
-            self.recycle(s);
-            add_assign(&mut x_out, &x_mid);
-            let x_in = std::mem::replace(&mut x, x_out);
-            let acts = LayerActs {
-                x_in,
-                rstd1,
-                q,
-                k,
-                v,
-                lse,
-                att,
-                x_mid,
-                rstd2,
-                gate,
-                up,
-                lora_u: [uq, uk, uv, uo, ug, uu, ud],
-            };
+            let (x_out, acts) = self.layer_fwd(l, x, &mut hbuf, &ctx);
+            x = x_out;
             if keep {
                 layers.push(acts);
             } else {
@@ -805,97 +946,95 @@ impl<T: Float> CpuEngine<T> {
         Ok((stats, dht))
     }
 
-    fn layer_bwd(&mut self, l: usize, a: LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
-        let cfg = self.cfg.clone();
-        let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
-        let qw = cfg.num_attention_heads * cfg.head_dim;
-        let kw = cfg.num_key_value_heads * cfg.head_dim;
-        let n = s.batch.tokens.len();
+    /// The backward of an RMS norm of rows of width `width` with weight `self.data[w]`:
+    /// `dx (=|+=) ∂x`, and `∂w` accumulated when the weight trains.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_bwd(
+        &mut self,
+        w: usize,
+        dy: &[T],
+        x: &[T],
+        rstd: &[T],
+        dx: &mut [T],
+        accumulate: bool,
+        width: usize,
+    ) {
+        let mut dw = self.trainable[w].then(|| std::mem::take(&mut self.grads[w]));
+        rms_norm_bwd(
+            dy,
+            x,
+            &self.data[w],
+            rstd,
+            dx,
+            accumulate,
+            dw.as_deref_mut(),
+            width,
+        );
+        if let Some(dw) = dw {
+            self.grads[w] = dw;
+        }
+    }
+
+    /// The backward of [`Self::head_norm_fwd`]: the gradient of the norm's input from `dy`'s
+    /// (returned; `dy` itself when the layer has no such norm).
+    fn head_norm_bwd(
+        &mut self,
+        norm: Option<usize>,
+        dy: Vec<T>,
+        acts: Option<&HeadNormActs<T>>,
+    ) -> Vec<T> {
+        let (Some(w), Some(a)) = (norm, acts) else {
+            return dy;
+        };
+        let mut dx = self.buf(dy.len());
+        self.norm_bwd(w, &dy, &a.x, &a.rstd, &mut dx, false, self.cfg.head_dim);
+        self.recycle(dy);
+        dx
+    }
+
+    /// The MLP half of a layer's backward: `dx` (the gradient of the layer's output) gains the
+    /// gradient through the MLP and its norm.
+    fn mlp_bwd(&mut self, l: usize, a: &LayerActs<T>, dx: &mut [T], n: usize, seed: u64) {
+        let (h, ff) = (self.cfg.hidden_size, self.cfg.intermediate_size);
         let li = self.layers[l].clone();
-        let seed = s.dropout_seed;
-        // MLP
         let mut sw = self.buf(n * ff);
         let mut dup = self.buf(n * ff);
         swiglu_fwd_sig(&a.gate, &a.up, &mut sw, &mut dup); // dup holds σ(gate) for now
         let mut ds = self.buf(n * ff);
-        self.lin_bwd(
-            l,
-            6,
-            &sw,
-            dx,
-            &mut ds,
-            false,
-            a.lora_u[6].as_deref(),
-            n,
-            seed,
-        );
+        let u = |w: usize| a.lora_u[w].as_deref();
+        self.lin_bwd(l, 6, &sw, dx, &mut ds, false, u(6), n, seed);
         swiglu_bwd_sig(&mut ds, &mut dup, &a.gate, &a.up); // ds: dgate, dup: dup
         std::mem::swap(&mut sw, &mut ds); // sw: dgate
         self.recycle(ds);
         let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_mid, &self.data[li.ln2], &a.rstd2, &mut hb, h);
         let mut dh = self.buf(n * h);
-        self.lin_bwd(
-            l,
-            4,
-            &hb,
-            &sw,
-            &mut dh,
-            false,
-            a.lora_u[4].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            5,
-            &hb,
-            &dup,
-            &mut dh,
-            true,
-            a.lora_u[5].as_deref(),
-            n,
-            seed,
-        );
-        self.recycle(sw);
-        self.recycle(dup);
-        {
-            let ln2 = li.ln2;
-            let mut dw = if self.trainable[ln2] {
-                Some(std::mem::take(&mut self.grads[ln2]))
-            } else {
-                None
-            };
-            rms_norm_bwd(
-                &dh,
-                &a.x_mid,
-                &self.data[ln2],
-                &a.rstd2,
-                dx,
-                true,
-                dw.as_deref_mut(),
-                h,
-            );
-            if let Some(dw) = dw {
-                self.grads[ln2] = dw;
-            }
+        self.lin_bwd(l, 4, &hb, &sw, &mut dh, false, u(4), n, seed);
+        self.lin_bwd(l, 5, &hb, &dup, &mut dh, true, u(5), n, seed);
+        for b in [sw, dup, hb] {
+            self.recycle(b);
         }
-        // attention
-        let mut datt = self.buf(n * qw);
-        self.lin_bwd(
-            l,
-            3,
-            &a.att,
-            dx,
-            &mut datt,
-            false,
-            a.lora_u[3].as_deref(),
-            n,
-            seed,
+        self.norm_bwd(li.ln2, &dh, &a.x_mid, &a.rstd2, dx, true, h);
+        self.recycle(dh);
+    }
+
+    /// The attention half of a layer's backward: `dx` (the gradient of the attention's
+    /// residual sum) gains the gradient through attention, the q/k norms and the input norm.
+    fn attn_bwd(&mut self, l: usize, a: &LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
+        let cfg = self.cfg.clone();
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let n = s.batch.tokens.len();
+        let li = self.layers[l].clone();
+        let seed = s.dropout_seed;
+        let u = |w: usize| a.lora_u[w].as_deref();
+        let mut datt = self.buf(n * heads * d);
+        self.lin_bwd(l, 3, &a.att, dx, &mut datt, false, u(3), n, seed);
+        let (mut dq, mut dk, mut dv) = (
+            self.buf(n * heads * d),
+            self.buf(n * kv_heads * d),
+            self.buf(n * kv_heads * d),
         );
-        let mut dq = self.buf(n * qw);
-        let mut dk = self.buf(n * kw);
-        let mut dv = self.buf(n * kw);
         let ta = Instant::now();
         attention_bwd(
             &a.q,
@@ -912,81 +1051,26 @@ impl<T: Float> CpuEngine<T> {
         );
         self.timings.attention_backward += ta.elapsed().as_secs_f64();
         self.recycle(datt);
-        rope_inplace(
-            &mut dq,
-            cfg.num_attention_heads,
-            cfg.head_dim,
-            &s.pos,
-            &s.cos,
-            &s.sin,
-            true,
-        );
-        rope_inplace(
-            &mut dk,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-            &s.pos,
-            &s.cos,
-            &s.sin,
-            true,
-        );
+        rope_inplace(&mut dq, heads, d, &s.pos, &s.cos, &s.sin, true);
+        rope_inplace(&mut dk, kv_heads, d, &s.pos, &s.cos, &s.sin, true);
+        let dq = self.head_norm_bwd(li.q_norm, dq, a.q_pre.as_ref());
+        let dk = self.head_norm_bwd(li.k_norm, dk, a.k_pre.as_ref());
+        let mut hb = self.buf(n * h);
         rms_norm_apply(&a.x_in, &self.data[li.ln1], &a.rstd1, &mut hb, h);
-        self.lin_bwd(
-            l,
-            0,
-            &hb,
-            &dq,
-            &mut dh,
-            false,
-            a.lora_u[0].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            1,
-            &hb,
-            &dk,
-            &mut dh,
-            true,
-            a.lora_u[1].as_deref(),
-            n,
-            seed,
-        );
-        self.lin_bwd(
-            l,
-            2,
-            &hb,
-            &dv,
-            &mut dh,
-            true,
-            a.lora_u[2].as_deref(),
-            n,
-            seed,
-        );
+        let mut dh = self.buf(n * h);
+        self.lin_bwd(l, 0, &hb, &dq, &mut dh, false, u(0), n, seed);
+        self.lin_bwd(l, 1, &hb, &dk, &mut dh, true, u(1), n, seed);
+        self.lin_bwd(l, 2, &hb, &dv, &mut dh, true, u(2), n, seed);
         for b in [dq, dk, dv, hb] {
             self.recycle(b);
         }
-        let ln1 = li.ln1;
-        let mut dw = if self.trainable[ln1] {
-            Some(std::mem::take(&mut self.grads[ln1]))
-        } else {
-            None
-        };
-        rms_norm_bwd(
-            &dh,
-            &a.x_in,
-            &self.data[ln1],
-            &a.rstd1,
-            dx,
-            true,
-            dw.as_deref_mut(),
-            h,
-        );
-        if let Some(dw) = dw {
-            self.grads[ln1] = dw;
-        }
+        self.norm_bwd(li.ln1, &dh, &a.x_in, &a.rstd1, dx, true, h);
         self.recycle(dh);
+    }
+
+    fn layer_bwd(&mut self, l: usize, a: LayerActs<T>, dx: &mut [T], s: &Saved<T>) {
+        self.mlp_bwd(l, &a, dx, s.batch.tokens.len(), s.dropout_seed);
+        self.attn_bwd(l, &a, dx, s);
         self.recycle_acts(a);
     }
 
@@ -1012,25 +1096,7 @@ impl<T: Float> CpuEngine<T> {
         // final norm backward at the target rows
         let nt = s.batch.targets.len();
         let mut dxt = self.buf(nt * h);
-        let norm = self.norm;
-        let mut dw = if self.trainable[norm] {
-            Some(std::mem::take(&mut self.grads[norm]))
-        } else {
-            None
-        };
-        rms_norm_bwd(
-            &dht,
-            &s.xt,
-            &self.data[norm],
-            &s.rstd_t,
-            &mut dxt,
-            false,
-            dw.as_deref_mut(),
-            h,
-        );
-        if let Some(dw) = dw {
-            self.grads[norm] = dw;
-        }
+        self.norm_bwd(self.norm, &dht, &s.xt, &s.rstd_t, &mut dxt, false, h);
         let mut dx = self.zbuf(n * h);
         for (i, t) in s.batch.targets.iter().enumerate() {
             dx[t.pos * h..(t.pos + 1) * h].copy_from_slice(&dxt[i * h..(i + 1) * h]);
