@@ -28,6 +28,10 @@ use east::train::engine::cpu::CpuEngine;
 use east::train::loss::{dpo, sft, DpoRows};
 use east::train::{Engine, Packed, RowStats};
 
+#[path = "support/llama_server.rs"]
+mod llama_server;
+use llama_server::LlamaServer;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/families")
 }
@@ -466,72 +470,18 @@ fn ggufs_made_by_llama_cpp_load_with_transformers_logits() {
     }
 }
 
-/// A llama-server (`.tools/llama-server/`, or `EAST_LLAMA_SERVER`) on a free port, killed when
-/// dropped. A missing server fails the test: CI installs it (scripts/test.sh).
-struct Server {
-    child: std::process::Child,
-    url: String,
-}
-
-impl Server {
-    fn start(model: &Path) -> Server {
-        let bin = std::env::var_os("EAST_LLAMA_SERVER")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/llama-server/llama-server")
-            });
-        assert!(
-            bin.is_file(),
-            "{} is missing: run scripts/install-llama-server.sh",
-            bin.display()
-        );
-        let port = east::serve::launch::free_port().unwrap();
-        let child = std::process::Command::new(bin)
-            .args([
-                "-m",
-                model.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .args(["-c", "256", "-np", "1", "-t", "2"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while ureq::get(&format!("{url}/health")).call().is_err() {
-            assert!(
-                started.elapsed().as_secs() < 120,
-                "llama-server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        Server { child, url }
-    }
-
-    /// Greedy tokens after `prompt` (token ids in and out: no tokenizer involved).
-    fn greedy(&self, prompt: &[u32], n: usize) -> Vec<u32> {
-        let body = serde_json::json!({
-            "prompt": prompt, "n_predict": n, "temperature": 0.0, "return_tokens": true,
-            "cache_prompt": false, "ignore_eos": true,
-        });
-        let resp: Value = ureq::post(&format!("{}/completion", self.url))
-            .send_json(body)
-            .unwrap()
-            .into_json()
-            .unwrap();
-        ids(&resp["tokens"])
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// llama-server's greedy tokens after `prompt` (token ids in and out: no tokenizer involved).
+fn served_greedy(server: &LlamaServer, prompt: &[u32], n: usize) -> Vec<u32> {
+    let body = serde_json::json!({
+        "prompt": prompt, "n_predict": n, "temperature": 0.0, "return_tokens": true,
+        "cache_prompt": false, "ignore_eos": true,
+    });
+    let resp: Value = ureq::post(&format!("{}/completion", server.root))
+        .send_json(body)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    ids(&resp["tokens"])
 }
 
 /// Greedy tokens from east's decoder, without stopping at EOS.
@@ -564,12 +514,12 @@ fn exported_qwen_ggufs_are_served_by_llama_cpp_with_easts_greedy_tokens() {
             .unwrap();
         let back = load(exported.to_str().unwrap(), &Device::Cpu, DType::F32).unwrap();
         let want: Vec<Vec<u32>> = serde_json::from_value(c["greedy"].clone()).unwrap();
-        let server = Server::start(&exported);
+        let server = LlamaServer::start(&exported, 256, 1);
         for (p, w) in prompts.iter().zip(&want) {
             let ours = east_greedy(&back, p, w.len());
             assert_eq!(&ours, w, "{name}: east on its export against transformers");
             assert_eq!(
-                server.greedy(p, w.len()),
+                served_greedy(&server, p, w.len()),
                 ours,
                 "{name}: llama.cpp on east's export"
             );

@@ -9,65 +9,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/llama_server.rs"]
+mod llama_server;
+use llama_server::LlamaServer;
+
 fn model() -> PathBuf {
     east::model::gguf::bundled_smollm2_path()
-}
-
-fn llama_server() -> PathBuf {
-    let path = std::env::var_os("EAST_LLAMA_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/llama-server/llama-server")
-        });
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/install-llama-server.sh (scripts/test.sh does) or set EAST_LLAMA_SERVER",
-        path.display()
-    );
-    path
-}
-
-/// A llama-server on a free port; killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(model: &Path) -> Server {
-        let port = east::serve::launch::free_port().unwrap();
-        let child = Command::new(llama_server())
-            .args([
-                "-m",
-                model.to_str().unwrap(),
-                "--host",
-                "127.0.0.1",
-                "--port",
-            ])
-            .arg(port.to_string())
-            .args(["-c", "2048", "-np", "2", "-t", "2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}/v1");
-        let started = Instant::now();
-        while ureq::get(&format!("{url}/models")).call().is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "llama-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn east(args: &[&str]) -> (bool, String) {
@@ -125,7 +72,7 @@ fn sampling_through_llama_server_survives_its_death_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("samples.jsonl");
     let out_s = out.to_str().unwrap();
-    let server = Server::start(&model());
+    let server = LlamaServer::start(&model(), 2048, 2);
     let mut child = Command::new(env!("CARGO_BIN_EXE_east"))
         .args(sample_args(&server.url, out_s, "3"))
         .args(["--set", "server.concurrency=1"])
@@ -172,7 +119,7 @@ fn sampling_through_llama_server_survives_its_death_and_resumes() {
     assert_eq!(meta["server"]["urls"][0], url.as_str());
 
     // a new server (another port: a server may move), the same command resumes
-    let server = Server::start(&model());
+    let server = LlamaServer::start(&model(), 2048, 2);
     let (ok, log) = east(&sample_args(&server.url, out_s, "3"));
     assert!(ok, "{log}");
     let after = lines(&out);
@@ -245,7 +192,7 @@ fn sampling_through_llama_server_survives_its_death_and_resumes() {
 #[test]
 fn eval_through_llama_server() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&model());
+    let server = LlamaServer::start(&model(), 2048, 2);
     let out = dir.path().join("eval");
     let m = model().display().to_string();
     let (ok, log) = eval_via(&server.url, &m, "gsm8k", &out, &["--limit", "2"]);
@@ -339,7 +286,7 @@ fn gguf_export_round_trips_and_llama_server_reads_it() {
         .fold(0f32, f32::max);
     assert!(diff == 0.0, "logits differ by {diff}");
 
-    let server = Server::start(&exported);
+    let server = LlamaServer::start(&exported, 2048, 2);
     let m = exported.display().to_string();
     // ASCII questions: GSM8K test/0 ("Janet’s ducks") came out differently after two tokens,
     // a near tie or a tokenizer difference on "’" that this test is not about
@@ -521,7 +468,7 @@ fn write_number_questions(path: &Path) {
 fn llama_launch(args: &str) -> String {
     format!(
         "{} -m {{model}} --host 127.0.0.1 --port {{port}} {args} -c 2048 -np 2 -t 2",
-        llama_server().display()
+        llama_server::binary().display()
     )
 }
 
